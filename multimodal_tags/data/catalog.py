@@ -1,0 +1,251 @@
+"""Read, validate and write product catalogs (JSONL, CSV, Parquet).
+
+Reading streams: `iter_catalog` yields one validated row at a time, so a catalog of any length
+goes through in bounded memory. A bad row becomes an Issue naming file, row, field and reason;
+the good rows go on. Each catalog may have a sidecar `<name>.meta.json` (image root, tag
+vocabulary, source) written by the importers.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .schema import Product
+from .validate import Issue, Limits, validate_row
+
+META_FORMAT = "mmtags-catalog/1"
+# A broken CSV quote can make one "field" the rest of the file; validation then reports it as too
+# long instead of the csv module aborting the whole read.
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+def catalog_format(path: Path) -> str:
+    name = path.name.lower()
+    for suffix, fmt in ((".jsonl", "jsonl"), (".jsonl.gz", "jsonl"), (".ndjson", "jsonl"),
+                        (".csv", "csv"), (".parquet", "parquet")):
+        if name.endswith(suffix):
+            return fmt
+    raise ValueError(f"{path}: unknown catalog format (use .jsonl, .jsonl.gz, .csv or .parquet)")
+
+
+def meta_path(path: Path) -> Path:
+    return path.with_name(path.name + ".meta.json")
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """The catalog's sidecar metadata, or {} when it has none."""
+    mp = meta_path(Path(path))
+    return json.loads(mp.read_text(encoding="utf-8")) if mp.exists() else {}
+
+
+def image_root_for(path: Path, image_root: Path | str | None = None) -> Path:
+    """Where image references resolve: the explicit root, else the sidecar's, else the catalog's folder."""
+    if image_root is not None:
+        return Path(image_root)
+    meta_root = read_meta(path).get("image_root")
+    if meta_root:
+        return (Path(path).parent / meta_root).resolve()
+    return Path(path).resolve().parent
+
+
+RawRow = tuple[int, "dict[str, Any] | Issue"]
+
+
+def _iter_jsonl(path: Path) -> Iterator[RawRow]:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            raw_text = line.decode("utf-8", errors="replace").rstrip("\n")
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield n, Issue(str(path), n, "row", f"not valid UTF-8 (byte 0x{line[e.start]:02x} at offset "
+                                                    f"{e.start})", raw=raw_text)
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                yield n, Issue(str(path), n, "row", f"bad JSON: {e.msg} at column {e.colno}", raw=raw_text)
+                continue
+            if not isinstance(obj, dict):
+                yield n, Issue(str(path), n, "row", f"expected a JSON object, got {type(obj).__name__}",
+                               raw=raw_text)
+                continue
+            yield n, obj
+
+
+def _iter_csv(path: Path) -> Iterator[RawRow]:
+    # surrogateescape keeps undecodable bytes visible to validation, which names the field.
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+        reader = csv.DictReader(f)
+        try:
+            for row in reader:
+                if None in row:  # more cells than header columns
+                    yield reader.line_num, Issue(str(path), reader.line_num, "row",
+                                                 f"{len(row[None])} more cells than header columns",
+                                                 raw=json.dumps(row, ensure_ascii=False, default=str))
+                    continue
+                yield reader.line_num, row
+        except csv.Error as e:
+            yield reader.line_num, Issue(str(path), reader.line_num, "row", f"CSV cannot be parsed: {e}")
+
+
+def _iter_parquet(path: Path) -> Iterator[RawRow]:
+    import pyarrow.parquet as pq
+
+    n = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+        for row in batch.to_pylist():
+            n += 1
+            yield n, row
+
+
+def iter_raw_rows(path: Path) -> Iterator[RawRow]:
+    """(row number, raw dict or Issue) for every non-blank row of a catalog file."""
+    fmt = catalog_format(path)
+    return {"jsonl": _iter_jsonl, "csv": _iter_csv, "parquet": _iter_parquet}[fmt](path)
+
+
+@dataclass
+class ReadReport:
+    """What reading a catalog did: counts, and every issue found."""
+
+    file: str
+    read: int = 0
+    kept: int = 0
+    rejected: int = 0
+    issues: list[Issue] = field(default_factory=list)
+
+    @property
+    def warnings(self) -> list[Issue]:
+        return [i for i in self.issues if i.severity == "warning"]
+
+    def summary(self) -> str:
+        s = f"{self.file}: read {self.read} rows, kept {self.kept}, rejected {self.rejected}"
+        if self.warnings:
+            s += f" ({len(self.warnings)} kept with a warning)"
+        return s
+
+
+def iter_catalog(path: str | Path, image_root: Path | str | None = None, limits: Limits | None = None,
+                 report: ReadReport | None = None) -> Iterator[Product]:
+    """Yield the valid products of a catalog, recording every issue in `report`.
+
+    Duplicate ids: the first row wins, later ones are rejected (kept whole in the rejects).
+    """
+    path = Path(path)
+    limits = limits or Limits()
+    root = image_root_for(path, image_root)
+    report = report if report is not None else ReadReport(str(path))
+    first_row: dict[str, int] = {}
+    for n, raw in iter_raw_rows(path):
+        report.read += 1
+        if isinstance(raw, Issue):
+            report.rejected += 1
+            report.issues.append(raw)
+            continue
+        product, issues = validate_row(raw, str(path), n, root, limits)
+        if product is not None and product.id in first_row:
+            issues = [Issue(str(path), n, "id", f"duplicate id {product.id!r} (first on row "
+                                                f"{first_row[product.id]})")]
+            product = None
+        if product is None:
+            raw_text = json.dumps(raw, ensure_ascii=False, default=str)
+            for i in issues:
+                i.raw = raw_text
+            report.rejected += 1
+        else:
+            first_row[product.id] = n
+            report.kept += 1
+        report.issues.extend(issues)
+        if product is not None:
+            yield product
+
+
+@dataclass
+class Catalog:
+    products: list[Product]
+    report: ReadReport
+    image_root: Path
+    meta: dict[str, Any]
+
+
+def read_catalog(path: str | Path, image_root: Path | str | None = None,
+                 limits: Limits | None = None) -> Catalog:
+    """Read a whole catalog into memory (see `iter_catalog` for streaming)."""
+    path = Path(path)
+    report = ReadReport(str(path))
+    products = list(iter_catalog(path, image_root, limits, report))
+    return Catalog(products, report, image_root_for(path, image_root), read_meta(path))
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temp file in the same folder, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _csv_row(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else ("" if v is None else v)
+            for k, v in d.items()}
+
+
+def write_catalog(products: Iterable[Product], path: str | Path, meta: dict[str, Any] | None = None) -> int:
+    """Write products as JSONL, CSV or Parquet (by extension), atomically; returns the count."""
+    path = Path(path)
+    fmt = catalog_format(path)
+    rows = [p.to_dict() for p in products]
+
+    def write(tmp: Path) -> None:
+        if fmt == "jsonl":
+            opener = gzip.open if path.name.endswith(".gz") else open
+            with opener(tmp, "wt", encoding="utf-8") as f:
+                for r in rows:
+                    f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        elif fmt == "csv":
+            with open(tmp, "w", encoding="utf-8", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["id", "title"])
+                w.writeheader()
+                w.writerows(_csv_row(r) for r in rows)
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            for r in rows:
+                r["extra"] = json.dumps(r["extra"], ensure_ascii=False)
+            pq.write_table(pa.Table.from_pylist(rows), tmp)
+
+    _atomic_write(path, write)
+    if meta is not None:
+        meta = {"format": META_FORMAT, **meta, "products": len(rows)}
+        _atomic_write(meta_path(path), lambda tmp: tmp.write_text(json.dumps(meta, indent=1, ensure_ascii=False),
+                                                                   encoding="utf-8"))
+    return len(rows)
+
+
+def write_rejects(issues: Iterable[Issue], path: str | Path) -> int:
+    """Write every issue (with the original row text) as JSONL; returns how many were written."""
+    items = [i.to_dict() for i in issues]
+    _atomic_write(Path(path), lambda tmp: tmp.write_text(
+        "".join(json.dumps(i, ensure_ascii=False) + "\n" for i in items), encoding="utf-8"))
+    return len(items)

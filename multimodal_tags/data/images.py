@@ -1,0 +1,67 @@
+"""Resolve a product's image reference safely and check that it decodes.
+
+Image references are paths relative to the catalog's image root. Anything that would read outside
+that root (`..`, an absolute path elsewhere, a symlink pointing out) is refused, and remote URLs
+are not fetched: a catalog must bring its photos with it.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from .schema import hash_bytes
+
+#: Refuse to decode absurd images (decompression bombs); PIL's own default warns only.
+MAX_IMAGE_PIXELS = 64_000_000
+
+
+class ImageError(ValueError):
+    """An image reference that cannot be used; the message says why and what to do."""
+
+
+def resolve_image(ref: str, root: Path) -> Path:
+    """Return the file `ref` names inside `root`, or raise ImageError saying why it cannot be used."""
+    ref = ref.strip()
+    if "://" in ref:
+        scheme = ref.split("://", 1)[0].lower()
+        raise ImageError(
+            f"remote image reference ({scheme}://...) is not fetched; download the photo into the "
+            f"catalog folder and give its relative path"
+        )
+    root = root.resolve()
+    path = (root / ref).resolve()  # resolve() follows symlinks, so a link pointing out is caught too
+    if path != root and root not in path.parents:
+        raise ImageError(f"image path {ref!r} points outside the catalog's image root {root}")
+    if not path.is_file():
+        raise ImageError(f"image file not found: {path}")
+    return path
+
+
+def decode_image(data: bytes, name: str = "image") -> Image.Image:
+    """Decode bytes to an RGB image, raising ImageError for corrupt, truncated or huge files."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.width * im.height > MAX_IMAGE_PIXELS:
+                raise ImageError(f"{name} is {im.width}x{im.height}, over {MAX_IMAGE_PIXELS:,} pixels")
+            im.load()  # a full decode: verify() alone misses truncated JPEGs
+            return im.convert("RGB")
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{name} cannot be decoded ({type(e).__name__}: {e})") from None
+
+
+def load_image(ref: str, root: Path) -> Image.Image:
+    """Resolve and decode an image reference (see `resolve_image`)."""
+    path = resolve_image(ref, root)
+    return decode_image(path.read_bytes(), str(path))
+
+
+def check_image(ref: str, root: Path) -> str:
+    """Resolve, read and fully decode an image; return the hash of its bytes."""
+    path = resolve_image(ref, root)
+    data = path.read_bytes()
+    decode_image(data, str(path))
+    return hash_bytes(data)

@@ -1,0 +1,163 @@
+"""Turn one raw catalog row into a Product, or say precisely what is wrong with it.
+
+Errors reject the row; warnings keep it (e.g. an unusable photo: the product stays, text-only,
+with the original reference kept in `extra` so nothing the user gave is lost).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .images import ImageError, check_image
+from .schema import PRODUCT_FIELDS, Product
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Limits:
+    """Bounds that protect the pipeline from pathological rows."""
+
+    max_title_chars: int = 2_000
+    # Encoders read a few hundred tokens; a description this long is almost always a broken export.
+    max_description_chars: int = 100_000
+    max_tags: int = 500
+    check_images: bool = True  # read and fully decode every photo while validating
+    strict_images: bool = False  # True: a bad photo rejects the row instead of dropping the photo
+
+
+@dataclass
+class Issue:
+    """One problem found in one row: where it is, and why."""
+
+    file: str
+    row: int
+    field: str
+    reason: str
+    severity: str = "error"  # "error": row rejected; "warning": row kept
+    raw: str | None = None  # the original row text, for rejects, so it can be fixed and re-imported
+
+    def __str__(self) -> str:
+        kept = "row kept" if self.severity == "warning" else "row rejected"
+        return f"{self.file}:{self.row}: {self.field}: {self.reason} ({kept})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "row": self.row, "field": self.field, "reason": self.reason,
+                "severity": self.severity, "raw": self.raw}
+
+
+def _bad_utf8(value: str) -> int | None:
+    """Index of the first undecodable byte (read with errors='surrogateescape'), or None."""
+    for i, ch in enumerate(value):
+        if "\udc80" <= ch <= "\udcff":
+            return i
+    return None
+
+
+def _as_text(value: Any, name: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise ValueError(f"expected text, got {type(value).__name__}")
+    bad = _bad_utf8(value)
+    if bad is not None:
+        byte = ord(value[bad]) - 0xDC00
+        raise ValueError(f"not valid UTF-8 (byte 0x{byte:02x} at character {bad})")
+    return value.strip()
+
+
+def parse_tags(value: Any) -> list[str]:
+    """Tags as a list, a JSON list string, or a '|'-separated string; blanks dropped, order kept."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        s = value.strip()
+        if s.startswith("["):
+            try:
+                value = json.loads(s)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"looks like a JSON list but does not parse ({e.msg})") from None
+        else:
+            value = s.split("|")
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"expected a list of tags, got {type(value).__name__}")
+    out = []
+    for t in value:
+        t = _as_text(t, "tag")
+        if t and t not in out:
+            out.append(t)
+    return out
+
+
+def validate_row(raw: dict[str, Any], file: str, row: int, image_root: Path | None,
+                 limits: Limits) -> tuple[Product | None, list[Issue]]:
+    """Validate one row; return (product or None when rejected, issues found)."""
+    issues: list[Issue] = []
+
+    def err(field_name: str, reason: str) -> None:
+        issues.append(Issue(file, row, field_name, reason))
+
+    def text_field(name: str) -> str:
+        try:
+            return _as_text(raw.get(name), name)
+        except ValueError as e:
+            err(name, str(e))
+            return ""
+
+    pid = text_field("id")
+    if not pid and not any(i.field == "id" for i in issues):
+        err("id", "missing or empty")
+    title = text_field("title")
+    description = text_field("description")
+    category = text_field("category") or None
+    language = text_field("language")
+    split = text_field("split").lower() or None
+    image = text_field("image") or None
+    if len(title) > limits.max_title_chars:
+        err("title", f"{len(title):,} characters, over the limit of {limits.max_title_chars:,}")
+    if len(description) > limits.max_description_chars:
+        err("description", f"{len(description):,} characters, over the limit of "
+                           f"{limits.max_description_chars:,} (raise Limits.max_description_chars to accept)")
+    if split is not None and split not in SPLITS:
+        err("split", f"{split!r} is not one of {', '.join(SPLITS)}")
+    try:
+        tags = parse_tags(raw.get("tags"))
+        if len(tags) > limits.max_tags:
+            err("tags", f"{len(tags)} tags, over the limit of {limits.max_tags}")
+    except ValueError as e:
+        err("tags", str(e))
+        tags = []
+    extra = raw.get("extra") or {}
+    if isinstance(extra, str):
+        try:
+            extra = json.loads(extra)
+        except json.JSONDecodeError:
+            extra = {"extra": extra}
+    if not isinstance(extra, dict):
+        extra = {"extra": extra}
+    for k, v in raw.items():  # unknown columns are kept, not dropped
+        if k not in PRODUCT_FIELDS and k not in ("image_hash", "content_hash") and v not in (None, ""):
+            extra.setdefault(k, v)
+    if not (title or description or image) and not issues:
+        err("title", "product has no title, no description and no image")
+    if issues:
+        return None, issues
+
+    image_hash = None
+    if image is not None and image_root is not None and limits.check_images:
+        try:
+            image_hash = check_image(image, image_root)
+        except ImageError as e:
+            if limits.strict_images or not (title or description):
+                why = "" if limits.strict_images else "; the product has no text either"
+                return None, [Issue(file, row, "image", f"{e}{why}")]
+            issues.append(Issue(file, row, "image", f"{e}; photo dropped, product kept text-only", "warning"))
+            extra["image_ref"], extra["image_error"] = image, str(e)
+            image = None
+    product = Product(id=pid, title=title, description=description, image=image, category=category,
+                      tags=tags, language=language, split=split, extra=extra, image_hash=image_hash)
+    return product, issues

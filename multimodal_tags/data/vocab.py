@@ -1,0 +1,42 @@
+"""Tag normalisation and the tag vocabulary.
+
+A tag is a lower-cased `key:value` string (`colour:navy blue`, `sleeve length:short sleeves`).
+The vocabulary is the set of tags seen at least `min_count` times among training products;
+rarer tags are too sparse to learn and are set aside (kept in `extra["rare_tags"]`).
+"""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+from .schema import Product
+
+#: Values that mean "no value" in shop exports (the Myntra benchmark v1 list).
+EMPTY_VALUES = {"", "na", "n/a", "other", "others", "none", "null"}
+
+
+def normalise_tag(key: str, value: str) -> str | None:
+    """`key:value`, lower-cased and stripped, or None when the value is empty-like."""
+    key, value = (key or "").strip(), (value or "").strip()
+    if not key or value.lower() in EMPTY_VALUES:
+        return None
+    return f"{key}:{value}".lower()
+
+
+def build_vocab(products: Iterable[Product], min_count: int = 1, split: str | None = "train") -> list[str]:
+    """Sorted tags seen >= min_count times among products of `split` (all products when None
+    or when no product has a split)."""
+    products = list(products)
+    pool = [p for p in products if split is None or p.split == split] or products
+    counts = Counter(t for p in pool for t in set(p.tags))
+    return sorted(t for t, c in counts.items() if c >= min_count)
+
+
+def apply_vocab(products: Iterable[Product], vocab: Iterable[str]) -> None:
+    """Keep only vocabulary tags in `product.tags`; the others move to extra['rare_tags']."""
+    keep = set(vocab)
+    for p in products:
+        rare = [t for t in p.tags if t not in keep]
+        if rare:
+            p.extra["rare_tags"] = rare
+        p.tags = sorted(t for t in p.tags if t in keep)
