@@ -1,0 +1,153 @@
+"""Encode a catalog's texts and photos with frozen encoders into the feature cache.
+
+Only what the cache lacks is encoded: vectors are keyed by the encoder's cache key (spec, weights,
+preprocessing) and each item's hash (text hash, image-bytes hash). Batches are committed one by
+one, so an interrupted run loses at most the batch in flight.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from .data.feature_cache import FeatureCache
+from .data.images import ImageError, load_image
+from .data.schema import Product
+from .models.image_encoders import ImageEncoder
+from .models.text_encoders import HFTextEncoder
+
+
+@dataclass
+class EncodeStats:
+    """What one modality's pass did."""
+
+    modality: str
+    encoder: str
+    products: int = 0  # products with this modality
+    unique: int = 0  # distinct items (identical texts/photos share a vector)
+    cached: int = 0  # found in the cache, not encoded again
+    encoded: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (product id, reason)
+    seconds: float = 0.0
+
+    @property
+    def per_second(self) -> float:
+        return self.encoded / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        s = (f"{self.modality:5s} {self.encoder}: {self.products} products, {self.unique} unique, "
+             f"{self.cached} cached, {self.encoded} encoded")
+        if self.encoded:
+            s += f" in {self.seconds:.1f}s ({self.per_second:.1f}/s)"
+        if self.failed:
+            s += f", {len(self.failed)} failed"
+        return s
+
+
+def register(cache: FeatureCache, encoder: ImageEncoder | HFTextEncoder) -> str:
+    key = encoder.cache_key()
+    cache.register(key, encoder.spec, encoder.dim, encoder.describe())
+    return key
+
+
+@torch.no_grad()
+def encode_texts(products: Sequence[Product], encoder: HFTextEncoder, cache: FeatureCache,
+                 batch_size: int = 64, progress: bool = True) -> EncodeStats:
+    """Encode every product text the cache lacks, in length-sorted batches (less padding)."""
+    stats = EncodeStats("text", encoder.spec)
+    key = register(cache, encoder)
+    texts = {p.text_hash: p.text for p in products if p.text}
+    stats.products = sum(1 for p in products if p.text)
+    stats.unique = len(texts)
+    todo = cache.missing(key, texts)
+    stats.cached = stats.unique - len(todo)
+    if not todo:
+        return stats
+    start = time.perf_counter()
+    lengths = encoder.token_lengths([texts[h] for h in todo])
+    order = [todo[i] for i in np.argsort(lengths, kind="stable")]
+    encoder.eval()
+    with tqdm(total=len(order), desc=f"text  {encoder.spec}", unit="text", disable=not progress) as bar:
+        for s in range(0, len(order), batch_size):
+            hashes = order[s:s + batch_size]
+            vectors = encoder.encode([texts[h] for h in hashes]).pooled.cpu().numpy()
+            cache.put(key, hashes, vectors)
+            stats.encoded += len(hashes)
+            bar.update(len(hashes))
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+class _ImageFiles(Dataset):
+    """(image hash, pixels or None, error) for each image to encode; decoding runs in workers."""
+
+    def __init__(self, items: list[tuple[str, str]], root: Path, transform):
+        self.items, self.root, self.transform = items, root, transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        image_hash, ref = self.items[i]
+        try:
+            return image_hash, self.transform(load_image(ref, self.root)), None
+        except ImageError as e:
+            return image_hash, None, str(e)
+
+
+def _collate(batch):
+    return batch  # pixels are stacked after dropping failures
+
+
+@torch.no_grad()
+def encode_images(products: Sequence[Product], encoder: ImageEncoder, cache: FeatureCache, image_root: Path,
+                  batch_size: int = 64, num_workers: int = 1, progress: bool = True) -> EncodeStats:
+    """Encode every product photo the cache lacks. A photo that fails to load is reported, not fatal."""
+    stats = EncodeStats("image", encoder.spec)
+    key = register(cache, encoder)
+    with_image = [p for p in products if p.image and p.image_hash]
+    stats.products = len(with_image)
+    refs: dict[str, str] = {}
+    owners: dict[str, str] = {}
+    for p in with_image:
+        refs.setdefault(p.image_hash, p.image)
+        owners.setdefault(p.image_hash, p.id)
+    stats.unique = len(refs)
+    todo = cache.missing(key, refs)
+    stats.cached = stats.unique - len(todo)
+    if not todo:
+        return stats
+    start = time.perf_counter()
+    loader = DataLoader(_ImageFiles([(h, refs[h]) for h in todo], Path(image_root), encoder.transform),
+                        batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
+    encoder.eval()
+    with tqdm(total=len(todo), desc=f"image {encoder.spec}", unit="img", disable=not progress) as bar:
+        for batch in loader:
+            ok = [(h, x) for h, x, err in batch if err is None]
+            stats.failed += [(owners[h], err) for h, x, err in batch if err is not None]
+            if ok:
+                pixels = torch.stack([x for _, x in ok]).to(encoder.device)
+                vectors = encoder.embed(pixels).pooled.cpu().numpy()
+                cache.put(key, [h for h, _ in ok], vectors)
+                stats.encoded += len(ok)
+            bar.update(len(batch))
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+def load_features(products: Sequence[Product], cache: FeatureCache, text_key: str | None,
+                  image_key: str | None) -> dict[str, np.ndarray]:
+    """Cached vectors aligned with `products`: text/image arrays and has_text/has_image masks
+    (a product with no photo, or whose photo failed, has has_image False and a zero vector)."""
+    out: dict[str, np.ndarray] = {}
+    if text_key:
+        out["text"], out["has_text"] = cache.get(text_key, [p.text_hash if p.text else None for p in products])
+    if image_key:
+        out["image"], out["has_image"] = cache.get(image_key, [p.image_hash if p.image else None for p in products])
+    return out

@@ -1,0 +1,91 @@
+"""What every encoder shares: its output, its identity (for the feature cache) and the weights error."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+class WeightsUnavailable(RuntimeError):
+    """Pretrained weights were asked for and could not be loaded; the message says how to supply them."""
+
+
+@dataclass
+class EncoderOutput:
+    pooled: torch.Tensor  # [batch, dim]
+    tokens: torch.Tensor | None = None  # [batch, seq, width]: text tokens or image patches
+    mask: torch.Tensor | None = None  # [batch, seq], 1 for real tokens (text only)
+
+
+def state_dict_hash(module: nn.Module) -> str:
+    """Hash of the parameters and buffers actually loaded: two encoders with equal hashes compute
+    the same function, whatever file or hub name they came from."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
+    """'auto' -> 'bf16' where the hardware runs it natively (CUDA with bf16, CPUs with AVX512-BF16 or
+    AMX: about 3x faster than fp32 here, pooled vectors within cosine 0.9995), else 'fp32'."""
+    if precision != "auto":
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision {precision!r} is not one of auto, fp32, bf16, fp16")
+        return precision
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    cpu = torch.cpu
+    fast = getattr(cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(cpu, "_is_amx_tile_supported", lambda: False)()
+    return "bf16" if device.type == "cpu" and fast else "fp32"
+
+
+class Encoder(nn.Module):
+    """Base for text and image encoders.
+
+    `spec` is how the user named it, `dim` the pooled width, `random_weights` whether it was built
+    untrained on purpose. `cache_key` changes whenever the vectors could change: other weights, other
+    preprocessing, other spec.
+    """
+
+    spec: str
+    dim: int
+    random_weights: bool = False
+    precision: str = "fp32"  # inference precision of `encode` and the feature job; part of the cache key
+
+    def set_precision(self, precision: str) -> "Encoder":
+        self.precision = resolve_precision(precision, self.device)
+        return self
+
+    def autocast(self):
+        """Context for inference at `self.precision` (no-op for fp32)."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def preprocessing_id(self) -> str:
+        raise NotImplementedError
+
+    def weights_id(self) -> str:
+        if not hasattr(self, "_weights_id"):
+            self._weights_id = state_dict_hash(self)
+        return self._weights_id
+
+    def cache_key(self) -> str:
+        ident = f"{self.spec}|{self.weights_id()}|{self.preprocessing_id()}|{self.precision}"
+        return hashlib.sha256(ident.encode()).hexdigest()[:20]
+
+    def describe(self) -> dict:
+        return {"spec": self.spec, "dim": self.dim, "weights_id": self.weights_id(),
+                "preprocessing": self.preprocessing_id(), "precision": self.precision, "random_weights": self.random_weights,
+                "parameters": sum(p.numel() for p in self.parameters())}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device

