@@ -1,0 +1,206 @@
+"""`mmtags`: the command line. Thin: parses arguments, calls the library, turns errors into messages."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+EXIT_USAGE, EXIT_FAILED = 2, 1
+MAX_ISSUES_SHOWN = 20
+
+
+def _print_issues(report, rejects_hint: str = "") -> None:
+    for issue in report.issues[:MAX_ISSUES_SHOWN]:
+        print(f"  {issue}", file=sys.stderr)
+    if len(report.issues) > MAX_ISSUES_SHOWN:
+        print(f"  ... {len(report.issues) - MAX_ISSUES_SHOWN} more issues{rejects_hint}", file=sys.stderr)
+
+
+def cmd_import(a: argparse.Namespace) -> int:
+    from .data.importers import get_importer, run_import
+    from .data.validate import Limits
+
+    source = get_importer(a.source)(a.data, mapping=a.map, tag_columns=a.tag_columns or "",
+                                    image_root=a.image_root)
+    if a.min_tag_count is not None:
+        source.min_tag_count = a.min_tag_count
+    t0 = time.perf_counter()
+    result = run_import(source, a.out, Limits(check_images=not a.no_image_check, strict_images=a.strict_images))
+    print(result.report.summary())
+    _print_issues(result.report, f" (all in {a.out}.rejects.jsonl)")
+    print(f"wrote {a.out} ({len(result.products)} products, {len(result.vocab)} tags in the vocabulary, "
+          f"min count {source.min_tag_count}) in {time.perf_counter() - t0:.1f}s")
+    return 0 if result.products else EXIT_FAILED
+
+
+def cmd_validate(a: argparse.Namespace) -> int:
+    from .data.catalog import read_catalog, write_rejects
+    from .data.validate import Limits
+
+    catalog = read_catalog(a.catalog, a.image_root, Limits(check_images=not a.no_image_check,
+                                                           strict_images=a.strict_images))
+    print(catalog.report.summary())
+    rejects = Path(a.rejects or f"{a.catalog}.rejects.jsonl")
+    if catalog.report.issues:
+        write_rejects(catalog.report.issues, rejects)
+    _print_issues(catalog.report, f" (all in {rejects})")
+    if catalog.report.issues:
+        print(f"issues written to {rejects}")
+    return 0 if catalog.products else EXIT_FAILED
+
+
+def cmd_features(a: argparse.Namespace) -> int:
+    from .data.catalog import read_catalog
+    from .data.feature_cache import FeatureCache
+    from .data.validate import Limits
+    from .features import encode_images, encode_texts
+    from .models.factory import create_image_encoder, create_text_encoder, require_pretrained
+
+    catalog = read_catalog(a.catalog, a.image_root, Limits(check_images=True))
+    print(catalog.report.summary())
+    _print_issues(catalog.report, " (run `mmtags validate` to write them all)")
+    if not catalog.products:
+        print("error: no valid products to encode", file=sys.stderr)
+        return EXIT_FAILED
+    cache_dir = Path(a.cache or Path(a.catalog).resolve().parent / "features-cache")
+    device = a.device if a.device != "auto" else ("cuda" if _cuda() else "cpu")
+    all_stats = []
+    with FeatureCache(cache_dir) as cache:
+        if a.text_encoder != "none":
+            te = create_text_encoder(a.text_encoder, max_length=a.max_length).to(device).set_precision(a.precision)
+            require_pretrained(te, a.allow_random_weights)
+            all_stats.append(encode_texts(catalog.products, te, cache, a.batch_size, progress=not a.quiet))
+            print(all_stats[-1].summary() + f"  [key {te.cache_key()}]")
+        if a.image_encoder != "none":
+            ie = create_image_encoder(a.image_encoder).to(device).set_precision(a.precision)
+            require_pretrained(ie, a.allow_random_weights)
+            all_stats.append(encode_images(catalog.products, ie, cache, catalog.image_root, a.batch_size,
+                                           a.workers, progress=not a.quiet))
+            print(all_stats[-1].summary() + f"  [key {ie.cache_key()}]")
+            for pid, reason in all_stats[-1].failed[:MAX_ISSUES_SHOWN]:
+                print(f"  {pid}: {reason}", file=sys.stderr)
+    if not any(s.encoded for s in all_stats):
+        print(f"nothing to encode: every vector was already in the cache {cache_dir}")
+    else:
+        print(f"cache: {cache_dir}")
+    return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def cmd_encoders(a: argparse.Namespace) -> int:
+    from .models.factory import list_encoders
+
+    for modality, specs in list_encoders().items():
+        print(f"{modality}:")
+        for spec, desc in specs.items():
+            print(f"  {spec:16s} {desc}")
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(a.out, n_products=a.products, text_encoder=a.text_encoder, image_encoder=a.image_encoder,
+             allow_random_weights=a.allow_random_weights, progress=not a.quiet)
+    return 0
+
+
+def cmd_cache(a: argparse.Namespace) -> int:
+    from .data.feature_cache import FeatureCache
+
+    with FeatureCache(a.cache) as cache:
+        for e in cache.encoders():
+            print(json.dumps({k: e[k] for k in ("key", "spec", "dim", "vectors", "weights_id", "precision")}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .models.factory import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER
+
+    p = argparse.ArgumentParser(prog="mmtags", description="Tag e-commerce products from their text and photos.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def image_checks(sp):
+        sp.add_argument("--image-root", help="folder image paths resolve in (default: the catalog's meta, "
+                                             "else its folder)")
+        sp.add_argument("--no-image-check", action="store_true", help="do not open every photo while validating")
+        sp.add_argument("--strict-images", action="store_true",
+                        help="reject a row whose photo is unusable (default: keep it text-only, with a warning)")
+
+    sp = sub.add_parser("import", help="turn a source format into a validated catalog")
+    sp.add_argument("source", help="fashion-myntra, flipkart-1050 or generic")
+    sp.add_argument("--data", required=True, help="the source folder (myntra, flipkart) or file (generic)")
+    sp.add_argument("--out", required=True, help="catalog to write (.jsonl, .csv or .parquet)")
+    sp.add_argument("--map", help="generic: field=column pairs, e.g. id=sku,title=name,image=photo")
+    sp.add_argument("--tag-columns", help="generic: columns that become key:value tags, e.g. colour,material")
+    sp.add_argument("--min-tag-count", type=int, help="vocabulary threshold over train products")
+    image_checks(sp)
+    sp.set_defaults(func=cmd_import)
+
+    sp = sub.add_parser("validate", help="check a catalog; report every bad row by file, row and field")
+    sp.add_argument("--catalog", required=True)
+    sp.add_argument("--rejects", help="where to write the issues (default: CATALOG.rejects.jsonl)")
+    image_checks(sp)
+    sp.set_defaults(func=cmd_validate)
+
+    sp = sub.add_parser("features", help="encode a catalog's texts and photos into the feature cache")
+    sp.add_argument("--catalog", required=True)
+    sp.add_argument("--text-encoder", default=DEFAULT_TEXT_ENCODER, help="spec, or 'none' (see `mmtags encoders`)")
+    sp.add_argument("--image-encoder", default=DEFAULT_IMAGE_ENCODER, help="spec, or 'none'")
+    sp.add_argument("--cache", help="cache folder (default: features-cache beside the catalog)")
+    sp.add_argument("--image-root")
+    sp.add_argument("--batch-size", type=int, default=64)
+    sp.add_argument("--workers", type=int, default=1, help="image decoding processes")
+    sp.add_argument("--max-length", type=int, default=128, help="text tokens per product")
+    sp.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16 (part of the cache key)")
+    sp.add_argument("--device", default="auto")
+    sp.add_argument("--allow-random-weights", action="store_true", help="accept tiny-*/@random encoders")
+    sp.add_argument("--quiet", action="store_true", help="no progress bars")
+    sp.set_defaults(func=cmd_features)
+
+    sp = sub.add_parser("encoders", help="list encoder specs")
+    sp.set_defaults(func=cmd_encoders)
+
+    sp = sub.add_parser("cache", help="list what a feature cache holds")
+    sp.add_argument("--cache", required=True)
+    sp.set_defaults(func=cmd_cache)
+
+    sp = sub.add_parser("demo", help="run the main job on a built-in synthetic shop")
+    sp.add_argument("--out", default="runs/demo")
+    sp.add_argument("--products", type=int, default=600)
+    sp.add_argument("--text-encoder", default=DEFAULT_TEXT_ENCODER)
+    sp.add_argument("--image-encoder", default=DEFAULT_IMAGE_ENCODER)
+    sp.add_argument("--allow-random-weights", action="store_true")
+    sp.add_argument("--quiet", action="store_true")
+    sp.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `mmtags`; returns the exit code. Expected failures print one message, no traceback."""
+    from .models.encoder_base import WeightsUnavailable
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except WeightsUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted: what was written so far is kept; run the same command again to continue",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Shared fixtures. Tests never reach a model hub: HF_HUB_OFFLINE is set before anything imports transformers."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+DATASETS = Path(os.environ.get("MMTAGS_DATASETS", REPO.parent / "shared" / "datasets"))
+
+
+def dataset(name: str) -> Path:
+    """Path of a shared data set, or skip the test where it is absent (a user's fresh clone)."""
+    path = DATASETS / name
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    return path
+
+
+def write_jpeg(path: Path, colour=(200, 30, 40), size=(40, 48)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path, format="JPEG")
+    return path
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        for r in rows:
+            f.write(r if isinstance(r, bytes) else (json.dumps(r, ensure_ascii=False) + "\n").encode())
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_text():
+    from multimodal_tags.models.factory import create_text_encoder
+
+    return create_text_encoder("tiny-bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_image():
+    from multimodal_tags.models.factory import create_image_encoder
+
+    return create_image_encoder("tiny-clip")
+
+
+@pytest.fixture
+def small_catalog(tmp_path):
+    """Six valid products with photos (two identical photos, two identical texts)."""
+    rows = []
+    for i in range(6):
+        write_jpeg(tmp_path / "img" / f"{i}.jpg", colour=(40 * i, 100, 200 - 30 * (i % 3)))
+        rows.append({"id": f"p{i}", "title": f"Product {i % 5}", "description": "cotton shirt" if i % 2 else "mug",
+                     "image": f"img/{i if i != 5 else 4}.jpg", "category": "shirt" if i % 2 else "mug",
+                     "tags": ["colour:red"] if i % 2 else ["material:ceramic"], "split": "train" if i < 4 else "test"})
+    return write_jsonl(tmp_path / "catalog.jsonl", rows)

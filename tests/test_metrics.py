@@ -1,0 +1,32 @@
+import pytest
+
+from multimodal_tags.eval.metrics import accuracy, f1_by_key, macro_f1, prf, tagging_report, top_k_accuracy
+
+
+def test_micro_prf_worked_by_hand():
+    gold = [{"colour:red", "pattern:solid"}, {"colour:blue"}]
+    pred = [{"colour:red", "pattern:striped"}, {"colour:blue", "material:cotton"}]
+    # tp = 1 + 1 = 2; predicted 4; gold 3 -> P 0.5, R 2/3, F1 = 2*0.5*0.667/1.1667 = 0.5714
+    p, r, f = prf(gold, pred)
+    assert (p, r) == (0.5, pytest.approx(2 / 3))
+    assert f == pytest.approx(4 / 7)
+
+
+def test_macro_and_per_key_f1_worked_by_hand():
+    gold = [{"colour:red", "pattern:solid"}, {"colour:blue"}]
+    pred = [{"colour:red", "pattern:striped"}, {"colour:blue", "material:cotton"}]
+    # per gold tag: colour:red 1.0, pattern:solid 0.0, colour:blue 1.0 -> macro 2/3
+    assert macro_f1(gold, pred) == pytest.approx(2 / 3)
+    by_key = f1_by_key(gold, pred)
+    assert by_key["colour"] == 1.0
+    assert by_key["pattern"] == 0.0 and by_key["material"] == 0.0
+
+
+def test_accuracy_topk_and_edge_cases():
+    assert accuracy(["a", "b", "c"], ["a", "x", "c"]) == pytest.approx(2 / 3)
+    assert top_k_accuracy(["a", "b"], [["x", "a"], ["x", "y"]], k=2) == 0.5
+    assert prf([set()], [set()]) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError):
+        accuracy(["a"], [])
+    report = tagging_report(["a"], ["a"], [{"k:v"}], [{"k:v"}])
+    assert report["category_accuracy"] == 1.0 and report["tags_micro_f1"] == 1.0
