@@ -112,6 +112,56 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_presets(a: argparse.Namespace) -> int:
+    from .config import to_dict
+    from .models.presets import get_preset, list_presets
+
+    for name in list_presets():
+        cfg = get_preset(name)
+        print(f"{name:8s} text {cfg.text_encoder}, image {cfg.image_encoder}, fusion {cfg.fusion} {cfg.dim}-d, "
+              f"decoder {cfg.tag_decoder} vocabulary, GPT-2 {cfg.decoder.gpt2} "
+              f"({cfg.decoder.n_layer}x{cfg.decoder.n_embd} if scratch)")
+        if a.verbose:
+            print(json.dumps(to_dict(cfg), indent=1))
+    return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from .config import TrainConfig, load_yaml
+    from .models.presets import get_preset
+    from .train.job import train_tagger
+
+    if a.config:
+        cfg, tcfg = load_yaml(a.config)
+    else:
+        cfg, tcfg = get_preset(a.preset), TrainConfig()
+    for name in ("epochs", "batch_size", "lr", "seed", "patience", "max_train_products"):
+        if getattr(a, name) is not None:
+            setattr(tcfg, name, getattr(a, name))
+    if a.fusion:
+        cfg.fusion = a.fusion
+    result = train_tagger(a.catalog, a.run_dir, cfg, tcfg, cache_dir=a.cache, resume=a.resume,
+                          modalities=a.modalities, allow_random_weights=a.allow_random_weights)
+    if result["metrics"]:
+        for split, by_source in result["metrics"].items():
+            for source, m in by_source.items():
+                print(f"{split:5s} tags from {source:8s} category acc {m['category_accuracy']:.4f}  "
+                      f"tag micro-F1 {m['tags_micro_f1']:.4f}")
+        print(f"model: {Path(a.run_dir) / 'model'}; report: {Path(a.run_dir) / 'report.md'}")
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from .eval.evaluate import evaluate_model
+
+    metrics = evaluate_model(a.model, a.catalog, a.out, split=a.split, tag_source=a.tag_source, cache_dir=a.cache,
+                             allow_random_weights=a.allow_random_weights)
+    if metrics is not None:
+        print(json.dumps({k: v for k, v in metrics.items() if k != "f1_by_key"}))
+        print(f"predictions: {Path(a.out) / 'predictions.jsonl'}")
+    return 0
+
+
 def cmd_cache(a: argparse.Namespace) -> int:
     from .data.feature_cache import FeatureCache
 
@@ -168,6 +218,38 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("encoders", help="list encoder specs")
     sp.set_defaults(func=cmd_encoders)
 
+    sp = sub.add_parser("presets", help="list model presets")
+    sp.add_argument("--verbose", action="store_true", help="print each preset's whole config")
+    sp.set_defaults(func=cmd_presets)
+
+    sp = sub.add_parser("train", help="train a tagger on a catalog (cached features, accelerate)")
+    sp.add_argument("--catalog", required=True)
+    sp.add_argument("--run-dir", required=True, help="where the model, metrics, predictions and report go")
+    sp.add_argument("--preset", default="offline", help="see `mmtags presets`")
+    sp.add_argument("--config", help="a YAML file with model: and train: sections (instead of --preset)")
+    sp.add_argument("--cache", help="feature cache folder (default: features-cache beside the catalog)")
+    sp.add_argument("--modalities", default="both", help="both, text or image")
+    sp.add_argument("--fusion", help="concat or gated (overrides the preset)")
+    sp.add_argument("--epochs", type=int)
+    sp.add_argument("--batch-size", type=int)
+    sp.add_argument("--lr", type=float)
+    sp.add_argument("--seed", type=int)
+    sp.add_argument("--patience", type=int)
+    sp.add_argument("--max-train-products", type=int)
+    sp.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint")
+    sp.add_argument("--allow-random-weights", action="store_true")
+    sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("evaluate", help="evaluate a saved model on a catalog split (works under accelerate launch)")
+    sp.add_argument("--model", required=True)
+    sp.add_argument("--catalog", required=True)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--split", default="test", help="train, val, test or all")
+    sp.add_argument("--tag-source", default="decoder", help="decoder, head or both")
+    sp.add_argument("--cache")
+    sp.add_argument("--allow-random-weights", action="store_true")
+    sp.set_defaults(func=cmd_evaluate)
+
     sp = sub.add_parser("cache", help="list what a feature cache holds")
     sp.add_argument("--cache", required=True)
     sp.set_defaults(func=cmd_cache)
@@ -186,11 +268,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `mmtags`; returns the exit code. Expected failures print one message, no traceback."""
     from .models.encoder_base import WeightsUnavailable
+    from .models.tagger import IncompatibleModel
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except WeightsUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except IncompatibleModel as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
     except (FileNotFoundError, KeyError, ValueError) as e:

@@ -1,0 +1,93 @@
+"""Typed configuration for the tagger and its training, with YAML in and out.
+
+Every knob lives here with the reason it exists; presets (models/presets.py) are named instances.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .models.decoder import DecoderConfig
+
+
+@dataclass
+class ModelConfig:
+    text_encoder: str = "minilm-l6"  # spec (see models/factory.py); "none" for image-only
+    image_encoder: str = "effnet-lite0"  # spec; "none" for text-only
+    text_dim: int = 384  # width of the text encoder's pooled vector
+    image_dim: int = 1280  # width of the image encoder's pooled vector
+    fusion: str = "gated"  # "concat" (baseline) or "gated" (exposes per-product modality weights)
+    dim: int = 512  # fused vector width
+    dropout: float = 0.1  # inside fusion and heads
+    modality_dropout: float = 0.15  # share of products that lose text or photo in training: robust to either missing
+    label_smoothing: float = 0.1  # category cross-entropy; softens over-confident rare classes
+    tag_loss: str = "bce"  # "bce", "asymmetric" (many easy negatives) or "focal"
+    use_decoder: bool = True  # train the GPT-2 tag decoder next to the tag head
+    tag_decoder: str = "closed"  # "closed": one token per tag; "open": BPE text, can emit unseen tags
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    adversary_field: str | None = None  # Product.extra field to make the fused vector invariant to (e.g. "shop")
+    price_field: str | None = None  # Product.extra numeric field regressed with MSE (log1p), if any
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.01  # AdamW decoupled L2
+    l1: float = 0.0  # L1 on head weights: sparse, interpretable tag/category weights
+    scheduler: str = "cosine"  # "cosine", "linear" or "constant", after warmup
+    warmup_ratio: float = 0.05
+    grad_accum: int = 1  # effective batch = batch_size * grad_accum * processes
+    mixed_precision: str = "auto"  # accelerate's "no", "bf16", "fp16"; "auto": bf16 where the hardware has it
+    patience: int = 5  # early stopping: epochs without val improvement
+    monitor: str = "val_score"  # mean of category accuracy and tag micro-F1 on val
+    seed: int = 0
+    category_weight: float = 1.0
+    tag_weight: float = 1.0
+    decoder_weight: float = 1.0
+    adversary_weight: float = 0.1
+    price_weight: float = 0.1
+    feature_noise: float = 0.0  # augmentation on cached features: Gaussian noise, relative to feature scale
+    checkpoint_every: int = 1  # epochs between resumable checkpoints
+    max_train_products: int | None = None  # quick runs
+
+
+def _from_dict(cls, d: dict[str, Any]):
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in d:
+            continue
+        v = d[f.name]
+        if f.name == "decoder" and isinstance(v, dict):
+            v = _from_dict(DecoderConfig, v)
+        kwargs[f.name] = v
+    unknown = set(d) - {f.name for f in fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {', '.join(sorted(unknown))}")
+    return cls(**kwargs)
+
+
+def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
+    return _from_dict(ModelConfig, d)
+
+
+def train_config_from_dict(d: dict[str, Any]) -> TrainConfig:
+    return _from_dict(TrainConfig, d)
+
+
+def to_dict(cfg) -> dict[str, Any]:
+    return asdict(cfg) if is_dataclass(cfg) else dict(cfg)
+
+
+def save_yaml(path: str | Path, **sections) -> None:
+    Path(path).write_text(yaml.safe_dump({k: to_dict(v) for k, v in sections.items()}, sort_keys=False),
+                          encoding="utf-8")
+
+
+def load_yaml(path: str | Path) -> tuple[ModelConfig, TrainConfig]:
+    d = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    return model_config_from_dict(d.get("model", {})), train_config_from_dict(d.get("train", {}))

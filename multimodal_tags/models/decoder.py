@@ -1,0 +1,172 @@
+"""The tag decoder: fused vector -> k prefix embeddings -> GPT-2 -> tags (as in ClipCap).
+
+Training is teacher-forced: [prefix_1..prefix_k, BOS, t_1..t_n] predicts [t_1..t_n, EOS]. Generation is
+batched and incremental: the prefix is run once, then one token per step through GPT-2's KV cache.
+Closed-vocabulary decoding is constrained: no tag twice, at most one value of a single-valued key,
+and it stops at EOS; each generated tag comes with its probability.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from .encoder_base import WeightsUnavailable
+from .tag_tokenizer import TagTokenizer, tag_key
+
+
+@dataclass
+class DecoderConfig:
+    prefix_length: int = 4  # k prefix embeddings handed to GPT-2
+    mapper: str = "mlp"  # "mlp" or "transformer"
+    gpt2: str = "scratch"  # "scratch" (trained from a config), or a hub name / local folder of pretrained GPT-2
+    n_layer: int = 4  # scratch GPT-2 size
+    n_embd: int = 256
+    n_head: int = 4
+    max_tags: int = 24  # longest tag sequence generated
+    dropout: float = 0.1
+
+
+class MLPMapper(nn.Module):
+    def __init__(self, dim: int, k: int, width: int):
+        super().__init__()
+        self.k, self.width = k, width
+        hidden = (dim + k * width) // 2
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, k * width))
+
+    def forward(self, fused: torch.Tensor) -> torch.Tensor:
+        return self.net(fused).view(fused.shape[0], self.k, self.width)
+
+
+class TransformerMapper(nn.Module):
+    """k learned queries attend, with the projected fused vector, through a small transformer."""
+
+    def __init__(self, dim: int, k: int, width: int, layers: int = 2, heads: int = 4):
+        super().__init__()
+        self.k = k
+        self.inp = nn.Linear(dim, width)
+        self.queries = nn.Parameter(torch.randn(k, width) * 0.02)
+        layer = nn.TransformerEncoderLayer(width, heads, 2 * width, dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+    def forward(self, fused: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([self.inp(fused).unsqueeze(1), self.queries.expand(fused.shape[0], -1, -1)], dim=1)
+        return self.encoder(x)[:, 1:]
+
+
+def build_gpt2(cfg: DecoderConfig, vocab_size: int) -> GPT2LMHeadModel:
+    """Pretrained GPT-2 (hub name or folder; its vocabulary resized when the tag vocabulary differs), or a
+    GPT-2 trained from scratch. A named pretrained model that cannot load fails loudly."""
+    if cfg.gpt2 == "scratch":
+        conf = GPT2Config(vocab_size=vocab_size, n_positions=cfg.prefix_length + cfg.max_tags * 8 + 4,
+                          n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head, resid_pdrop=cfg.dropout,
+                          embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout, bos_token_id=1, eos_token_id=2)
+        return GPT2LMHeadModel(conf)
+    try:
+        model = GPT2LMHeadModel.from_pretrained(cfg.gpt2)
+    except (OSError, ValueError) as e:
+        raise WeightsUnavailable(
+            f"GPT-2 {cfg.gpt2!r} could not be loaded ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            f"download it on a machine with internet and pass its folder, or use gpt2='scratch'.") from None
+    if model.config.vocab_size != vocab_size:
+        model.resize_token_embeddings(vocab_size)
+    return model
+
+
+class TagDecoder(nn.Module):
+    def __init__(self, fused_dim: int, tokenizer, cfg: DecoderConfig):
+        super().__init__()
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self.gpt = build_gpt2(cfg, len(tokenizer))
+        width = self.gpt.config.n_embd
+        self.mapper = (MLPMapper(fused_dim, cfg.prefix_length, width) if cfg.mapper == "mlp"
+                       else TransformerMapper(fused_dim, cfg.prefix_length, width))
+        self.closed = isinstance(tokenizer, TagTokenizer)
+        if self.closed:
+            self.register_buffer("key_of_token", torch.tensor(tokenizer.key_ids()), persistent=False)
+            single = [k in tokenizer.single_valued for k in tokenizer.keys]
+            self.register_buffer("key_single", torch.tensor(single + [False], dtype=torch.bool), persistent=False)
+
+    def forward(self, fused: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced loss. target_ids: [batch, L] = BOS t_1 .. t_n EOS PAD.. (PAD-padded)."""
+        prefix = self.mapper(fused)
+        inputs = target_ids[:, :-1]
+        labels = target_ids[:, 1:].masked_fill(target_ids[:, 1:] == self.tokenizer.PAD, -100)
+        embeds = torch.cat([prefix, self.gpt.transformer.wte(inputs)], dim=1)
+        mask = torch.cat([torch.ones(prefix.shape[:2], dtype=torch.long, device=fused.device),
+                          (inputs != self.tokenizer.PAD).long()], dim=1)
+        logits = self.gpt(inputs_embeds=embeds, attention_mask=mask).logits[:, prefix.shape[1]:]
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+
+    def _constrain(self, logits: torch.Tensor, used: torch.Tensor, used_keys: torch.Tensor) -> torch.Tensor:
+        """Forbid specials other than EOS, tags already emitted, and second values of single-valued keys."""
+        tok = self.tokenizer
+        logits[:, tok.PAD] = float("-inf")
+        logits[:, tok.BOS] = float("-inf")
+        if self.closed:
+            logits = logits.masked_fill(used, float("-inf"))
+            key = self.key_of_token.clamp(min=0)
+            blocked = used_keys[:, key] & self.key_single[key] & (self.key_of_token >= 0)
+            logits = logits.masked_fill(blocked, float("-inf"))
+        return logits
+
+    @torch.no_grad()
+    def generate(self, fused: torch.Tensor, max_steps: int | None = None) -> list[list[tuple[str, float]]]:
+        """Greedy constrained decoding for a batch; returns, per product, (tag, probability) in order."""
+        tok = self.tokenizer
+        b, dev = fused.shape[0], fused.device
+        max_steps = max_steps or (self.cfg.max_tags if self.closed else self.cfg.max_tags * 8)
+        prefix = self.mapper(fused)
+        bos = self.gpt.transformer.wte(torch.full((b, 1), tok.BOS, device=dev))
+        out = self.gpt(inputs_embeds=torch.cat([prefix, bos], dim=1), use_cache=True)
+        cache = out.cache
+        logits = out.logits[:, -1].float()
+        vocab = logits.shape[-1]
+        used = torch.zeros(b, vocab, dtype=torch.bool, device=dev)
+        used_keys = torch.zeros(b, (len(tok.keys) + 1) if self.closed else 1, dtype=torch.bool, device=dev)
+        done = torch.zeros(b, dtype=torch.bool, device=dev)
+        ids, probs = [], []
+        for _ in range(max_steps):
+            p = torch.softmax(self._constrain(logits, used, used_keys), dim=-1)
+            nxt = p.argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, tok.EOS), nxt)
+            ids.append(nxt)
+            probs.append(p.gather(1, nxt[:, None])[:, 0])
+            done |= nxt == tok.EOS
+            if done.all():
+                break
+            used[torch.arange(b, device=dev), nxt] = True
+            if self.closed:
+                k = self.key_of_token[nxt]
+                used_keys[torch.arange(b, device=dev)[k >= 0], k[k >= 0]] = True
+            out = self.gpt(input_ids=nxt[:, None], cache=cache, use_cache=True)  # one new token per step
+            cache, logits = out.cache, out.logits[:, -1].float()
+        ids_t, probs_t = torch.stack(ids, 1).tolist(), torch.stack(probs, 1).tolist()
+        return [self._pairs(seq, pr) for seq, pr in zip(ids_t, probs_t)]
+
+    def _pairs(self, seq: list[int], pr: list[float]) -> list[tuple[str, float]]:
+        tok = self.tokenizer
+        if self.closed:
+            out = []
+            for i, p in zip(seq, pr):
+                if i == tok.EOS:
+                    break
+                out.append((tok.tags[i - len(tok.SPECIALS)], p))
+            return out
+        # open vocabulary: a tag's score is the product of its tokens' probabilities
+        cut = seq.index(tok.EOS) if tok.EOS in seq else len(seq)
+        tags = tok.decode(seq[:cut])
+        score = 1.0
+        for p in pr[:cut]:
+            score *= p
+        out, keys = [], set()
+        for t in tags:  # the same constraints, applied to the decoded text
+            if ":" in t and tag_key(t) in tok.single_valued:
+                if tag_key(t) in keys:
+                    continue
+                keys.add(tag_key(t))
+            out.append((t, score ** (1 / max(len(tags), 1))))
+        return out

@@ -1,0 +1,103 @@
+"""Category and tag heads, their losses, and per-tag threshold tuning."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CategoryHead(nn.Module):
+    """Linear classifier over the fused vector (cross-entropy, optional label smoothing)."""
+
+    def __init__(self, dim: int, n_categories: int, dropout: float = 0.1):
+        super().__init__()
+        self.drop, self.linear = nn.Dropout(dropout), nn.Linear(dim, n_categories)
+
+    def forward(self, fused: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.drop(fused))
+
+
+class TagHead(nn.Module):
+    """One logit per vocabulary tag (multi-label)."""
+
+    def __init__(self, dim: int, n_tags: int, dropout: float = 0.1):
+        super().__init__()
+        self.drop, self.linear = nn.Dropout(dropout), nn.Linear(dim, n_tags)
+
+    def forward(self, fused: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.drop(fused))
+
+
+def asymmetric_loss(logits: torch.Tensor, targets: torch.Tensor, gamma_pos: float = 0.0, gamma_neg: float = 4.0,
+                    clip: float = 0.05) -> torch.Tensor:
+    """Asymmetric loss (Ridnik et al., 2021) for multi-label tagging with many negatives per product:
+    easy negatives are down-weighted by p^gamma_neg and probabilities under `clip` are ignored.
+    gamma_pos = gamma_neg = clip = 0 is plain BCE; gamma_pos = gamma_neg = 2 is focal loss."""
+    p = torch.sigmoid(logits)
+    p_neg = (p - clip).clamp(min=0) if clip > 0 else p
+    loss_pos = targets * (1 - p).pow(gamma_pos) * F.logsigmoid(logits)
+    log_one_minus = torch.log((1 - p_neg).clamp(min=1e-8))
+    loss_neg = (1 - targets) * p_neg.pow(gamma_neg) * log_one_minus
+    return -(loss_pos + loss_neg).sum(-1).mean()
+
+
+def tag_loss(logits: torch.Tensor, targets: torch.Tensor, kind: str = "bce") -> torch.Tensor:
+    """'bce' (mean over tags), 'asymmetric' or 'focal'."""
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(logits, targets)
+    if kind == "asymmetric":
+        return asymmetric_loss(logits, targets) / targets.shape[-1]
+    if kind == "focal":
+        return asymmetric_loss(logits, targets, gamma_pos=2.0, gamma_neg=2.0, clip=0.0) / targets.shape[-1]
+    raise ValueError(f"unknown tag loss {kind!r}; choose bce, asymmetric or focal")
+
+
+class GradientReversal(torch.autograd.Function):
+    """Identity forward, negated (scaled) gradient backward: the adversarial trick of DANN."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return -ctx.scale * grad, None
+
+
+class AdversaryHead(nn.Module):
+    """Predicts a nuisance label (e.g. the source shop) through gradient reversal, so that training
+    makes the fused vector *uninformative* about it."""
+
+    def __init__(self, dim: int, n_classes: int, scale: float = 1.0):
+        super().__init__()
+        self.scale = scale
+        self.mlp = nn.Sequential(nn.Linear(dim, dim // 2), nn.GELU(), nn.Linear(dim // 2, n_classes))
+
+    def forward(self, fused: torch.Tensor) -> torch.Tensor:
+        return self.mlp(GradientReversal.apply(fused, self.scale))
+
+
+def tune_thresholds(probs: np.ndarray, targets: np.ndarray, grid: np.ndarray | None = None,
+                    min_positives: int = 5, default: float = 0.5) -> np.ndarray:
+    """Per-tag decision thresholds that maximise each tag's F1 on validation data.
+
+    Tags with fewer than `min_positives` validation positives keep a global threshold (the best
+    single threshold for micro-F1), since a per-tag optimum over a handful of examples is noise.
+    """
+    grid = np.linspace(0.05, 0.95, 19) if grid is None else grid
+    targets = targets.astype(bool)
+    best_global, best_f = default, -1.0
+    for th in grid:
+        pred = probs >= th
+        tp = (pred & targets).sum()
+        f = 2 * tp / max(pred.sum() + targets.sum(), 1)
+        if f > best_f:
+            best_global, best_f = th, f
+    out = np.full(probs.shape[1], best_global, dtype=np.float32)
+    for j in np.where(targets.sum(0) >= min_positives)[0]:
+        p, y = probs[:, j][:, None] >= grid[None, :], targets[:, j][:, None]
+        f1 = 2 * (p & y).sum(0) / np.maximum(p.sum(0) + y.sum(0), 1)
+        out[j] = grid[int(np.argmax(f1))]
+    return out

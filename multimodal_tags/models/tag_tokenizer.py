@@ -1,0 +1,160 @@
+"""Tokenizers for the tag decoder.
+
+Closed vocabulary (`TagTokenizer`): each vocabulary tag is one token, so a product's tags are a short
+sequence (exact, and easy to constrain). Open vocabulary (`TextTagTokenizer`): tags are written as text,
+`key:value; key:value`, through a BPE tokenizer (a pretrained GPT-2's, or one trained on the training
+tags with `tokenizers`), so tags never seen in training can be generated.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+SEPARATOR = "; "
+
+
+def tag_key(tag: str) -> str:
+    return tag.split(":", 1)[0] if ":" in tag else tag
+
+
+def single_valued_keys(tag_lists: Iterable[Sequence[str]]) -> list[str]:
+    """Keys that never carry two values on one product in the data (colour, gender, ...)."""
+    seen, multi = set(), set()
+    for tags in tag_lists:
+        keys = Counter(tag_key(t) for t in tags if ":" in t)
+        seen |= set(keys)
+        multi |= {k for k, c in keys.items() if c > 1}
+    return sorted(seen - multi)
+
+
+class TagTokenizer:
+    """One token per tag, plus PAD, BOS and EOS.
+
+    Tags of a product are written in a fixed order (most frequent key first, then the tag), so the
+    decoder learns one canonical sequence per tag set.
+    """
+
+    PAD, BOS, EOS = 0, 1, 2
+    SPECIALS = ("<pad>", "<bos>", "<eos>")
+    kind = "closed"
+
+    def __init__(self, tags: Sequence[str], single_valued: Iterable[str] = (), key_order: Sequence[str] = ()):
+        self.tags = list(tags)
+        self.index = {t: i + len(self.SPECIALS) for i, t in enumerate(self.tags)}
+        self.single_valued = set(single_valued)
+        self.keys = list(dict.fromkeys([*key_order, *sorted({tag_key(t) for t in self.tags})]))
+        rank = {k: i for i, k in enumerate(self.keys)}
+        self._rank = {t: (rank[tag_key(t)], t) for t in self.tags}
+
+    @classmethod
+    def fit(cls, vocab: Sequence[str], train_tags: Iterable[Sequence[str]]) -> "TagTokenizer":
+        train_tags = [list(t) for t in train_tags]
+        key_counts = Counter(tag_key(t) for tags in train_tags for t in tags)
+        return cls(vocab, single_valued_keys(train_tags), [k for k, _ in key_counts.most_common()])
+
+    def __len__(self) -> int:
+        return len(self.SPECIALS) + len(self.tags)
+
+    def key_ids(self) -> list[int]:
+        """For every token id, the index of its key in `self.keys` (-1 for specials)."""
+        kidx = {k: i for i, k in enumerate(self.keys)}
+        return [-1] * len(self.SPECIALS) + [kidx[tag_key(t)] for t in self.tags]
+
+    def encode(self, tags: Iterable[str]) -> list[int]:
+        """BOS, the known tags in canonical order, EOS (unknown tags are skipped)."""
+        known = sorted((t for t in set(tags) if t in self.index), key=self._rank.__getitem__)
+        return [self.BOS, *(self.index[t] for t in known), self.EOS]
+
+    def decode(self, ids: Iterable[int]) -> list[str]:
+        out = []
+        for i in ids:
+            if i == self.EOS:
+                break
+            if i >= len(self.SPECIALS):
+                out.append(self.tags[i - len(self.SPECIALS)])
+        return out
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "tags": self.tags, "single_valued": sorted(self.single_valued), "keys": self.keys}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TagTokenizer":
+        return cls(d["tags"], d["single_valued"], d["keys"])
+
+
+class TextTagTokenizer:
+    """Tags as text through a BPE tokenizer: `bos key:value; key:value eos`."""
+
+    kind = "open"
+
+    def __init__(self, tokenizer, single_valued: Iterable[str] = ()):
+        from transformers import PreTrainedTokenizerFast
+
+        if not isinstance(tokenizer, PreTrainedTokenizerFast):
+            raise TypeError("TextTagTokenizer needs a fast tokenizer")
+        self.tok = tokenizer
+        for name, tok in (("pad_token", "<pad>"), ("bos_token", "<bos>"), ("eos_token", "<eos>")):
+            if getattr(self.tok, name) is None:
+                self.tok.add_special_tokens({name: tok})
+        self.PAD, self.BOS, self.EOS = self.tok.pad_token_id, self.tok.bos_token_id, self.tok.eos_token_id
+        self.single_valued = set(single_valued)
+
+    @classmethod
+    def train(cls, train_tags: Iterable[Sequence[str]], vocab_size: int = 2000) -> "TextTagTokenizer":
+        """A byte-level BPE trained on the training products' tag strings."""
+        from tokenizers import ByteLevelBPETokenizer
+        from transformers import PreTrainedTokenizerFast
+
+        train_tags = [list(t) for t in train_tags]
+        bpe = ByteLevelBPETokenizer()
+        bpe.train_from_iterator([SEPARATOR.join(sorted(t)) for t in train_tags if t], vocab_size=vocab_size,
+                                min_frequency=2, special_tokens=["<pad>", "<bos>", "<eos>"])
+        tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, pad_token="<pad>", bos_token="<bos>",
+                                      eos_token="<eos>")
+        return cls(tok, single_valued_keys(train_tags))
+
+    @classmethod
+    def pretrained(cls, name_or_path: str, train_tags: Iterable[Sequence[str]] = ()) -> "TextTagTokenizer":
+        """A pretrained GPT-2 tokenizer (hub name or local folder)."""
+        from transformers import AutoTokenizer
+
+        return cls(AutoTokenizer.from_pretrained(name_or_path), single_valued_keys(list(train_tags)))
+
+    def __len__(self) -> int:
+        return len(self.tok)
+
+    def encode(self, tags: Iterable[str]) -> list[int]:
+        return [self.BOS, *self.tok.encode(SEPARATOR.join(sorted(set(tags))), add_special_tokens=False), self.EOS]
+
+    def decode(self, ids: Iterable[int]) -> list[str]:
+        ids = list(ids)
+        if self.EOS in ids:
+            ids = ids[:ids.index(self.EOS)]
+        text = self.tok.decode([i for i in ids if i not in (self.PAD, self.BOS)])
+        return list(dict.fromkeys(t.strip() for t in text.split(";") if t.strip()))
+
+    def save(self, folder: Path) -> None:
+        self.tok.save_pretrained(str(folder / "tag_tokenizer"))
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "single_valued": sorted(self.single_valued)}
+
+    @classmethod
+    def load(cls, folder: Path, d: dict) -> "TextTagTokenizer":
+        from transformers import AutoTokenizer
+
+        return cls(AutoTokenizer.from_pretrained(str(folder / "tag_tokenizer")), d["single_valued"])
+
+
+def save_tokenizer(tokenizer, folder: Path) -> None:
+    folder = Path(folder)
+    if isinstance(tokenizer, TextTagTokenizer):
+        tokenizer.save(folder)
+    (folder / "tag_tokenizer.json").write_text(json.dumps(tokenizer.to_dict(), ensure_ascii=False), encoding="utf-8")
+
+
+def load_tokenizer(folder: Path):
+    d = json.loads((Path(folder) / "tag_tokenizer.json").read_text(encoding="utf-8"))
+    return TagTokenizer.from_dict(d) if d["kind"] == "closed" else TextTagTokenizer.load(Path(folder), d)

@@ -1,0 +1,212 @@
+"""The Tagger: fusion + category head + tag head + GPT-2 tag decoder, saved and loaded as one folder.
+
+It works on encoder vectors (the fast path: frozen encoders, cached features). The folder holds
+`config.json` (model config, categories, tag vocabulary, format version), `model.safetensors`
+(weights and tuned per-tag thresholds) and the tag tokenizer.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..config import ModelConfig, model_config_from_dict, to_dict
+from .decoder import TagDecoder
+from .fusion import create_fusion, modality_dropout
+from .heads import AdversaryHead, CategoryHead, TagHead, tag_loss
+from .tag_tokenizer import TagTokenizer, TextTagTokenizer, load_tokenizer, save_tokenizer
+
+FORMAT = "mmtags-model/1"
+
+
+class IncompatibleModel(ValueError):
+    """A model folder this version cannot read; the message says which version wrote it."""
+
+
+@dataclass
+class Batch:
+    text: torch.Tensor
+    image: torch.Tensor
+    has_text: torch.Tensor
+    has_image: torch.Tensor
+    category: torch.Tensor | None = None  # [b] long, -1 unknown
+    tags: torch.Tensor | None = None  # [b, n_tags] float multi-hot
+    decoder_ids: torch.Tensor | None = None  # [b, L] long
+    adversary: torch.Tensor | None = None  # [b] long, -1 unknown
+    price: torch.Tensor | None = None  # [b] float, nan unknown
+
+
+class Tagger(nn.Module):
+    def __init__(self, cfg: ModelConfig, categories: list[str], tags: list[str], tokenizer=None,
+                 adversary_classes: list[str] | None = None):
+        super().__init__()
+        self.cfg, self.categories, self.tags = cfg, list(categories), list(tags)
+        self.fusion = create_fusion(cfg.fusion, cfg.text_dim, cfg.image_dim, cfg.dim, cfg.dropout)
+        self.category_head = CategoryHead(cfg.dim, len(self.categories), cfg.dropout)
+        self.tag_head = TagHead(cfg.dim, len(self.tags), cfg.dropout)
+        self.register_buffer("thresholds", torch.full((len(self.tags),), 0.5))
+        self.tokenizer = tokenizer
+        self.decoder = TagDecoder(cfg.dim, tokenizer, cfg.decoder) if cfg.use_decoder and tokenizer is not None else None
+        self.adversary_classes = list(adversary_classes or [])
+        self.adversary = AdversaryHead(cfg.dim, len(self.adversary_classes)) if self.adversary_classes else None
+        self.price_head = nn.Linear(cfg.dim, 1) if cfg.price_field else None
+
+    # ---- forward and losses -------------------------------------------------------------------------
+    def forward(self, batch: Batch, drop_modalities: bool = False) -> dict[str, torch.Tensor]:
+        has_text, has_image = batch.has_text.bool(), batch.has_image.bool()
+        if drop_modalities and self.training:
+            has_text, has_image = modality_dropout(has_text, has_image, self.cfg.modality_dropout)
+        fusion = self.fusion(batch.text, batch.image, has_text, has_image)
+        out = {"fused": fusion.fused, "modality_weights": fusion.weights,
+               "category_logits": self.category_head(fusion.fused), "tag_logits": self.tag_head(fusion.fused)}
+        # Everything that needs gradients is computed inside forward, so DistributedDataParallel sees it.
+        if self.training and self.decoder is not None and batch.decoder_ids is not None:
+            out["decoder_loss"] = self.decoder(fusion.fused, batch.decoder_ids)
+        if self.adversary is not None:
+            out["adversary_logits"] = self.adversary(fusion.fused)
+        if self.price_head is not None:
+            out["price"] = self.price_head(fusion.fused)[:, 0]
+        return out
+
+    def losses(self, batch: Batch, out: dict[str, torch.Tensor], weights) -> dict[str, torch.Tensor]:
+        """Per-objective losses (only those whose labels the batch has) and their weighted total."""
+        losses: dict[str, torch.Tensor] = {}
+        if batch.category is not None and (batch.category >= 0).any():
+            losses["category"] = F.cross_entropy(out["category_logits"].float(), batch.category, ignore_index=-1,
+                                                 label_smoothing=self.cfg.label_smoothing)
+        if batch.tags is not None:
+            losses["tags"] = tag_loss(out["tag_logits"].float(), batch.tags, self.cfg.tag_loss)
+        if "decoder_loss" in out:
+            losses["decoder"] = out["decoder_loss"]
+        if "adversary_logits" in out and batch.adversary is not None and (batch.adversary >= 0).any():
+            losses["adversary"] = F.cross_entropy(out["adversary_logits"].float(), batch.adversary, ignore_index=-1)
+        if "price" in out and batch.price is not None and torch.isfinite(batch.price).any():
+            ok = torch.isfinite(batch.price)
+            losses["price"] = F.mse_loss(out["price"][ok].float(), batch.price[ok])
+        w = {"category": weights.category_weight, "tags": weights.tag_weight, "decoder": weights.decoder_weight,
+             "adversary": weights.adversary_weight, "price": weights.price_weight}
+        losses["total"] = sum(w[k] * v for k, v in losses.items())
+        if weights.l1 > 0:  # sparse heads: L1 on the weights that read the fused vector
+            losses["total"] = losses["total"] + weights.l1 * sum(
+                h.linear.weight.abs().sum() for h in (self.category_head, self.tag_head))
+        return losses
+
+    # ---- prediction ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, batch: Batch, generate: bool = True, top_k: int = 5) -> list[dict]:
+        """Category (with score and top-k), tags from the tag head (thresholded), tags generated by the
+        decoder (with their probabilities), and the modality weights, for every product of the batch."""
+        self.eval()
+        out = self(batch)
+        cat_p = torch.softmax(out["category_logits"].float(), -1)
+        tag_p = torch.sigmoid(out["tag_logits"].float())
+        generated = self.decoder.generate(out["fused"]) if (generate and self.decoder is not None) else None
+        top = cat_p.topk(min(top_k, cat_p.shape[-1]), dim=-1)
+        preds = []
+        for n in range(cat_p.shape[0]):
+            above = (tag_p[n] >= self.thresholds).nonzero()[:, 0].tolist()
+            pred = {"category": self.categories[int(top.indices[n, 0])], "category_score": float(top.values[n, 0]),
+                    "category_top": [[self.categories[int(i)], float(v)] for i, v in zip(top.indices[n], top.values[n])],
+                    "head_tags": {self.tags[j]: float(tag_p[n, j]) for j in above},
+                    "modality_weights": {"text": float(out["modality_weights"][n, 0]),
+                                         "image": float(out["modality_weights"][n, 1])}}
+            if generated is not None:
+                pred["generated_tags"] = {t: float(p) for t, p in generated[n]}
+            preds.append(pred)
+        return preds
+
+    def tag_probabilities(self, batch: Batch) -> torch.Tensor:
+        self.eval()
+        with torch.no_grad():
+            return torch.sigmoid(self(batch)["tag_logits"].float())
+
+    # ---- persistence --------------------------------------------------------------------------------
+    def save(self, folder: str | Path) -> Path:
+        """Write the model folder atomically (a temp folder renamed into place)."""
+        folder = Path(folder)
+        tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        meta = {"format": FORMAT, "model": to_dict(self.cfg), "categories": self.categories, "tags": self.tags,
+                "adversary_classes": self.adversary_classes}
+        (tmp / "config.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False), encoding="utf-8")
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(_untie(state), str(tmp / "model.safetensors"))
+        if self.tokenizer is not None:
+            save_tokenizer(self.tokenizer, tmp)
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+            folder.rename(old)
+            tmp.rename(folder)
+            import shutil
+
+            shutil.rmtree(old)
+        else:
+            tmp.rename(folder)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, map_location: str = "cpu") -> "Tagger":
+        folder = Path(folder)
+        cfg_path = folder / "config.json"
+        if not cfg_path.exists():
+            raise FileNotFoundError(f"{folder} is not a model folder (no config.json)")
+        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
+        if meta.get("format") != FORMAT:
+            raise IncompatibleModel(f"{folder} was written as {meta.get('format')!r}; this version of "
+                                    f"multimodal_tags reads {FORMAT!r}. Retrain or use the version that wrote it.")
+        cfg = model_config_from_dict(meta["model"])
+        tokenizer = load_tokenizer(folder) if (folder / "tag_tokenizer.json").exists() else None
+        model = cls(cfg, meta["categories"], meta["tags"], tokenizer, meta.get("adversary_classes"))
+        state = load_file(str(folder / "model.safetensors"), device=map_location)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not _is_tied(model, k)]
+        if missing or unexpected:
+            raise IncompatibleModel(f"{folder}: weights do not match the config (missing {missing[:3]}, "
+                                    f"unexpected {unexpected[:3]})")
+        return model.eval()
+
+
+def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses shared storage (GPT-2 ties lm_head to wte): drop the tied copy."""
+    return {k: v for k, v in state.items() if not k.endswith("gpt.lm_head.weight")}
+
+
+def _is_tied(model: nn.Module, key: str) -> bool:
+    return key.endswith("gpt.lm_head.weight")
+
+
+def build_tokenizer(cfg: ModelConfig, vocab: list[str], train_tags: list[list[str]]):
+    """The decoder's tokenizer for this config: one token per tag, or BPE (trained, or GPT-2's)."""
+    if not cfg.use_decoder:
+        return None
+    if cfg.tag_decoder == "closed":
+        return TagTokenizer.fit(vocab, train_tags)
+    if cfg.decoder.gpt2 == "scratch":
+        return TextTagTokenizer.train(train_tags)
+    return TextTagTokenizer.pretrained(cfg.decoder.gpt2, train_tags)
+
+
+def decoder_targets(tokenizer, tag_lists: list[list[str]]) -> np.ndarray:
+    """Padded [n, L] token ids for the decoder (L = longest sequence)."""
+    seqs = [tokenizer.encode(t) for t in tag_lists]
+    width = max(map(len, seqs)) if seqs else 2
+    out = np.full((len(seqs), width), tokenizer.PAD, dtype=np.int64)
+    for i, s in enumerate(seqs):
+        out[i, :len(s)] = s
+    return out
+
+
+def price_target(value) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return math.log1p(v) if v >= 0 else math.nan

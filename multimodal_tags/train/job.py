@@ -1,0 +1,144 @@
+"""The training job: catalog + config -> features -> trained Tagger -> evaluation -> run folder.
+
+    result = train_tagger("catalog.jsonl", "runs/r1", get_preset("offline"), TrainConfig())
+
+The run folder holds config.yaml, run.json (versions, git commit, seed), history.json, metrics.json,
+predictions for val and test, report.md with plots, and model/ (loadable with Tagger.load).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..config import ModelConfig, TrainConfig, save_yaml
+from ..data.catalog import Catalog, read_catalog
+from ..data.feature_cache import FeatureCache
+from ..eval.predict import TAG_SOURCES, predict_dataset, prediction_rows, score_rows, tune_model_thresholds
+from ..features import encode_images, encode_texts, load_features
+from ..models.factory import create_image_encoder, create_text_encoder, require_pretrained
+from ..models.tagger import Tagger
+from ..run_info import write_run_info
+from .data import FeatureDataset, LabelSpace, build_label_space
+from .loop import fit
+
+MODALITIES = ("both", "text", "image")
+
+
+def prepare_features(catalog: Catalog, cfg: ModelConfig, cache_dir: str | Path, precision: str = "auto",
+                     allow_random_weights: bool = False, log: Callable[[str], None] = print) -> dict[str, np.ndarray]:
+    """Encode what the cache lacks for the config's encoders; return vectors aligned with the catalog."""
+    keys = {"text": None, "image": None}
+    with FeatureCache(cache_dir) as cache:
+        if cfg.text_encoder != "none":
+            te = create_text_encoder(cfg.text_encoder).set_precision(precision)
+            require_pretrained(te, allow_random_weights)
+            if te.dim != cfg.text_dim:
+                raise ValueError(f"text encoder {cfg.text_encoder} gives {te.dim}-d vectors, config says {cfg.text_dim}")
+            log("  " + encode_texts(catalog.products, te, cache, progress=False).summary())
+            keys["text"] = te.cache_key()
+        if cfg.image_encoder != "none":
+            ie = create_image_encoder(cfg.image_encoder).set_precision(precision)
+            require_pretrained(ie, allow_random_weights)
+            if ie.dim != cfg.image_dim:
+                raise ValueError(f"image encoder {cfg.image_encoder} gives {ie.dim}-d vectors, config says {cfg.image_dim}")
+            log("  " + encode_images(catalog.products, ie, cache, catalog.image_root, progress=False).summary())
+            keys["image"] = ie.cache_key()
+        return load_features(catalog.products, cache, keys["text"], keys["image"])
+
+
+def restrict_modalities(feats: dict[str, np.ndarray], modalities: str) -> dict[str, np.ndarray]:
+    """Hide a modality everywhere (text-only / image-only ablations)."""
+    if modalities not in MODALITIES:
+        raise ValueError(f"modalities {modalities!r} is not one of {', '.join(MODALITIES)}")
+    feats = dict(feats)
+    if modalities == "text" and "has_image" in feats:
+        feats["has_image"] = np.zeros_like(feats["has_image"])
+    if modalities == "image" and "has_text" in feats:
+        feats["has_text"] = np.zeros_like(feats["has_text"])
+    return feats
+
+
+@dataclass
+class SplitData:
+    labels: LabelSpace
+    train: FeatureDataset
+    val: FeatureDataset
+    test: FeatureDataset | None
+
+
+def split_datasets(catalog: Catalog, feats: dict[str, np.ndarray], cfg: ModelConfig,
+                   max_train: int | None = None) -> SplitData:
+    idx = {s: [i for i, p in enumerate(catalog.products) if p.split == s] for s in ("train", "val", "test")}
+    if not idx["train"] or not idx["val"]:
+        raise ValueError(f"the catalog needs train and val products (has {len(idx['train'])} train, "
+                         f"{len(idx['val'])} val)")
+    if max_train:
+        idx["train"] = idx["train"][:max_train]
+    labels = build_label_space([catalog.products[i] for i in idx["train"]], catalog.meta.get("tag_vocab"), cfg)
+
+    def ds(ids):
+        return FeatureDataset([catalog.products[i] for i in ids], {k: v[ids] for k, v in feats.items()}, labels, cfg)
+
+    return SplitData(labels, ds(idx["train"]), ds(idx["val"]), ds(idx["test"]) if idx["test"] else None)
+
+
+def evaluate_split(model: Tagger, data: FeatureDataset, model_id: str, generate: bool = True) -> tuple[dict, dict]:
+    """Metrics per tag source and prediction rows per tag source for one split."""
+    preds = predict_dataset(model, data, generate=generate)
+    sources = TAG_SOURCES if (generate and model.decoder is not None) else ("head",)
+    rows = {s: prediction_rows(data.products, preds, s, model_id) for s in sources}
+    return {s: score_rows(data.products, r) for s, r in rows.items()}, rows
+
+
+def train_tagger(catalog_path: str | Path, run_dir: str | Path, cfg: ModelConfig, tcfg: TrainConfig,
+                 cache_dir: str | Path | None = None, resume: bool = False, modalities: str = "both",
+                 allow_random_weights: bool = False, precision: str = "auto",
+                 log: Callable[[str], None] = print, stop_after_epoch: int | None = None) -> dict:
+    """Train and evaluate one model; returns {"metrics": {split: {source: ...}}, "state": trainer state}."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_yaml(run_dir / "config.yaml", model=cfg, train=tcfg)
+    catalog = read_catalog(catalog_path)
+    log(catalog.report.summary())
+    cache_dir = Path(cache_dir or Path(catalog_path).resolve().parent / "features-cache")
+    log(f"features ({cache_dir})")
+    feats = restrict_modalities(prepare_features(catalog, cfg, cache_dir, precision, allow_random_weights, log),
+                                modalities)
+    data = split_datasets(catalog, feats, cfg, tcfg.max_train_products)
+    log(f"train {len(data.train)}, val {len(data.val)}, test {len(data.test) if data.test else 0}; "
+        f"{len(data.labels.categories)} categories, {len(data.labels.tags)} tags")
+    model = Tagger(cfg, data.labels.categories, data.labels.tags, data.labels.tokenizer, data.labels.adversary_classes)
+    state = fit(model, data.train, data.val, tcfg, run_dir, resume=resume, log=log, stop_after_epoch=stop_after_epoch)
+    if stop_after_epoch is not None and state["epoch"] < tcfg.epochs - 1 and state["bad_epochs"] < tcfg.patience:
+        return {"state": state, "metrics": None}
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # under `accelerate launch`, one process evaluates and writes
+        return {"state": state, "metrics": None}
+    best = Tagger.load(run_dir / "best_model")
+    tune_model_thresholds(best, data.val)
+    best.save(run_dir / "model")
+    model_id = f"{run_dir.name}@epoch{state['best_epoch']}"
+    metrics = {}
+    for split, ds in (("val", data.val), ("test", data.test)):
+        if ds is None:
+            continue
+        metrics[split], rows = evaluate_split(best, ds, model_id)
+        for source, r in rows.items():
+            with open(run_dir / f"{split}_predictions_{source}.jsonl", "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(x, ensure_ascii=False) + "\n" for x in r)
+    main_source = "decoder" if best.decoder is not None else "head"
+    for split in metrics:
+        src = run_dir / f"{split}_predictions_{main_source}.jsonl"
+        (run_dir / f"{split}_predictions.jsonl").write_bytes(src.read_bytes())
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
+    write_run_info(run_dir, {"job": "train", "catalog": str(catalog_path), "modalities": modalities,
+                             "seed": tcfg.seed, "best_epoch": state["best_epoch"], "cache": str(cache_dir)})
+    from ..eval.report import write_report
+
+    write_report(run_dir, metrics, state, best, data.val)
+    return {"state": state, "metrics": metrics}

@@ -1,0 +1,164 @@
+import dataclasses
+
+import pytest
+import torch
+
+from multimodal_tags.config import TrainConfig
+from multimodal_tags.models.decoder import DecoderConfig, TagDecoder
+from multimodal_tags.models.fusion import ConcatFusion, GatedFusion, modality_dropout
+from multimodal_tags.models.heads import asymmetric_loss, tune_thresholds
+from multimodal_tags.models.presets import get_preset, list_presets
+from multimodal_tags.models.tag_tokenizer import TagTokenizer, TextTagTokenizer
+from multimodal_tags.models.tagger import Batch, IncompatibleModel, Tagger, build_tokenizer, decoder_targets
+
+TRAIN_TAGS = [["colour:red", "material:cotton", "pattern:solid", "use:gym", "use:office"],
+              ["colour:blue", "material:steel"], ["colour:red", "use:gym"], ["pattern:striped", "colour:black"]]
+VOCAB = sorted({t for tags in TRAIN_TAGS for t in tags})
+
+
+def shrink(cfg):
+    """A preset's structure at test size: same fusion, mapper and vocabulary mode, tiny widths."""
+    return dataclasses.replace(cfg, text_dim=12, image_dim=10, dim=16, adversary_field="shop", price_field="price",
+                               decoder=dataclasses.replace(cfg.decoder, gpt2="scratch", n_layer=1, n_embd=16,
+                                                           n_head=2, prefix_length=2, max_tags=6))
+
+
+def batch(n=6, cfg=None, tokenizer=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    tags = [TRAIN_TAGS[i % len(TRAIN_TAGS)] for i in range(n)]
+    multi_hot = torch.tensor([[float(t in ts) for t in VOCAB] for ts in tags])
+    return Batch(text=torch.randn(n, cfg.text_dim, generator=g), image=torch.randn(n, cfg.image_dim, generator=g),
+                 has_text=torch.tensor([True] * (n - 1) + [False]), has_image=torch.tensor([False] + [True] * (n - 1)),
+                 category=torch.arange(n) % 3, tags=multi_hot,
+                 decoder_ids=torch.from_numpy(decoder_targets(tokenizer, tags)) if tokenizer else None,
+                 adversary=torch.arange(n) % 2, price=torch.linspace(1, 3, n))
+
+
+@pytest.mark.parametrize("preset", list_presets())
+@pytest.mark.parametrize("fusion", ["concat", "gated"])
+def test_every_preset_trains_and_every_parameter_gets_a_finite_gradient(preset, fusion):
+    cfg = shrink(dataclasses.replace(get_preset(preset), fusion=fusion))
+    tok = build_tokenizer(cfg, VOCAB, TRAIN_TAGS)
+    model = Tagger(cfg, ["a", "b", "c"], VOCAB, tok, adversary_classes=["shop1", "shop2"]).train()
+    b = batch(cfg=cfg, tokenizer=tok)
+    out = model(b, drop_modalities=True)
+    losses = model.losses(b, out, TrainConfig(l1=1e-4))
+    assert set(losses) == {"category", "tags", "decoder", "adversary", "price", "total"}
+    losses["total"].backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+
+
+def test_fusions_tolerate_missing_modalities():
+    t, i = torch.randn(3, 8), torch.randn(3, 6)
+    has_t, has_i = torch.tensor([True, False, True]), torch.tensor([True, True, False])
+    gated = GatedFusion(8, 6, 16).eval()
+    out = gated(t, i, has_t, has_i)
+    assert torch.allclose(out.weights.sum(-1), torch.ones(3))
+    assert out.weights[1, 0] == 0 and out.weights[2, 1] == 0  # an absent modality gets no weight
+    changed = i.clone()
+    changed[2] = 100.0  # an absent photo's vector is ignored
+    assert torch.allclose(gated(t, changed, has_t, has_i).fused[2], out.fused[2])
+    concat = ConcatFusion(8, 6, 16).eval()
+    assert torch.allclose(concat(t, changed, has_t, has_i).fused[2], concat(t, i, has_t, has_i).fused[2])
+    none = gated(t, i, torch.zeros(3, dtype=torch.bool), torch.zeros(3, dtype=torch.bool))
+    assert torch.isfinite(none.fused).all() and (none.weights == 0).all()
+
+
+def test_modality_dropout_never_drops_both():
+    has = torch.ones(1000, dtype=torch.bool)
+    t, i = modality_dropout(has, has, p=0.5, generator=torch.Generator().manual_seed(0))
+    assert (t | i).all() and 350 < (~(t & i)).sum() < 650
+
+
+def test_tokenizers_round_trip_and_order():
+    tok = TagTokenizer.fit(VOCAB, TRAIN_TAGS)
+    assert tok.single_valued == {"colour", "material", "pattern"}  # 'use' has two values on one product
+    ids = tok.encode(["use:gym", "colour:red", "unknown:tag"])
+    assert ids[0] == tok.BOS and ids[-1] == tok.EOS
+    assert tok.decode(ids) == ["colour:red", "use:gym"]  # canonical order: most frequent key first
+    assert TagTokenizer.from_dict(tok.to_dict()).encode(["use:gym"]) == tok.encode(["use:gym"])
+    bpe = TextTagTokenizer.train(TRAIN_TAGS * 5, vocab_size=300)
+    assert bpe.decode(bpe.encode(["colour:mauve", "material:cotton"])) == ["colour:mauve", "material:cotton"]
+
+
+def _naive_greedy(decoder, fused, steps):
+    """Greedy decoding that re-runs GPT-2 over the whole sequence each step, with the same constraints."""
+    tok = decoder.tokenizer
+    prefix = decoder.mapper(fused)
+    seq = torch.full((fused.shape[0], 1), tok.BOS)
+    used = torch.zeros(fused.shape[0], len(tok), dtype=torch.bool)
+    used_keys = torch.zeros(fused.shape[0], len(tok.keys) + 1, dtype=torch.bool)
+    out_ids = []
+    for _ in range(steps):
+        emb = torch.cat([prefix, decoder.gpt.transformer.wte(seq)], dim=1)
+        logits = decoder._constrain(decoder.gpt(inputs_embeds=emb).logits[:, -1].float(), used, used_keys)
+        nxt = logits.argmax(-1)
+        out_ids.append(nxt)
+        used[torch.arange(len(nxt)), nxt] = True
+        k = decoder.key_of_token[nxt]
+        used_keys[torch.arange(len(nxt))[k >= 0], k[k >= 0]] = True
+        seq = torch.cat([seq, nxt[:, None]], dim=1)
+    return torch.stack(out_ids, 1)
+
+
+def test_kv_cached_generation_equals_full_recompute_and_respects_constraints():
+    torch.manual_seed(0)
+    tags = [f"k{i % 5}:v{i}" for i in range(40)] + [f"multi:m{i}" for i in range(10)]
+    train = [[f"k{j}:v{j + 5 * r}" for j in range(5)] + ["multi:m1", "multi:m2"] for r in range(8)]
+    tok = TagTokenizer.fit(tags, train)
+    assert "multi" not in tok.single_valued and "k0" in tok.single_valued
+    decoder = TagDecoder(16, tok, DecoderConfig(prefix_length=2, n_layer=2, n_embd=32, n_head=2, max_tags=12)).eval()
+    with torch.no_grad():
+        decoder.gpt.lm_head.weight.mul_(0.0).add_(torch.randn_like(decoder.gpt.lm_head.weight))
+        decoder.gpt.lm_head.weight[tok.EOS] = -10.0  # never stop early: exercise the constraints
+        fused = torch.randn(64, 16)
+        generated = decoder.generate(fused, max_steps=12)
+        naive = _naive_greedy(decoder, fused, 12)
+    for row, pairs in zip(naive.tolist(), generated):
+        assert [t for t, _ in pairs] == tok.decode(row)
+        names = [t for t, _ in pairs]
+        assert len(names) == len(set(names))  # no repeats
+        single = [t.split(":")[0] for t in names if t.split(":")[0] in tok.single_valued]
+        assert len(single) == len(set(single))  # one value per single-valued key
+        assert all(0 < p <= 1 for _, p in pairs)
+
+
+def test_save_load_gives_identical_predictions(tmp_path):
+    cfg = shrink(get_preset("offline"))
+    tok = build_tokenizer(cfg, VOCAB, TRAIN_TAGS)
+    model = Tagger(cfg, ["a", "b", "c"], VOCAB, tok, adversary_classes=["s1", "s2"]).eval()
+    model.thresholds.fill_(0.3)
+    b = batch(cfg=cfg, tokenizer=tok)
+    before = model.predict(b)
+    model.save(tmp_path / "m")
+    model.save(tmp_path / "m")  # overwriting an existing folder is atomic too
+    loaded = Tagger.load(tmp_path / "m")
+    assert loaded.predict(b) == before
+    assert "generated_tags" in before[0]
+    assert before[0]["modality_weights"] == {"text": 1.0, "image": 0.0}  # product 0 has no photo
+    assert before[-1]["modality_weights"] == {"text": 0.0, "image": 1.0}  # the last has no text
+
+
+def test_incompatible_model_folder_is_refused(tmp_path):
+    import json
+
+    cfg = shrink(get_preset("tiny"))
+    Tagger(cfg, ["a"], VOCAB, None).save(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    meta["format"] = "mmtags-model/0"
+    (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(IncompatibleModel, match="mmtags-model/0"):
+        Tagger.load(tmp_path / "m")
+
+
+def test_threshold_tuning_and_asymmetric_loss():
+    probs = torch.tensor([[0.9, 0.35], [0.8, 0.30], [0.2, 0.1], [0.7, 0.32], [0.1, 0.05], [0.6, 0.31]]).numpy()
+    targets = torch.tensor([[1, 1], [1, 1], [0, 0], [1, 1], [0, 0], [1, 1]]).numpy()
+    th = tune_thresholds(probs, targets, min_positives=2)
+    assert th[1] <= 0.30 and th[0] <= 0.6  # tag 2 is only ever predicted with low scores
+    logits, y = torch.randn(4, 7), (torch.rand(4, 7) > 0.5).float()
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="sum") / 4
+    assert torch.allclose(asymmetric_loss(logits, y, 0.0, 0.0, 0.0), bce, atol=1e-5)
+    assert asymmetric_loss(logits, y) < bce  # easy negatives are down-weighted
