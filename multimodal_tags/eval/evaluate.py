@@ -41,7 +41,7 @@ def evaluate_model(model_dir: str | Path, catalog_path: str | Path, out_dir: str
     products = [catalog.products[i] for i in keep]
     labels = LabelSpace(model.categories, model.tags, model.tokenizer, model.adversary_classes)
     data = FeatureDataset(products, {k: v[keep] for k, v in feats.items()}, labels, model.cfg)
-    model = accelerator.prepare(model)
+    model = model.to(accelerator.device)  # inference only: no DDP wrapper needed
     preds = predict_dataset(model, data, generate=tag_source != "head", accelerator=accelerator)
     if not accelerator.is_main_process:
         return None

@@ -22,10 +22,9 @@ def predict_dataset(model: Tagger, data: FeatureDataset, batch_size: int = 512, 
     """One prediction dict per product of `data`, in order. With an accelerator, each process predicts
     its shard and the results are gathered (duplicates from uneven shards dropped)."""
     loader = DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate)
-    core = model
+    core = accelerator.unwrap_model(model) if accelerator is not None else model
     if accelerator is not None:
-        core = accelerator.unwrap_model(model)
-        loader = accelerator.prepare(loader)
+        loader = accelerator.prepare(loader)  # each process gets its shard of the batches
     core.eval()
     preds: list[tuple[int, dict]] = []
     for raw in loader:

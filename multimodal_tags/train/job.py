@@ -106,8 +106,11 @@ def train_tagger(catalog_path: str | Path, run_dir: str | Path, cfg: ModelConfig
     log(catalog.report.summary())
     cache_dir = Path(cache_dir or Path(catalog_path).resolve().parent / "features-cache")
     log(f"features ({cache_dir})")
-    feats = restrict_modalities(prepare_features(catalog, cfg, cache_dir, precision, allow_random_weights, log),
-                                modalities)
+    from accelerate import PartialState
+
+    with PartialState().main_process_first():  # under `accelerate launch`, one process fills the cache
+        feats = prepare_features(catalog, cfg, cache_dir, precision, allow_random_weights, log)
+    feats = restrict_modalities(feats, modalities)
     data = split_datasets(catalog, feats, cfg, tcfg.max_train_products)
     log(f"train {len(data.train)}, val {len(data.val)}, test {len(data.test) if data.test else 0}; "
         f"{len(data.labels.categories)} categories, {len(data.labels.tags)} tags")

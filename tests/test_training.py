@@ -1,0 +1,87 @@
+"""Training and evaluation end to end on a small synthetic shop with tiny random encoders."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from multimodal_tags.config import TrainConfig
+from multimodal_tags.data.importers import generic, run_import
+from multimodal_tags.data.synthetic import SYNTHETIC_MAPPING, SYNTHETIC_TAG_COLUMNS, make_synthetic_export
+from multimodal_tags.models.presets import get_preset
+from multimodal_tags.train.job import train_tagger
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shop")
+    export = make_synthetic_export(root / "export", n=120)
+    run_import(generic.read(export, mapping=SYNTHETIC_MAPPING, tag_columns=SYNTHETIC_TAG_COLUMNS),
+               root / "catalog.jsonl")
+    return root / "catalog.jsonl"
+
+
+def _train(catalog, run_dir, **kw):
+    tcfg = TrainConfig(epochs=4, batch_size=16, lr=3e-3, patience=10, seed=3)
+    return train_tagger(catalog, run_dir, get_preset("tiny"), tcfg, allow_random_weights=True,
+                        log=lambda s: None, **kw)
+
+
+def test_training_writes_a_complete_run_folder(shop, tmp_path):
+    result = _train(shop, tmp_path / "run")
+    run = tmp_path / "run"
+    for name in ("config.yaml", "run.json", "history.json", "metrics.json", "report.md", "curves.png",
+                 "f1_by_key.png", "test_predictions.jsonl", "val_predictions_head.jsonl", "model/config.json",
+                 "model/model.safetensors", "checkpoint/trainer_state.json"):
+        assert (run / name).exists(), name
+    assert set(result["metrics"]["test"]) == {"decoder", "head", "both"}
+    row = json.loads((run / "test_predictions.jsonl").read_text().splitlines()[0])
+    assert {"id", "category", "tags", "tag_scores", "tag_sources", "modality_weights", "content_hash"} <= set(row)
+    assert set(row["tag_sources"].values()) <= {"decoder", "both"}  # "both": the tag head agreed
+    assert json.loads((run / "run.json").read_text())["settings"]["seed"] == 3
+
+
+def test_resume_after_interruption_gives_the_same_result(shop, tmp_path):
+    straight = _train(shop, tmp_path / "straight")
+    first = _train(shop, tmp_path / "resumed", stop_after_epoch=1)
+    assert first["metrics"] is None and first["state"]["epoch"] == 1
+    resumed = _train(shop, tmp_path / "resumed", resume=True)
+    def without_time(history):
+        return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+
+    assert without_time(resumed["state"]["history"]) == without_time(straight["state"]["history"])
+    assert resumed["metrics"] == straight["metrics"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(n: int, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(n),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_free_port()), "-m", "multimodal_tags.cli", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_two_process_training_and_evaluation_match_one_process(shop, tmp_path):
+    trained = _launch(2, "train", "--catalog", str(shop), "--run-dir", str(tmp_path / "run2"), "--preset", "tiny",
+                      "--allow-random-weights", "--epochs", "2", "--batch-size", "16")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    model = tmp_path / "run2" / "model"
+    assert (model / "model.safetensors").exists()
+    common = ["evaluate", "--model", str(model), "--catalog", str(shop), "--split", "all", "--allow-random-weights"]
+    one = _launch(1, *common, "--out", str(tmp_path / "eval1"))
+    two = _launch(2, *common, "--out", str(tmp_path / "eval2"))
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert two.returncode == 0, two.stderr[-3000:]
+    m1 = json.loads((tmp_path / "eval1" / "metrics.json").read_text())
+    m2 = json.loads((tmp_path / "eval2" / "metrics.json").read_text())
+    assert m1 == m2 and m1["products"] == 120
+    p1 = (tmp_path / "eval1" / "predictions.jsonl").read_text()
+    assert p1 == (tmp_path / "eval2" / "predictions.jsonl").read_text()
