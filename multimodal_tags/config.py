@@ -18,6 +18,7 @@ class ModelConfig:
     text_encoder: str = "minilm-l6"  # spec (see models/factory.py); "none" for image-only
     image_encoder: str = "effnet-lite0"  # spec; "none" for text-only
     text_dim: int = 384  # width of the text encoder's pooled vector
+    text_max_length: int = 128  # tokens per product text seen by the text encoder (part of the cache key)
     image_dim: int = 1280  # width of the image encoder's pooled vector
     fusion: str = "gated"  # "concat" (baseline) or "gated" (exposes per-product modality weights)
     dim: int = 512  # fused vector width

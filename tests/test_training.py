@@ -85,3 +85,18 @@ def test_two_process_training_and_evaluation_match_one_process(shop, tmp_path):
     assert m1 == m2 and m1["products"] == 120
     p1 = (tmp_path / "eval1" / "predictions.jsonl").read_text()
     assert p1 == (tmp_path / "eval2" / "predictions.jsonl").read_text()
+
+
+def test_finetuned_text_encoder_path(shop, tmp_path):
+    from multimodal_tags.models.factory import create_text_encoder
+    from multimodal_tags.train.finetune_text import FinetuneConfig
+
+    result = _train(shop, tmp_path / "ft", finetune=FinetuneConfig(max_length=16, batch_size=16, lr=1e-3))
+    folder = tmp_path / "ft" / "text_encoder"
+    tuned = create_text_encoder(f"hf:{folder}", max_length=16)
+    base = create_text_encoder("tiny-bert", max_length=16)
+    assert tuned.weights_id() != base.weights_id()  # it really trained, and got its own cache key
+    assert not tuned.random_weights  # a fine-tuned folder is a pretrained encoder for the next run
+    saved = json.loads((tmp_path / "ft" / "model" / "config.json").read_text())
+    assert saved["model"]["text_encoder"] == f"hf:{folder.resolve()}" and saved["model"]["text_max_length"] == 16
+    assert result["metrics"]["test"]["head"]["products"] > 0

@@ -7,6 +7,7 @@ predictions for val and test, report.md with plots, and model/ (loadable with Ta
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from ..models.factory import create_image_encoder, create_text_encoder, require_
 from ..models.tagger import Tagger
 from ..run_info import write_run_info
 from .data import FeatureDataset, LabelSpace, build_label_space
+from .finetune_text import FinetuneConfig, finetune_text_encoder
 from .loop import fit
 
 MODALITIES = ("both", "text", "image")
@@ -34,7 +36,7 @@ def prepare_features(catalog: Catalog, cfg: ModelConfig, cache_dir: str | Path, 
     keys = {"text": None, "image": None}
     with FeatureCache(cache_dir) as cache:
         if cfg.text_encoder != "none":
-            te = create_text_encoder(cfg.text_encoder).set_precision(precision)
+            te = create_text_encoder(cfg.text_encoder, max_length=cfg.text_max_length).set_precision(precision)
             require_pretrained(te, allow_random_weights)
             if te.dim != cfg.text_dim:
                 raise ValueError(f"text encoder {cfg.text_encoder} gives {te.dim}-d vectors, config says {cfg.text_dim}")
@@ -94,16 +96,37 @@ def evaluate_split(model: Tagger, data: FeatureDataset, model_id: str, generate:
     return {s: score_rows(data.products, r) for s, r in rows.items()}, rows
 
 
+def _finetuned_config(catalog: Catalog, cfg: ModelConfig, ft: FinetuneConfig, folder: Path,
+                      max_train: int | None, log: Callable[[str], None]) -> ModelConfig:
+    """Fine-tune the config's text encoder (unless `folder` already holds the result) and point the
+    config at it."""
+    if not (folder / "config.json").exists():
+        train = [p for p in catalog.products if p.split == "train"][:max_train or None]
+        categories = sorted({p.category for p in train if p.category})
+        tags = catalog.meta.get("tag_vocab") or sorted({t for p in train for t in p.tags})
+        log(f"fine-tuning {cfg.text_encoder} on {len(train)} train products")
+        finetune_text_encoder(cfg.text_encoder, train, categories, tags, folder, ft, log)
+    else:
+        log(f"reusing the fine-tuned text encoder in {folder}")
+    return dataclasses.replace(cfg, text_encoder=f"hf:{folder.resolve()}", text_max_length=ft.max_length)
+
+
 def train_tagger(catalog_path: str | Path, run_dir: str | Path, cfg: ModelConfig, tcfg: TrainConfig,
                  cache_dir: str | Path | None = None, resume: bool = False, modalities: str = "both",
                  allow_random_weights: bool = False, precision: str = "auto",
-                 log: Callable[[str], None] = print, stop_after_epoch: int | None = None) -> dict:
-    """Train and evaluate one model; returns {"metrics": {split: {source: ...}}, "state": trainer state}."""
+                 log: Callable[[str], None] = print, stop_after_epoch: int | None = None,
+                 finetune: FinetuneConfig | None = None) -> dict:
+    """Train and evaluate one model; returns {"metrics": {split: {source: ...}}, "state": trainer state}.
+
+    With `finetune`, the text encoder is first fine-tuned end to end on the train split (saved in
+    `run_dir/text_encoder/`, reused on --resume), and the heads then train on its features."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_yaml(run_dir / "config.yaml", model=cfg, train=tcfg)
     catalog = read_catalog(catalog_path)
     log(catalog.report.summary())
+    if finetune is not None:
+        cfg = _finetuned_config(catalog, cfg, finetune, run_dir / "text_encoder", tcfg.max_train_products, log)
+    save_yaml(run_dir / "config.yaml", model=cfg, train=tcfg, finetune=finetune or {})
     cache_dir = Path(cache_dir or Path(catalog_path).resolve().parent / "features-cache")
     log(f"features ({cache_dir})")
     from accelerate import PartialState

@@ -1,0 +1,101 @@
+"""The slow path: fine-tune the text encoder end to end on the category and tag objectives.
+
+The fine-tuned encoder is saved as an ordinary transformers folder, so it becomes a new text encoder
+spec (`hf:FOLDER`) with its own feature-cache key (the key hashes the weights): after fine-tuning,
+products are re-encoded once and the fast path (heads on cached features) trains as usual.
+On 2 CPU cores, MiniLM-L6 trains at about 35 texts/s in bf16 at 48 tokens; `max_products` and
+`freeze_layers` trade quality for time.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from transformers import get_scheduler
+
+from ..data.schema import Product
+from ..models.factory import create_text_encoder
+from .loop import mixed_precision
+
+
+@dataclass
+class FinetuneConfig:
+    epochs: int = 1
+    max_length: int = 48  # names and the start of descriptions carry most of the signal; cost grows with it
+    batch_size: int = 32
+    lr: float = 5e-5
+    head_lr: float = 2e-3
+    warmup_ratio: float = 0.06
+    freeze_layers: int = 0  # bottom transformer layers kept frozen (faster backward)
+    max_products: int | None = None  # train on a random subset (time budget)
+    mixed_precision: str = "auto"
+    seed: int = 0
+
+
+def finetune_text_encoder(spec: str, train: Sequence[Product], categories: list[str], tags: list[str],
+                          out_dir: str | Path, cfg: FinetuneConfig, log: Callable[[str], None] = print) -> Path:
+    """Fine-tune `spec` with a category head and a tag head on `train`; save the encoder to `out_dir`."""
+    out_dir = Path(out_dir)
+    set_seed(cfg.seed)
+    encoder = create_text_encoder(spec, max_length=cfg.max_length)
+    model = encoder.model
+    layers = getattr(getattr(model, "encoder", None), "layer", [])
+    for layer in list(layers)[:cfg.freeze_layers]:
+        layer.requires_grad_(False)
+    if cfg.freeze_layers:
+        model.embeddings.requires_grad_(False)
+    cat_index, tag_index = {c: i for i, c in enumerate(categories)}, {t: i for i, t in enumerate(tags)}
+    products = list(train)
+    if cfg.max_products and len(products) > cfg.max_products:
+        g = torch.Generator().manual_seed(cfg.seed)
+        products = [products[i] for i in torch.randperm(len(products), generator=g)[:cfg.max_products].tolist()]
+    items = [(p.text, cat_index.get(p.category, -1), [tag_index[t] for t in p.tags if t in tag_index]) for p in products]
+
+    def collate(batch):
+        enc = encoder.tokenize([b[0] for b in batch])
+        y_tags = torch.zeros(len(batch), len(tags))
+        for i, b in enumerate(batch):
+            y_tags[i, b[2]] = 1.0
+        return enc["input_ids"], enc["attention_mask"], torch.tensor([b[1] for b in batch]), y_tags
+
+    heads = torch.nn.ModuleDict({"category": torch.nn.Linear(encoder.dim, len(categories)),
+                                 "tags": torch.nn.Linear(encoder.dim, len(tags))})
+    accelerator = Accelerator(mixed_precision=mixed_precision(cfg.mixed_precision), cpu=not torch.cuda.is_available())
+    loader = DataLoader(items, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate)
+    optimizer = torch.optim.AdamW([{"params": [p for p in encoder.parameters() if p.requires_grad], "lr": cfg.lr},
+                                   {"params": heads.parameters(), "lr": cfg.head_lr}], weight_decay=0.01)
+    steps = cfg.epochs * math.ceil(len(loader) / accelerator.num_processes)
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=int(cfg.warmup_ratio * steps),
+                              num_training_steps=steps)
+    encoder, heads, optimizer, loader, scheduler = accelerator.prepare(encoder, heads, optimizer, loader, scheduler)
+    t0, seen = time.perf_counter(), 0
+    for epoch in range(cfg.epochs):
+        encoder.train()
+        for step, (ids, mask, y_cat, y_tags) in enumerate(loader):
+            pooled = encoder(ids, mask).pooled
+            loss = F.cross_entropy(heads["category"](pooled).float(), y_cat, ignore_index=-1, label_smoothing=0.1)
+            loss = loss + 20.0 * F.binary_cross_entropy_with_logits(heads["tags"](pooled).float(), y_tags)
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            seen += len(ids) * accelerator.num_processes
+            if step % 100 == 0:
+                rate = seen / (time.perf_counter() - t0)
+                log(f"  fine-tune epoch {epoch} step {step}/{len(loader)} loss {loss.item():.4f} ({rate:.1f} texts/s)")
+    if accelerator.is_main_process:
+        core = accelerator.unwrap_model(encoder)
+        core.model.save_pretrained(str(out_dir))
+        core.tokenizer.save_pretrained(str(out_dir))
+    accelerator.wait_for_everyone()
+    log(f"  fine-tuned {spec} on {len(items)} products x {cfg.epochs} epoch(s) in "
+        f"{time.perf_counter() - t0:.0f}s -> {out_dir}")
+    return out_dir
