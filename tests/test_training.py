@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -100,3 +101,17 @@ def test_finetuned_text_encoder_path(shop, tmp_path):
     saved = json.loads((tmp_path / "ft" / "model" / "config.json").read_text())
     assert saved["model"]["text_encoder"] == f"hf:{folder.resolve()}" and saved["model"]["text_max_length"] == 16
     assert result["metrics"]["test"]["head"]["products"] > 0
+
+
+def test_cross_validation_experiment(shop, tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
+    import cross_validation
+
+    summary = cross_validation.main(["--catalog", str(shop), "--out", str(tmp_path / "cv"), "--folds", "3",
+                                     "--preset", "tiny", "--epochs", "1", "--batch-size", "16",
+                                     "--allow-random-weights"])
+    assert set(summary) == {"decoder", "head", "both"}
+    folds = json.loads((tmp_path / "cv" / "cv.json").read_text())["folds"]
+    assert len(folds) == 3
+    sizes = [folds[f]["head"]["products"] for f in range(3)]
+    assert sum(sizes) == 108  # every train+val product is scored exactly once (12 of 120 are test)
