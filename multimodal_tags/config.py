@@ -53,6 +53,8 @@ class TrainConfig:
     adversary_weight: float = 0.1
     price_weight: float = 0.1
     feature_noise: float = 0.0  # augmentation on cached features: Gaussian noise, relative to feature scale
+    text_views: int = 0  # augmented views per train text (word dropout/swaps), encoded once and cached
+    image_views: int = 0  # augmented views per train photo (crop, flip, jitter), encoded once and cached
     checkpoint_every: int = 1  # epochs between resumable checkpoints
     max_train_products: int | None = None  # quick runs
 

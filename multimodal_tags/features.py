@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from .data.feature_cache import FeatureCache
 from .data.images import ImageError, load_image
+from .augment import augment_image, augment_text, view_seed
 from .data.schema import Product
 from .models.image_encoders import ImageEncoder
 from .models.text_encoders import HFTextEncoder
@@ -60,10 +61,15 @@ def register(cache: FeatureCache, encoder: ImageEncoder | HFTextEncoder) -> str:
 def encode_texts(products: Sequence[Product], encoder: HFTextEncoder, cache: FeatureCache,
                  batch_size: int = 64, progress: bool = True) -> EncodeStats:
     """Encode every product text the cache lacks, in length-sorted batches (less padding)."""
-    stats = EncodeStats("text", encoder.spec)
-    key = register(cache, encoder)
     texts = {p.text_hash: p.text for p in products if p.text}
-    stats.products = sum(1 for p in products if p.text)
+    stats = EncodeStats("text", encoder.spec, products=sum(1 for p in products if p.text))
+    return encode_text_items(texts, encoder, cache, register(cache, encoder), stats, batch_size, progress)
+
+
+@torch.no_grad()
+def encode_text_items(texts: dict[str, str], encoder: HFTextEncoder, cache: FeatureCache, key: str,
+                      stats: EncodeStats, batch_size: int = 64, progress: bool = True) -> EncodeStats:
+    """Encode {item hash: text} under cache key `key`, skipping what is cached."""
     stats.unique = len(texts)
     todo = cache.missing(key, texts)
     stats.cached = stats.unique - len(todo)
@@ -87,8 +93,9 @@ def encode_texts(products: Sequence[Product], encoder: HFTextEncoder, cache: Fea
 class _ImageFiles(Dataset):
     """(image hash, pixels or None, error) for each image to encode; decoding runs in workers."""
 
-    def __init__(self, items: list[tuple[str, str]], root: Path, transform):
+    def __init__(self, items: list[tuple[str, str]], root: Path, transform, augment_view: int | None = None):
         self.items, self.root, self.transform = items, root, transform
+        self.augment_view = augment_view
 
     def __len__(self) -> int:
         return len(self.items)
@@ -96,7 +103,10 @@ class _ImageFiles(Dataset):
     def __getitem__(self, i: int):
         image_hash, ref = self.items[i]
         try:
-            return image_hash, self.transform(load_image(ref, self.root)), None
+            image = load_image(ref, self.root)
+            if self.augment_view is not None:
+                image = augment_image(image, view_seed(image_hash, self.augment_view))
+            return image_hash, self.transform(image), None
         except ImageError as e:
             return image_hash, None, str(e)
 
@@ -107,10 +117,14 @@ def _collate(batch):
 
 @torch.no_grad()
 def encode_images(products: Sequence[Product], encoder: ImageEncoder, cache: FeatureCache, image_root: Path,
-                  batch_size: int = 64, num_workers: int = 1, progress: bool = True) -> EncodeStats:
-    """Encode every product photo the cache lacks. A photo that fails to load is reported, not fatal."""
+                  batch_size: int = 64, num_workers: int = 1, progress: bool = True,
+                  augment_view: int | None = None) -> EncodeStats:
+    """Encode every product photo the cache lacks. A photo that fails to load is reported, not fatal.
+    With `augment_view`, encode that augmented view of each photo instead (its own cache key)."""
     stats = EncodeStats("image", encoder.spec)
     key = register(cache, encoder)
+    if augment_view is not None:
+        key = register_view(cache, key, encoder, "image", augment_view)
     with_image = [p for p in products if p.image and p.image_hash]
     stats.products = len(with_image)
     refs: dict[str, str] = {}
@@ -124,7 +138,7 @@ def encode_images(products: Sequence[Product], encoder: ImageEncoder, cache: Fea
     if not todo:
         return stats
     start = time.perf_counter()
-    loader = DataLoader(_ImageFiles([(h, refs[h]) for h in todo], Path(image_root), encoder.transform),
+    loader = DataLoader(_ImageFiles([(h, refs[h]) for h in todo], Path(image_root), encoder.transform, augment_view),
                         batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
     encoder.eval()
     with tqdm(total=len(todo), desc=f"image {encoder.spec}", unit="img", disable=not progress) as bar:
@@ -150,4 +164,33 @@ def load_features(products: Sequence[Product], cache: FeatureCache, text_key: st
         out["text"], out["has_text"] = cache.get(text_key, [p.text_hash if p.text else None for p in products])
     if image_key:
         out["image"], out["has_image"] = cache.get(image_key, [p.image_hash if p.image else None for p in products])
+    return out
+
+
+def register_view(cache: FeatureCache, key: str, encoder, modality: str, view: int) -> str:
+    """Cache key of augmented view `view` of an encoder's inputs."""
+    view_key = f"{key}:{modality}-aug{view}"
+    cache.register(view_key, encoder.spec, encoder.dim, {**encoder.describe(), "augmented_view": view})
+    return view_key
+
+
+def encode_text_views(products: Sequence[Product], encoder: HFTextEncoder, cache: FeatureCache, view: int,
+                      progress: bool = False) -> EncodeStats:
+    """Encode augmented view `view` (word dropout and swaps, seeded by text and view) of each text."""
+    key = register_view(cache, register(cache, encoder), encoder, "text", view)
+    texts = {p.text_hash: augment_text(p.text, view_seed(p.text_hash, view)) for p in products if p.text}
+    stats = EncodeStats(f"text view {view}", encoder.spec, products=len(texts))
+    return encode_text_items(texts, encoder, cache, key, stats, progress=progress)
+
+
+def load_views(products: Sequence[Product], cache: FeatureCache, key: str, modality: str,
+               views: int) -> np.ndarray:
+    """[n, views, dim] augmented vectors; where a view is missing the clean vector stands in."""
+    items = [(p.text_hash if p.text else None) if modality == "text" else (p.image_hash if p.image else None)
+             for p in products]
+    clean, _ = cache.get(key, items)
+    out = np.repeat(clean[:, None, :], views, axis=1)
+    for v in range(views):
+        vec, found = cache.get(f"{key}:{modality}-aug{v}", items)
+        out[found, v] = vec[found]
     return out

@@ -115,3 +115,33 @@ def test_cross_validation_experiment(shop, tmp_path):
     assert len(folds) == 3
     sizes = [folds[f]["head"]["products"] for f in range(3)]
     assert sum(sizes) == 108  # every train+val product is scored exactly once (12 of 120 are test)
+
+
+def test_augmented_views_are_cached_and_drawn_in_training(shop, tmp_path):
+    from multimodal_tags.data.feature_cache import FeatureCache
+
+    tcfg = TrainConfig(epochs=1, batch_size=16, text_views=2, image_views=1, feature_noise=0.05)
+    run = tmp_path / "aug"
+    train_tagger(shop, run, get_preset("tiny"), tcfg, allow_random_weights=True, log=lambda s: None,
+                 cache_dir=tmp_path / "cache")
+    with FeatureCache(tmp_path / "cache") as cache:
+        counts = {e["key"].split(":")[-1]: e["vectors"] for e in cache.encoders() if ":" in e["key"]}
+    n_train = sum(1 for line in shop.read_text().splitlines() if '"split": "train"' in line)
+    assert set(counts) == {"text-aug0", "text-aug1", "image-aug0"}
+    assert 0 < counts["image-aug0"] <= n_train and 0 < counts["text-aug0"] <= n_train  # train products only
+
+
+def test_augmentations_are_seeded():
+    from PIL import Image
+
+    from multimodal_tags.augment import augment_image, augment_text
+
+    text = "Blue striped cotton shirt with long sleeves for men"
+    assert augment_text(text, 1) == augment_text(text, 1)
+    assert {augment_text(text, s) for s in range(10)} - {text}
+    assert set(augment_text("蓝色条纹棉质衬衫", 3)) <= set("蓝色条纹棉质衬衫")
+    im = Image.new("RGB", (40, 30), "red")
+    im.paste(Image.new("RGB", (10, 30), "blue"), (0, 0))
+    a, b = augment_image(im, 5), augment_image(im, 5)
+    assert a.size == im.size and a.tobytes() == b.tobytes()
+    assert any(augment_image(im, s).tobytes() != im.tobytes() for s in range(5))

@@ -35,8 +35,10 @@ class FeatureDataset(Dataset):
     """Cached encoder vectors and labels of a list of products, as tensors."""
 
     def __init__(self, products: Sequence[Product], feats: dict[str, np.ndarray], labels: LabelSpace,
-                 cfg: ModelConfig):
+                 cfg: ModelConfig, views: dict[str, np.ndarray] | None = None):
         n = len(products)
+        # augmented views [n, V, dim] per modality: __getitem__ draws the clean vector or one of them
+        self.views = {k: torch.from_numpy(v) for k, v in (views or {}).items()}
         self.products = list(products)
         self.text = torch.from_numpy(feats.get("text", np.zeros((n, cfg.text_dim), np.float32)))
         self.image = torch.from_numpy(feats.get("image", np.zeros((n, cfg.image_dim), np.float32)))
@@ -62,7 +64,14 @@ class FeatureDataset(Dataset):
         return len(self.products)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        item = {"index": torch.tensor(i), "text": self.text[i], "image": self.image[i], "has_text": self.has_text[i],
+        text, image = self.text[i], self.image[i]
+        if "text" in self.views:
+            v = int(torch.randint(self.views["text"].shape[1] + 1, (1,)))
+            text = self.views["text"][i, v] if v < self.views["text"].shape[1] else text
+        if "image" in self.views:
+            v = int(torch.randint(self.views["image"].shape[1] + 1, (1,)))
+            image = self.views["image"][i, v] if v < self.views["image"].shape[1] else image
+        item = {"index": torch.tensor(i), "text": text, "image": image, "has_text": self.has_text[i],
                 "has_image": self.has_image[i], "category": self.category[i], "tags": self.tags[i]}
         for name in ("decoder_ids", "adversary", "price"):
             v = getattr(self, name)

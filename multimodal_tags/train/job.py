@@ -19,7 +19,7 @@ from ..config import ModelConfig, TrainConfig, save_yaml
 from ..data.catalog import Catalog, read_catalog
 from ..data.feature_cache import FeatureCache
 from ..eval.predict import TAG_SOURCES, predict_dataset, prediction_rows, score_rows, tune_model_thresholds
-from ..features import encode_images, encode_texts, load_features
+from ..features import encode_images, encode_text_views, encode_texts, load_features, load_views
 from ..models.factory import create_image_encoder, create_text_encoder, require_pretrained
 from ..models.tagger import Tagger
 from ..run_info import write_run_info
@@ -52,6 +52,25 @@ def prepare_features(catalog: Catalog, cfg: ModelConfig, cache_dir: str | Path, 
         return load_features(catalog.products, cache, keys["text"], keys["image"])
 
 
+def prepare_views(products, cfg: ModelConfig, tcfg: TrainConfig, cache_dir: str | Path, image_root: Path,
+                  precision: str = "auto", log: Callable[[str], None] = print) -> dict[str, np.ndarray]:
+    """Encode and load the augmented views the train config asks for ({} when none)."""
+    views: dict[str, np.ndarray] = {}
+    with FeatureCache(cache_dir) as cache:
+        if tcfg.text_views and cfg.text_encoder != "none":
+            te = create_text_encoder(cfg.text_encoder, max_length=cfg.text_max_length).set_precision(precision)
+            for v in range(tcfg.text_views):
+                log("  " + encode_text_views(products, te, cache, v).summary())
+            views["text"] = load_views(products, cache, te.cache_key(), "text", tcfg.text_views)
+        if tcfg.image_views and cfg.image_encoder != "none":
+            ie = create_image_encoder(cfg.image_encoder).set_precision(precision)
+            for v in range(tcfg.image_views):
+                log("  " + encode_images(products, ie, cache, image_root, progress=False, augment_view=v).summary()
+                    + f" (augmented view {v})")
+            views["image"] = load_views(products, cache, ie.cache_key(), "image", tcfg.image_views)
+    return views
+
+
 def restrict_modalities(feats: dict[str, np.ndarray], modalities: str) -> dict[str, np.ndarray]:
     """Hide a modality everywhere (text-only / image-only ablations)."""
     if modalities not in MODALITIES:
@@ -73,7 +92,8 @@ class SplitData:
 
 
 def split_datasets(catalog: Catalog, feats: dict[str, np.ndarray], cfg: ModelConfig,
-                   max_train: int | None = None) -> SplitData:
+                   max_train: int | None = None, views_for=None) -> SplitData:
+    """Train/val/test datasets; `views_for(train_products)` supplies augmented train views."""
     idx = {s: [i for i, p in enumerate(catalog.products) if p.split == s] for s in ("train", "val", "test")}
     if not idx["train"] or not idx["val"]:
         raise ValueError(f"the catalog needs train and val products (has {len(idx['train'])} train, "
@@ -82,10 +102,13 @@ def split_datasets(catalog: Catalog, feats: dict[str, np.ndarray], cfg: ModelCon
         idx["train"] = idx["train"][:max_train]
     labels = build_label_space([catalog.products[i] for i in idx["train"]], catalog.meta.get("tag_vocab"), cfg)
 
-    def ds(ids):
-        return FeatureDataset([catalog.products[i] for i in ids], {k: v[ids] for k, v in feats.items()}, labels, cfg)
+    def ds(ids, views=None):
+        return FeatureDataset([catalog.products[i] for i in ids], {k: v[ids] for k, v in feats.items()}, labels, cfg,
+                              views)
 
-    return SplitData(labels, ds(idx["train"]), ds(idx["val"]), ds(idx["test"]) if idx["test"] else None)
+    train_views = views_for([catalog.products[i] for i in idx["train"]]) if views_for else None
+    return SplitData(labels, ds(idx["train"], train_views), ds(idx["val"]),
+                     ds(idx["test"]) if idx["test"] else None)
 
 
 def evaluate_split(model: Tagger, data: FeatureDataset, model_id: str, generate: bool = True) -> tuple[dict, dict]:
@@ -134,7 +157,10 @@ def train_tagger(catalog_path: str | Path, run_dir: str | Path, cfg: ModelConfig
     with PartialState().main_process_first():  # under `accelerate launch`, one process fills the cache
         feats = prepare_features(catalog, cfg, cache_dir, precision, allow_random_weights, log)
     feats = restrict_modalities(feats, modalities)
-    data = split_datasets(catalog, feats, cfg, tcfg.max_train_products)
+    with PartialState().main_process_first():
+        data = split_datasets(catalog, feats, cfg, tcfg.max_train_products,
+                              views_for=lambda train: prepare_views(train, cfg, tcfg, cache_dir, catalog.image_root,
+                                                                    precision, log))
     log(f"train {len(data.train)}, val {len(data.val)}, test {len(data.test) if data.test else 0}; "
         f"{len(data.labels.categories)} categories, {len(data.labels.tags)} tags")
     model = Tagger(cfg, data.labels.categories, data.labels.tags, data.labels.tokenizer, data.labels.adversary_classes)
