@@ -162,3 +162,29 @@ def test_threshold_tuning_and_asymmetric_loss():
     bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="sum") / 4
     assert torch.allclose(asymmetric_loss(logits, y, 0.0, 0.0, 0.0), bce, atol=1e-5)
     assert asymmetric_loss(logits, y) < bce  # easy negatives are down-weighted
+
+
+def test_pretrained_gpt2_from_a_local_folder_open_vocabulary(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from multimodal_tags.models.encoder_base import WeightsUnavailable
+
+    bpe = TextTagTokenizer.train(TRAIN_TAGS * 5, vocab_size=300)
+    folder = tmp_path / "my-gpt2"
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(bpe), n_positions=64, n_embd=16, n_layer=1, n_head=2)).save_pretrained(folder)
+    bpe.tok.save_pretrained(folder)
+    cfg = dataclasses.replace(shrink(get_preset("full")))
+    cfg.decoder = dataclasses.replace(cfg.decoder, gpt2=str(folder))
+    tok = build_tokenizer(cfg, VOCAB, TRAIN_TAGS)
+    assert isinstance(tok, TextTagTokenizer) and len(tok) == len(bpe)
+    model = Tagger(cfg, ["a", "b", "c"], VOCAB, tok, adversary_classes=["s1", "s2"])
+    loaded = GPT2LMHeadModel.from_pretrained(folder)
+    assert torch.equal(model.decoder.gpt.transformer.h[0].mlp.c_fc.weight, loaded.transformer.h[0].mlp.c_fc.weight)
+    b = batch(cfg=cfg, tokenizer=tok)
+    model.train()
+    model.losses(b, model(b), TrainConfig())["total"].backward()
+    preds = model.predict(b)
+    assert all(isinstance(p["generated_tags"], dict) for p in preds)
+    cfg.decoder = dataclasses.replace(cfg.decoder, gpt2=str(tmp_path / "missing"))
+    with pytest.raises(WeightsUnavailable, match="missing"):
+        Tagger(cfg, ["a"], VOCAB, tok)

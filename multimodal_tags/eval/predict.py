@@ -11,7 +11,7 @@ from ..data.schema import Product
 from ..models.heads import tune_thresholds
 from ..models.tagger import Tagger
 from ..train.data import FeatureDataset, collate, to_batch
-from .metrics import tagging_report
+from .metrics import tagging_report, top_k_accuracy
 
 TAG_SOURCES = ("decoder", "head", "both")
 
@@ -80,5 +80,9 @@ def prediction_rows(products: Sequence[Product], preds: Sequence[dict], source: 
 def score_rows(products: Sequence[Product], rows: Sequence[dict]) -> dict:
     """Metrics of prediction rows against the products' labels (products without a category are
     left out of accuracy by counting as wrong only when they have one)."""
-    return tagging_report([p.category for p in products], [r["category"] for r in rows],
-                          [set(p.tags) for p in products], [set(r["tags"]) for r in rows])
+    report = tagging_report([p.category for p in products], [r["category"] for r in rows],
+                            [set(p.tags) for p in products], [set(r["tags"]) for r in rows])
+    if rows and rows[0].get("category_top"):
+        ranked = [[c for c, _ in r["category_top"]] for r in rows]
+        report["category_top5_accuracy"] = top_k_accuracy([p.category for p in products], ranked, 5)
+    return report

@@ -50,6 +50,34 @@ def confusions(gold: list[str], pred: list[str], top: int = 15) -> list[tuple[st
     return [(g, p, n) for (g, p), n in pairs.most_common(top)]
 
 
+def plot_confusion(gold: list[str], pred: list[str], path: Path, top: int = 12) -> None:
+    """Confusion matrix restricted to the categories involved in the most frequent mistakes."""
+    involved = []
+    for g, p, _ in confusions(gold, pred, top=3 * top):
+        for c in (g, p):
+            if c not in involved and len(involved) < top:
+                involved.append(c)
+    if not involved:
+        return
+    index = {c: i for i, c in enumerate(involved)}
+    matrix = [[0] * len(involved) for _ in involved]
+    for g, p in zip(gold, pred):
+        if g in index and p in index:
+            matrix[index[g]][index[p]] += 1
+    fig, ax = plt.subplots(figsize=(0.5 * len(involved) + 3, 0.5 * len(involved) + 2))
+    ax.imshow([[v ** 0.5 for v in row] for row in matrix], cmap="Blues")  # sqrt: mistakes stay visible
+    ax.set_xticks(range(len(involved)), involved, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(involved)), involved, fontsize=8)
+    for i, row in enumerate(matrix):
+        for j, v in enumerate(row):
+            if v:
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=7)
+    ax.set_xlabel("predicted"), ax.set_ylabel("true"), ax.set_title("most confused categories (val)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def write_report(run_dir: Path, metrics: dict, state: dict, model, val_data) -> Path:
     run_dir = Path(run_dir)
     plot_history(state["history"], run_dir / "curves.png")
@@ -57,11 +85,14 @@ def write_report(run_dir: Path, metrics: dict, state: dict, model, val_data) -> 
     source = "decoder" if "decoder" in metrics[split] else "head"
     plot_key_f1(metrics[split][source]["f1_by_key"], run_dir / "f1_by_key.png")
     rows = [json.loads(l) for l in open(run_dir / "val_predictions.jsonl", encoding="utf-8")]
-    conf = confusions([p.category for p in val_data.products], [r["category"] for r in rows])
+    gold, pred = [p.category for p in val_data.products], [r["category"] for r in rows]
+    conf = confusions(gold, pred)
+    plot_confusion(gold, pred, run_dir / "confusion.png")
     lines = [f"# Run {run_dir.name}", "", f"Best epoch {state['best_epoch']} of {len(state['history'])} run "
              f"(val score {state['best_score']:.4f}).", "", *_metrics_table(metrics), "",
              "![training curves](curves.png)", "", f"![F1 per key, {split}, tags from {source}](f1_by_key.png)", "",
-             "## Most confused categories (val)", "", "| true | predicted | products |", "|---|---|---|",
+             "## Most confused categories (val)", "", "![confusion](confusion.png)", "",
+             "| true | predicted | products |", "|---|---|---|",
              *[f"| {g} | {p} | {n} |" for g, p, n in conf]]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
