@@ -162,6 +162,35 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tag(a: argparse.Namespace) -> int:
+    from .online.tag_job import tag_catalog
+
+    extra = [t.strip() for t in (a.extra_tags or "").split(",") if t.strip()]
+    stats = tag_catalog(a.model, a.catalog, a.out, store_path=a.store, rejects_path=a.rejects,
+                        batch_size=a.batch_size, tag_source=a.tag_source, cache_dir=a.cache,
+                        allow_random_weights=a.allow_random_weights, progress=not a.quiet, extra_tags=extra)
+    print(stats.summary())
+    print(f"predictions: {a.out}" + (f"; store: {a.store}" if a.store else ""))
+    return 0 if stats.tagged or stats.resumed_after or not stats.rejected else EXIT_FAILED
+
+
+def cmd_refresh(a: argparse.Namespace) -> int:
+    from .online.refresh import refresh
+
+    stats = refresh(a.model, a.catalog, a.store, batch_size=a.batch_size, tag_source=a.tag_source,
+                    cache_dir=a.cache, allow_random_weights=a.allow_random_weights)
+    print(stats.summary() + f" in {stats.seconds:.1f}s")
+    return 0
+
+
+def cmd_gallery(a: argparse.Namespace) -> int:
+    from .eval.gallery import write_gallery
+
+    n = write_gallery(a.predictions, a.catalog, a.out, limit=a.limit)
+    print(f"wrote {a.out} ({n} products)")
+    return 0
+
+
 def cmd_cache(a: argparse.Namespace) -> int:
     from .data.feature_cache import FeatureCache
 
@@ -250,6 +279,37 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--allow-random-weights", action="store_true")
     sp.set_defaults(func=cmd_evaluate)
 
+    sp = sub.add_parser("tag", help="tag a whole catalog (streaming, resumable) into JSONL and optionally a store")
+    sp.add_argument("--model", required=True)
+    sp.add_argument("--catalog", required=True)
+    sp.add_argument("--out", required=True, help="predictions JSONL (a rerun continues it)")
+    sp.add_argument("--store", help="SQLite tag store to update")
+    sp.add_argument("--rejects", help="bad rows (default: OUT.rejects.jsonl)")
+    sp.add_argument("--batch-size", type=int, default=256)
+    sp.add_argument("--tag-source", default="both", help="decoder, head or both")
+    sp.add_argument("--extra-tags", help="comma-separated tags scored zero-shot by CLIP image-text similarity")
+    sp.add_argument("--cache")
+    sp.add_argument("--allow-random-weights", action="store_true")
+    sp.add_argument("--quiet", action="store_true")
+    sp.set_defaults(func=cmd_tag)
+
+    sp = sub.add_parser("refresh", help="re-tag only new/changed products (and all when the model changed)")
+    sp.add_argument("--model", required=True)
+    sp.add_argument("--catalog", required=True)
+    sp.add_argument("--store", required=True)
+    sp.add_argument("--batch-size", type=int, default=256)
+    sp.add_argument("--tag-source", default="both")
+    sp.add_argument("--cache")
+    sp.add_argument("--allow-random-weights", action="store_true")
+    sp.set_defaults(func=cmd_refresh)
+
+    sp = sub.add_parser("gallery", help="an HTML gallery of predictions against the catalog's labels")
+    sp.add_argument("--predictions", required=True)
+    sp.add_argument("--catalog", required=True)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--limit", type=int, default=500)
+    sp.set_defaults(func=cmd_gallery)
+
     sp = sub.add_parser("cache", help="list what a feature cache holds")
     sp.add_argument("--cache", required=True)
     sp.set_defaults(func=cmd_cache)
@@ -269,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `mmtags`; returns the exit code. Expected failures print one message, no traceback."""
     from .models.encoder_base import WeightsUnavailable
     from .models.tagger import IncompatibleModel
+    from .models.zero_shot import ZeroShotUnavailable
 
     args = build_parser().parse_args(argv)
     try:
@@ -276,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     except WeightsUnavailable as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
-    except IncompatibleModel as e:
+    except (IncompatibleModel, ZeroShotUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
     except (FileNotFoundError, KeyError, ValueError) as e:

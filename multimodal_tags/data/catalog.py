@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,16 +138,17 @@ class ReadReport:
 
 
 def iter_catalog(path: str | Path, image_root: Path | str | None = None, limits: Limits | None = None,
-                 report: ReadReport | None = None) -> Iterator[Product]:
+                 report: ReadReport | None = None, seen: MutableMapping[str, int] | None = None) -> Iterator[Product]:
     """Yield the valid products of a catalog, recording every issue in `report`.
 
-    Duplicate ids: the first row wins, later ones are rejected (kept whole in the rejects).
+    Duplicate ids: the first row wins, later ones are rejected (kept whole in the rejects). `seen`
+    (id -> first row) defaults to a dict; pass a `DiskIdIndex` to keep memory flat on huge catalogs.
     """
     path = Path(path)
     limits = limits or Limits()
     root = image_root_for(path, image_root)
     report = report if report is not None else ReadReport(str(path))
-    first_row: dict[str, int] = {}
+    first_row: MutableMapping[str, int] = {} if seen is None else seen
     for n, raw in iter_raw_rows(path):
         report.read += 1
         if isinstance(raw, Issue):
@@ -187,6 +188,40 @@ def read_catalog(path: str | Path, image_root: Path | str | None = None,
     report = ReadReport(str(path))
     products = list(iter_catalog(path, image_root, limits, report))
     return Catalog(products, report, image_root_for(path, image_root), read_meta(path))
+
+
+class DiskIdIndex(MutableMapping):
+    """id -> row number, in a temporary SQLite file: duplicate detection in constant memory."""
+
+    def __init__(self):
+        import sqlite3
+
+        self._dir = tempfile.TemporaryDirectory(prefix="mmtags-ids-")
+        self.db = sqlite3.connect(Path(self._dir.name) / "ids.sqlite")
+        self.db.execute("PRAGMA synchronous=OFF")
+        self.db.execute("CREATE TABLE ids (id TEXT PRIMARY KEY, row INTEGER NOT NULL)")
+
+    def __getitem__(self, key: str) -> int:
+        r = self.db.execute("SELECT row FROM ids WHERE id = ?", (key,)).fetchone()
+        if r is None:
+            raise KeyError(key)
+        return r[0]
+
+    def __setitem__(self, key: str, row: int) -> None:
+        self.db.execute("INSERT OR REPLACE INTO ids VALUES (?, ?)", (key, row))
+
+    def __delitem__(self, key: str) -> None:
+        self.db.execute("DELETE FROM ids WHERE id = ?", (key,))
+
+    def __iter__(self):
+        return (r[0] for r in self.db.execute("SELECT id FROM ids"))
+
+    def __len__(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM ids").fetchone()[0]
+
+    def close(self) -> None:
+        self.db.close()
+        self._dir.cleanup()
 
 
 def _atomic_write(path: Path, write) -> None:

