@@ -108,7 +108,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     from .demo import run_demo
 
     run_demo(a.out, n_products=a.products, text_encoder=a.text_encoder, image_encoder=a.image_encoder,
-             allow_random_weights=a.allow_random_weights, progress=not a.quiet)
+             allow_random_weights=a.allow_random_weights, progress=not a.quiet, epochs=a.epochs)
     return 0
 
 
@@ -317,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("demo", help="run the main job on a built-in synthetic shop")
     sp.add_argument("--out", default="runs/demo")
     sp.add_argument("--products", type=int, default=600)
+    sp.add_argument("--epochs", type=int, default=25, help="tagger training epochs")
     sp.add_argument("--text-encoder", default=DEFAULT_TEXT_ENCODER)
     sp.add_argument("--image-encoder", default=DEFAULT_IMAGE_ENCODER)
     sp.add_argument("--allow-random-weights", action="store_true")

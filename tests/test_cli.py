@@ -46,11 +46,12 @@ def test_encoders_listing(capsys):
 def test_demo_end_to_end_with_tiny_encoders(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--products", "60", "--text-encoder", "tiny-bert",
-                 "--image-encoder", "tiny-clip", "--allow-random-weights", "--quiet"]) == 0
+                 "--image-encoder", "tiny-clip", "--allow-random-weights", "--quiet", "--epochs", "2"]) == 0
     log = capsys.readouterr().out
     assert "read 62 rows, kept 61, rejected 1" in log and "not-there.jpg" in log
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"text", "image", "text+image"}
+    assert set(metrics) == {"text", "image", "text+image", "tagger, tags from head", "tagger, tags from decoder"}
+    assert (out / "gallery.html").exists() and (out / "tags.db").exists() and (out / "tagger" / "model").is_dir()
     preds = [json.loads(l) for l in (out / "predictions.jsonl").read_text().splitlines()]
     assert preds and all({"id", "category", "tags", "tag_scores", "source"} <= set(p) for p in preds)
     run = json.loads((out / "run.json").read_text())
