@@ -20,6 +20,8 @@ class ModelConfig:
     text_dim: int = 384  # width of the text encoder's pooled vector
     text_max_length: int = 128  # tokens per product text seen by the text encoder (part of the cache key)
     image_dim: int = 1280  # width of the image encoder's pooled vector
+    lexical_buckets: int = 0  # >0: add a trained hashed word/bigram branch to the text side (see models/lexical.py)
+    lexical_dim: int = 128  # width of that branch's vector
     fusion: str = "gated"  # "concat" (baseline) or "gated" (exposes per-product modality weights)
     dim: int = 512  # fused vector width
     dropout: float = 0.1  # inside fusion and heads

@@ -19,6 +19,7 @@ VOCAB = sorted({t for tags in TRAIN_TAGS for t in tags})
 def shrink(cfg):
     """A preset's structure at test size: same fusion, mapper and vocabulary mode, tiny widths."""
     return dataclasses.replace(cfg, text_dim=12, image_dim=10, dim=16, adversary_field="shop", price_field="price",
+                               lexical_buckets=64, lexical_dim=8,
                                decoder=dataclasses.replace(cfg.decoder, gpt2="scratch", n_layer=1, n_embd=16,
                                                            n_head=2, prefix_length=2, max_tags=6))
 
@@ -31,7 +32,8 @@ def batch(n=6, cfg=None, tokenizer=None, seed=0):
                  has_text=torch.tensor([True] * (n - 1) + [False]), has_image=torch.tensor([False] + [True] * (n - 1)),
                  category=torch.arange(n) % 3, tags=multi_hot,
                  decoder_ids=torch.from_numpy(decoder_targets(tokenizer, tags)) if tokenizer else None,
-                 adversary=torch.arange(n) % 2, price=torch.linspace(1, 3, n))
+                 adversary=torch.arange(n) % 2, price=torch.linspace(1, 3, n),
+                 lexical_ids=torch.randint(0, 64, (n, 5), generator=g))
 
 
 @pytest.mark.parametrize("preset", list_presets())

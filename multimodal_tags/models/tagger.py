@@ -21,6 +21,7 @@ from torch import nn
 from ..config import ModelConfig, model_config_from_dict, to_dict
 from .decoder import TagDecoder
 from .fusion import create_fusion, modality_dropout
+from .lexical import LexicalEncoder
 from .heads import AdversaryHead, CategoryHead, TagHead, tag_loss
 from .tag_tokenizer import TagTokenizer, TextTagTokenizer, load_tokenizer, save_tokenizer
 
@@ -42,6 +43,7 @@ class Batch:
     decoder_ids: torch.Tensor | None = None  # [b, L] long
     adversary: torch.Tensor | None = None  # [b] long, -1 unknown
     price: torch.Tensor | None = None  # [b] float, nan unknown
+    lexical_ids: torch.Tensor | None = None  # [b, L] long, hashed words (models with a lexical branch)
 
 
 class Tagger(nn.Module):
@@ -49,7 +51,9 @@ class Tagger(nn.Module):
                  adversary_classes: list[str] | None = None):
         super().__init__()
         self.cfg, self.categories, self.tags = cfg, list(categories), list(tags)
-        self.fusion = create_fusion(cfg.fusion, cfg.text_dim, cfg.image_dim, cfg.dim, cfg.dropout)
+        self.lexical = LexicalEncoder(cfg.lexical_buckets, cfg.lexical_dim) if cfg.lexical_buckets else None
+        text_width = cfg.text_dim + (cfg.lexical_dim if self.lexical is not None else 0)
+        self.fusion = create_fusion(cfg.fusion, text_width, cfg.image_dim, cfg.dim, cfg.dropout)
         self.category_head = CategoryHead(cfg.dim, len(self.categories), cfg.dropout)
         self.tag_head = TagHead(cfg.dim, len(self.tags), cfg.dropout)
         self.register_buffer("thresholds", torch.full((len(self.tags),), 0.5))
@@ -64,7 +68,12 @@ class Tagger(nn.Module):
         has_text, has_image = batch.has_text.bool(), batch.has_image.bool()
         if drop_modalities and self.training:
             has_text, has_image = modality_dropout(has_text, has_image, self.cfg.modality_dropout)
-        fusion = self.fusion(batch.text, batch.image, has_text, has_image)
+        text = batch.text
+        if self.lexical is not None:
+            if batch.lexical_ids is None:
+                raise ValueError("this model has a lexical text branch: the batch needs lexical_ids")
+            text = torch.cat([text, self.lexical(batch.lexical_ids)], dim=-1)
+        fusion = self.fusion(text, batch.image, has_text, has_image)
         out = {"fused": fusion.fused, "modality_weights": fusion.weights,
                "category_logits": self.category_head(fusion.fused), "tag_logits": self.tag_head(fusion.fused)}
         # Everything that needs gradients is computed inside forward, so DistributedDataParallel sees it.

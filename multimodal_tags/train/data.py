@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 
 from ..config import ModelConfig
 from ..data.schema import Product
+from ..models.lexical import lexical_matrix
 from ..models.tagger import build_tokenizer, decoder_targets, price_target
 
 
@@ -59,6 +60,8 @@ class FeatureDataset(Dataset):
                           if labels.adversary_classes else None)
         self.price = (torch.tensor([price_target(p.extra.get(cfg.price_field)) for p in products], dtype=torch.float32)
                       if cfg.price_field else None)
+        self.lexical_ids = (torch.from_numpy(lexical_matrix([p.text for p in products], cfg.lexical_buckets))
+                            if cfg.lexical_buckets else None)
 
     def __len__(self) -> int:
         return len(self.products)
@@ -73,7 +76,7 @@ class FeatureDataset(Dataset):
             image = self.views["image"][i, v] if v < self.views["image"].shape[1] else image
         item = {"index": torch.tensor(i), "text": text, "image": image, "has_text": self.has_text[i],
                 "has_image": self.has_image[i], "category": self.category[i], "tags": self.tags[i]}
-        for name in ("decoder_ids", "adversary", "price"):
+        for name in ("decoder_ids", "adversary", "price", "lexical_ids"):
             v = getattr(self, name)
             if v is not None:
                 item[name] = v[i]

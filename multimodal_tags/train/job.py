@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,6 +146,7 @@ def train_tagger(catalog_path: str | Path, run_dir: str | Path, cfg: ModelConfig
     `run_dir/text_encoder/`, reused on --resume), and the heads then train on its features."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
     catalog = read_catalog(catalog_path)
     log(catalog.report.summary())
     if finetune is not None:
@@ -189,7 +191,8 @@ def train_tagger(catalog_path: str | Path, run_dir: str | Path, cfg: ModelConfig
         (run_dir / f"{split}_predictions.jsonl").write_bytes(src.read_bytes())
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
     write_run_info(run_dir, {"job": "train", "catalog": str(catalog_path), "modalities": modalities,
-                             "seed": tcfg.seed, "best_epoch": state["best_epoch"], "cache": str(cache_dir)})
+                             "seed": tcfg.seed, "best_epoch": state["best_epoch"], "cache": str(cache_dir),
+                             "seconds": round(time.perf_counter() - t_start, 1)})
     from ..eval.report import write_report
 
     write_report(run_dir, metrics, state, best, data.val)
