@@ -1,6 +1,7 @@
 """Training and evaluation end to end on a small synthetic shop with tiny random encoders."""
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -99,7 +100,13 @@ def test_finetuned_text_encoder_path(shop, tmp_path):
     assert tuned.weights_id() != base.weights_id()  # it really trained, and got its own cache key
     assert not tuned.random_weights  # a fine-tuned folder is a pretrained encoder for the next run
     saved = json.loads((tmp_path / "ft" / "model" / "config.json").read_text())
-    assert saved["model"]["text_encoder"] == f"hf:{folder.resolve()}" and saved["model"]["text_max_length"] == 16
+    assert saved["model"]["text_encoder"] == "hf:./text_encoder" and saved["model"]["text_max_length"] == 16
+    from multimodal_tags.models.tagger import Tagger
+
+    moved = tmp_path / "elsewhere" / "model"
+    shutil.copytree(tmp_path / "ft" / "model", moved)  # the folder is self-contained: it works when moved
+    assert Tagger.load(moved).cfg.text_encoder == f"hf:{(moved / 'text_encoder').resolve()}"
+    assert create_text_encoder(Tagger.load(moved).cfg.text_encoder).weights_id() == tuned.weights_id()
     assert result["metrics"]["test"]["head"]["products"] > 0
 
 

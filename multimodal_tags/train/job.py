@@ -135,6 +135,17 @@ def _finetuned_config(catalog: Catalog, cfg: ModelConfig, ft: FinetuneConfig, fo
     return dataclasses.replace(cfg, text_encoder=f"hf:{folder.resolve()}", text_max_length=ft.max_length)
 
 
+def _bundle_text_encoder(encoder_dir: Path, model_dir: Path) -> None:
+    """Copy a fine-tuned encoder into the model folder and point the config at it (relative path)."""
+    import shutil
+
+    shutil.copytree(encoder_dir, model_dir / "text_encoder", dirs_exist_ok=True)
+    cfg_path = model_dir / "config.json"
+    meta = json.loads(cfg_path.read_text(encoding="utf-8"))
+    meta["model"]["text_encoder"] = "hf:./text_encoder"
+    cfg_path.write_text(json.dumps(meta, indent=1, ensure_ascii=False), encoding="utf-8")
+
+
 def train_tagger(catalog_path: str | Path, run_dir: str | Path, cfg: ModelConfig, tcfg: TrainConfig,
                  cache_dir: str | Path | None = None, resume: bool = False, modalities: str = "both",
                  allow_random_weights: bool = False, precision: str = "auto",
@@ -176,6 +187,8 @@ def train_tagger(catalog_path: str | Path, run_dir: str | Path, cfg: ModelConfig
     best = Tagger.load(run_dir / "best_model")
     tune_model_thresholds(best, data.val)
     best.save(run_dir / "model")
+    if finetune is not None:  # the model folder carries its fine-tuned text encoder: it stays self-contained
+        _bundle_text_encoder(run_dir / "text_encoder", run_dir / "model")
     model_id = f"{run_dir.name}@epoch{state['best_epoch']}"
     metrics = {}
     for split, ds in (("val", data.val), ("test", data.test)):
