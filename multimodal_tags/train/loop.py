@@ -8,6 +8,7 @@ from (seed, epoch), so a run resumed from a checkpoint replays exactly what the 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -29,6 +30,8 @@ from ..models.tagger import Tagger
 from .data import FeatureDataset, collate, to_batch
 
 STATE = "trainer_state.json"
+# accelerate warns on every checkpoint that GPT-2's tied lm_head was not saved twice: expected, not news.
+logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
 
 
 def mixed_precision(setting: str) -> str:
