@@ -61,3 +61,14 @@ def small_catalog(tmp_path):
                      "image": f"img/{i if i != 5 else 4}.jpg", "category": "shirt" if i % 2 else "mug",
                      "tags": ["colour:red"] if i % 2 else ["material:ceramic"], "split": "train" if i < 4 else "test"})
     return write_jsonl(tmp_path / "catalog.jsonl", rows)
+
+
+def synthetic_catalog(root: Path, n: int) -> Path:
+    """The synthetic demo shop with n products, imported into root/catalog.jsonl."""
+    from multimodal_tags.data.importers import generic, run_import
+    from multimodal_tags.data.synthetic import SYNTHETIC_MAPPING, SYNTHETIC_TAG_COLUMNS, make_synthetic_export
+
+    export = make_synthetic_export(root / "export", n=n)
+    run_import(generic.read(export, mapping=SYNTHETIC_MAPPING, tag_columns=SYNTHETIC_TAG_COLUMNS),
+               root / "catalog.jsonl")
+    return root / "catalog.jsonl"

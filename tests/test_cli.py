@@ -77,12 +77,9 @@ def test_presets_listing(capsys):
 
 
 def test_train_then_evaluate_cli(tmp_path, capsys):
-    from multimodal_tags.data.importers import generic, run_import
-    from multimodal_tags.data.synthetic import SYNTHETIC_MAPPING, SYNTHETIC_TAG_COLUMNS, make_synthetic_export
+    from conftest import synthetic_catalog
 
-    export = make_synthetic_export(tmp_path / "export", n=60)
-    run_import(generic.read(export, mapping=SYNTHETIC_MAPPING, tag_columns=SYNTHETIC_TAG_COLUMNS),
-               tmp_path / "catalog.jsonl")
+    synthetic_catalog(tmp_path, 60)
     assert main(["train", "--catalog", str(tmp_path / "catalog.jsonl"), "--run-dir", str(tmp_path / "run"),
                  "--preset", "tiny", "--epochs", "2", "--batch-size", "16", "--allow-random-weights"]) == 0
     assert "tags from decoder" in capsys.readouterr().out

@@ -10,11 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_jsonl
+from conftest import synthetic_catalog, write_jsonl
 from multimodal_tags.cli import main
 from multimodal_tags.config import TrainConfig
-from multimodal_tags.data.importers import generic, run_import
-from multimodal_tags.data.synthetic import SYNTHETIC_MAPPING, SYNTHETIC_TAG_COLUMNS, make_synthetic_export
 from multimodal_tags.models.presets import get_preset
 from multimodal_tags.online.store import TagStore
 from multimodal_tags.train.job import train_tagger
@@ -26,9 +24,7 @@ TINY = ["--allow-random-weights", "--batch-size", "24"]
 def trained(tmp_path_factory):
     """A tiny model trained on a synthetic shop, and a 600-product export to tag with it."""
     root = tmp_path_factory.mktemp("online")
-    export = make_synthetic_export(root / "export", n=600)
-    run_import(generic.read(export, mapping=SYNTHETIC_MAPPING, tag_columns=SYNTHETIC_TAG_COLUMNS),
-               root / "catalog.jsonl")
+    synthetic_catalog(root, 600)
     train_tagger(root / "catalog.jsonl", root / "run", get_preset("tiny"),
                  TrainConfig(epochs=2, batch_size=32, max_train_products=200), allow_random_weights=True,
                  log=lambda s: None)

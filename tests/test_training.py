@@ -10,19 +10,14 @@ from pathlib import Path
 import pytest
 
 from multimodal_tags.config import TrainConfig
-from multimodal_tags.data.importers import generic, run_import
-from multimodal_tags.data.synthetic import SYNTHETIC_MAPPING, SYNTHETIC_TAG_COLUMNS, make_synthetic_export
+from conftest import synthetic_catalog
 from multimodal_tags.models.presets import get_preset
 from multimodal_tags.train.job import train_tagger
 
 
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shop")
-    export = make_synthetic_export(root / "export", n=120)
-    run_import(generic.read(export, mapping=SYNTHETIC_MAPPING, tag_columns=SYNTHETIC_TAG_COLUMNS),
-               root / "catalog.jsonl")
-    return root / "catalog.jsonl"
+    return synthetic_catalog(tmp_path_factory.mktemp("shop"), 120)
 
 
 def _train(catalog, run_dir, **kw):

@@ -7,26 +7,19 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class CategoryHead(nn.Module):
-    """Linear classifier over the fused vector (cross-entropy, optional label smoothing)."""
+class LinearHead(nn.Module):
+    """Dropout + linear layer over the fused vector: the category head (one logit per category,
+    cross-entropy with optional label smoothing) and the tag head (one logit per tag, multi-label)."""
 
-    def __init__(self, dim: int, n_categories: int, dropout: float = 0.1):
+    def __init__(self, dim: int, n_out: int, dropout: float = 0.1):
         super().__init__()
-        self.drop, self.linear = nn.Dropout(dropout), nn.Linear(dim, n_categories)
+        self.drop, self.linear = nn.Dropout(dropout), nn.Linear(dim, n_out)
 
     def forward(self, fused: torch.Tensor) -> torch.Tensor:
         return self.linear(self.drop(fused))
 
 
-class TagHead(nn.Module):
-    """One logit per vocabulary tag (multi-label)."""
-
-    def __init__(self, dim: int, n_tags: int, dropout: float = 0.1):
-        super().__init__()
-        self.drop, self.linear = nn.Dropout(dropout), nn.Linear(dim, n_tags)
-
-    def forward(self, fused: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.drop(fused))
+CategoryHead = TagHead = LinearHead
 
 
 def asymmetric_loss(logits: torch.Tensor, targets: torch.Tensor, gamma_pos: float = 0.0, gamma_neg: float = 4.0,
