@@ -263,3 +263,20 @@ def test_gallery_in_a_real_browser(trained, tmp_path):
     shot = tmp_path / "gallery.png"
     _render(html, "", tmp_path, screenshot=shot)
     assert shot.stat().st_size > 10_000
+
+
+def test_tag_survives_every_kind_of_broken_row(trained, tmp_path, capsys):
+    """The foundation issue's broken rows, through `mmtags tag`: good rows tagged, bad ones rejected."""
+    from test_catalog import _broken_catalog
+
+    catalog = _broken_catalog(tmp_path)
+    out = tmp_path / "pred.jsonl"
+    assert main(["tag", "--model", str(trained / "run" / "model"), "--catalog", str(catalog), "--out", str(out),
+                 "--cache", str(tmp_path / "cache"), "--quiet", *TINY]) == 0
+    assert "read 11 rows: tagged 6, rejected 5" in capsys.readouterr().out
+    tagged = [json.loads(l) for l in out.read_text().splitlines()]
+    assert {t["id"] for t in tagged} == {"good-1", "good-2", "corrupt-jpeg", "missing-image", "escape", "remote"}
+    by_id = {t["id"]: t for t in tagged}
+    assert by_id["escape"]["modality_weights"]["image"] == 0.0  # tagged from its text alone
+    rejects = [json.loads(l) for l in (tmp_path / "pred.jsonl.rejects.jsonl").read_text().splitlines()]
+    assert sorted(r["row"] for r in rejects if r["severity"] == "error") == [2, 3, 4, 9, 10]
