@@ -140,8 +140,15 @@ def cmd_train(a: argparse.Namespace) -> int:
             setattr(tcfg, name, getattr(a, name))
     if a.fusion:
         cfg.fusion = a.fusion
+    if a.lexical_buckets is not None:
+        cfg.lexical_buckets = a.lexical_buckets
+    finetune = None
+    if a.finetune_text:
+        from .train.finetune_text import FinetuneConfig
+
+        finetune = FinetuneConfig(max_products=a.finetune_products)
     result = train_tagger(a.catalog, a.run_dir, cfg, tcfg, cache_dir=a.cache, resume=a.resume,
-                          modalities=a.modalities, allow_random_weights=a.allow_random_weights)
+                          modalities=a.modalities, allow_random_weights=a.allow_random_weights, finetune=finetune)
     if result["metrics"]:
         for split, by_source in result["metrics"].items():
             for source, m in by_source.items():
@@ -259,6 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--cache", help="feature cache folder (default: features-cache beside the catalog)")
     sp.add_argument("--modalities", default="both", help="both, text or image")
     sp.add_argument("--fusion", help="concat or gated (overrides the preset)")
+    sp.add_argument("--lexical-buckets", type=int, help="add the hashed word/bigram text branch (e.g. 262144)")
+    sp.add_argument("--finetune-text", action="store_true",
+                    help="fine-tune the text encoder end to end first (the slow path), then train on its features")
+    sp.add_argument("--finetune-products", type=int, help="fine-tune on at most this many train products")
     sp.add_argument("--epochs", type=int)
     sp.add_argument("--batch-size", type=int)
     sp.add_argument("--lr", type=float)

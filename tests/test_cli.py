@@ -81,13 +81,16 @@ def test_train_then_evaluate_cli(tmp_path, capsys):
 
     synthetic_catalog(tmp_path, 60)
     assert main(["train", "--catalog", str(tmp_path / "catalog.jsonl"), "--run-dir", str(tmp_path / "run"),
-                 "--preset", "tiny", "--epochs", "2", "--batch-size", "16", "--allow-random-weights"]) == 0
+                 "--preset", "tiny", "--epochs", "2", "--batch-size", "16", "--allow-random-weights",
+                 "--lexical-buckets", "256"]) == 0
     assert "tags from decoder" in capsys.readouterr().out
     assert main(["evaluate", "--model", str(tmp_path / "run" / "model"), "--catalog", str(tmp_path / "catalog.jsonl"),
                  "--out", str(tmp_path / "eval"), "--split", "val", "--tag-source", "head",
                  "--allow-random-weights"]) == 0
     metrics = json.loads(capsys.readouterr().out.splitlines()[-2])
     assert 0 <= metrics["category_accuracy"] <= 1
+    saved = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert saved["model"]["lexical_buckets"] == 256
     # a model folder from another version is refused with a message, not a traceback
     cfg = tmp_path / "run" / "model" / "config.json"
     cfg.write_text(cfg.read_text().replace("mmtags-model/1", "mmtags-model/999"))
