@@ -280,3 +280,13 @@ def test_tag_survives_every_kind_of_broken_row(trained, tmp_path, capsys):
     assert by_id["escape"]["modality_weights"]["image"] == 0.0  # tagged from its text alone
     rejects = [json.loads(l) for l in (tmp_path / "pred.jsonl.rejects.jsonl").read_text().splitlines()]
     assert sorted(r["row"] for r in rejects if r["severity"] == "error") == [2, 3, 4, 9, 10]
+
+
+def test_resume_point_keeps_whole_batches_only(tmp_path):
+    from multimodal_tags.online.tag_job import _resume_point
+
+    out = tmp_path / "o.jsonl"
+    out.write_bytes(b"".join(json.dumps({"id": f"p{i}"}).encode() + b"\n" for i in range(5)) + b'{"id": "p5", "ca')
+    assert _resume_point(out, batch_size=2) == (4, "p3")  # line 5 is an incomplete batch, line 6 half-written
+    assert out.read_text().splitlines() == [json.dumps({"id": f"p{i}"}) for i in range(4)]
+    assert _resume_point(tmp_path / "absent.jsonl", 2) == (0, None)

@@ -41,21 +41,25 @@ class TagStats:
 
 
 def _resume_point(out: Path, batch_size: int) -> tuple[int, str | None]:
-    """Keep only whole batches of complete lines in `out`; return (lines kept, last id kept)."""
+    """Keep only whole batches of complete lines in `out` (truncating the rest); return (lines kept,
+    id on the last kept line). Reads line by line: resuming a huge output costs no memory."""
     if not out.exists():
         return 0, None
+    complete, offset, keep_offset, last_kept = 0, 0, 0, None
     with open(out, "rb") as f:
-        data = f.read()
-    lines = data.split(b"\n")
-    complete = lines[:-1]  # the piece after the last newline is partial (or empty)
-    keep = (len(complete) // batch_size) * batch_size
-    kept = complete[:keep]
-    with open(out, "wb") as f:
-        f.write(b"".join(line + b"\n" for line in kept))
+        for line in f:
+            if not line.endswith(b"\n"):
+                break  # a partial line: the interrupted write
+            complete += 1
+            offset += len(line)
+            if complete % batch_size == 0:
+                keep_offset, last_kept = offset, line
+    with open(out, "r+b") as f:
+        f.truncate(keep_offset)
         f.flush()
         os.fsync(f.fileno())
-    last = json.loads(kept[-1])["id"] if kept else None
-    return keep, last
+    keep = (complete // batch_size) * batch_size
+    return keep, (json.loads(last_kept)["id"] if keep else None)
 
 
 def _store_changes(store: TagStore | None, rows: list[dict]) -> dict[str, str]:
