@@ -155,6 +155,25 @@ def encode_images(products: Sequence[Product], encoder: ImageEncoder, cache: Fea
     return stats
 
 
+def encode_and_load(products: Sequence[Product], cache: FeatureCache, image_root: Path,
+                    text_encoder: HFTextEncoder | None = None, image_encoder: ImageEncoder | None = None,
+                    num_workers: int = 1, log=None) -> dict[str, np.ndarray]:
+    """Encode what the cache lacks for these encoders, then return the products' vectors (see
+    `load_features`); `log` gets each modality's summary line."""
+    keys: dict[str, str] = {}
+    if text_encoder is not None:
+        stats = encode_texts(products, text_encoder, cache, progress=False)
+        keys["text"] = text_encoder.cache_key()
+        if log:
+            log("  " + stats.summary())
+    if image_encoder is not None:
+        stats = encode_images(products, image_encoder, cache, image_root, num_workers=num_workers, progress=False)
+        keys["image"] = image_encoder.cache_key()
+        if log:
+            log("  " + stats.summary())
+    return load_features(products, cache, keys.get("text"), keys.get("image"))
+
+
 def load_features(products: Sequence[Product], cache: FeatureCache, text_key: str | None,
                   image_key: str | None) -> dict[str, np.ndarray]:
     """Cached vectors aligned with `products`: text/image arrays and has_text/has_image masks

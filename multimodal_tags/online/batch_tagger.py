@@ -12,7 +12,7 @@ import torch
 from ..data.feature_cache import FeatureCache
 from ..data.schema import Product
 from ..eval.predict import prediction_rows
-from ..features import encode_images, encode_texts, load_features
+from ..features import encode_and_load
 from ..models.factory import create_image_encoder, create_text_encoder, require_pretrained
 from ..models.lexical import lexical_matrix
 from ..models.tagger import Batch, Tagger
@@ -77,15 +77,8 @@ class BatchTagger:
 
     def _features(self, products: Sequence[Product], image_root: Path) -> dict:
         enc = self.encoders()
-        with FeatureCache(self.cache_dir) as cache:
-            keys = {}
-            if "text" in enc:
-                encode_texts(products, enc["text"], cache, progress=False)
-                keys["text"] = enc["text"].cache_key()
-            if "image" in enc:
-                encode_images(products, enc["image"], cache, image_root, num_workers=0, progress=False)
-                keys["image"] = enc["image"].cache_key()
-            return load_features(products, cache, keys.get("text"), keys.get("image"))
+        with FeatureCache(self.cache_dir) as cache:  # small batches: decode photos in-process
+            return encode_and_load(products, cache, image_root, enc.get("text"), enc.get("image"), num_workers=0)
 
     @torch.no_grad()
     def tag(self, products: Sequence[Product], image_root: Path) -> list[dict]:

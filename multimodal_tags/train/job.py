@@ -20,7 +20,7 @@ from ..config import ModelConfig, TrainConfig, save_yaml
 from ..data.catalog import Catalog, read_catalog
 from ..data.feature_cache import FeatureCache
 from ..eval.predict import TAG_SOURCES, predict_dataset, prediction_rows, score_rows, tune_model_thresholds
-from ..features import encode_images, encode_text_views, encode_texts, load_features, load_views
+from ..features import encode_and_load, encode_images, encode_text_views, load_views
 from ..models.factory import create_image_encoder, create_text_encoder, require_pretrained
 from ..models.tagger import Tagger
 from ..run_info import write_run_info
@@ -34,23 +34,19 @@ MODALITIES = ("both", "text", "image")
 def prepare_features(catalog: Catalog, cfg: ModelConfig, cache_dir: str | Path, precision: str = "auto",
                      allow_random_weights: bool = False, log: Callable[[str], None] = print) -> dict[str, np.ndarray]:
     """Encode what the cache lacks for the config's encoders; return vectors aligned with the catalog."""
-    keys = {"text": None, "image": None}
+    te = ie = None
+    if cfg.text_encoder != "none":
+        te = create_text_encoder(cfg.text_encoder, max_length=cfg.text_max_length).set_precision(precision)
+        require_pretrained(te, allow_random_weights)
+        if te.dim != cfg.text_dim:
+            raise ValueError(f"text encoder {cfg.text_encoder} gives {te.dim}-d vectors, config says {cfg.text_dim}")
+    if cfg.image_encoder != "none":
+        ie = create_image_encoder(cfg.image_encoder).set_precision(precision)
+        require_pretrained(ie, allow_random_weights)
+        if ie.dim != cfg.image_dim:
+            raise ValueError(f"image encoder {cfg.image_encoder} gives {ie.dim}-d vectors, config says {cfg.image_dim}")
     with FeatureCache(cache_dir) as cache:
-        if cfg.text_encoder != "none":
-            te = create_text_encoder(cfg.text_encoder, max_length=cfg.text_max_length).set_precision(precision)
-            require_pretrained(te, allow_random_weights)
-            if te.dim != cfg.text_dim:
-                raise ValueError(f"text encoder {cfg.text_encoder} gives {te.dim}-d vectors, config says {cfg.text_dim}")
-            log("  " + encode_texts(catalog.products, te, cache, progress=False).summary())
-            keys["text"] = te.cache_key()
-        if cfg.image_encoder != "none":
-            ie = create_image_encoder(cfg.image_encoder).set_precision(precision)
-            require_pretrained(ie, allow_random_weights)
-            if ie.dim != cfg.image_dim:
-                raise ValueError(f"image encoder {cfg.image_encoder} gives {ie.dim}-d vectors, config says {cfg.image_dim}")
-            log("  " + encode_images(catalog.products, ie, cache, catalog.image_root, progress=False).summary())
-            keys["image"] = ie.cache_key()
-        return load_features(catalog.products, cache, keys["text"], keys["image"])
+        return encode_and_load(catalog.products, cache, catalog.image_root, te, ie, log=log)
 
 
 def prepare_views(products, cfg: ModelConfig, tcfg: TrainConfig, cache_dir: str | Path, image_root: Path,
