@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
     tcfg = TrainConfig(epochs=epochs, batch_size=64 if a.quick else 256, lr=1e-3, patience=3)
     ft = FinetuneConfig(epochs=a.finetune_epochs, max_products=200 if a.quick else a.finetune_products)
     base = get_preset("offline")
-    lexical = dataclasses.replace(base, lexical_buckets=1 << 18)
+    # 2^18 buckets x 128 dims (33M parameters) for the real run; a small table keeps --quick quick
+    lexical = dataclasses.replace(base, lexical_buckets=1 << 14 if a.quick else 1 << 18)
     runs = [("text only, frozen", "text", base, None), ("image only, frozen", "image", base, None),
             ("fused, frozen", "both", base, None), ("fused + lexical, frozen", "both", lexical, None)]
     if not a.no_finetune:
