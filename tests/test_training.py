@@ -147,3 +147,12 @@ def test_augmentations_are_seeded():
     a, b = augment_image(im, 5), augment_image(im, 5)
     assert a.size == im.size and a.tobytes() == b.tobytes()
     assert any(augment_image(im, s).tobytes() != im.tobytes() for s in range(5))
+
+
+def test_training_depends_on_the_seed_alone(shop, tmp_path):
+    import torch
+
+    first = _train(shop, tmp_path / "a")
+    torch.rand(1000)  # whatever ran before must not change the initial weights
+    second = _train(shop, tmp_path / "b")
+    assert first["metrics"] == second["metrics"]

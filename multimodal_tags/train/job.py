@@ -172,6 +172,9 @@ def train_tagger(catalog_path: str | Path, run_dir: str | Path, cfg: ModelConfig
                                                                     precision, log))
     log(f"train {len(data.train)}, val {len(data.val)}, test {len(data.test) if data.test else 0}; "
         f"{len(data.labels.categories)} categories, {len(data.labels.tags)} tags")
+    from accelerate.utils import set_seed
+
+    set_seed(tcfg.seed)  # the initial weights depend on the seed alone, not on what ran before in this process
     model = Tagger(cfg, data.labels.categories, data.labels.tags, data.labels.tokenizer, data.labels.adversary_classes)
     state = fit(model, data.train, data.val, tcfg, run_dir, resume=resume, log=log, stop_after_epoch=stop_after_epoch)
     if stop_after_epoch is not None and state["epoch"] < tcfg.epochs - 1 and state["bad_epochs"] < tcfg.patience:
