@@ -92,7 +92,7 @@ def run_demo(out: str | Path, n_products: int = 600, text_encoder: str = DEFAULT
                               "source": f"knn:{name}", "content_hash": p.content_hash}
                              for p, q in zip(gold, preds)]
 
-    log(f"[5/7] train the tagger (gated fusion, heads, GPT-2 decoder) on the train split")
+    log("[5/7] train the tagger (gated fusion, heads, GPT-2 decoder) on the train split")
     cfg = dataclasses.replace(get_preset("offline" if not te.random_weights else "tiny"), text_encoder=text_encoder,
                               image_encoder=image_encoder, text_dim=te.dim, image_dim=ie.dim)
     result = train_tagger(catalog_path, out / "tagger", cfg, TrainConfig(epochs=epochs, batch_size=32, lr=2e-3,
@@ -122,7 +122,7 @@ def run_demo(out: str | Path, n_products: int = 600, text_encoder: str = DEFAULT
         label = name if name.startswith("tagger") else f"kNN on {name}"
         table.append(f"| {label} | {m['category_accuracy']:.3f} | {m['tags_micro_precision']:.3f} | "
                      f"{m['tags_micro_recall']:.3f} | {m['tags_micro_f1']:.3f} | {m['tags_macro_f1']:.3f} |")
-    report = [f"# Demo run: synthetic shop", "",
+    report = ["# Demo run: synthetic shop", "",
               f"Encoders: text `{text_encoder}`, image `{image_encoder}`. kNN (k={k}) scored on val+test; the "
               f"tagger on test (its own report: tagger/report.md).", "", *table, "",
               f"Import: {result_import.report.summary()}", "", "Gallery: gallery.html; tag store: tags.db."]

@@ -137,33 +137,26 @@ class ReadReport:
         return s
 
 
-def iter_catalog(path: str | Path, image_root: Path | str | None = None, limits: Limits | None = None,
-                 report: ReadReport | None = None, seen: MutableMapping[str, int] | None = None) -> Iterator[Product]:
-    """Yield the valid products of a catalog, recording every issue in `report`.
-
-    Duplicate ids: the first row wins, later ones are rejected (kept whole in the rejects). `seen`
-    (id -> first row) defaults to a dict; pass a `DiskIdIndex` to keep memory flat on huge catalogs.
-    """
-    path = Path(path)
-    limits = limits or Limits()
-    root = image_root_for(path, image_root)
-    report = report if report is not None else ReadReport(str(path))
+def validate_rows(rows: Iterable[RawRow], file: str, image_root: Path, limits: Limits, report: ReadReport,
+                  seen: MutableMapping[str, int] | None = None) -> Iterator[Product]:
+    """Validate raw rows (from a catalog file or an importer), yielding the good products and recording
+    every issue in `report`. Duplicate ids: the first row wins, later ones are rejected. A rejected
+    row's issues carry its original text, so it can be fixed and re-imported."""
     first_row: MutableMapping[str, int] = {} if seen is None else seen
-    for n, raw in iter_raw_rows(path):
+    for n, raw in rows:
         report.read += 1
         if isinstance(raw, Issue):
             report.rejected += 1
             report.issues.append(raw)
             continue
-        product, issues = validate_row(raw, str(path), n, root, limits)
+        product, issues = validate_row(raw, file, n, image_root, limits)
         if product is not None and product.id in first_row:
-            issues = [Issue(str(path), n, "id", f"duplicate id {product.id!r} (first on row "
-                                                f"{first_row[product.id]})")]
+            issues = [Issue(file, n, "id", f"duplicate id {product.id!r} (first on row {first_row[product.id]})")]
             product = None
         if product is None:
             raw_text = json.dumps(raw, ensure_ascii=False, default=str)
             for i in issues:
-                i.raw = raw_text
+                i.raw = i.raw or raw_text
             report.rejected += 1
         else:
             first_row[product.id] = n
@@ -171,6 +164,17 @@ def iter_catalog(path: str | Path, image_root: Path | str | None = None, limits:
         report.issues.extend(issues)
         if product is not None:
             yield product
+
+
+def iter_catalog(path: str | Path, image_root: Path | str | None = None, limits: Limits | None = None,
+                 report: ReadReport | None = None, seen: MutableMapping[str, int] | None = None) -> Iterator[Product]:
+    """Yield the valid products of a catalog file, recording every issue in `report` (see
+    `validate_rows`). `seen` (id -> first row) defaults to a dict; pass a `DiskIdIndex` to keep
+    memory flat on huge catalogs."""
+    path = Path(path)
+    report = report if report is not None else ReadReport(str(path))
+    yield from validate_rows(iter_raw_rows(path), str(path), image_root_for(path, image_root), limits or Limits(),
+                             report, seen)
 
 
 @dataclass

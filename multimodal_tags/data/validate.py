@@ -6,7 +6,7 @@ with the original reference kept in `extra` so nothing the user gave is lost).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 

@@ -62,10 +62,7 @@ def refresh(model_dir: str | Path, catalog_path: str | Path, store_path: str | P
         try:
             for product in iter_catalog(catalog_path, root, limits, report, seen=seen):
                 store.db.execute("INSERT OR IGNORE INTO seen VALUES (?)", (product.id,))
-                st = store.state(product.id)
-                kind = ("new" if st is None or st[2] is not None else
-                        "unchanged" if (st[0], st[1]) == (product.content_hash, tagger.model_id) else
-                        "changed" if st[0] != product.content_hash else "retagged")
+                kind = store.change_kind(product.id, product.content_hash, tagger.model_id)
                 stats.counts[kind] += 1
                 if kind == "unchanged":
                     continue

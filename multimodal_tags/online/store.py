@@ -52,6 +52,16 @@ class TagStore:
         return self.db.execute("SELECT content_hash, model_id, removed_at FROM products WHERE id = ?",
                                (product_id,)).fetchone()
 
+    def change_kind(self, product_id: str, content_hash: str, model_id: str) -> str:
+        """What tagging this product now would be: 'new' (never stored, or removed), 'unchanged' (same
+        content, same model), 'changed' (other content) or 'retagged' (same content, other model)."""
+        st = self.state(product_id)
+        if st is None or st[2] is not None:
+            return "new"
+        if (st[0], st[1]) == (content_hash, model_id):
+            return "unchanged"
+        return "changed" if st[0] != content_hash else "retagged"
+
     def get(self, product_id: str) -> dict | None:
         row = self.db.execute("SELECT id, content_hash, model_id, category, category_score, tags, updated_at, "
                               "removed_at FROM products WHERE id = ?", (product_id,)).fetchone()

@@ -62,18 +62,6 @@ def _resume_point(out: Path, batch_size: int) -> tuple[int, str | None]:
     return keep, (json.loads(last_kept)["id"] if keep else None)
 
 
-def _store_changes(store: TagStore | None, rows: list[dict]) -> dict[str, str]:
-    if store is None:
-        return {}
-    changes = {}
-    for r in rows:
-        st = store.state(r["id"])
-        changes[r["id"]] = ("new" if st is None or st[2] is not None else
-                            "unchanged" if (st[0], st[1]) == (r["content_hash"], r["model_id"]) else
-                            "changed" if st[0] != r["content_hash"] else "retagged")
-    return changes
-
-
 def tag_catalog(model_dir: str | Path, catalog_path: str | Path, out_path: str | Path,
                 store_path: str | Path | None = None, rejects_path: str | Path | None = None,
                 batch_size: int = 256, tag_source: str = "both", cache_dir: str | Path | None = None,
@@ -113,7 +101,8 @@ def tag_catalog(model_dir: str | Path, catalog_path: str | Path, out_path: str |
                 f_out.flush()
                 os.fsync(f_out.fileno())
                 if store is not None:
-                    store.write(rows, _store_changes(store, rows))
+                    store.write(rows, {r["id"]: store.change_kind(r["id"], r["content_hash"], r["model_id"])
+                                       for r in rows})
                 stats.tagged += len(rows)
                 bar.update(len(rows))
                 batch.clear()

@@ -7,12 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..catalog import ReadReport, write_catalog, write_rejects
+from ..catalog import RawRow, ReadReport, validate_rows, write_catalog, write_rejects
 from ..schema import Product
-from ..validate import Issue, Limits, validate_row
+from ..validate import Limits
 from ..vocab import apply_vocab, build_vocab
 
-RawRow = tuple[int, "dict[str, Any] | Issue"]
 
 
 @dataclass
@@ -45,29 +44,8 @@ def run_import(source: ImportSource, out: str | Path | None = None, limits: Limi
 
     Writes `out` (the catalog), `out.meta.json` and, when any row had an issue, `out.rejects.jsonl`.
     """
-    limits = limits or Limits()
     report = ReadReport(source.file)
-    products: list[Product] = []
-    seen: dict[str, int] = {}
-    for n, raw in source.rows:
-        report.read += 1
-        if isinstance(raw, Issue):
-            report.rejected += 1
-            report.issues.append(raw)
-            continue
-        product, issues = validate_row(raw, source.file, n, source.image_root, limits)
-        if product is not None and product.id in seen:
-            product, issues = None, [Issue(source.file, n, "id", f"duplicate id {product.id!r} "
-                                                                  f"(first on row {seen[product.id]})")]
-        if product is None:
-            report.rejected += 1
-            for i in issues:
-                i.raw = i.raw or repr(raw)[:100_000]
-        else:
-            seen[product.id] = n
-            report.kept += 1
-            products.append(product)
-        report.issues.extend(issues)
+    products = list(validate_rows(source.rows, source.file, source.image_root, limits or Limits(), report))
     vocab = build_vocab(products, source.min_tag_count)
     apply_vocab(products, vocab)
     if out is not None:
