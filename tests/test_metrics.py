@@ -30,3 +30,20 @@ def test_accuracy_topk_and_edge_cases():
         accuracy(["a"], [])
     report = tagging_report(["a"], ["a"], [{"k:v"}], [{"k:v"}])
     assert report["category_accuracy"] == 1.0 and report["tags_micro_f1"] == 1.0
+
+
+def test_decoder_threshold_drops_unsure_generated_tags_when_that_raises_micro_f1():
+    from types import SimpleNamespace
+
+    import torch
+
+    from multimodal_tags.eval.predict import tune_decoder_threshold
+
+    model = SimpleNamespace(decoder_threshold=torch.tensor(0.0))
+    products = [SimpleNamespace(tags=["a"]), SimpleNamespace(tags=["b"])]
+    preds = [{"generated_tags": {"a": 0.9, "c": 0.3}}, {"generated_tags": {"b": 0.8, "d": 0.2}}]
+    # worked by hand: keeping everything gives F1 2*2/(4+2) = 0.67; any threshold in (0.3, 0.8] gives 1.0,
+    # and the lowest such grid point is chosen
+    assert tune_decoder_threshold(model, preds, products) == pytest.approx(0.35)
+    assert float(model.decoder_threshold) == pytest.approx(0.35)
+    assert preds == [{"generated_tags": {"a": 0.9}}, {"generated_tags": {"b": 0.8}}]

@@ -190,3 +190,19 @@ def test_pretrained_gpt2_from_a_local_folder_open_vocabulary(tmp_path):
     cfg.decoder = dataclasses.replace(cfg.decoder, gpt2=str(tmp_path / "missing"))
     with pytest.raises(WeightsUnavailable, match="missing"):
         Tagger(cfg, ["a"], VOCAB, tok)
+
+
+def test_lexical_branch_is_an_idf_weighted_bag_fitted_on_training_texts():
+    from multimodal_tags.models.lexical import LexicalEncoder, lexical_ids, lexical_matrix
+
+    assert lexical_ids("red red shirt", 1 << 10) == list(dict.fromkeys(lexical_ids("red red shirt", 1 << 10)))
+    texts = ["red cotton shirt machine wash", "blue denim jeans machine wash", "red silk scarf machine wash"]
+    ids = torch.from_numpy(lexical_matrix(texts, 1 << 12))
+    enc = LexicalEncoder(1 << 12, 4)
+    enc.fit_idf(ids)
+    wash, red, denim = (lexical_ids(w, 1 << 12)[0] for w in ("wash", "red", "denim"))
+    # a word every text has weighs least; the rarer the word, the more it weighs
+    assert enc.idf[wash] < enc.idf[red] < enc.idf[denim]
+    # padding never contributes: a text and the same text padded wider give the same vector
+    wide = torch.cat([ids, torch.zeros(3, 7, dtype=ids.dtype)], dim=1)
+    assert torch.allclose(enc(ids), enc(wide), atol=1e-6)

@@ -1,9 +1,15 @@
-"""A lexical text branch: hashed word unigrams and bigrams, averaged embeddings (fastText-style).
+"""A lexical text branch: a learned projection of the product text's TF-IDF vector (hashed words and
+word bigrams).
 
 A frozen sentence encoder compresses a product text into one vector and blurs exact words ("navy"
-vs "blue", brand names, "V-neck"), which is what many tags hinge on. This branch, trained with the
-heads, sees those words directly and is cheap on a CPU. Its vector is concatenated to the text
-encoder's before fusion, so the text modality (and its gate weight) covers both.
+vs "blue", brand names, "V-neck"), which is what many tags hinge on; a TF-IDF + linear SVM on the
+raw words is a strong tag baseline for that reason. This branch, trained with the heads, sees the
+same signal: the L2-normalised, IDF-weighted bag of hashed unigrams and bigrams, projected to
+`dim` (an EmbeddingBag in "sum" mode is exactly that sparse matrix product). IDF weighting matters:
+product descriptions share long boilerplate ("machine wash cold ...") that a plain mean would let
+drown the few words that decide a tag. The IDF table is fitted on the training texts and saved with
+the model. The vector is concatenated to the text encoder's before fusion, so the text modality
+(and its gate weight) covers both.
 """
 from __future__ import annotations
 
@@ -16,31 +22,61 @@ import torch
 from torch import nn
 
 _WORD = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*|[\u3400-\u9fff]")  # Latin words; each CJK character
+WIDTH = 384  # ids kept per text: covers the distinct grams of 99% of Myntra texts
 
 
-def lexical_ids(text: str, buckets: int, max_tokens: int = 256) -> list[int]:
-    """Hashed ids (1..buckets-1; 0 is padding) of the text's words and word bigrams."""
+def _grams(text: str, max_tokens: int) -> list[str]:
     words = _WORD.findall(text.lower())[:max_tokens]
-    grams = words + [f"{a} {b}" for a, b in zip(words, words[1:])]
-    return [1 + zlib.crc32(g.encode()) % (buckets - 1) for g in grams]
+    return words + [f"{a} {b}" for a, b in zip(words, words[1:])]
 
 
-def lexical_matrix(texts: Sequence[str], buckets: int, width: int = 128) -> np.ndarray:
+def _bucket(gram: str, buckets: int) -> int:
+    return 1 + zlib.crc32(gram.encode()) % (buckets - 1)
+
+
+def lexical_ids(text: str, buckets: int, title: str = "", max_tokens: int = 512) -> list[int]:
+    """Distinct hashed ids (1..buckets-1; 0 is padding): the title's words and bigrams marked as
+    title words, then the words and bigrams of the whole text.
+
+    The title is where a shop states colour, gender and article type ("Wrangler Men White Shirt");
+    the description may mention other colours ("with blue stripes"). Marking title words lets the
+    model tell the two apart, where a plain bag cannot."""
+    marked = [_bucket("\x01" + g, buckets) for g in _grams(title, max_tokens)] if title else []
+    return list(dict.fromkeys(marked + [_bucket(g, buckets) for g in _grams(text, max_tokens)]))
+
+
+def lexical_matrix(texts: Sequence[str], buckets: int, width: int = WIDTH,
+                   titles: Sequence[str] | None = None) -> np.ndarray:
     """[n, width] padded id matrix (0 = padding); longer texts keep their first `width` ids,
-    unigrams first, so the words of the title always count."""
+    title and unigrams first, so the words of the title always count."""
     out = np.zeros((len(texts), width), dtype=np.int64)
     for i, t in enumerate(texts):
-        ids = lexical_ids(t, buckets)[:width]
+        ids = lexical_ids(t, buckets, titles[i] if titles is not None else "")[:width]
         out[i, :len(ids)] = ids
     return out
+
+
+def product_lexical_matrix(products, buckets: int) -> np.ndarray:
+    """The lexical id matrix of catalog products (title marked, then title + description)."""
+    return lexical_matrix([p.text for p in products], buckets, titles=[p.title or "" for p in products])
 
 
 class LexicalEncoder(nn.Module):
     def __init__(self, buckets: int, dim: int):
         super().__init__()
-        self.bag = nn.EmbeddingBag(buckets, dim, mode="mean", padding_idx=0)
+        self.bag = nn.EmbeddingBag(buckets, dim, mode="sum", padding_idx=0)
         nn.init.normal_(self.bag.weight, std=0.1)
+        self.register_buffer("idf", torch.ones(buckets))  # fitted by fit_idf, saved with the model
         self.norm = nn.LayerNorm(dim)
 
+    @torch.no_grad()
+    def fit_idf(self, ids: torch.Tensor) -> None:
+        """Smoothed IDF (as scikit-learn's) of every bucket over the training texts' id matrix."""
+        n = ids.shape[0]
+        df = torch.bincount(ids.flatten(), minlength=self.idf.numel()).to(self.idf.dtype)
+        self.idf.copy_(torch.log((1 + n) / (1 + df)) + 1)
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.bag(ids))
+        weights = self.idf[ids] * (ids > 0)  # ids are distinct per text: binary tf x idf
+        weights = weights / weights.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        return self.norm(self.bag(ids, per_sample_weights=weights.to(self.bag.weight.dtype)))

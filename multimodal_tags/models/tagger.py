@@ -25,7 +25,7 @@ from .lexical import LexicalEncoder
 from .heads import AdversaryHead, CategoryHead, TagHead, tag_loss
 from .tag_tokenizer import TagTokenizer, TextTagTokenizer, load_tokenizer, save_tokenizer
 
-FORMAT = "mmtags-model/1"
+FORMAT = "mmtags-model/2"  # 2: lexical IDF table and the decoder threshold are saved
 
 
 class IncompatibleModel(ValueError):
@@ -57,6 +57,8 @@ class Tagger(nn.Module):
         self.category_head = CategoryHead(cfg.dim, len(self.categories), cfg.dropout)
         self.tag_head = TagHead(cfg.dim, len(self.tags), cfg.dropout)
         self.register_buffer("thresholds", torch.full((len(self.tags),), 0.5))
+        # generated tags below this probability are not reported (tuned on validation; 0 keeps all)
+        self.register_buffer("decoder_threshold", torch.tensor(0.0))
         self.tokenizer = tokenizer
         self.decoder = TagDecoder(cfg.dim, tokenizer, cfg.decoder) if cfg.use_decoder and tokenizer is not None else None
         self.adversary_classes = list(adversary_classes or [])
@@ -128,7 +130,8 @@ class Tagger(nn.Module):
                     "modality_weights": {"text": float(out["modality_weights"][n, 0]),
                                          "image": float(out["modality_weights"][n, 1])}}
             if generated is not None:
-                pred["generated_tags"] = {t: float(p) for t, p in generated[n]}
+                floor = float(self.decoder_threshold)
+                pred["generated_tags"] = {t: float(p) for t, p in generated[n] if p >= floor}
             preds.append(pred)
         return preds
 

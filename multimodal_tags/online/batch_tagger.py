@@ -14,7 +14,7 @@ from ..data.schema import Product
 from ..eval.predict import prediction_rows
 from ..features import encode_and_load
 from ..models.factory import create_image_encoder, create_text_encoder, require_pretrained
-from ..models.lexical import lexical_matrix
+from ..models.lexical import product_lexical_matrix
 from ..models.tagger import Batch, Tagger
 
 
@@ -91,7 +91,7 @@ class BatchTagger:
                       image=torch.from_numpy(feats["image"]) if "image" in feats else torch.zeros(n, cfg.image_dim),
                       has_text=torch.from_numpy(feats["has_text"]) if "has_text" in feats else torch.zeros(n, dtype=torch.bool),
                       has_image=torch.from_numpy(feats["has_image"]) if "has_image" in feats else torch.zeros(n, dtype=torch.bool),
-                      lexical_ids=torch.from_numpy(lexical_matrix([p.text for p in products], cfg.lexical_buckets))
+                      lexical_ids=torch.from_numpy(product_lexical_matrix(products, cfg.lexical_buckets))
                       if cfg.lexical_buckets else None)
         preds = self.model.predict(batch, generate=self.tag_source != "head")
         rows = prediction_rows(products, preds, self.tag_source, self.model_id)

@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from ..config import ModelConfig
 from ..data.schema import Product
-from ..models.lexical import lexical_matrix
+from ..models.lexical import product_lexical_matrix
 from ..models.tagger import build_tokenizer, decoder_targets, price_target
 
 
@@ -60,7 +60,7 @@ class FeatureDataset(Dataset):
                           if labels.adversary_classes else None)
         self.price = (torch.tensor([price_target(p.extra.get(cfg.price_field)) for p in products], dtype=torch.float32)
                       if cfg.price_field else None)
-        self.lexical_ids = (torch.from_numpy(lexical_matrix([p.text for p in products], cfg.lexical_buckets))
+        self.lexical_ids = (torch.from_numpy(product_lexical_matrix(products, cfg.lexical_buckets))
                             if cfg.lexical_buckets else None)
 
     def __len__(self) -> int:

@@ -19,7 +19,8 @@ import numpy as np
 from ..config import ModelConfig, TrainConfig, save_yaml
 from ..data.catalog import Catalog, read_catalog
 from ..data.feature_cache import FeatureCache
-from ..eval.predict import TAG_SOURCES, predict_dataset, prediction_rows, score_rows, tune_model_thresholds
+from ..eval.predict import (TAG_SOURCES, predict_dataset, prediction_rows, score_rows, tune_decoder_threshold,
+                           tune_model_thresholds)
 from ..features import encode_and_load, encode_images, encode_text_views, load_views
 from ..models.factory import create_image_encoder, create_text_encoder, require_pretrained
 from ..models.tagger import Tagger
@@ -108,9 +109,10 @@ def split_datasets(catalog: Catalog, feats: dict[str, np.ndarray], cfg: ModelCon
                      ds(idx["test"]) if idx["test"] else None)
 
 
-def evaluate_split(model: Tagger, data: FeatureDataset, model_id: str, generate: bool = True) -> tuple[dict, dict]:
-    """Metrics per tag source and prediction rows per tag source for one split."""
-    preds = predict_dataset(model, data, generate=generate)
+def evaluate_split(model: Tagger, data: FeatureDataset, model_id: str, generate: bool = True,
+                   preds: list[dict] | None = None) -> tuple[dict, dict]:
+    """Metrics per tag source and prediction rows per tag source for one split (`preds`: already made)."""
+    preds = preds if preds is not None else predict_dataset(model, data, generate=generate)
     sources = TAG_SOURCES if (generate and model.decoder is not None) else ("head",)
     rows = {s: prediction_rows(data.products, preds, s, model_id) for s in sources}
     return {s: score_rows(data.products, r) for s, r in rows.items()}, rows
@@ -176,6 +178,8 @@ def train_tagger(catalog_path: str | Path, run_dir: str | Path, cfg: ModelConfig
 
     set_seed(tcfg.seed)  # the initial weights depend on the seed alone, not on what ran before in this process
     model = Tagger(cfg, data.labels.categories, data.labels.tags, data.labels.tokenizer, data.labels.adversary_classes)
+    if model.lexical is not None:
+        model.lexical.fit_idf(data.train.lexical_ids)
     state = fit(model, data.train, data.val, tcfg, run_dir, resume=resume, log=log, stop_after_epoch=stop_after_epoch)
     if stop_after_epoch is not None and state["epoch"] < tcfg.epochs - 1 and state["bad_epochs"] < tcfg.patience:
         return {"state": state, "metrics": None}
@@ -185,6 +189,9 @@ def train_tagger(catalog_path: str | Path, run_dir: str | Path, cfg: ModelConfig
         return {"state": state, "metrics": None}
     best = Tagger.load(run_dir / "best_model")
     tune_model_thresholds(best, data.val)
+    val_preds = predict_dataset(best, data.val)  # generated once: tunes the decoder threshold, then scored
+    if best.decoder is not None:
+        log(f"decoder threshold {tune_decoder_threshold(best, val_preds, data.val.products):.2f} (tuned on val)")
     best.save(run_dir / "model")
     if finetune is not None:  # the model folder carries its fine-tuned text encoder: it stays self-contained
         _bundle_text_encoder(run_dir / "text_encoder", run_dir / "model")
@@ -193,7 +200,7 @@ def train_tagger(catalog_path: str | Path, run_dir: str | Path, cfg: ModelConfig
     for split, ds in (("val", data.val), ("test", data.test)):
         if ds is None:
             continue
-        metrics[split], rows = evaluate_split(best, ds, model_id)
+        metrics[split], rows = evaluate_split(best, ds, model_id, preds=val_preds if split == "val" else None)
         for source, r in rows.items():
             with open(run_dir / f"{split}_predictions_{source}.jsonl", "w", encoding="utf-8") as f:
                 f.writelines(json.dumps(x, ensure_ascii=False) + "\n" for x in r)
