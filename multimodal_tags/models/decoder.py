@@ -93,6 +93,9 @@ class TagDecoder(nn.Module):
     def forward(self, fused: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
         """Teacher-forced loss. target_ids: [batch, L] = BOS t_1 .. t_n EOS PAD.. (PAD-padded)."""
         prefix = self.mapper(fused)
+        # targets are padded to the longest sequence of the dataset: cut to this batch's longest (exact:
+        # attention is causal and PAD positions carry no loss)
+        target_ids = target_ids[:, :int((target_ids != self.tokenizer.PAD).sum(1).max())]
         inputs = target_ids[:, :-1]
         labels = target_ids[:, 1:].masked_fill(target_ids[:, 1:] == self.tokenizer.PAD, -100)
         embeds = torch.cat([prefix, self.gpt.transformer.wte(inputs)], dim=1)

@@ -27,7 +27,7 @@ from ..config import TrainConfig
 from ..eval.metrics import prf
 from ..models.encoder_base import resolve_precision
 from ..models.tagger import Tagger
-from .data import FeatureDataset, collate, to_batch
+from .data import FeatureDataset, LengthGroupedBatches, collate, tag_lengths, to_batch
 
 STATE = "trainer_state.json"
 # accelerate warns on every checkpoint that GPT-2's tied lm_head was not saved twice: expected, not news.
@@ -88,7 +88,8 @@ def fit(model: Tagger, train_data: FeatureDataset, val_data: FeatureDataset, cfg
     accelerator = Accelerator(mixed_precision=mixed_precision(cfg.mixed_precision),
                               gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available())
     set_seed(cfg.seed)
-    train_dl = DataLoader(train_data, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate, drop_last=False)
+    train_dl = DataLoader(train_data, batch_sampler=LengthGroupedBatches(tag_lengths(train_data), cfg.batch_size),
+                          collate_fn=collate)
     val_dl = DataLoader(val_data, batch_size=cfg.batch_size * 2, shuffle=False, collate_fn=collate)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
     steps = cfg.epochs * math.ceil(len(train_dl) / accelerator.num_processes / cfg.grad_accum)
