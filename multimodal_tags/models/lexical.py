@@ -64,7 +64,9 @@ def product_lexical_matrix(products, buckets: int) -> np.ndarray:
 class LexicalEncoder(nn.Module):
     def __init__(self, buckets: int, dim: int):
         super().__init__()
-        self.bag = nn.EmbeddingBag(buckets, dim, mode="sum", padding_idx=0)
+        # sparse gradients: a batch touches a few thousand of the table's rows, and a dense AdamW step
+        # over all of them was a third of a training step (the loop gives them a SparseAdam)
+        self.bag = nn.EmbeddingBag(buckets, dim, mode="sum", padding_idx=0, sparse=True)
         nn.init.normal_(self.bag.weight, std=0.1)
         self.register_buffer("idf", torch.ones(buckets))  # fitted by fit_idf, saved with the model
         self.norm = nn.LayerNorm(dim)

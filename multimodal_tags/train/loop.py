@@ -43,11 +43,19 @@ def mixed_precision(setting: str) -> str:
     return {"fp32": "no"}.get(resolve_precision("auto", device), resolve_precision("auto", device))
 
 
+def sparse_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """Parameters that get sparse gradients (embedding tables built with sparse=True)."""
+    return [m.weight for m in model.modules()
+            if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and m.sparse and m.weight.requires_grad]
+
+
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases, norms and embeddings-as-vectors (decaying them only hurts)."""
+    """Dense parameters; no weight decay on biases, norms and embeddings-as-vectors (decaying them only
+    hurts)."""
+    sparse = {id(p) for p in sparse_parameters(model)}
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        if p.requires_grad:
+        if p.requires_grad and id(p) not in sparse:
             (decay if p.ndim >= 2 and "wpe" not in name else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
@@ -91,11 +99,17 @@ def fit(model: Tagger, train_data: FeatureDataset, val_data: FeatureDataset, cfg
     train_dl = DataLoader(train_data, batch_sampler=LengthGroupedBatches(tag_lengths(train_data), cfg.batch_size),
                           collate_fn=collate)
     val_dl = DataLoader(val_data, batch_size=cfg.batch_size * 2, shuffle=False, collate_fn=collate)
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    # AdamW for dense weights; SparseAdam (no weight decay) for sparse embedding tables, same schedule
+    optimizers = [torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)]
+    if sparse_parameters(model):
+        optimizers.append(torch.optim.SparseAdam(sparse_parameters(model), lr=cfg.lr))
     steps = cfg.epochs * math.ceil(len(train_dl) / accelerator.num_processes / cfg.grad_accum)
-    scheduler = get_scheduler(cfg.scheduler if cfg.scheduler != "constant" else "constant_with_warmup", optimizer,
-                              num_warmup_steps=int(cfg.warmup_ratio * steps), num_training_steps=steps)
-    model, optimizer, train_dl, val_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, val_dl, scheduler)
+    schedulers = [get_scheduler(cfg.scheduler if cfg.scheduler != "constant" else "constant_with_warmup", o,
+                                num_warmup_steps=int(cfg.warmup_ratio * steps), num_training_steps=steps)
+                  for o in optimizers]
+    model, train_dl, val_dl, *rest = accelerator.prepare(model, train_dl, val_dl, *optimizers, *schedulers)
+    optimizers, schedulers = rest[:len(optimizers)], rest[len(optimizers):]
+    scheduler = schedulers[0]
     state = {"epoch": -1, "best_score": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": []}
     if resume and (ckpt / STATE).exists():
         accelerator.load_state(str(ckpt))
@@ -119,9 +133,10 @@ def fit(model: Tagger, train_data: FeatureDataset, val_data: FeatureDataset, cfg
                 out = model(b, drop_modalities=True)
                 losses = unwrapped.losses(b, out, cfg)
                 accelerator.backward(losses["total"])
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
+                for optimizer, scheduler_ in zip(optimizers, schedulers):
+                    optimizer.step()
+                    scheduler_.step()
+                    optimizer.zero_grad()
             for k, v in losses.items():
                 totals[k] = totals.get(k, 0.0) + float(v.detach())
             n += 1
