@@ -266,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--cache", help="feature cache folder (default: features-cache beside the catalog)")
     sp.add_argument("--modalities", default="both", help="both, text or image")
     sp.add_argument("--fusion", help="concat or gated (overrides the preset)")
-    sp.add_argument("--lexical-buckets", type=int, help="add the hashed word/bigram text branch (e.g. 262144)")
+    sp.add_argument("--lexical-buckets", type=int, help="size of the hashed word/bigram text branch (the preset's by "
+                    "default; 0 turns it off)")
     sp.add_argument("--finetune-text", action="store_true",
                     help="fine-tune the text encoder end to end first (the slow path), then train on its features")
     sp.add_argument("--finetune-products", type=int, help="fine-tune on at most this many train products")

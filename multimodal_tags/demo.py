@@ -94,7 +94,8 @@ def run_demo(out: str | Path, n_products: int = 600, text_encoder: str = DEFAULT
 
     log("[5/7] train the tagger (gated fusion, heads, GPT-2 decoder) on the train split")
     cfg = dataclasses.replace(get_preset("offline" if not te.random_weights else "tiny"), text_encoder=text_encoder,
-                              image_encoder=image_encoder, text_dim=te.dim, image_dim=ie.dim)
+                              image_encoder=image_encoder, text_dim=te.dim, image_dim=ie.dim,
+                              lexical_buckets=1 << 14)  # a small shop needs a small word table
     result = train_tagger(catalog_path, out / "tagger", cfg, TrainConfig(epochs=epochs, batch_size=32, lr=2e-3,
                                                                         patience=6),
                           cache_dir=out / "cache", allow_random_weights=allow_random_weights, precision=precision,

@@ -81,8 +81,8 @@ def test_myntra_benchmark_quick(tmp_path):
 
     result = myntra_benchmark.main(["--data", str(root), "--out", str(tmp_path / "bench"), "--quick"])
     models = {r["model"] for r in result["rows"]}
-    assert models == {"text only, frozen", "image only, frozen", "fused, frozen", "fused + lexical, frozen",
-                      "fused + lexical, fine-tuned text"}
+    assert models == {"fused, frozen", "text only, frozen (photo hidden)", "image only, frozen (text hidden)",
+                      "fused, fine-tuned text"}
     assert {r["tags from"] for r in result["rows"]} == {"tag head", "GPT-2"}
     preds = (tmp_path / "bench" / "test_predictions.jsonl").read_text().splitlines()
     assert len(preds) == 150 and (tmp_path / "bench" / "model" / "model.safetensors").exists()

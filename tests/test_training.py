@@ -156,19 +156,3 @@ def test_training_depends_on_the_seed_alone(shop, tmp_path):
     torch.rand(1000)  # whatever ran before must not change the initial weights
     second = _train(shop, tmp_path / "b")
     assert first["metrics"] == second["metrics"]
-
-
-def test_length_grouped_batches_cover_every_product_once_in_batches_of_similar_length():
-    import torch
-
-    from multimodal_tags.train.data import LengthGroupedBatches
-
-    lengths = torch.randint(1, 25, (1000,), generator=torch.Generator().manual_seed(0))
-    torch.manual_seed(1)
-    batches = list(LengthGroupedBatches(lengths, batch_size=32, group=10))
-    assert len(batches) == len(LengthGroupedBatches(lengths, 32)) == 32
-    assert sorted(i for b in batches for i in b) == list(range(1000))
-    spread = sum(int(lengths[b].max() - lengths[b].min()) for b in batches) / len(batches)
-    assert spread < 3  # a random batch of 32 spans about 22
-    torch.manual_seed(1)
-    assert list(LengthGroupedBatches(lengths, batch_size=32, group=10)) == batches  # seeded: reproducible

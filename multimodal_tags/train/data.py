@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from ..config import ModelConfig
 from ..data.schema import Product
@@ -53,7 +53,6 @@ class FeatureDataset(Dataset):
             for t in p.tags:
                 if t in tag_index:
                     self.tags[i, tag_index[t]] = 1.0
-        self.decoder_pad = labels.tokenizer.PAD if labels.tokenizer is not None else 0
         self.decoder_ids = (torch.from_numpy(decoder_targets(labels.tokenizer, [p.tags for p in products]))
                             if labels.tokenizer is not None else None)
         adv_index = {c: i for i, c in enumerate(labels.adversary_classes)}
@@ -82,38 +81,6 @@ class FeatureDataset(Dataset):
             if v is not None:
                 item[name] = v[i]
         return item
-
-
-class LengthGroupedBatches(Sampler):
-    """Shuffled batches of products with similar tag-sequence lengths (as in transformers'
-    group_by_length): the decoder pads each batch to its longest sequence, so grouping roughly halves
-    its work (Myntra: 7.5 tags on average, 21 in the longest of a random batch of 256).
-
-    The order comes from torch's global RNG, which the training loop seeds per epoch: every process
-    of a distributed run draws the same batches, and a resumed run the same as an uninterrupted one."""
-
-    def __init__(self, lengths: torch.Tensor, batch_size: int, group: int = 50):
-        self.lengths, self.batch_size, self.group = lengths.tolist(), batch_size, group
-
-    def __len__(self) -> int:
-        return -(-len(self.lengths) // self.batch_size)
-
-    def __iter__(self):
-        perm = torch.randperm(len(self.lengths)).tolist()
-        batches = []
-        step = self.batch_size * self.group
-        for start in range(0, len(perm), step):  # sort within chunks of `group` batches, not globally
-            chunk = sorted(perm[start:start + step], key=self.lengths.__getitem__)
-            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-        for b in torch.randperm(len(batches)).tolist():
-            yield batches[b]
-
-
-def tag_lengths(data: FeatureDataset) -> torch.Tensor:
-    """Decoder sequence length of every product (zeros without a decoder)."""
-    if data.decoder_ids is None:
-        return torch.zeros(len(data), dtype=torch.long)
-    return (data.decoder_ids != data.decoder_pad).sum(1)
 
 
 def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
