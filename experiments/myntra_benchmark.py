@@ -16,10 +16,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import multiprocessing
+import os
 import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from multimodal_tags.config import TrainConfig
@@ -27,7 +30,9 @@ from multimodal_tags.data.catalog import read_catalog, write_catalog
 from multimodal_tags.data.importers import myntra, run_import
 from multimodal_tags.models.presets import get_preset
 from multimodal_tags.train.finetune_text import FinetuneConfig
-from multimodal_tags.train.job import train_tagger
+from multimodal_tags.models.tagger import Tagger
+from multimodal_tags.train.job import (evaluate_split, prepare_features, restrict_modalities, split_datasets,
+                                       train_tagger)
 
 REPO = Path(__file__).resolve().parent.parent
 EVALUATOR = REPO.parent / "shared" / "bench" / "myntra_eval.py"
@@ -71,10 +76,6 @@ def _row(name: str, metrics: dict, seconds: float | None) -> list[dict]:
 def _masked_metrics(run_dir: Path, catalog: Path, cache: Path) -> dict[str, dict]:
     """Metrics of a trained fused model shown one modality only (the other hidden at inference), for
     "text" and "image"."""
-    from multimodal_tags.data.catalog import read_catalog
-    from multimodal_tags.models.tagger import Tagger
-    from multimodal_tags.train.job import evaluate_split, prepare_features, restrict_modalities, split_datasets
-
     model = Tagger.load(run_dir / "model")
     cat = read_catalog(catalog)
     feats = prepare_features(cat, model.cfg, cache, log=lambda s: None)
@@ -84,6 +85,32 @@ def _masked_metrics(run_dir: Path, catalog: Path, cache: Path) -> dict[str, dict
         out[only] = {split: evaluate_split(model, ds, f"{run_dir.name}/{only}-only")[0]
                      for split, ds in (("val", data.val), ("test", data.test))}
     return out
+
+
+def _run(job: dict) -> dict:
+    """Train (and, for the frozen fused model, evaluate with a modality hidden) one benchmark run; runs in
+    a worker process when runs go in parallel, each on its share of the cores."""
+    import torch
+
+    torch.set_num_threads(job["threads"])
+    out, name, run_dir = Path(job["out"]), job["name"], Path(job["run_dir"])
+    with open(out / "benchmark.log", "a", encoding="utf-8") as log_file:
+        def log(s: str) -> None:
+            line = f"[{name}] {s}"
+            print(line, flush=True)
+            log_file.write(line + "\n")
+            log_file.flush()
+
+        t0 = time.perf_counter()
+        result = train_tagger(job["catalog"], run_dir, job["cfg"], job["tcfg"], cache_dir=job["cache"],
+                              modalities=job["modalities"], log=log, finetune=job["finetune"])
+        seconds = time.perf_counter() - t0
+        masked = None
+        if job["hide_modalities"]:
+            t1 = time.perf_counter()
+            masked = _masked_metrics(run_dir, Path(job["catalog"]), Path(job["cache"]))
+            log(f"evaluated with one modality hidden in {time.perf_counter() - t1:.0f}s")
+    return {"metrics": result["metrics"], "seconds": seconds, "masked": masked}
 
 
 def _markdown(rows: list[dict]) -> str:
@@ -110,6 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--train-ablations", action="store_true",
                     help="train separate text-only and image-only models (default: hide a modality of the fused "
                          "models at inference, which costs no training)")
+    ap.add_argument("--jobs", type=int, default=2, help="runs trained at once, in worker processes (1: in this one)")
     ap.add_argument("--quick", action="store_true", help="a small subset and 2 epochs, for tests")
     a = ap.parse_args(argv)
     out = Path(a.out)
@@ -137,30 +165,46 @@ def main(argv: list[str] | None = None) -> dict:
         runs += [("text only, frozen", "text", None), ("image only, frozen", "image", None)]
     if not a.no_finetune:
         runs.append(("fused, fine-tuned text", "both", ft))
-    table, fused = [], []
+    jobs, results = [], {}
     for name, modalities, finetune in runs:
         run_dir = out / "runs" / name.replace(", ", "_").replace(" ", "-")
         if a.reuse_runs and (run_dir / "metrics.json").exists():
-            log(f"== {name}: reusing the finished run in {run_dir}")
-            result = {"metrics": json.loads((run_dir / "metrics.json").read_text())}
+            log(f"== {name}: reusing the finished run in {run_dir} (no ablation rows)")
             seconds = json.loads((run_dir / "run.json").read_text())["settings"].get("seconds") or 0.0
-        else:
-            log(f"== {name} -> {run_dir}")
-            t0 = time.perf_counter()
-            result = train_tagger(catalog, run_dir, dataclasses.replace(cfg), dataclasses.replace(tcfg),
-                                  cache_dir=cache, modalities=modalities, log=log, finetune=finetune)
-            seconds = time.perf_counter() - t0
-        table += _row(name, result["metrics"], seconds)
-        if modalities != "both":
+            results[name] = {"metrics": json.loads((run_dir / "metrics.json").read_text()), "seconds": seconds,
+                             "masked": None}
             continue
-        fused.append((result["metrics"]["val"]["decoder"]["category_accuracy"]
-                      + result["metrics"]["val"]["decoder"]["tags_micro_f1"], run_dir, name))
-        if not a.train_ablations and finetune is None:  # the frozen model's ablations (time budget)
-            t0 = time.perf_counter()
-            masked = _masked_metrics(run_dir, catalog, cache)
-            log(f"   {name} with one modality hidden: evaluated in {time.perf_counter() - t0:.0f}s")
-            for only, hidden in (("text", "photo"), ("image", "text")):
-                table += _row(f"{name.replace('fused', only + ' only')} ({hidden} hidden)", masked[only], None)
+        log(f"== {name} -> {run_dir}")
+        jobs.append({"name": name, "out": str(out), "run_dir": str(run_dir), "catalog": str(catalog),
+                     "cache": str(cache), "cfg": dataclasses.replace(cfg), "tcfg": dataclasses.replace(tcfg),
+                     "modalities": modalities, "finetune": finetune,
+                     "hide_modalities": not a.train_ablations and modalities == "both" and finetune is None})
+    parallel = min(a.jobs, len(jobs))
+    for job in jobs:  # split the cores between the runs that go at once
+        job["threads"] = max(1, (os.cpu_count() or 1) // max(parallel, 1))
+    if parallel > 1:
+        # fill the cache for the frozen encoders once, here, rather than in every worker at once
+        prepare_features(read_catalog(catalog), cfg, cache, log=log)
+        # Two single-threaded trainings on 2 cores finish in about 60% of the time of one after the
+        # other with two threads each (the small matrices of the heads and GPT-2 scale poorly).
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent),
+                                                    os.environ.get("PYTHONPATH", "")])  # workers import this file
+        with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
+            done = list(pool.map(_run, jobs))
+    else:
+        done = [_run(job) for job in jobs]
+    results.update({job["name"]: r for job, r in zip(jobs, done)})
+    table, fused = [], []
+    for name, modalities, finetune in runs:
+        r = results[name]
+        table += _row(name, r["metrics"], r["seconds"])
+        if modalities == "both":
+            run_dir = out / "runs" / name.replace(", ", "_").replace(" ", "-")
+            fused.append((r["metrics"]["val"]["decoder"]["category_accuracy"]
+                          + r["metrics"]["val"]["decoder"]["tags_micro_f1"], run_dir, name))
+        for only, hidden in (("text", "photo"), ("image", "text")):
+            if r["masked"]:
+                table += _row(f"{name.replace('fused', only + ' only')} ({hidden} hidden)", r["masked"][only], None)
     best_score, best_dir, best_name = max(fused)
     if (out / "model").exists():
         shutil.rmtree(out / "model")
