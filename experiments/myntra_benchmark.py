@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "datasets" / "fashion-myntra"))
     ap.add_argument("--out", required=True)
     ap.add_argument("--cache", help="feature cache (default OUT/features-cache)")
-    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--finetune-epochs", type=int, default=1)
     ap.add_argument("--no-finetune", action="store_true", help="skip the fine-tuned text encoder run")
     ap.add_argument("--finetune-products", type=int, default=16000,
