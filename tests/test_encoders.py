@@ -115,3 +115,22 @@ def test_packaged_efficientnet_is_real_imagenet():
     assert enc.weights_id() != create_image_encoder("timm:tf_efficientnet_lite0@random").weights_id()
     out = enc.encode([Image.new("RGB", (60, 80), "white")], return_tokens=True)
     assert out.pooled.shape == (1, 1280) and out.tokens.shape == (1, 49, 1280)
+
+
+def test_a_copied_encoder_folder_keeps_its_cache_key(tmp_path):
+    """A fine-tuned encoder bundled into a model folder reuses the vectors computed during training."""
+    import shutil
+
+    from multimodal_tags.models.factory import create_text_encoder
+    from multimodal_tags.models.text_encoders import tiny_bert
+
+    enc = tiny_bert()
+    enc.model.save_pretrained(str(tmp_path / "a"))
+    enc.tokenizer.save_pretrained(str(tmp_path / "a"))
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    a, b = create_text_encoder(f"hf:{tmp_path / 'a'}"), create_text_encoder(f"hf:{tmp_path / 'b'}")
+    assert a.cache_key() == b.cache_key()
+    with torch.no_grad():
+        b.model.embeddings.word_embeddings.weight.add_(1.0)
+    del b._weights_id  # other weights, other key
+    assert a.cache_key() != b.cache_key()

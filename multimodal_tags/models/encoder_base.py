@@ -77,8 +77,12 @@ class Encoder(nn.Module):
             self._weights_id = state_dict_hash(self)
         return self._weights_id
 
+    def cache_id(self) -> str:
+        """What names the encoder in its cache key, besides its weights and preprocessing."""
+        return self.spec
+
     def cache_key(self) -> str:
-        ident = f"{self.spec}|{self.weights_id()}|{self.preprocessing_id()}|{self.precision}"
+        ident = f"{self.cache_id()}|{self.weights_id()}|{self.preprocessing_id()}|{self.precision}"
         return hashlib.sha256(ident.encode()).hexdigest()[:20]
 
     def describe(self) -> dict:

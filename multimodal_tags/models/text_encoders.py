@@ -23,6 +23,13 @@ class HFTextEncoder(Encoder):
         self.dim = model.config.hidden_size
         self.random_weights = random_weights
 
+    def cache_id(self) -> str:
+        # A local folder is named by its weights (in the key anyway), not its path: a fine-tuned encoder
+        # copied into a model folder reuses the vectors computed during training.
+        if self.spec.startswith("hf:") and Path(self.spec[3:]).is_dir():
+            return "hf:local-folder"
+        return self.spec
+
     def preprocessing_id(self) -> str:
         return (f"tokenizer={type(self.tokenizer).__name__}:{len(self.tokenizer)}"
                 f"|lower={getattr(self.tokenizer, 'do_lower_case', '?')}|max_length={self.max_length}|pool=mean")
