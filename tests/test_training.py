@@ -156,3 +156,15 @@ def test_training_depends_on_the_seed_alone(shop, tmp_path):
     torch.rand(1000)  # whatever ran before must not change the initial weights
     second = _train(shop, tmp_path / "b")
     assert first["metrics"] == second["metrics"]
+
+
+def test_linear_baseline_experiment(shop, tmp_path):
+    pytest.importorskip("sklearn")
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
+    import linear_baseline
+
+    report = linear_baseline.main(["--catalog", str(shop), "--out", str(tmp_path / "lin"), "--buckets", "4096"])
+    rows = [json.loads(line) for line in (tmp_path / "lin" / "test_predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == report["products"] == 12
+    # the synthetic shop names its colour and category in the title: a linear model on words gets most of it
+    assert report["category_accuracy"] >= 0.5 and report["tags_micro_f1"] >= 0.5
