@@ -59,6 +59,10 @@ def _catalog(data: Path, out: Path, quick: bool, log) -> Path:
     return small
 
 
+def _run_dir(out: Path, name: str) -> Path:
+    return out / "runs" / name.replace(", ", "_").replace(" ", "-")
+
+
 def _row(name: str, metrics: dict, seconds: float | None) -> list[dict]:
     rows = []
     for source in ("head", "decoder"):
@@ -167,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
         runs.append(("fused, fine-tuned text", "both", ft))
     jobs, results = [], {}
     for name, modalities, finetune in runs:
-        run_dir = out / "runs" / name.replace(", ", "_").replace(" ", "-")
+        run_dir = _run_dir(out, name)
         if a.reuse_runs and (run_dir / "metrics.json").exists():
             log(f"== {name}: reusing the finished run in {run_dir} (no ablation rows)")
             seconds = json.loads((run_dir / "run.json").read_text())["settings"].get("seconds") or 0.0
@@ -199,9 +203,8 @@ def main(argv: list[str] | None = None) -> dict:
         r = results[name]
         table += _row(name, r["metrics"], r["seconds"])
         if modalities == "both":
-            run_dir = out / "runs" / name.replace(", ", "_").replace(" ", "-")
             fused.append((r["metrics"]["val"]["decoder"]["category_accuracy"]
-                          + r["metrics"]["val"]["decoder"]["tags_micro_f1"], run_dir, name))
+                          + r["metrics"]["val"]["decoder"]["tags_micro_f1"], _run_dir(out, name), name))
         for only, hidden in (("text", "photo"), ("image", "text")):
             if r["masked"]:
                 table += _row(f"{name.replace('fused', only + ' only')} ({hidden} hidden)", r["masked"][only], None)

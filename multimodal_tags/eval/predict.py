@@ -57,13 +57,14 @@ def tune_decoder_threshold(model: Tagger, val_preds: list[dict], products: Seque
     one: when the decoder is unsure of a colour, leaving it out scores better than a guess."""
     gold = [set(p.tags) for p in products]
     gen = [q.get("generated_tags", {}) for q in val_preds]
+    n_gold = sum(map(len, gold))
 
     def f1(th: float) -> float:
         tp = npred = 0
         for g, tags in zip(gold, gen):
             kept = {t for t, s in tags.items() if s >= th}
             tp, npred = tp + len(kept & g), npred + len(kept)
-        return 2 * tp / max(npred + sum(map(len, gold)), 1)
+        return 2 * tp / max(npred + n_gold, 1)
 
     best = max(grid, key=lambda th: (f1(th), -th))
     model.decoder_threshold.fill_(float(best))

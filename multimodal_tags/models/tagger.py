@@ -121,6 +121,7 @@ class Tagger(nn.Module):
         tag_p = torch.sigmoid(out["tag_logits"].float())
         generated = self.decoder.generate(out["fused"]) if (generate and self.decoder is not None) else None
         top = cat_p.topk(min(top_k, cat_p.shape[-1]), dim=-1)
+        floor = float(self.decoder_threshold)  # generated tags below it are not reported
         preds = []
         for n in range(cat_p.shape[0]):
             above = (tag_p[n] >= self.thresholds).nonzero()[:, 0].tolist()
@@ -130,7 +131,6 @@ class Tagger(nn.Module):
                     "modality_weights": {"text": float(out["modality_weights"][n, 0]),
                                          "image": float(out["modality_weights"][n, 1])}}
             if generated is not None:
-                floor = float(self.decoder_threshold)
                 pred["generated_tags"] = {t: float(p) for t, p in generated[n] if p >= floor}
             preds.append(pred)
         return preds

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from accelerate import PartialState
+from accelerate.utils import set_seed
 
 from ..config import ModelConfig, TrainConfig, save_yaml
 from ..data.catalog import Catalog, read_catalog
@@ -163,8 +165,6 @@ def train_tagger(catalog_path: str | Path, run_dir: str | Path, cfg: ModelConfig
     save_yaml(run_dir / "config.yaml", model=cfg, train=tcfg, finetune=finetune or {})
     cache_dir = Path(cache_dir or Path(catalog_path).resolve().parent / "features-cache")
     log(f"features ({cache_dir})")
-    from accelerate import PartialState
-
     with PartialState().main_process_first():  # under `accelerate launch`, one process fills the cache
         feats = prepare_features(catalog, cfg, cache_dir, precision, allow_random_weights, log)
     feats = restrict_modalities(feats, modalities)
@@ -174,8 +174,6 @@ def train_tagger(catalog_path: str | Path, run_dir: str | Path, cfg: ModelConfig
                                                                     precision, log))
     log(f"train {len(data.train)}, val {len(data.val)}, test {len(data.test) if data.test else 0}; "
         f"{len(data.labels.categories)} categories, {len(data.labels.tags)} tags")
-    from accelerate.utils import set_seed
-
     set_seed(tcfg.seed)  # the initial weights depend on the seed alone, not on what ran before in this process
     model = Tagger(cfg, data.labels.categories, data.labels.tags, data.labels.tokenizer, data.labels.adversary_classes)
     if model.lexical is not None:
@@ -183,8 +181,6 @@ def train_tagger(catalog_path: str | Path, run_dir: str | Path, cfg: ModelConfig
     state = fit(model, data.train, data.val, tcfg, run_dir, resume=resume, log=log, stop_after_epoch=stop_after_epoch)
     if stop_after_epoch is not None and state["epoch"] < tcfg.epochs - 1 and state["bad_epochs"] < tcfg.patience:
         return {"state": state, "metrics": None}
-    from accelerate import PartialState
-
     if not PartialState().is_main_process:  # under `accelerate launch`, one process evaluates and writes
         return {"state": state, "metrics": None}
     best = Tagger.load(run_dir / "best_model")
