@@ -33,6 +33,7 @@ from multimodal_tags.train.finetune_text import FinetuneConfig
 from multimodal_tags.models.tagger import Tagger
 from multimodal_tags.train.job import (evaluate_split, prepare_features, restrict_modalities, split_datasets,
                                        train_tagger)
+from multimodal_tags.train.word_scores import fit_or_load_word_scores
 
 REPO = Path(__file__).resolve().parent.parent
 EVALUATOR = REPO.parent / "shared" / "bench" / "myntra_eval.py"
@@ -189,6 +190,9 @@ def main(argv: list[str] | None = None) -> dict:
     if parallel > 1:
         # fill the cache for the frozen encoders once, here, rather than in every worker at once
         prepare_features(read_catalog(catalog), cfg, cache, log=log)
+        if cfg.word_scores:  # and the word-score SVMs, which both runs share
+            train = split_datasets(read_catalog(catalog), {}, cfg, tcfg.max_train_products).train
+            fit_or_load_word_scores(train, cfg.lexical_buckets, tcfg, cache, log)
         # Two single-threaded trainings on 2 cores finish in about 60% of the time of one after the
         # other with two threads each (the small matrices of the heads and GPT-2 scale poorly).
         os.environ["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent),

@@ -22,6 +22,10 @@ class ModelConfig:
     image_dim: int = 1280  # width of the image encoder's pooled vector
     lexical_buckets: int = 0  # >0: add a trained hashed word/bigram branch to the text side (see models/lexical.py)
     lexical_dim: int = 128  # width of that branch's vector
+    # stack a TF-IDF linear SVM's per-tag scores under the model (models/word_scores.py; needs the lexical
+    # branch): they join the text features, and `word_score_bias` x them is added to the decoder's tag logits
+    word_scores: bool = False
+    word_score_bias: float = 1.0
     fusion: str = "gated"  # "concat" (baseline) or "gated" (exposes per-product modality weights)
     dim: int = 512  # fused vector width
     dropout: float = 0.1  # inside fusion and heads
@@ -60,6 +64,8 @@ class TrainConfig:
     feature_noise: float = 0.0  # augmentation on cached features: Gaussian noise, relative to feature scale
     text_views: int = 0  # augmented views per train text (word dropout/swaps), encoded once and cached
     image_views: int = 0  # augmented views per train photo (crop, flip, jitter), encoded once and cached
+    word_score_folds: int = 5  # cross-fitting folds of the word-score SVMs (ModelConfig.word_scores)
+    word_score_c: float = 1.0  # their regularisation (LinearSVC C)
     checkpoint_every: int = 1  # epochs between resumable checkpoints
     max_train_products: int | None = None  # quick runs
 

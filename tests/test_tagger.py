@@ -1,5 +1,6 @@
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -207,3 +208,52 @@ def test_lexical_branch_is_an_idf_weighted_bag_fitted_on_training_texts():
     # padding never contributes: a text and the same text padded wider give the same vector
     wide = torch.cat([ids, torch.zeros(3, 7, dtype=ids.dtype)], dim=1)
     assert torch.allclose(enc(ids), enc(wide), atol=1e-6)
+
+
+
+def test_word_scores_are_cross_fitted_and_the_saved_table_reproduces_the_svms():
+    from sklearn.svm import LinearSVC
+
+    from multimodal_tags.models.lexical import LexicalEncoder, lexical_matrix
+    from multimodal_tags.models.word_scores import WordScores, cross_fitted_scores, smooth_idf, tfidf_csr
+
+    colours = ["red", "blue", "green", "black"]
+    texts = [f"{colours[i % 4]} cotton shirt item{i}" for i in range(40)] + ["zebra print scarf"]
+    y = np.array([[i < 40 and i % 4 == 0, i == 40] for i in range(41)], dtype=np.int64)  # "is red", "is the zebra"
+    ids = lexical_matrix(texts, 1 << 10)
+    scores, w, b = cross_fitted_scores(ids, y, 1 << 10, folds=4)
+    # the red products are recognised by SVMs that never saw them
+    assert (scores[y[:, 0] == 1, 0] > 0).all() and (scores[y[:, 0] == 0, 0] < 0).all()
+    # "zebra" appears in one product only: its own out-of-fold score cannot know it; the full fit can
+    assert scores[40, 1] < 0
+    table = WordScores(1 << 10, 2)
+    table.load_fitted(w, b)
+    enc = LexicalEncoder(1 << 10, 4)
+    enc.fit_idf(torch.from_numpy(ids))
+    assert np.allclose(enc.idf.numpy(), smooth_idf(ids, 1 << 10))
+    new = lexical_matrix(["green cotton shirt", "zebra print scarf", "red shirt"], 1 << 10)
+    got = table(torch.from_numpy(new), enc.tfidf(torch.from_numpy(new)))
+    svm = LinearSVC(C=1.0, random_state=0).fit(tfidf_csr(ids, smooth_idf(ids, 1 << 10)), y[:, 0])
+    expect = svm.decision_function(tfidf_csr(new, smooth_idf(ids, 1 << 10)))
+    assert torch.allclose(got[:, 0], torch.from_numpy(expect).float(), atol=1e-4)
+    assert got[1, 1] > 0 and got[0, 0] < 0 < got[2, 0]
+
+
+def test_word_scores_feed_the_model_and_steer_the_decoder_but_not_when_text_is_hidden():
+    cfg = shrink(get_preset("tiny"))
+    assert cfg.word_scores
+    tok = build_tokenizer(cfg, VOCAB, TRAIN_TAGS)
+    model = Tagger(cfg, ["a", "b", "c"], VOCAB, tok).eval()
+    b = batch(cfg=cfg, tokenizer=tok)
+    before = model.predict(b)
+    j = VOCAB.index("use:office")
+    with torch.no_grad():
+        model.word_scores.intercept[j] = 100.0  # the words say "use:office" for every product
+    after = model.predict(b)
+    assert after[0]["generated_tags"]["use:office"] > 0.99
+    assert after[-1] == before[-1]  # the last product's text is hidden: no word evidence
+    # in training, the batch's cross-fitted scores are used instead of the table's
+    b.word_scores = torch.zeros(len(b.text), len(VOCAB))
+    assert torch.equal(model(b)["tag_bias"], torch.zeros(len(b.text), len(VOCAB)))
+    with pytest.raises(ValueError, match="lexical_buckets"):
+        Tagger(dataclasses.replace(cfg, lexical_buckets=0), ["a"], VOCAB, tok)

@@ -90,8 +90,16 @@ class TagDecoder(nn.Module):
             single = [k in tokenizer.single_valued for k in tokenizer.keys]
             self.register_buffer("key_single", torch.tensor(single + [False], dtype=torch.bool), persistent=False)
 
-    def forward(self, fused: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced loss. target_ids: [batch, L] = BOS t_1 .. t_n EOS PAD.. (PAD-padded)."""
+    def _vocab_bias(self, tag_bias: torch.Tensor | None) -> torch.Tensor | None:
+        """Per-tag scores [b, n_tags] (the word scores) as a bias on the tag tokens' logits [b, vocab]."""
+        if tag_bias is None or not self.closed:  # open vocabulary: a tag is several BPE tokens, no bias
+            return None
+        return F.pad(tag_bias.float(), (len(self.tokenizer.SPECIALS), 0))
+
+    def forward(self, fused: torch.Tensor, target_ids: torch.Tensor,
+                tag_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher-forced loss. target_ids: [batch, L] = BOS t_1 .. t_n EOS PAD.. (PAD-padded); tag_bias:
+        optional [batch, n_tags] scores added to every step's tag-token logits."""
         prefix = self.mapper(fused)
         # targets are padded to the longest sequence of the dataset: cut to this batch's longest (exact:
         # attention is causal and PAD positions carry no loss)
@@ -101,8 +109,11 @@ class TagDecoder(nn.Module):
         embeds = torch.cat([prefix, self.gpt.transformer.wte(inputs)], dim=1)
         mask = torch.cat([torch.ones(prefix.shape[:2], dtype=torch.long, device=fused.device),
                           (inputs != self.tokenizer.PAD).long()], dim=1)
-        logits = self.gpt(inputs_embeds=embeds, attention_mask=mask).logits[:, prefix.shape[1]:]
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+        logits = self.gpt(inputs_embeds=embeds, attention_mask=mask).logits[:, prefix.shape[1]:].float()
+        bias = self._vocab_bias(tag_bias)
+        if bias is not None:
+            logits = logits + bias[:, None]
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
 
     def _constrain(self, logits: torch.Tensor, used: torch.Tensor, used_keys: torch.Tensor) -> torch.Tensor:
         """Forbid specials other than EOS, tags already emitted, and second values of single-valued keys."""
@@ -117,8 +128,10 @@ class TagDecoder(nn.Module):
         return logits
 
     @torch.no_grad()
-    def generate(self, fused: torch.Tensor, max_steps: int | None = None) -> list[list[tuple[str, float]]]:
-        """Greedy constrained decoding for a batch; returns, per product, (tag, probability) in order."""
+    def generate(self, fused: torch.Tensor, max_steps: int | None = None,
+                 tag_bias: torch.Tensor | None = None) -> list[list[tuple[str, float]]]:
+        """Greedy constrained decoding for a batch; returns, per product, (tag, probability) in order.
+        tag_bias: the per-tag scores the decoder was trained with, if any."""
         tok = self.tokenizer
         b, dev = fused.shape[0], fused.device
         max_steps = max_steps or (self.cfg.max_tags if self.closed else self.cfg.max_tags * 8)
@@ -126,7 +139,9 @@ class TagDecoder(nn.Module):
         bos = self.gpt.transformer.wte(torch.full((b, 1), tok.BOS, device=dev))
         out = self.gpt(inputs_embeds=torch.cat([prefix, bos], dim=1), use_cache=True)
         cache = out.cache
-        logits = out.logits[:, -1].float()
+        bias = self._vocab_bias(tag_bias)
+        bias = torch.zeros((), device=dev) if bias is None else bias
+        logits = out.logits[:, -1].float() + bias
         vocab = logits.shape[-1]
         used = torch.zeros(b, vocab, dtype=torch.bool, device=dev)
         used_keys = torch.zeros(b, (len(tok.keys) + 1) if self.closed else 1, dtype=torch.bool, device=dev)
@@ -146,7 +161,7 @@ class TagDecoder(nn.Module):
                 k = self.key_of_token[nxt]
                 used_keys[torch.arange(b, device=dev)[k >= 0], k[k >= 0]] = True
             out = self.gpt(input_ids=nxt[:, None], cache=cache, use_cache=True)  # one new token per step
-            cache, logits = out.cache, out.logits[:, -1].float()
+            cache, logits = out.cache, out.logits[:, -1].float() + bias
         ids_t, probs_t = torch.stack(ids, 1).tolist(), torch.stack(probs, 1).tolist()
         return [self._pairs(seq, pr) for seq, pr in zip(ids_t, probs_t)]
 

@@ -78,7 +78,12 @@ class LexicalEncoder(nn.Module):
         df = torch.bincount(ids.flatten(), minlength=self.idf.numel()).to(self.idf.dtype)
         self.idf.copy_(torch.log((1 + n) / (1 + df)) + 1)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def tfidf(self, ids: torch.Tensor) -> torch.Tensor:
+        """Each id's weight in the text's L2-normalised TF-IDF vector (0 for padding)."""
         weights = self.idf[ids] * (ids > 0)  # ids are distinct per text: binary tf x idf
-        weights = weights / weights.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        return weights / weights.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+
+    def forward(self, ids: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """The projected text vector; `weights`: the ids' TF-IDF weights, when already computed."""
+        weights = self.tfidf(ids) if weights is None else weights
         return self.norm(self.bag(ids, per_sample_weights=weights.to(self.bag.weight.dtype)))

@@ -24,6 +24,7 @@ from .fusion import create_fusion, modality_dropout
 from .lexical import LexicalEncoder
 from .heads import AdversaryHead, CategoryHead, TagHead, tag_loss
 from .tag_tokenizer import TagTokenizer, TextTagTokenizer, load_tokenizer, save_tokenizer
+from .word_scores import WordScores
 
 FORMAT = "mmtags-model/2"  # 2: lexical IDF table and the decoder threshold are saved
 
@@ -44,6 +45,7 @@ class Batch:
     adversary: torch.Tensor | None = None  # [b] long, -1 unknown
     price: torch.Tensor | None = None  # [b] float, nan unknown
     lexical_ids: torch.Tensor | None = None  # [b, L] long, hashed words (models with a lexical branch)
+    word_scores: torch.Tensor | None = None  # [b, n_tags] cross-fitted SVM scores (training); else from the table
 
 
 class Tagger(nn.Module):
@@ -52,7 +54,11 @@ class Tagger(nn.Module):
         super().__init__()
         self.cfg, self.categories, self.tags = cfg, list(categories), list(tags)
         self.lexical = LexicalEncoder(cfg.lexical_buckets, cfg.lexical_dim) if cfg.lexical_buckets else None
-        text_width = cfg.text_dim + (cfg.lexical_dim if self.lexical is not None else 0)
+        if cfg.word_scores and self.lexical is None:
+            raise ValueError("word_scores reads the lexical branch's words: set lexical_buckets > 0 as well")
+        self.word_scores = WordScores(cfg.lexical_buckets, len(self.tags)) if cfg.word_scores else None
+        text_width = (cfg.text_dim + (cfg.lexical_dim if self.lexical is not None else 0)
+                      + (len(self.tags) if self.word_scores is not None else 0))
         self.fusion = create_fusion(cfg.fusion, text_width, cfg.image_dim, cfg.dim, cfg.dropout)
         self.category_head = CategoryHead(cfg.dim, len(self.categories), cfg.dropout)
         self.tag_head = TagHead(cfg.dim, len(self.tags), cfg.dropout)
@@ -70,17 +76,23 @@ class Tagger(nn.Module):
         has_text, has_image = batch.has_text.bool(), batch.has_image.bool()
         if drop_modalities and self.training:
             has_text, has_image = modality_dropout(has_text, has_image, self.cfg.modality_dropout)
-        text = batch.text
+        text, tag_bias = batch.text, None
         if self.lexical is not None:
             if batch.lexical_ids is None:
                 raise ValueError("this model has a lexical text branch: the batch needs lexical_ids")
-            text = torch.cat([text, self.lexical(batch.lexical_ids)], dim=-1)
+            weights = self.lexical.tfidf(batch.lexical_ids)
+            text = torch.cat([text, self.lexical(batch.lexical_ids, weights)], dim=-1)
+            if self.word_scores is not None:
+                scores = batch.word_scores if batch.word_scores is not None else self.word_scores(batch.lexical_ids, weights)
+                scores = scores.float() * has_text[:, None]  # no word evidence when the text is hidden or dropped
+                text = torch.cat([text, scores.to(text.dtype)], dim=-1)
+                tag_bias = self.cfg.word_score_bias * scores
         fusion = self.fusion(text, batch.image, has_text, has_image)
-        out = {"fused": fusion.fused, "modality_weights": fusion.weights,
+        out = {"fused": fusion.fused, "modality_weights": fusion.weights, "tag_bias": tag_bias,
                "category_logits": self.category_head(fusion.fused), "tag_logits": self.tag_head(fusion.fused)}
         # Everything that needs gradients is computed inside forward, so DistributedDataParallel sees it.
         if self.training and self.decoder is not None and batch.decoder_ids is not None:
-            out["decoder_loss"] = self.decoder(fusion.fused, batch.decoder_ids)
+            out["decoder_loss"] = self.decoder(fusion.fused, batch.decoder_ids, tag_bias=tag_bias)
         if self.adversary is not None:
             out["adversary_logits"] = self.adversary(fusion.fused)
         if self.price_head is not None:
@@ -119,7 +131,7 @@ class Tagger(nn.Module):
         out = self(batch)
         cat_p = torch.softmax(out["category_logits"].float(), -1)
         tag_p = torch.sigmoid(out["tag_logits"].float())
-        generated = self.decoder.generate(out["fused"]) if (generate and self.decoder is not None) else None
+        generated = self.decoder.generate(out["fused"], tag_bias=out["tag_bias"]) if (generate and self.decoder is not None) else None
         top = cat_p.topk(min(top_k, cat_p.shape[-1]), dim=-1)
         floor = float(self.decoder_threshold)  # generated tags below it are not reported
         preds = []

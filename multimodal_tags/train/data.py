@@ -62,6 +62,7 @@ class FeatureDataset(Dataset):
                       if cfg.price_field else None)
         self.lexical_ids = (torch.from_numpy(product_lexical_matrix(products, cfg.lexical_buckets))
                             if cfg.lexical_buckets else None)
+        self.word_scores = None  # the train split's cross-fitted word scores (train/word_scores.py sets them)
 
     def __len__(self) -> int:
         return len(self.products)
@@ -76,7 +77,7 @@ class FeatureDataset(Dataset):
             image = self.views["image"][i, v] if v < self.views["image"].shape[1] else image
         item = {"index": torch.tensor(i), "text": text, "image": image, "has_text": self.has_text[i],
                 "has_image": self.has_image[i], "category": self.category[i], "tags": self.tags[i]}
-        for name in ("decoder_ids", "adversary", "price", "lexical_ids"):
+        for name in ("decoder_ids", "adversary", "price", "lexical_ids", "word_scores"):
             v = getattr(self, name)
             if v is not None:
                 item[name] = v[i]

@@ -30,6 +30,7 @@ from ..run_info import write_run_info
 from .data import FeatureDataset, LabelSpace, build_label_space
 from .finetune_text import FinetuneConfig, finetune_text_encoder
 from .loop import fit
+from .word_scores import prepare_word_scores
 
 MODALITIES = ("both", "text", "image")
 
@@ -178,6 +179,8 @@ def train_tagger(catalog_path: str | Path, run_dir: str | Path, cfg: ModelConfig
     model = Tagger(cfg, data.labels.categories, data.labels.tags, data.labels.tokenizer, data.labels.adversary_classes)
     if model.lexical is not None:
         model.lexical.fit_idf(data.train.lexical_ids)
+    with PartialState().main_process_first():  # one process fits (or reads) the word-score SVMs
+        prepare_word_scores(model, data.train, tcfg, cache_dir, log)
     state = fit(model, data.train, data.val, tcfg, run_dir, resume=resume, log=log, stop_after_epoch=stop_after_epoch)
     if stop_after_epoch is not None and state["epoch"] < tcfg.epochs - 1 and state["bad_epochs"] < tcfg.patience:
         return {"state": state, "metrics": None}
