@@ -83,7 +83,8 @@ class Tagger(nn.Module):
             weights = self.lexical.tfidf(batch.lexical_ids)
             text = torch.cat([text, self.lexical(batch.lexical_ids, weights)], dim=-1)
             if self.word_scores is not None:
-                scores = batch.word_scores if batch.word_scores is not None else self.word_scores(batch.lexical_ids, weights)
+                scores = (batch.word_scores if batch.word_scores is not None  # cross-fitted, in training
+                          else self.word_scores(batch.lexical_ids, weights))
                 scores = scores.float() * has_text[:, None]  # no word evidence when the text is hidden or dropped
                 text = torch.cat([text, scores.to(text.dtype)], dim=-1)
                 tag_bias = self.cfg.word_score_bias * scores
@@ -131,7 +132,8 @@ class Tagger(nn.Module):
         out = self(batch)
         cat_p = torch.softmax(out["category_logits"].float(), -1)
         tag_p = torch.sigmoid(out["tag_logits"].float())
-        generated = self.decoder.generate(out["fused"], tag_bias=out["tag_bias"]) if (generate and self.decoder is not None) else None
+        generated = (self.decoder.generate(out["fused"], tag_bias=out["tag_bias"])
+                     if (generate and self.decoder is not None) else None)
         top = cat_p.topk(min(top_k, cat_p.shape[-1]), dim=-1)
         floor = float(self.decoder_threshold)  # generated tags below it are not reported
         preds = []
