@@ -189,9 +189,10 @@ def main(argv: list[str] | None = None) -> dict:
         job["threads"] = max(1, (os.cpu_count() or 1) // max(parallel, 1))
     if parallel > 1:
         # fill the cache for the frozen encoders once, here, rather than in every worker at once
-        prepare_features(read_catalog(catalog), cfg, cache, log=log)
+        products = read_catalog(catalog)
+        prepare_features(products, cfg, cache, log=log)
         if cfg.word_scores:  # and the word-score SVMs, which both runs share
-            train = split_datasets(read_catalog(catalog), {}, cfg, tcfg.max_train_products).train
+            train = split_datasets(products, {}, cfg, tcfg.max_train_products).train
             fit_or_load_word_scores(train, cfg.lexical_buckets, tcfg, cache, log)
         # Two single-threaded trainings on 2 cores finish in about 60% of the time of one after the
         # other with two threads each (the small matrices of the heads and GPT-2 scale poorly).

@@ -210,7 +210,6 @@ def test_lexical_branch_is_an_idf_weighted_bag_fitted_on_training_texts():
     assert torch.allclose(enc(ids), enc(wide), atol=1e-6)
 
 
-
 def test_word_scores_are_cross_fitted_and_the_saved_table_reproduces_the_svms():
     from sklearn.svm import LinearSVC
 

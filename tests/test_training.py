@@ -159,7 +159,6 @@ def test_training_depends_on_the_seed_alone(shop, tmp_path):
 
 
 def test_linear_baseline_experiment(shop, tmp_path):
-    pytest.importorskip("sklearn")
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
     import linear_baseline
 
