@@ -26,7 +26,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from multimodal_tags.config import TrainConfig
-from multimodal_tags.data.catalog import read_catalog, write_catalog
+from multimodal_tags.data.catalog import read_catalog, read_meta, write_catalog
 from multimodal_tags.data.importers import myntra, run_import
 from multimodal_tags.models.presets import get_preset
 from multimodal_tags.train.finetune_text import FinetuneConfig
@@ -40,15 +40,16 @@ EVALUATOR = REPO.parent / "shared" / "bench" / "myntra_eval.py"
 
 
 def _catalog(data: Path, out: Path, quick: bool, log) -> Path:
-    """Import once (reused on reruns); --quick keeps a small, fixed subset of every split."""
+    """Import once (reused on reruns, unless the importer's text has changed since); --quick keeps a
+    small, fixed subset of every split."""
     full = out / "catalog.jsonl"
-    if not full.exists():
+    if not full.exists() or read_meta(full).get("text_version") != myntra.TEXT_VERSION:
         result = run_import(myntra.read(data), full)
         log(result.report.summary())
     if not quick:
         return full
     small = out / "catalog-quick.jsonl"
-    if not small.exists():
+    if not small.exists() or read_meta(small).get("text_version") != myntra.TEXT_VERSION:
         catalog = read_catalog(full)
         limits = {"train": 600, "val": 150, "test": 150}
         keep, seen = [], {s: 0 for s in limits}
@@ -192,8 +193,9 @@ def main(argv: list[str] | None = None) -> dict:
         products = read_catalog(catalog)
         prepare_features(products, cfg, cache, log=log)
         if cfg.word_scores:  # and the word-score SVMs, which both runs share
-            train = split_datasets(products, {}, cfg, tcfg.max_train_products).train
-            fit_or_load_word_scores(train, cfg.lexical_buckets, tcfg, cache, log)
+            data = split_datasets(products, {}, cfg, tcfg.max_train_products)
+            fit_or_load_word_scores(data.train, cfg.lexical_buckets, tcfg, cache, log,
+                                    len(data.labels.categories) if cfg.word_score_categories else 0)
         # Two single-threaded trainings on 2 cores finish in about 60% of the time of one after the
         # other with two threads each (the small matrices of the heads and GPT-2 scale poorly).
         os.environ["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent),

@@ -20,7 +20,7 @@ VOCAB = sorted({t for tags in TRAIN_TAGS for t in tags})
 def shrink(cfg):
     """A preset's structure at test size: same fusion, mapper and vocabulary mode, tiny widths."""
     return dataclasses.replace(cfg, text_dim=12, image_dim=10, dim=16, adversary_field="shop", price_field="price",
-                               lexical_buckets=64, lexical_dim=8,
+                               lexical_buckets=64, lexical_dim=8 if cfg.lexical_dim else 0,
                                decoder=dataclasses.replace(cfg.decoder, gpt2="scratch", n_layer=1, n_embd=16,
                                                            n_head=2, prefix_length=2, max_tags=6))
 
@@ -256,3 +256,25 @@ def test_word_scores_feed_the_model_and_steer_the_decoder_but_not_when_text_is_h
     assert torch.equal(model(b)["tag_bias"], torch.zeros(len(b.text), len(VOCAB)))
     with pytest.raises(ValueError, match="lexical_buckets"):
         Tagger(dataclasses.replace(cfg, lexical_buckets=0), ["a"], VOCAB, tok)
+
+
+def test_category_word_scores_steer_the_category_and_need_no_trained_word_table():
+    cfg = dataclasses.replace(shrink(get_preset("tiny")), lexical_dim=0, word_score_categories=True,
+                              category_score_bias=1.0)
+    tok = build_tokenizer(cfg, VOCAB, TRAIN_TAGS)
+    model = Tagger(cfg, ["a", "b", "c"], VOCAB, tok).eval()
+    assert model.word_scores.weight.shape[1] == len(VOCAB) + 3  # a column per tag, then per category
+    assert not any(isinstance(m, torch.nn.EmbeddingBag) for m in model.modules())  # TF-IDF only
+    b = batch(cfg=cfg, tokenizer=tok)
+    before = model.predict(b)
+    with torch.no_grad():
+        model.word_scores.intercept[len(VOCAB) + 2] = 100.0  # the words say category "c" for every product
+    after = model.predict(b)
+    assert all(p["category"] == "c" for p in after[:-1])
+    assert after[-1] == before[-1]  # the last product's text is hidden: no word evidence
+    # in training the batch's cross-fitted scores (tags and categories) replace the table's
+    b.word_scores = torch.zeros(len(b.text), len(VOCAB) + 3)
+    b.word_scores[:, len(VOCAB)] = 50.0
+    assert (model(b)["category_logits"][:-1].argmax(-1) == 0).all()
+    with pytest.raises(ValueError, match="word_scores"):
+        Tagger(dataclasses.replace(cfg, word_scores=False), ["a"], VOCAB, tok)

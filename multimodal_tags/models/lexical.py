@@ -64,11 +64,14 @@ def product_lexical_matrix(products, buckets: int) -> np.ndarray:
 class LexicalEncoder(nn.Module):
     def __init__(self, buckets: int, dim: int):
         super().__init__()
+        self.dim = dim
+        self.register_buffer("idf", torch.ones(buckets))  # fitted by fit_idf, saved with the model
+        if dim == 0:  # TF-IDF weights only (what the word scores read), no trained projection
+            return
         # sparse gradients: a batch touches a few thousand of the table's rows, and a dense AdamW step
         # over all of them was a third of a training step (the loop gives them a SparseAdam)
         self.bag = nn.EmbeddingBag(buckets, dim, mode="sum", padding_idx=0, sparse=True)
         nn.init.normal_(self.bag.weight, std=0.1)
-        self.register_buffer("idf", torch.ones(buckets))  # fitted by fit_idf, saved with the model
         self.norm = nn.LayerNorm(dim)
 
     @torch.no_grad()
@@ -84,6 +87,9 @@ class LexicalEncoder(nn.Module):
         return weights / weights.norm(dim=-1, keepdim=True).clamp_min(1e-6)
 
     def forward(self, ids: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        """The projected text vector; `weights`: the ids' TF-IDF weights, when already computed."""
+        """The projected text vector ([b, 0] when dim is 0); `weights`: the ids' TF-IDF weights, when
+        already computed."""
+        if self.dim == 0:
+            return self.idf.new_zeros(ids.shape[0], 0)
         weights = self.tfidf(ids) if weights is None else weights
         return self.norm(self.bag(ids, per_sample_weights=weights.to(self.bag.weight.dtype)))

@@ -24,7 +24,8 @@ def register_preset(fn: Callable[[], ModelConfig]) -> Callable[[], ModelConfig]:
 @register_preset
 def tiny() -> ModelConfig:
     return ModelConfig(text_encoder="tiny-bert", image_encoder="tiny-clip", text_dim=32, image_dim=32, dim=32,
-                       lexical_buckets=1 << 10, lexical_dim=16, word_scores=True,
+                       lexical_buckets=1 << 10, lexical_dim=16, word_scores=True, word_score_categories=True,
+                       category_score_bias=1.0,
                        decoder=DecoderConfig(prefix_length=2, n_layer=1, n_embd=32, n_head=2, max_tags=8))
 
 

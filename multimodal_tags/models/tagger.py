@@ -45,7 +45,8 @@ class Batch:
     adversary: torch.Tensor | None = None  # [b] long, -1 unknown
     price: torch.Tensor | None = None  # [b] float, nan unknown
     lexical_ids: torch.Tensor | None = None  # [b, L] long, hashed words (models with a lexical branch)
-    word_scores: torch.Tensor | None = None  # [b, n_tags] cross-fitted SVM scores (training); else from the table
+    # [b, n_tags (+ n_categories)] cross-fitted SVM scores (training); else from the model's table
+    word_scores: torch.Tensor | None = None
 
 
 class Tagger(nn.Module):
@@ -56,9 +57,15 @@ class Tagger(nn.Module):
         self.lexical = LexicalEncoder(cfg.lexical_buckets, cfg.lexical_dim) if cfg.lexical_buckets else None
         if cfg.word_scores and self.lexical is None:
             raise ValueError("word_scores reads the lexical branch's words: set lexical_buckets > 0 as well")
-        self.word_scores = WordScores(cfg.lexical_buckets, len(self.tags)) if cfg.word_scores else None
+        if cfg.word_score_categories and not cfg.word_scores:
+            raise ValueError("word_score_categories extends the word scores: set word_scores as well")
+        # columns: one per tag, then (word_score_categories) one per category
+        n_scored = len(self.tags) + (len(self.categories) if cfg.word_score_categories else 0)
+        self.word_scores = WordScores(cfg.lexical_buckets, n_scored) if cfg.word_scores else None
+        self.word_score_delta = (nn.Parameter(torch.zeros(len(self.tags)))
+                                 if cfg.word_scores and cfg.word_score_per_tag else None)
         text_width = (cfg.text_dim + (cfg.lexical_dim if self.lexical is not None else 0)
-                      + (len(self.tags) if self.word_scores is not None else 0))
+                      + (n_scored if self.word_scores is not None else 0))
         self.fusion = create_fusion(cfg.fusion, text_width, cfg.image_dim, cfg.dim, cfg.dropout)
         self.category_head = CategoryHead(cfg.dim, len(self.categories), cfg.dropout)
         self.tag_head = TagHead(cfg.dim, len(self.tags), cfg.dropout)
@@ -76,7 +83,7 @@ class Tagger(nn.Module):
         has_text, has_image = batch.has_text.bool(), batch.has_image.bool()
         if drop_modalities and self.training:
             has_text, has_image = modality_dropout(has_text, has_image, self.cfg.modality_dropout)
-        text, tag_bias = batch.text, None
+        text, tag_bias, category_bias = batch.text, None, None
         if self.lexical is not None:
             if batch.lexical_ids is None:
                 raise ValueError("this model has a lexical text branch: the batch needs lexical_ids")
@@ -87,10 +94,18 @@ class Tagger(nn.Module):
                           else self.word_scores(batch.lexical_ids, weights))
                 scores = scores.float() * has_text[:, None]  # no word evidence when the text is hidden or dropped
                 text = torch.cat([text, scores.to(text.dtype)], dim=-1)
-                tag_bias = self.cfg.word_score_bias * scores
+                n_tags = len(self.tags)
+                tag_bias = self.cfg.word_score_bias * scores[:, :n_tags]
+                if self.word_score_delta is not None:
+                    tag_bias = tag_bias * (1 + self.word_score_delta)
+                if self.cfg.word_score_categories and self.cfg.category_score_bias:
+                    category_bias = self.cfg.category_score_bias * scores[:, n_tags:]
         fusion = self.fusion(text, batch.image, has_text, has_image)
+        category_logits = self.category_head(fusion.fused)
+        if category_bias is not None:
+            category_logits = category_logits + category_bias.to(category_logits.dtype)
         out = {"fused": fusion.fused, "modality_weights": fusion.weights, "tag_bias": tag_bias,
-               "category_logits": self.category_head(fusion.fused), "tag_logits": self.tag_head(fusion.fused)}
+               "category_logits": category_logits, "tag_logits": self.tag_head(fusion.fused)}
         # Everything that needs gradients is computed inside forward, so DistributedDataParallel sees it.
         if self.training and self.decoder is not None and batch.decoder_ids is not None:
             out["decoder_loss"] = self.decoder(fusion.fused, batch.decoder_ids, tag_bias=tag_bias)

@@ -33,11 +33,16 @@ def _key(ids: np.ndarray, y: np.ndarray, tcfg: TrainConfig) -> str:
 
 
 def fit_or_load_word_scores(train: FeatureDataset, buckets: int, tcfg: TrainConfig, cache_dir: str | Path,
-                            log: Callable[[str], None] = print) -> dict[str, np.ndarray]:
+                            log: Callable[[str], None] = print, n_categories: int = 0) -> dict[str, np.ndarray]:
     """The train split's cross-fitted scores and the SVMs fitted on all of it ("scores", "weights",
-    "intercepts"), computed or read from `cache_dir/word_scores/`."""
+    "intercepts"), computed or read from `cache_dir/word_scores/`: one column per tag, then, with
+    `n_categories`, one per category."""
     ids = train.lexical_ids.numpy()
     y = train.tags.numpy().astype(np.int64)  # LinearSVC wants plain integer labels
+    if n_categories:  # one-vs-rest columns per category (a product of unknown category is negative for all)
+        category = train.category.numpy()
+        onehot = (category[:, None] == np.arange(n_categories)[None, :]).astype(np.int64)
+        y = np.concatenate([y, onehot], axis=1)
     path = Path(cache_dir) / "word_scores" / f"{_key(ids, y, tcfg)}.safetensors"
     if path.exists():
         fitted = load_file(str(path))
@@ -62,6 +67,7 @@ def prepare_word_scores(model: Tagger, train: FeatureDataset, tcfg: TrainConfig,
     """Give `train` its cross-fitted word scores and `model` the SVMs fitted on all of `train`."""
     if model.word_scores is None:
         return
-    fitted = fit_or_load_word_scores(train, model.cfg.lexical_buckets, tcfg, cache_dir, log)
+    n_categories = len(model.categories) if model.cfg.word_score_categories else 0
+    fitted = fit_or_load_word_scores(train, model.cfg.lexical_buckets, tcfg, cache_dir, log, n_categories)
     model.word_scores.load_fitted(fitted["weights"], fitted["intercepts"])
     train.word_scores = torch.from_numpy(fitted["scores"])
