@@ -252,7 +252,7 @@ def test_word_scores_feed_the_model_and_steer_the_decoder_but_not_when_text_is_h
     assert after[0]["generated_tags"]["use:office"] > 0.99
     assert after[-1] == before[-1]  # the last product's text is hidden: no word evidence
     # in training, the batch's cross-fitted scores are used instead of the table's
-    b.word_scores = torch.zeros(len(b.text), len(VOCAB))
+    b.word_scores = torch.zeros(len(b.text), model.word_scores.weight.shape[1])
     assert torch.equal(model(b)["tag_bias"], torch.zeros(len(b.text), len(VOCAB)))
     with pytest.raises(ValueError, match="lexical_buckets"):
         Tagger(dataclasses.replace(cfg, lexical_buckets=0), ["a"], VOCAB, tok)
