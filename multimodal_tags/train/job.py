@@ -8,6 +8,7 @@ predictions for val and test, report.md with plots, and model/ (loadable with Ta
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -121,18 +122,31 @@ def evaluate_split(model: Tagger, data: FeatureDataset, model_id: str, generate:
     return {s: score_rows(data.products, r) for s, r in rows.items()}, rows
 
 
+def _finetune_key(spec: str, train: list, ft: FinetuneConfig) -> str:
+    """What a fine-tuned encoder depends on: the base encoder, its settings and the train texts and labels."""
+    h = hashlib.sha256(json.dumps([spec, dataclasses.asdict(ft)], sort_keys=True).encode())
+    for p in train:
+        h.update(f"{p.text_hash}|{p.category}|{'|'.join(sorted(p.tags))}\n".encode())
+    return h.hexdigest()[:24]
+
+
 def _finetuned_config(catalog: Catalog, cfg: ModelConfig, ft: FinetuneConfig, folder: Path,
                       max_train: int | None, log: Callable[[str], None]) -> ModelConfig:
-    """Fine-tune the config's text encoder (unless `folder` already holds the result) and point the
-    config at it."""
-    if not (folder / "config.json").exists():
-        train = [p for p in catalog.products if p.split == "train"][:max_train or None]
+    """Fine-tune the config's text encoder (unless `folder` already holds the result for the same
+    encoder, settings and train split) and point the config at it."""
+    train = [p for p in catalog.products if p.split == "train"][:max_train or None]
+    key = _finetune_key(cfg.text_encoder, train, ft)
+    marker = folder / "finetune_key.txt"
+    if (folder / "config.json").exists() and marker.exists() and marker.read_text().strip() == key:
+        log(f"reusing the fine-tuned text encoder in {folder}")
+    else:
+        if (folder / "config.json").exists():
+            log(f"{folder} was fine-tuned on other texts or settings: fine-tuning again")
         categories = sorted({p.category for p in train if p.category})
         tags = catalog.meta.get("tag_vocab") or sorted({t for p in train for t in p.tags})
         log(f"fine-tuning {cfg.text_encoder} on {len(train)} train products")
         finetune_text_encoder(cfg.text_encoder, train, categories, tags, folder, ft, log)
-    else:
-        log(f"reusing the fine-tuned text encoder in {folder}")
+        marker.write_text(key + "\n", encoding="utf-8")
     return dataclasses.replace(cfg, text_encoder=f"hf:{folder.resolve()}", text_max_length=ft.max_length)
 
 
