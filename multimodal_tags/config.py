@@ -26,10 +26,10 @@ class ModelConfig:
     # branch): they join the text features, and `word_score_bias` x them is added to the decoder's tag logits
     word_scores: bool = False
     word_score_bias: float = 1.0
-    # the same for the category: one SVM per category, scores join the text features, and
-    # `category_score_bias` x them is added to the category logits (0: features only)
     # learn a per-tag correction of word_score_bias: bias x (1 + delta_tag), delta weight-decayed to 0
     word_score_per_tag: bool = False
+    # the same for the category: one SVM per category, scores join the text features, and
+    # `category_score_bias` x them is added to the category logits (0: features only)
     word_score_categories: bool = False
     category_score_bias: float = 0.0
     fusion: str = "gated"  # "concat" (baseline) or "gated" (exposes per-product modality weights)

@@ -14,6 +14,7 @@ def _myntra_folder(tmp_path, n=22):
         rows.append({"id": 100 + i, "name": f"Roadster Men Blue Shirt {i}", "description": "Cotton shirt",
                      "articleType": "Shirts", "gender": "Men", "baseColour": "Blue" if i else "NA",
                      "season": "Fall", "usage": "Casual", "brand": "Roadster",
+                     "materials_care": "100% cotton Machine wash" if i == 1 else "", "style_note": " Team it with jeans ",
                      "articleAttributes": {"Fabric": "Cotton ", "Wash Care": "Machine", "Fit": "Other",
                                            "Sleeve Length": "Long Sleeves" if i % 2 else "None"}})
     root.mkdir()
@@ -46,9 +47,13 @@ def test_myntra_tags_follow_benchmark_rules(tmp_path):
     assert by_id["101"].image == "images-224/101.jpg"  # the sharper copy is preferred
     assert by_id["100"].image == "images/100.jpg" and by_id["102"].image is None
     assert by_id["102"].extra["image_error"].startswith("no photo")
+    # the shop's materials/care and style-note text is part of the product text, in that order
+    assert by_id["101"].description == "Cotton shirt 100% cotton Machine wash Team it with jeans"
+    assert by_id["100"].description == "Cotton shirt Team it with jeans"
     catalog = read_catalog(tmp_path / "out" / "catalog.jsonl")  # images resolve through the sidecar's root
     assert catalog.report.rejected == 0 and catalog.image_root == root.resolve()
     assert catalog.meta["tag_vocab"] == result.vocab
+    assert catalog.meta["text_version"] == myntra.TEXT_VERSION  # the benchmark re-imports a stale catalog
 
 
 def test_flipkart_specifications_and_category(tmp_path):

@@ -103,6 +103,24 @@ def test_finetuned_text_encoder_path(shop, tmp_path):
     assert Tagger.load(moved).cfg.text_encoder == f"hf:{(moved / 'text_encoder').resolve()}"
     assert create_text_encoder(Tagger.load(moved).cfg.text_encoder).weights_id() == tuned.weights_id()
     assert result["metrics"]["test"]["head"]["products"] > 0
+    assert (folder / "finetune_key.txt").exists()  # what it was fine-tuned on, for the reuse check
+
+
+def test_a_finetuned_encoder_is_reused_only_for_the_same_texts_and_settings(shop):
+    import dataclasses
+
+    from multimodal_tags.data.catalog import read_catalog
+    from multimodal_tags.train.finetune_text import FinetuneConfig
+    from multimodal_tags.train.job import _finetune_key
+
+    train = [p for p in read_catalog(shop).products if p.split == "train"]
+    ft = FinetuneConfig()
+    key = _finetune_key("tiny-bert", train, ft)
+    assert _finetune_key("tiny-bert", list(train), ft) == key
+    edited = [dataclasses.replace(train[0], description=train[0].description + " silk"), *train[1:]]
+    assert _finetune_key("tiny-bert", edited, ft) != key
+    assert _finetune_key("tiny-bert", train, dataclasses.replace(ft, epochs=2)) != key
+    assert _finetune_key("minilm-l6", train, ft) != key
 
 
 def test_cross_validation_experiment(shop, tmp_path):

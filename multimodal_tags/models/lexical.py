@@ -9,7 +9,8 @@ same signal: the L2-normalised, IDF-weighted bag of hashed unigrams and bigrams,
 product descriptions share long boilerplate ("machine wash cold ...") that a plain mean would let
 drown the few words that decide a tag. The IDF table is fitted on the training texts and saved with
 the model. The vector is concatenated to the text encoder's before fusion, so the text modality
-(and its gate weight) covers both.
+(and its gate weight) covers both. With `dim=0` there is no trained projection: the branch only
+supplies the TF-IDF weights that the word scores (models/word_scores.py) read.
 """
 from __future__ import annotations
 

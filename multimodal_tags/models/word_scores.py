@@ -8,6 +8,8 @@ on its scores: one score per tag joins the text features before fusion, and, sca
 (`ModelConfig.word_score_bias`), is added to the GPT-2 decoder's logit for that tag's token at every
 step. The second is what counts (Myntra test tag F1 0.8795 -> 0.8795 as features only, 0.893 with
 the logits x6): the decoder starts from the words' evidence and learns what the words do not say.
+With `ModelConfig.word_score_categories` there is also one SVM per category (one-vs-rest), whose
+scores join the features and, x `category_score_bias`, the category logits.
 
 Stacking needs honest scores in training. An SVM scores its own training texts near-perfectly, so a
 model trained on such scores learns to trust them blindly and is misled on new products. The training
