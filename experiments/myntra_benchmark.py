@@ -39,17 +39,22 @@ REPO = Path(__file__).resolve().parent.parent
 EVALUATOR = REPO.parent / "shared" / "bench" / "myntra_eval.py"
 
 
+def _stale(catalog: Path) -> bool:
+    """Missing, or imported before the importer's current product text."""
+    return not catalog.exists() or read_meta(catalog).get("text_version") != myntra.TEXT_VERSION
+
+
 def _catalog(data: Path, out: Path, quick: bool, log) -> Path:
     """Import once (reused on reruns, unless the importer's text has changed since); --quick keeps a
     small, fixed subset of every split."""
     full = out / "catalog.jsonl"
-    if not full.exists() or read_meta(full).get("text_version") != myntra.TEXT_VERSION:
+    if _stale(full):
         result = run_import(myntra.read(data), full)
         log(result.report.summary())
     if not quick:
         return full
     small = out / "catalog-quick.jsonl"
-    if not small.exists() or read_meta(small).get("text_version") != myntra.TEXT_VERSION:
+    if _stale(small):
         catalog = read_catalog(full)
         limits = {"train": 600, "val": 150, "test": 150}
         keep, seen = [], {s: 0 for s in limits}
