@@ -15,8 +15,7 @@ import numpy as np
 
 from multimodal_tags.data.catalog import read_catalog
 from multimodal_tags.data.feature_cache import FeatureCache
-from multimodal_tags.features import encode_images, encode_texts, load_features
-from multimodal_tags.models.factory import create_image_encoder, create_text_encoder
+from multimodal_tags.features import EncoderSet, encode_images, encode_texts, load_features
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -36,8 +35,8 @@ def main(argv: list[str] | None = None) -> dict:
     products, root = catalog.products[:a.n], catalog.image_root
     results = {}
     for precision in ("fp32", "auto"):
-        te = create_text_encoder(a.text_encoder).set_precision(precision)
-        ie = create_image_encoder(a.image_encoder).set_precision(precision)
+        encoders = EncoderSet(a.text_encoder, a.image_encoder, precision=precision)
+        te, ie = encoders.text, encoders.image
         with tempfile.TemporaryDirectory() as tmp, FeatureCache(tmp) as cache:
             t = encode_texts(products, te, cache, progress=False)
             i = encode_images(products, ie, cache, root, progress=False)

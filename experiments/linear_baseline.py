@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from multimodal_tags.data.catalog import read_catalog
-from multimodal_tags.eval.metrics import tagging_report
+from multimodal_tags.metrics import tagging_report
 from multimodal_tags.models.lexical import product_lexical_matrix
 from multimodal_tags.models.word_scores import smooth_idf, tfidf_csr
 

@@ -30,9 +30,10 @@ from multimodal_tags.data.catalog import read_catalog, read_meta, write_catalog
 from multimodal_tags.data.importers import myntra, run_import
 from multimodal_tags.models.presets import get_preset
 from multimodal_tags.train.finetune_text import FinetuneConfig
+from multimodal_tags.features import RunSettings, encode_catalog
+from multimodal_tags.inference import score_split
 from multimodal_tags.models.tagger import Tagger
-from multimodal_tags.train.job import (evaluate_split, prepare_features, restrict_modalities, split_datasets,
-                                       train_tagger)
+from multimodal_tags.train.job import split_datasets, split_indices, train_tagger
 from multimodal_tags.train.word_scores import fit_or_load_word_scores
 
 REPO = Path(__file__).resolve().parent.parent
@@ -89,13 +90,33 @@ def _masked_metrics(run_dir: Path, catalog: Path, cache: Path) -> dict[str, dict
     "text" and "image"."""
     model = Tagger.load(run_dir / "model")
     cat = read_catalog(catalog)
-    feats = prepare_features(cat, model.cfg, cache, log=lambda s: None)
+    source = encode_catalog(cat, model.cfg, cache, RunSettings(log=lambda s: None))
+    idx = split_indices(cat)
     out = {}
     for only in ("text", "image"):
-        data = split_datasets(cat, restrict_modalities(feats, only), model.cfg)
-        out[only] = {split: evaluate_split(model, ds, f"{run_dir.name}/{only}-only")[0]
-                     for split, ds in (("val", data.val), ("test", data.test))}
+        shown = source.hide(only)
+        out[only] = {split: score_split(model, shown.subset(idx[split]), f"{run_dir.name}/{only}-only")[0]
+                     for split in ("val", "test")}
     return out
+
+
+class _Log:
+    """Lines to the console and to OUT/benchmark.log (appended), each with an optional prefix."""
+
+    def __init__(self, out: Path, prefix: str = ""):
+        self.file, self.prefix = open(out / "benchmark.log", "a", encoding="utf-8"), prefix
+
+    def __call__(self, s: str) -> None:
+        line = self.prefix + s
+        print(line, flush=True)
+        self.file.write(line + "\n")
+        self.file.flush()
+
+    def __enter__(self) -> "_Log":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
 
 
 def _run(job: dict) -> dict:
@@ -104,17 +125,12 @@ def _run(job: dict) -> dict:
     import torch
 
     torch.set_num_threads(job["threads"])
-    out, name, run_dir = Path(job["out"]), job["name"], Path(job["run_dir"])
-    with open(out / "benchmark.log", "a", encoding="utf-8") as log_file:
-        def log(s: str) -> None:
-            line = f"[{name}] {s}"
-            print(line, flush=True)
-            log_file.write(line + "\n")
-            log_file.flush()
-
+    run_dir = Path(job["run_dir"])
+    with _Log(Path(job["out"]), f"[{job['name']}] ") as log:
         t0 = time.perf_counter()
-        result = train_tagger(job["catalog"], run_dir, job["cfg"], job["tcfg"], cache_dir=job["cache"],
-                              modalities=job["modalities"], log=log, finetune=job["finetune"])
+        result = train_tagger(job["catalog"], run_dir, job["cfg"], job["tcfg"],
+                              RunSettings(cache_dir=job["cache"], log=log), modalities=job["modalities"],
+                              finetune=job["finetune"])
         seconds = time.perf_counter() - t0
         masked = None
         if job["hide_modalities"]:
@@ -134,7 +150,7 @@ def _markdown(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "datasets" / "fashion-myntra"))
     ap.add_argument("--out", required=True)
@@ -150,66 +166,69 @@ def main(argv: list[str] | None = None) -> dict:
                          "models at inference, which costs no training)")
     ap.add_argument("--jobs", type=int, default=2, help="runs trained at once, in worker processes (1: in this one)")
     ap.add_argument("--quick", action="store_true", help="a small subset and 2 epochs, for tests")
-    a = ap.parse_args(argv)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    log_file = open(out / "benchmark.log", "a", encoding="utf-8")
+    return ap.parse_args(argv)
 
-    def log(s: str) -> None:
-        print(s, flush=True)
-        log_file.write(s + "\n")
-        log_file.flush()
 
-    t_start = time.perf_counter()
-    catalog = _catalog(Path(a.data), out, a.quick, log)
-    cache = Path(a.cache or out / "features-cache")
-    epochs = 2 if a.quick else a.epochs
-    tcfg = TrainConfig(epochs=epochs, batch_size=64 if a.quick else 256, lr=1e-3, patience=3)
+def _plan(a: argparse.Namespace, out: Path, catalog: Path, cache: Path, log) -> tuple[list, list[dict], dict]:
+    """(runs, jobs to train, results of runs reused): each run is (name, modalities, fine-tuning)."""
+    tcfg = TrainConfig(epochs=2 if a.quick else a.epochs, batch_size=64 if a.quick else 256, lr=1e-3, patience=3)
     ft = FinetuneConfig(epochs=a.finetune_epochs, max_products=200 if a.quick else a.finetune_products)
     cfg = get_preset("offline")
     if a.quick:  # a small lexical table keeps --quick quick
         cfg = dataclasses.replace(cfg, lexical_buckets=1 << 14)
-    # (name, modalities, fine-tuning): the fused models; text-only and image-only rows come from
-    # hiding a modality of each fused model at inference, or from their own models (--train-ablations)
+    # the fused models; text-only and image-only rows come from hiding a modality of each fused model at
+    # inference, or from their own models (--train-ablations)
     runs = [("fused, frozen", "both", None)]
     if a.train_ablations:
         runs += [("text only, frozen", "text", None), ("image only, frozen", "image", None)]
     if not a.no_finetune:
         runs.append(("fused, fine-tuned text", "both", ft))
-    jobs, results = [], {}
+    jobs, reused = [], {}
     for name, modalities, finetune in runs:
         run_dir = _run_dir(out, name)
         if a.reuse_runs and (run_dir / "metrics.json").exists():
             log(f"== {name}: reusing the finished run in {run_dir} (no ablation rows)")
             seconds = json.loads((run_dir / "run.json").read_text())["settings"].get("seconds") or 0.0
-            results[name] = {"metrics": json.loads((run_dir / "metrics.json").read_text()), "seconds": seconds,
-                             "masked": None}
+            reused[name] = {"metrics": json.loads((run_dir / "metrics.json").read_text()), "seconds": seconds,
+                            "masked": None}
             continue
         log(f"== {name} -> {run_dir}")
         jobs.append({"name": name, "out": str(out), "run_dir": str(run_dir), "catalog": str(catalog),
                      "cache": str(cache), "cfg": dataclasses.replace(cfg), "tcfg": dataclasses.replace(tcfg),
                      "modalities": modalities, "finetune": finetune,
                      "hide_modalities": not a.train_ablations and modalities == "both" and finetune is None})
-    parallel = min(a.jobs, len(jobs))
+    return runs, jobs, reused
+
+
+def _prefill(catalog: Path, job: dict, log) -> None:
+    """Fill the cache for the frozen encoders, and fit the word-score SVMs both runs share, once, here,
+    rather than in every worker at once."""
+    cfg, tcfg, cache = job["cfg"], job["tcfg"], Path(job["cache"])
+    products = read_catalog(catalog)
+    source = encode_catalog(products, cfg, cache, RunSettings(log=log))
+    if cfg.word_scores:
+        data = split_datasets(products, source, cfg, tcfg.max_train_products)
+        fit_or_load_word_scores(data.train, cfg.lexical_buckets, tcfg, cache, log,
+                                len(data.labels.categories) if cfg.word_score_categories else 0)
+
+
+def _train_all(jobs: list[dict], n_jobs: int, catalog: Path, log) -> list[dict]:
+    parallel = min(n_jobs, len(jobs))
     for job in jobs:  # split the cores between the runs that go at once
         job["threads"] = max(1, (os.cpu_count() or 1) // max(parallel, 1))
-    if parallel > 1:
-        # fill the cache for the frozen encoders once, here, rather than in every worker at once
-        products = read_catalog(catalog)
-        prepare_features(products, cfg, cache, log=log)
-        if cfg.word_scores:  # and the word-score SVMs, which both runs share
-            data = split_datasets(products, {}, cfg, tcfg.max_train_products)
-            fit_or_load_word_scores(data.train, cfg.lexical_buckets, tcfg, cache, log,
-                                    len(data.labels.categories) if cfg.word_score_categories else 0)
-        # Two single-threaded trainings on 2 cores finish in about 60% of the time of one after the
-        # other with two threads each (the small matrices of the heads and GPT-2 scale poorly).
-        os.environ["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent),
-                                                    os.environ.get("PYTHONPATH", "")])  # workers import this file
-        with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
-            done = list(pool.map(_run, jobs))
-    else:
-        done = [_run(job) for job in jobs]
-    results.update({job["name"]: r for job, r in zip(jobs, done)})
+    if parallel <= 1:
+        return [_run(job) for job in jobs]
+    _prefill(catalog, jobs[0], log)
+    # Two single-threaded trainings on 2 cores finish sooner than one after the other with two threads
+    # each (the small matrices of the heads and GPT-2 scale poorly).
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent),
+                                                os.environ.get("PYTHONPATH", "")])  # workers import this file
+    with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_run, jobs))
+
+
+def _table(runs: list, results: dict, out: Path) -> tuple[list[dict], tuple]:
+    """The comparison rows, and (val score, run folder, name) of the best fused model."""
     table, fused = [], []
     for name, modalities, finetune in runs:
         r = results[name]
@@ -220,23 +239,35 @@ def main(argv: list[str] | None = None) -> dict:
         for only, hidden in (("text", "photo"), ("image", "text")):
             if r["masked"]:
                 table += _row(f"{name.replace('fused', only + ' only')} ({hidden} hidden)", r["masked"][only], None)
-    best_score, best_dir, best_name = max(fused)
-    if (out / "model").exists():
-        shutil.rmtree(out / "model")
-    shutil.copytree(best_dir / "model", out / "model")
-    shutil.copy(best_dir / "test_predictions_decoder.jsonl", out / "test_predictions.jsonl")
-    total = time.perf_counter() - t_start
-    md = _markdown(table)
-    (out / "results.md").write_text(f"# Myntra benchmark v1\n\n{md}\n\nBest fused model: {best_name} "
-                                    f"(copied to model/). Total {total / 60:.1f} min.\n", encoding="utf-8")
-    (out / "results.json").write_text(json.dumps({"rows": table, "best": best_name, "minutes": total / 60},
-                                                 indent=1), encoding="utf-8")
-    log(md)
-    log(f"best fused model: {best_name}; total {total / 60:.1f} min")
-    if EVALUATOR.exists() and not a.quick:
-        res = subprocess.run([sys.executable, str(EVALUATOR), str(out / "test_predictions.jsonl"),
-                              "--data", a.data], capture_output=True, text=True)
-        log(res.stdout + res.stderr)
+    return table, max(fused)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    a = _parse(argv)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with _Log(out) as log:
+        t_start = time.perf_counter()
+        catalog = _catalog(Path(a.data), out, a.quick, log)
+        runs, jobs, results = _plan(a, out, catalog, Path(a.cache or out / "features-cache"), log)
+        results.update({job["name"]: r for job, r in zip(jobs, _train_all(jobs, a.jobs, catalog, log))})
+        table, (_, best_dir, best_name) = _table(runs, results, out)
+        if (out / "model").exists():
+            shutil.rmtree(out / "model")
+        shutil.copytree(best_dir / "model", out / "model")
+        shutil.copy(best_dir / "test_predictions_decoder.jsonl", out / "test_predictions.jsonl")
+        total = time.perf_counter() - t_start
+        md = _markdown(table)
+        (out / "results.md").write_text(f"# Myntra benchmark v1\n\n{md}\n\nBest fused model: {best_name} "
+                                        f"(copied to model/). Total {total / 60:.1f} min.\n", encoding="utf-8")
+        (out / "results.json").write_text(json.dumps({"rows": table, "best": best_name, "minutes": total / 60},
+                                                     indent=1), encoding="utf-8")
+        log(md)
+        log(f"best fused model: {best_name}; total {total / 60:.1f} min")
+        if EVALUATOR.exists() and not a.quick:
+            res = subprocess.run([sys.executable, str(EVALUATOR), str(out / "test_predictions.jsonl"),
+                                  "--data", a.data], capture_output=True, text=True)
+            log(res.stdout + res.stderr)
     return {"rows": table, "best": best_name, "minutes": total / 60}
 
 

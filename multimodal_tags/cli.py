@@ -7,11 +7,12 @@ import sys
 import time
 from pathlib import Path
 
-EXIT_USAGE, EXIT_FAILED = 2, 1
-MAX_ISSUES_SHOWN = 20
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130  # 130: killed by SIGINT, as shells report it
 
 
 def _print_issues(report, rejects_hint: str = "") -> None:
+    from .data.catalog import MAX_ISSUES_SHOWN
+
     for issue in report.issues[:MAX_ISSUES_SHOWN]:
         print(f"  {issue}", file=sys.stderr)
     if len(report.issues) > MAX_ISSUES_SHOWN:
@@ -52,11 +53,11 @@ def cmd_validate(a: argparse.Namespace) -> int:
 
 
 def cmd_features(a: argparse.Namespace) -> int:
-    from .data.catalog import read_catalog
+    from .data.catalog import MAX_ISSUES_SHOWN, read_catalog
     from .data.feature_cache import FeatureCache
     from .data.validate import Limits
-    from .features import encode_images, encode_texts
-    from .models.factory import create_image_encoder, create_text_encoder, require_pretrained
+    from .features import EncoderSet, default_cache_dir, encode_images, encode_texts
+    from .models.encoder_base import default_device
 
     catalog = read_catalog(a.catalog, a.image_root, Limits(check_images=True))
     print(catalog.report.summary())
@@ -64,21 +65,18 @@ def cmd_features(a: argparse.Namespace) -> int:
     if not catalog.products:
         print("error: no valid products to encode", file=sys.stderr)
         return EXIT_FAILED
-    cache_dir = Path(a.cache or Path(a.catalog).resolve().parent / "features-cache")
-    device = a.device if a.device != "auto" else ("cuda" if _cuda() else "cpu")
+    cache_dir = Path(a.cache) if a.cache else default_cache_dir(a.catalog)
+    encoders = EncoderSet(a.text_encoder, a.image_encoder, a.max_length, a.precision, a.allow_random_weights,
+                          device=a.device if a.device != "auto" else default_device())
     all_stats = []
     with FeatureCache(cache_dir) as cache:
-        if a.text_encoder != "none":
-            te = create_text_encoder(a.text_encoder, max_length=a.max_length).to(device).set_precision(a.precision)
-            require_pretrained(te, a.allow_random_weights)
-            all_stats.append(encode_texts(catalog.products, te, cache, a.batch_size, progress=not a.quiet))
-            print(all_stats[-1].summary() + f"  [key {te.cache_key()}]")
-        if a.image_encoder != "none":
-            ie = create_image_encoder(a.image_encoder).to(device).set_precision(a.precision)
-            require_pretrained(ie, a.allow_random_weights)
-            all_stats.append(encode_images(catalog.products, ie, cache, catalog.image_root, a.batch_size,
+        if encoders.text is not None:
+            all_stats.append(encode_texts(catalog.products, encoders.text, cache, a.batch_size, progress=not a.quiet))
+            print(all_stats[-1].summary() + f"  [key {encoders.text.cache_key()}]")
+        if encoders.image is not None:
+            all_stats.append(encode_images(catalog.products, encoders.image, cache, catalog.image_root, a.batch_size,
                                            a.workers, progress=not a.quiet))
-            print(all_stats[-1].summary() + f"  [key {ie.cache_key()}]")
+            print(all_stats[-1].summary() + f"  [key {encoders.image.cache_key()}]")
             for pid, reason in all_stats[-1].failed[:MAX_ISSUES_SHOWN]:
                 print(f"  {pid}: {reason}", file=sys.stderr)
     if not any(s.encoded for s in all_stats):
@@ -88,10 +86,12 @@ def cmd_features(a: argparse.Namespace) -> int:
     return 0
 
 
-def _cuda() -> bool:
-    import torch
+def _settings(a: argparse.Namespace):
+    """The run settings every feature-reading command shares, from its arguments."""
+    from .features.settings import RunSettings
 
-    return torch.cuda.is_available()
+    return RunSettings(cache_dir=getattr(a, "cache", None), allow_random_weights=a.allow_random_weights,
+                       progress=not getattr(a, "quiet", False))
 
 
 def cmd_encoders(a: argparse.Namespace) -> int:
@@ -105,10 +105,10 @@ def cmd_encoders(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import DemoOptions, run_demo
 
-    run_demo(a.out, n_products=a.products, text_encoder=a.text_encoder, image_encoder=a.image_encoder,
-             allow_random_weights=a.allow_random_weights, progress=not a.quiet, epochs=a.epochs)
+    run_demo(a.out, DemoOptions(n_products=a.products, text_encoder=a.text_encoder, image_encoder=a.image_encoder,
+                                epochs=a.epochs), _settings(a))
     return 0
 
 
@@ -151,8 +151,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         from .train.finetune_text import FinetuneConfig
 
         finetune = FinetuneConfig(max_products=a.finetune_products)
-    result = train_tagger(a.catalog, a.run_dir, cfg, tcfg, cache_dir=a.cache, resume=a.resume,
-                          modalities=a.modalities, allow_random_weights=a.allow_random_weights, finetune=finetune)
+    result = train_tagger(a.catalog, a.run_dir, cfg, tcfg, _settings(a), resume=a.resume, modalities=a.modalities,
+                          finetune=finetune)
     if result["metrics"]:
         for split, by_source in result["metrics"].items():
             for source, m in by_source.items():
@@ -165,8 +165,8 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from .eval.evaluate import evaluate_model
 
-    metrics = evaluate_model(a.model, a.catalog, a.out, split=a.split, tag_source=a.tag_source, cache_dir=a.cache,
-                             allow_random_weights=a.allow_random_weights)
+    metrics = evaluate_model(a.model, a.catalog, a.out, split=a.split, tag_source=a.tag_source,
+                             settings=_settings(a))
     if metrics is not None:
         print(json.dumps({k: v for k, v in metrics.items() if k != "f1_by_key"}))
         print(f"predictions: {Path(a.out) / 'predictions.jsonl'}")
@@ -174,12 +174,11 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_tag(a: argparse.Namespace) -> int:
-    from .online.tag_job import tag_catalog
+    from .online.tag_job import TagOptions, tag_catalog
 
     extra = [t.strip() for t in (a.extra_tags or "").split(",") if t.strip()]
-    stats = tag_catalog(a.model, a.catalog, a.out, store_path=a.store, rejects_path=a.rejects,
-                        batch_size=a.batch_size, tag_source=a.tag_source, cache_dir=a.cache,
-                        allow_random_weights=a.allow_random_weights, progress=not a.quiet, extra_tags=extra)
+    options = TagOptions(batch_size=a.batch_size, tag_source=a.tag_source, extra_tags=extra)
+    stats = tag_catalog(a.model, a.catalog, a.out, a.store, _settings(a), options, rejects_path=a.rejects)
     print(stats.summary())
     print(f"predictions: {a.out}" + (f"; store: {a.store}" if a.store else ""))
     return 0 if stats.tagged or stats.resumed_after or not stats.rejected else EXIT_FAILED
@@ -187,9 +186,9 @@ def cmd_tag(a: argparse.Namespace) -> int:
 
 def cmd_refresh(a: argparse.Namespace) -> int:
     from .online.refresh import refresh
+    from .online.tag_job import TagOptions
 
-    stats = refresh(a.model, a.catalog, a.store, batch_size=a.batch_size, tag_source=a.tag_source,
-                    cache_dir=a.cache, allow_random_weights=a.allow_random_weights)
+    stats = refresh(a.model, a.catalog, a.store, _settings(a), TagOptions(a.batch_size, a.tag_source))
     print(stats.summary() + f" in {stats.seconds:.1f}s")
     return 0
 
@@ -212,10 +211,17 @@ def cmd_cache(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .inference.rows import DEFAULT_TAG_SOURCE
     from .models.factory import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER
+    from .online.tag_job import TAG_BATCH_SIZE
 
     p = argparse.ArgumentParser(prog="mmtags", description="Tag e-commerce products from their text and photos.")
     sub = p.add_subparsers(dest="command", required=True)
+
+    def tag_source(sp):
+        sp.add_argument("--tag-source", default=DEFAULT_TAG_SOURCE,
+                        help="auto (the GPT-2 decoder's tags when the model has a decoder, else the tag head's), "
+                             "decoder, head or both")
 
     def image_checks(sp):
         sp.add_argument("--image-root", help="folder image paths resolve in (default: the catalog's meta, "
@@ -293,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--catalog", required=True)
     sp.add_argument("--out", required=True)
     sp.add_argument("--split", default="test", help="train, val, test or all")
-    sp.add_argument("--tag-source", default="decoder", help="decoder, head or both")
+    tag_source(sp)
     sp.add_argument("--cache")
     sp.add_argument("--allow-random-weights", action="store_true")
     sp.set_defaults(func=cmd_evaluate)
@@ -304,8 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="predictions JSONL (a rerun continues it)")
     sp.add_argument("--store", help="SQLite tag store to update")
     sp.add_argument("--rejects", help="bad rows (default: OUT.rejects.jsonl)")
-    sp.add_argument("--batch-size", type=int, default=256)
-    sp.add_argument("--tag-source", default="both", help="decoder, head or both")
+    sp.add_argument("--batch-size", type=int, default=TAG_BATCH_SIZE)
+    tag_source(sp)
     sp.add_argument("--extra-tags", help="comma-separated tags scored zero-shot by CLIP image-text similarity")
     sp.add_argument("--cache")
     sp.add_argument("--allow-random-weights", action="store_true")
@@ -316,8 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", required=True)
     sp.add_argument("--catalog", required=True)
     sp.add_argument("--store", required=True)
-    sp.add_argument("--batch-size", type=int, default=256)
-    sp.add_argument("--tag-source", default="both")
+    sp.add_argument("--batch-size", type=int, default=TAG_BATCH_SIZE)
+    tag_source(sp)
     sp.add_argument("--cache")
     sp.add_argument("--allow-random-weights", action="store_true")
     sp.set_defaults(func=cmd_refresh)
@@ -354,10 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except WeightsUnavailable as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_FAILED
-    except (IncompatibleModel, ZeroShotUnavailable) as e:
+    except (WeightsUnavailable, IncompatibleModel, ZeroShotUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
     except (FileNotFoundError, KeyError, ValueError) as e:
@@ -366,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: what was written so far is kept; run the same command again to continue",
               file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

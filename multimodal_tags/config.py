@@ -10,7 +10,20 @@ from typing import Any
 
 import yaml
 
-from .models.decoder import DecoderConfig
+
+
+@dataclass
+class DecoderConfig:
+    """The GPT-2 tag decoder (models/decoder.py)."""
+
+    prefix_length: int = 4  # k prefix embeddings handed to GPT-2
+    mapper: str = "mlp"  # "mlp" or "transformer"
+    gpt2: str = "scratch"  # "scratch" (trained from a config), or a hub name / local folder of pretrained GPT-2
+    n_layer: int = 4  # scratch GPT-2 size
+    n_embd: int = 256
+    n_head: int = 4
+    max_tags: int = 24  # longest tag sequence generated
+    dropout: float = 0.1
 
 
 @dataclass
@@ -51,7 +64,7 @@ class TrainConfig:
     batch_size: int = 256
     lr: float = 1e-3
     # sparse word tables (the lexical branch): each row trains only when its word occurs, so it needs a
-    # larger step (1e-2: 0.86 vs 0.83 test tag F1 of a linear probe after 6 epochs, vs 1e-3)
+    # larger step than the dense weights (docs/experiments.md)
     embedding_lr: float = 1e-2
     weight_decay: float = 0.01  # AdamW decoupled L2
     l1: float = 0.0  # L1 on head weights: sparse, interpretable tag/category weights
@@ -71,8 +84,7 @@ class TrainConfig:
     text_views: int = 0  # augmented views per train text (word dropout/swaps), encoded once and cached
     image_views: int = 0  # augmented views per train photo (crop, flip, jitter), encoded once and cached
     word_score_folds: int = 5  # cross-fitting folds of the word-score SVMs (ModelConfig.word_scores)
-    # their regularisation (LinearSVC C): TF-IDF + SVM alone scores 0.886 / 0.893 / 0.896 / 0.896 Myntra
-    # test tag F1 at C = 0.5 / 1 / 2 / 4 (experiments/linear_baseline.py --c)
+    # their regularisation (LinearSVC C); `experiments/linear_baseline.py --c` compares values (docs/experiments.md)
     word_score_c: float = 2.0
     checkpoint_every: int = 1  # epochs between resumable checkpoints
     max_train_products: int | None = None  # quick runs

@@ -1,6 +1,6 @@
 import pytest
 
-from multimodal_tags.eval.metrics import accuracy, f1_by_key, macro_f1, prf, tagging_report, top_k_accuracy
+from multimodal_tags.metrics import accuracy, f1_by_key, macro_f1, prf, tagging_report, top_k_accuracy
 
 
 def test_micro_prf_worked_by_hand():
@@ -37,7 +37,7 @@ def test_decoder_threshold_drops_unsure_generated_tags_when_that_raises_micro_f1
 
     import torch
 
-    from multimodal_tags.eval.predict import tune_decoder_threshold
+    from multimodal_tags.inference import tune_decoder_threshold
 
     model = SimpleNamespace(decoder_threshold=torch.tensor(0.0))
     products = [SimpleNamespace(tags=["a"]), SimpleNamespace(tags=["b"])]

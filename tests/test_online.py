@@ -15,6 +15,8 @@ from multimodal_tags.cli import main
 from multimodal_tags.config import TrainConfig
 from multimodal_tags.models.presets import get_preset
 from multimodal_tags.online.store import TagStore
+from multimodal_tags.features import RunSettings
+from multimodal_tags.online.tag_job import TagOptions
 from multimodal_tags.train.job import train_tagger
 
 TINY = ["--allow-random-weights", "--batch-size", "24"]
@@ -26,8 +28,8 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("online")
     synthetic_catalog(root, 600)
     train_tagger(root / "catalog.jsonl", root / "run", get_preset("tiny"),
-                 TrainConfig(epochs=2, batch_size=32, max_train_products=200), allow_random_weights=True,
-                 log=lambda s: None)
+                 TrainConfig(epochs=2, batch_size=32, max_train_products=200),
+                 RunSettings(allow_random_weights=True, log=lambda s: None))
     return root
 
 
@@ -108,7 +110,8 @@ def test_refresh_does_only_what_changed(trained, tmp_path, capsys):
 
     catalog, rows = _catalog_copy(trained, tmp_path)
     db, model = tmp_path / "tags.db", trained / "run" / "model"
-    kw = dict(cache_dir=tmp_path / "cache", batch_size=24, allow_random_weights=True, log=lambda s: None)
+    kw = dict(settings=RunSettings(cache_dir=tmp_path / "cache", allow_random_weights=True, log=lambda s: None),
+              options=TagOptions(batch_size=24))
     first = refresh(model, catalog, db, **kw)
     assert first.counts["new"] == 600 and first.work == 600
     again = refresh(model, catalog, db, **kw)

@@ -12,6 +12,7 @@ import pytest
 from multimodal_tags.config import TrainConfig
 from conftest import synthetic_catalog
 from multimodal_tags.models.presets import get_preset
+from multimodal_tags.features import RunSettings
 from multimodal_tags.train.job import train_tagger
 
 
@@ -22,8 +23,8 @@ def shop(tmp_path_factory):
 
 def _train(catalog, run_dir, **kw):
     tcfg = TrainConfig(epochs=4, batch_size=16, lr=3e-3, patience=10, seed=3)
-    return train_tagger(catalog, run_dir, get_preset("tiny"), tcfg, allow_random_weights=True,
-                        log=lambda s: None, **kw)
+    settings = RunSettings(cache_dir=kw.pop("cache_dir", None), allow_random_weights=True, log=lambda s: None)
+    return train_tagger(catalog, run_dir, get_preset("tiny"), tcfg, settings, **kw)
 
 
 def test_training_writes_a_complete_run_folder(shop, tmp_path):
@@ -111,16 +112,16 @@ def test_a_finetuned_encoder_is_reused_only_for_the_same_texts_and_settings(shop
 
     from multimodal_tags.data.catalog import read_catalog
     from multimodal_tags.train.finetune_text import FinetuneConfig
-    from multimodal_tags.train.job import _finetune_key
+    from multimodal_tags.train.finetune_text import finetune_key
 
     train = [p for p in read_catalog(shop).products if p.split == "train"]
     ft = FinetuneConfig()
-    key = _finetune_key("tiny-bert", train, ft)
-    assert _finetune_key("tiny-bert", list(train), ft) == key
+    key = finetune_key("tiny-bert", train, ft)
+    assert finetune_key("tiny-bert", list(train), ft) == key
     edited = [dataclasses.replace(train[0], description=train[0].description + " silk"), *train[1:]]
-    assert _finetune_key("tiny-bert", edited, ft) != key
-    assert _finetune_key("tiny-bert", train, dataclasses.replace(ft, epochs=2)) != key
-    assert _finetune_key("minilm-l6", train, ft) != key
+    assert finetune_key("tiny-bert", edited, ft) != key
+    assert finetune_key("tiny-bert", train, dataclasses.replace(ft, epochs=2)) != key
+    assert finetune_key("minilm-l6", train, ft) != key
 
 
 def test_cross_validation_experiment(shop, tmp_path):
@@ -142,8 +143,8 @@ def test_augmented_views_are_cached_and_drawn_in_training(shop, tmp_path):
 
     tcfg = TrainConfig(epochs=1, batch_size=16, text_views=2, image_views=1, feature_noise=0.05)
     run = tmp_path / "aug"
-    train_tagger(shop, run, get_preset("tiny"), tcfg, allow_random_weights=True, log=lambda s: None,
-                 cache_dir=tmp_path / "cache")
+    train_tagger(shop, run, get_preset("tiny"), tcfg,
+                 RunSettings(cache_dir=tmp_path / "cache", allow_random_weights=True, log=lambda s: None))
     with FeatureCache(tmp_path / "cache") as cache:
         counts = {e["key"].split(":")[-1]: e["vectors"] for e in cache.encoders() if ":" in e["key"]}
     n_train = sum(1 for line in shop.read_text().splitlines() if '"split": "train"' in line)
@@ -154,7 +155,7 @@ def test_augmented_views_are_cached_and_drawn_in_training(shop, tmp_path):
 def test_augmentations_are_seeded():
     from PIL import Image
 
-    from multimodal_tags.augment import augment_image, augment_text
+    from multimodal_tags.data.augment import augment_image, augment_text
 
     text = "Blue striped cotton shirt with long sleeves for men"
     assert augment_text(text, 1) == augment_text(text, 1)

@@ -116,6 +116,9 @@ def iter_raw_rows(path: Path) -> Iterator[RawRow]:
     return {"jsonl": _iter_jsonl, "csv": _iter_csv, "parquet": _iter_parquet}[fmt](path)
 
 
+MAX_ISSUES_SHOWN = 20  # issues printed to the console; the rejects file has them all
+
+
 @dataclass
 class ReadReport:
     """What reading a catalog did: counts, and every issue found."""

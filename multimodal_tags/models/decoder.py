@@ -7,27 +7,17 @@ and it stops at EOS; each generated tag comes with its probability.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from ..config import DecoderConfig
 from .encoder_base import WeightsUnavailable
 from .tag_tokenizer import TagTokenizer, tag_key
 
-
-@dataclass
-class DecoderConfig:
-    prefix_length: int = 4  # k prefix embeddings handed to GPT-2
-    mapper: str = "mlp"  # "mlp" or "transformer"
-    gpt2: str = "scratch"  # "scratch" (trained from a config), or a hub name / local folder of pretrained GPT-2
-    n_layer: int = 4  # scratch GPT-2 size
-    n_embd: int = 256
-    n_head: int = 4
-    max_tags: int = 24  # longest tag sequence generated
-    dropout: float = 0.1
+# Open vocabulary: BPE tokens a tag may take, at most (positions and generation steps are sized by it).
+OPEN_TOKENS_PER_TAG = 8
 
 
 class MLPMapper(nn.Module):
@@ -61,7 +51,7 @@ def build_gpt2(cfg: DecoderConfig, vocab_size: int) -> GPT2LMHeadModel:
     """Pretrained GPT-2 (hub name or folder; its vocabulary resized when the tag vocabulary differs), or a
     GPT-2 trained from scratch. A named pretrained model that cannot load fails loudly."""
     if cfg.gpt2 == "scratch":
-        conf = GPT2Config(vocab_size=vocab_size, n_positions=cfg.prefix_length + cfg.max_tags * 8 + 4,
+        conf = GPT2Config(vocab_size=vocab_size, n_positions=cfg.prefix_length + cfg.max_tags * OPEN_TOKENS_PER_TAG + 4,
                           n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head, resid_pdrop=cfg.dropout,
                           embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout, bos_token_id=1, eos_token_id=2)
         return GPT2LMHeadModel(conf)
@@ -89,6 +79,10 @@ class TagDecoder(nn.Module):
             self.register_buffer("key_of_token", torch.tensor(tokenizer.key_ids()), persistent=False)
             single = [k in tokenizer.single_valued for k in tokenizer.keys]
             self.register_buffer("key_single", torch.tensor(single + [False], dtype=torch.bool), persistent=False)
+
+    def no_decay_parameters(self) -> set[str]:
+        """GPT-2's position embeddings: a table of vectors, which weight decay would only shrink."""
+        return {f"gpt.transformer.wpe.{n}" for n, _ in self.gpt.transformer.wpe.named_parameters()}
 
     def _vocab_bias(self, tag_bias: torch.Tensor | None) -> torch.Tensor | None:
         """Per-tag scores [b, n_tags] (the word scores) as a bias on the tag tokens' logits [b, vocab]."""
@@ -134,7 +128,7 @@ class TagDecoder(nn.Module):
         tag_bias: the per-tag scores the decoder was trained with, if any."""
         tok = self.tokenizer
         b, dev = fused.shape[0], fused.device
-        max_steps = max_steps or (self.cfg.max_tags if self.closed else self.cfg.max_tags * 8)
+        max_steps = max_steps or (self.cfg.max_tags if self.closed else self.cfg.max_tags * OPEN_TOKENS_PER_TAG)
         prefix = self.mapper(fused)
         bos = self.gpt.transformer.wte(torch.full((b, 1), tok.BOS, device=dev))
         out = self.gpt(inputs_embeds=torch.cat([prefix, bos], dim=1), use_cache=True)

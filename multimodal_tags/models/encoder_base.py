@@ -93,3 +93,8 @@ class Encoder(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+
+def default_device() -> str:
+    """'cuda' where a GPU is visible, else 'cpu'."""
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -10,8 +10,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 
-from ..config import ModelConfig
-from .decoder import DecoderConfig
+from ..config import DecoderConfig, ModelConfig
 
 _PRESETS: dict[str, Callable[[], ModelConfig]] = {}
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..config import ModelConfig, model_config_from_dict, to_dict
+from ..files import swap_in_folder, temp_path
 from .decoder import TagDecoder
 from .fusion import create_fusion, modality_dropout
 from .lexical import LexicalEncoder
@@ -164,6 +164,14 @@ class Tagger(nn.Module):
             preds.append(pred)
         return preds
 
+    def no_decay_parameters(self) -> set[str]:
+        """Names of the parameters weight decay would only hurt: biases and norms (vectors), and GPT-2's
+        position embeddings (looked up, not mixed)."""
+        names = {n for n, p in self.named_parameters() if p.ndim < 2}
+        if self.decoder is not None:
+            names |= {f"decoder.{n}" for n in self.decoder.no_decay_parameters()}
+        return names
+
     def tag_probabilities(self, batch: Batch) -> torch.Tensor:
         self.eval()
         with torch.no_grad():
@@ -173,7 +181,7 @@ class Tagger(nn.Module):
     def save(self, folder: str | Path) -> Path:
         """Write the model folder atomically (a temp folder renamed into place)."""
         folder = Path(folder)
-        tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+        tmp = temp_path(folder)
         tmp.mkdir(parents=True, exist_ok=True)
         meta = {"format": FORMAT, "model": to_dict(self.cfg), "categories": self.categories, "tags": self.tags,
                 "adversary_classes": self.adversary_classes}
@@ -182,15 +190,7 @@ class Tagger(nn.Module):
         save_file(_untie(state), str(tmp / "model.safetensors"))
         if self.tokenizer is not None:
             save_tokenizer(self.tokenizer, tmp)
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            folder.rename(old)
-            tmp.rename(folder)
-            import shutil
-
-            shutil.rmtree(old)
-        else:
-            tmp.rename(folder)
+        swap_in_folder(tmp, folder)
         return folder
 
     @classmethod
@@ -212,7 +212,7 @@ class Tagger(nn.Module):
         model = cls(cfg, meta["categories"], meta["tags"], tokenizer, meta.get("adversary_classes"))
         state = load_file(str(folder / "model.safetensors"), device=map_location)
         missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not _is_tied(model, k)]
+        missing = [k for k in missing if not _is_tied(k)]
         if missing or unexpected:
             raise IncompatibleModel(f"{folder}: weights do not match the config (missing {missing[:3]}, "
                                     f"unexpected {unexpected[:3]})")
@@ -224,7 +224,7 @@ def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if not k.endswith("gpt.lm_head.weight")}
 
 
-def _is_tied(model: nn.Module, key: str) -> bool:
+def _is_tied(key: str) -> bool:
     return key.endswith("gpt.lm_head.weight")
 
 

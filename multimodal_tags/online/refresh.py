@@ -9,14 +9,16 @@ where it stopped, and a second refresh in a row does nothing (it does not even l
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data.catalog import DiskIdIndex, ReadReport, image_root_for, iter_catalog
-from ..data.validate import Limits
-from .batch_tagger import BatchTagger
+from ..data.catalog import MAX_ISSUES_SHOWN, DiskIdIndex, ReadReport, image_root_for, iter_catalog
+from ..data.schema import Product
+from ..features.settings import RunSettings
+from ..inference.batch_tagger import BatchTagger
 from .store import TagStore
+from .tag_job import TagOptions, run_batches
 
 KINDS = ("new", "changed", "retagged", "unchanged")
 
@@ -37,49 +39,45 @@ class RefreshStats:
         return s + ("" if self.work else "  (nothing to do)")
 
 
-def refresh(model_dir: str | Path, catalog_path: str | Path, store_path: str | Path, batch_size: int = 256,
-            tag_source: str = "both", cache_dir: str | Path | None = None, image_root: str | Path | None = None,
-            limits: Limits | None = None, precision: str = "auto", allow_random_weights: bool = False,
-            log: Callable[[str], None] = print) -> RefreshStats:
+def refresh(model_dir: str | Path, catalog_path: str | Path, store_path: str | Path,
+            settings: RunSettings | None = None, options: TagOptions | None = None) -> RefreshStats:
+    """Re-tag what changed since the store was written (see the module docstring); returns the counts."""
+    settings, options = settings or RunSettings(), options or TagOptions()
     catalog_path = Path(catalog_path)
-    cache_dir = Path(cache_dir or catalog_path.resolve().parent / "features-cache")
-    tagger = BatchTagger(model_dir, cache_dir, tag_source, precision, allow_random_weights)
-    root = image_root_for(catalog_path, image_root)
+    tagger = BatchTagger(model_dir, settings.cache_for(catalog_path), settings, options.tag_source)
+    root = image_root_for(catalog_path, options.image_root)
     stats, t0 = RefreshStats(), time.perf_counter()
     report = ReadReport(str(catalog_path))
-    seen = DiskIdIndex()
-    with TagStore(store_path) as store:
-        store.db.execute("CREATE TEMP TABLE IF NOT EXISTS seen (id TEXT PRIMARY KEY)")
-        store.db.execute("DELETE FROM seen")
-        pending, changes = [], {}
-
-        def flush() -> None:
-            rows = tagger.tag(pending, root)
-            store.write(rows, changes)
-            pending.clear()
-            changes.clear()
-
-        try:
-            for product in iter_catalog(catalog_path, root, limits, report, seen=seen):
-                store.db.execute("INSERT OR IGNORE INTO seen VALUES (?)", (product.id,))
-                kind = store.change_kind(product.id, product.content_hash, tagger.model_id)
-                stats.counts[kind] += 1
-                if kind == "unchanged":
-                    continue
-                pending.append(product)
-                changes[product.id] = kind
-                if len(pending) == batch_size:
-                    flush()
-            if pending:
-                flush()
-        finally:
-            seen.close()
-        stats.counts["failed"] = report.rejected
-        if report.read == 0 or report.kept == 0:
-            log(f"warning: {catalog_path} has no valid products; nothing is marked removed")
-        else:
-            stats.counts["removed"] = store.mark_removed("seen")
-    for issue in report.issues[:20]:
-        log(f"  {issue}")
+    seen = DiskIdIndex()  # duplicate ids, on disk
+    try:
+        with TagStore(store_path) as store:
+            store.db.execute("CREATE TEMP TABLE IF NOT EXISTS seen (id TEXT PRIMARY KEY)")
+            store.db.execute("DELETE FROM seen")
+            kinds: dict[str, str] = {}  # product id -> change kind, for the products in flight
+            products = iter_catalog(catalog_path, root, options.limits, report, seen=seen)
+            run_batches(_needing_work(products, store, tagger.model_id, stats, kinds), options.batch_size,
+                        lambda batch: store.write(tagger.tag(batch, root), {p.id: kinds.pop(p.id) for p in batch}))
+            stats.counts["failed"] = report.rejected
+            if report.read == 0 or report.kept == 0:
+                settings.log(f"warning: {catalog_path} has no valid products; nothing is marked removed")
+            else:
+                stats.counts["removed"] = store.mark_removed("seen")
+    finally:
+        seen.close()
+    for issue in report.issues[:MAX_ISSUES_SHOWN]:
+        settings.log(f"  {issue}")
     stats.seconds = time.perf_counter() - t0
     return stats
+
+
+def _needing_work(products: Iterator[Product], store: TagStore, model_id: str, stats: RefreshStats,
+                  kinds: dict[str, str]) -> Iterator[Product]:
+    """The products that are not unchanged in the store (their kind recorded in `kinds`), each product
+    marked seen and counted."""
+    for product in products:
+        store.db.execute("INSERT OR IGNORE INTO seen VALUES (?)", (product.id,))
+        kind = store.change_kind(product.id, product.content_hash, model_id)
+        stats.counts[kind] += 1
+        if kind != "unchanged":
+            kinds[product.id] = kind
+            yield product

@@ -11,16 +11,34 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO, TextIO
 
 from tqdm import tqdm
 
 from ..data.catalog import DiskIdIndex, ReadReport, image_root_for, iter_catalog
+from ..data.schema import Product
 from ..data.validate import Limits
-from .batch_tagger import BatchTagger
+from ..features.settings import RunSettings
+from ..inference.batch_tagger import BatchTagger
+from ..inference.rows import DEFAULT_TAG_SOURCE
 from .store import TagStore
+
+TAG_BATCH_SIZE = 256  # products per forward pass and per output write (a rerun resumes at a whole batch)
+CALIBRATION_PRODUCTS = 5000  # labelled val products read to calibrate zero-shot tags: enough, bounded memory
+
+
+@dataclass
+class TagOptions:
+    """How `tag` and `refresh` read the catalog and choose tags."""
+
+    batch_size: int = TAG_BATCH_SIZE
+    tag_source: str = DEFAULT_TAG_SOURCE  # auto, decoder, head or both
+    image_root: str | Path | None = None  # None: the catalog's meta, else its folder
+    limits: Limits | None = None
+    extra_tags: list[str] = field(default_factory=list)  # scored zero-shot by CLIP similarity (tag only)
 
 
 @dataclass
@@ -62,74 +80,107 @@ def _resume_point(out: Path, batch_size: int) -> tuple[int, str | None]:
     return keep, (json.loads(last_kept)["id"] if keep else None)
 
 
+def _calibration_products(catalog_path: Path, root: Path, limits: Limits | None) -> list[Product]:
+    """The first CALIBRATION_PRODUCTS val products of the catalog."""
+    calibration = []
+    for p in iter_catalog(catalog_path, root, limits):
+        if p.split == "val":
+            calibration.append(p)
+            if len(calibration) >= CALIBRATION_PRODUCTS:
+                break
+    return calibration
+
+
+@dataclass
+class _BatchWriter:
+    """Tags a batch and writes it: one fsynced write to the output, then the store."""
+
+    tagger: BatchTagger
+    root: Path
+    out: BinaryIO
+    store: TagStore | None
+    stats: TagStats
+    bar: tqdm
+
+    def __call__(self, batch: list[Product]) -> None:
+        rows = self.tagger.tag(batch, self.root)
+        self.out.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8"))
+        self.out.flush()
+        os.fsync(self.out.fileno())
+        if self.store is not None:
+            self.store.write(rows, {r["id"]: self.store.change_kind(r["id"], r["content_hash"], r["model_id"])
+                                    for r in rows})
+        self.stats.tagged += len(rows)
+        self.bar.update(len(rows))
+
+
+def _products_after(products: Iterator[Product], report: ReadReport, rejects: TextIO, done: int,
+                    last_id: str | None, out: Path) -> Iterator[Product]:
+    """The valid products after the first `done` (checked against the output's last id), streaming
+    issues to the rejects file as they come; counts every valid product in report.kept."""
+    good = 0
+    for product in products:
+        good += 1
+        _write_issues(report, rejects)
+        if good < done:
+            continue
+        if good == done:
+            if product.id != last_id:
+                raise ValueError(f"{out} does not continue this catalog (line {done} is {last_id!r}, the "
+                                 f"catalog's product {done} is {product.id!r}); write to a new --out")
+            continue
+        yield product
+    _write_issues(report, rejects)
+    if done and report.read and good < done:
+        raise ValueError(f"{out} has {done} lines but the catalog has only {good} valid products")
+
+
+def _write_issues(report: ReadReport, rejects: TextIO) -> None:
+    for issue in report.issues:  # streamed out instead of kept
+        rejects.write(json.dumps(issue.to_dict(), ensure_ascii=False) + "\n")
+    report.issues.clear()
+
+
 def tag_catalog(model_dir: str | Path, catalog_path: str | Path, out_path: str | Path,
-                store_path: str | Path | None = None, rejects_path: str | Path | None = None,
-                batch_size: int = 256, tag_source: str = "both", cache_dir: str | Path | None = None,
-                image_root: str | Path | None = None, limits: Limits | None = None, precision: str = "auto",
-                allow_random_weights: bool = False, progress: bool = True, extra_tags: list[str] | None = None,
-                log: Callable[[str], None] = print) -> TagStats:
+                store_path: str | Path | None = None, settings: RunSettings | None = None,
+                options: TagOptions | None = None, rejects_path: str | Path | None = None) -> TagStats:
     """Tag every valid product of the catalog into `out_path` (JSONL), and into the store if given.
-    `extra_tags` are scored zero-shot by CLIP similarity, calibrated on the catalog's val products."""
+    `options.extra_tags` are scored zero-shot by CLIP similarity, calibrated on the catalog's val products."""
+    settings, options = settings or RunSettings(), options or TagOptions()
     catalog_path, out = Path(catalog_path), Path(out_path)
-    rejects = Path(rejects_path or f"{out}.rejects.jsonl")
-    cache_dir = Path(cache_dir or catalog_path.resolve().parent / "features-cache")
-    tagger = BatchTagger(model_dir, cache_dir, tag_source, precision, allow_random_weights)
-    root = image_root_for(catalog_path, image_root)
-    if extra_tags:
-        calibration = []
-        for p in iter_catalog(catalog_path, root, limits):
-            if p.split == "val":
-                calibration.append(p)
-                if len(calibration) >= 5000:  # enough to set a threshold; bounded memory
-                    break
-        tagger.enable_zero_shot(extra_tags, calibration, root, log)
+    tagger = BatchTagger(model_dir, settings.cache_for(catalog_path), settings, options.tag_source)
+    root = image_root_for(catalog_path, options.image_root)
+    if options.extra_tags:
+        tagger.enable_zero_shot(options.extra_tags, _calibration_products(catalog_path, root, options.limits), root,
+                                settings.log)
     stats, t0 = TagStats(), time.perf_counter()
-    done, last_id = _resume_point(out, batch_size)
+    done, last_id = _resume_point(out, options.batch_size)
     stats.resumed_after = done
-    report = ReadReport(str(catalog_path))
-    seen = DiskIdIndex()  # duplicate ids are caught without holding every id in memory
+    report, seen = ReadReport(str(catalog_path)), DiskIdIndex()  # duplicates caught on disk, not in memory
     store = TagStore(store_path) if store_path else None
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with open(out, "ab") as f_out, open(rejects, "w", encoding="utf-8") as f_rej, \
-                tqdm(desc="tag", unit="product", disable=not progress) as bar:
-            good, batch = 0, []
-
-            def flush_batch() -> None:
-                rows = tagger.tag(batch, root)
-                f_out.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8"))
-                f_out.flush()
-                os.fsync(f_out.fileno())
-                if store is not None:
-                    store.write(rows, {r["id"]: store.change_kind(r["id"], r["content_hash"], r["model_id"])
-                                       for r in rows})
-                stats.tagged += len(rows)
-                bar.update(len(rows))
-                batch.clear()
-
-            for product in iter_catalog(catalog_path, root, limits, report, seen=seen):
-                good += 1
-                for issue in report.issues:  # stream issues out instead of keeping them
-                    f_rej.write(json.dumps(issue.to_dict(), ensure_ascii=False) + "\n")
-                report.issues.clear()
-                if good <= done:
-                    if good == done and product.id != last_id:
-                        raise ValueError(f"{out} does not continue this catalog (line {done} is {last_id!r}, the "
-                                         f"catalog's product {done} is {product.id!r}); write to a new --out")
-                    continue
-                batch.append(product)
-                if len(batch) == batch_size:
-                    flush_batch()
-            for issue in report.issues:
-                f_rej.write(json.dumps(issue.to_dict(), ensure_ascii=False) + "\n")
-            if batch:
-                flush_batch()
+        with open(out, "ab") as f_out, open(rejects_path or f"{out}.rejects.jsonl", "w", encoding="utf-8") as f_rej, \
+                tqdm(desc="tag", unit="product", disable=not settings.progress) as bar:
+            write = _BatchWriter(tagger, root, f_out, store, stats, bar)
+            products = iter_catalog(catalog_path, root, options.limits, report, seen=seen)
+            run_batches(_products_after(products, report, f_rej, done, last_id, out), options.batch_size, write)
     finally:
         seen.close()
         if store is not None:
             store.close()
     stats.read, stats.rejected = report.read, report.rejected
     stats.seconds = time.perf_counter() - t0
-    if done and stats.read and good < done:
-        raise ValueError(f"{out} has {done} lines but the catalog has only {good} valid products")
     return stats
+
+
+def run_batches(products: Iterator[Product], batch_size: int, handle: Callable[[list[Product]], None]) -> None:
+    """Call `handle` on each whole batch of `batch_size` products, then on the rest."""
+    batch: list[Product] = []
+    for product in products:
+        batch.append(product)
+        if len(batch) == batch_size:
+            handle(batch)
+            batch = []
+    if batch:
+        handle(batch)

@@ -1,4 +1,4 @@
-"""From a catalog and the feature cache to tensors the tagger trains on."""
+"""Labelled training data: a FeatureSource's features plus each product's labels, as tensors."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -10,8 +10,11 @@ from torch.utils.data import Dataset
 
 from ..config import ModelConfig
 from ..data.schema import Product
-from ..models.lexical import product_lexical_matrix
+from ..features.source import FeatureSource
+from ..inference.thresholds import tag_matrix
 from ..models.tagger import build_tokenizer, decoder_targets, price_target
+
+LABEL_FIELDS = ("decoder_ids", "adversary", "price")
 
 
 @dataclass
@@ -33,26 +36,16 @@ def build_label_space(train: Sequence[Product], vocab: Sequence[str] | None, cfg
 
 
 class FeatureDataset(Dataset):
-    """Cached encoder vectors and labels of a list of products, as tensors."""
+    """The features of `source` and the labels of its products; with `views` ([n, V, dim] augmented
+    vectors per modality), each item draws the clean vector or one of its views."""
 
-    def __init__(self, products: Sequence[Product], feats: dict[str, np.ndarray], labels: LabelSpace,
-                 cfg: ModelConfig, views: dict[str, np.ndarray] | None = None):
-        n = len(products)
-        # augmented views [n, V, dim] per modality: __getitem__ draws the clean vector or one of them
+    def __init__(self, source: FeatureSource, labels: LabelSpace, cfg: ModelConfig,
+                 views: dict[str, np.ndarray] | None = None):
+        self.features, products = source, source.products
         self.views = {k: torch.from_numpy(v) for k, v in (views or {}).items()}
-        self.products = list(products)
-        self.text = torch.from_numpy(feats.get("text", np.zeros((n, cfg.text_dim), np.float32)))
-        self.image = torch.from_numpy(feats.get("image", np.zeros((n, cfg.image_dim), np.float32)))
-        self.has_text = torch.from_numpy(feats.get("has_text", np.zeros(n, bool)))
-        self.has_image = torch.from_numpy(feats.get("has_image", np.zeros(n, bool)))
         cat_index = {c: i for i, c in enumerate(labels.categories)}
         self.category = torch.tensor([cat_index.get(p.category, -1) for p in products], dtype=torch.long)
-        tag_index = {t: i for i, t in enumerate(labels.tags)}
-        self.tags = torch.zeros(n, len(labels.tags))
-        for i, p in enumerate(products):
-            for t in p.tags:
-                if t in tag_index:
-                    self.tags[i, tag_index[t]] = 1.0
+        self.tags = torch.from_numpy(tag_matrix(products, labels.tags))
         self.decoder_ids = (torch.from_numpy(decoder_targets(labels.tokenizer, [p.tags for p in products]))
                             if labels.tokenizer is not None else None)
         adv_index = {c: i for i, c in enumerate(labels.adversary_classes)}
@@ -60,35 +53,28 @@ class FeatureDataset(Dataset):
                           if labels.adversary_classes else None)
         self.price = (torch.tensor([price_target(p.extra.get(cfg.price_field)) for p in products], dtype=torch.float32)
                       if cfg.price_field else None)
-        self.lexical_ids = (torch.from_numpy(product_lexical_matrix(products, cfg.lexical_buckets))
-                            if cfg.lexical_buckets else None)
-        self.word_scores = None  # the train split's cross-fitted word scores (train/word_scores.py sets them)
+
+    @property
+    def products(self) -> list[Product]:
+        return self.features.products
+
+    @property
+    def lexical_ids(self) -> torch.Tensor | None:
+        return self.features.lexical_ids
 
     def __len__(self) -> int:
-        return len(self.products)
+        return len(self.features)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        text, image = self.text[i], self.image[i]
-        if "text" in self.views:
-            v = int(torch.randint(self.views["text"].shape[1] + 1, (1,)))
-            text = self.views["text"][i, v] if v < self.views["text"].shape[1] else text
-        if "image" in self.views:
-            v = int(torch.randint(self.views["image"].shape[1] + 1, (1,)))
-            image = self.views["image"][i, v] if v < self.views["image"].shape[1] else image
-        item = {"index": torch.tensor(i), "text": text, "image": image, "has_text": self.has_text[i],
-                "has_image": self.has_image[i], "category": self.category[i], "tags": self.tags[i]}
-        for name in ("decoder_ids", "adversary", "price", "lexical_ids", "word_scores"):
-            v = getattr(self, name)
-            if v is not None:
-                item[name] = v[i]
+        item = self.features[i]
+        for modality in ("text", "image"):
+            if modality in self.views:  # one draw per modality: a view, or (last) the clean vector
+                views = self.views[modality]
+                v = int(torch.randint(views.shape[1] + 1, (1,)))
+                item[modality] = views[i, v] if v < views.shape[1] else item[modality]
+        item["category"], item["tags"] = self.category[i], self.tags[i]
+        for name in LABEL_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                item[name] = value[i]
         return item
-
-
-def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
-
-
-def to_batch(d: dict[str, torch.Tensor]):
-    from ..models.tagger import Batch
-
-    return Batch(**{k: v for k, v in d.items() if k != "index"})

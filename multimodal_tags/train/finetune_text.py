@@ -8,7 +8,11 @@ On 2 CPU cores, MiniLM-L6 trains at about 95 texts/s in bf16 at 48 tokens; `max_
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import math
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +25,8 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
+from ..config import ModelConfig
+from ..data.catalog import Catalog
 from ..data.schema import Product
 from ..models.factory import create_text_encoder
 from .loop import mixed_precision
@@ -99,3 +105,40 @@ def finetune_text_encoder(spec: str, train: Sequence[Product], categories: list[
     log(f"  fine-tuned {spec} on {len(items)} products x {cfg.epochs} epoch(s) in "
         f"{time.perf_counter() - t0:.0f}s -> {out_dir}")
     return out_dir
+
+
+def finetune_key(spec: str, train: Sequence[Product], ft: FinetuneConfig) -> str:
+    """What a fine-tuned encoder depends on: the base encoder, its settings and the train texts and labels."""
+    h = hashlib.sha256(json.dumps([spec, dataclasses.asdict(ft)], sort_keys=True).encode())
+    for p in train:
+        h.update(f"{p.text_hash}|{p.category}|{'|'.join(sorted(p.tags))}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def finetuned_config(catalog: Catalog, cfg: ModelConfig, ft: FinetuneConfig, folder: Path,
+                     max_train: int | None, log: Callable[[str], None]) -> ModelConfig:
+    """Fine-tune the config's text encoder (unless `folder` already holds the result for the same
+    encoder, settings and train split) and point the config at it."""
+    train = [p for p in catalog.products if p.split == "train"][:max_train or None]
+    key = finetune_key(cfg.text_encoder, train, ft)
+    marker = folder / "finetune_key.txt"
+    if (folder / "config.json").exists() and marker.exists() and marker.read_text().strip() == key:
+        log(f"reusing the fine-tuned text encoder in {folder}")
+    else:
+        if (folder / "config.json").exists():
+            log(f"{folder} was fine-tuned on other texts or settings: fine-tuning again")
+        categories = sorted({p.category for p in train if p.category})
+        tags = catalog.meta.get("tag_vocab") or sorted({t for p in train for t in p.tags})
+        log(f"fine-tuning {cfg.text_encoder} on {len(train)} train products")
+        finetune_text_encoder(cfg.text_encoder, train, categories, tags, folder, ft, log)
+        marker.write_text(key + "\n", encoding="utf-8")
+    return dataclasses.replace(cfg, text_encoder=f"hf:{folder.resolve()}", text_max_length=ft.max_length)
+
+
+def bundle_text_encoder(encoder_dir: Path, model_dir: Path) -> None:
+    """Copy a fine-tuned encoder into the model folder and point the config at it (relative path)."""
+    shutil.copytree(encoder_dir, model_dir / "text_encoder", dirs_exist_ok=True)
+    cfg_path = model_dir / "config.json"
+    meta = json.loads(cfg_path.read_text(encoding="utf-8"))
+    meta["model"]["text_encoder"] = "hf:./text_encoder"
+    cfg_path.write_text(json.dumps(meta, indent=1, ensure_ascii=False), encoding="utf-8")

@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +24,15 @@ from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
 from ..config import TrainConfig
-from ..eval.metrics import prf
+from ..features.source import collate, to_batch
+from ..files import swap_in_folder, write_json_atomic
+from ..metrics import prf
 from ..models.encoder_base import resolve_precision
 from ..models.tagger import Tagger
-from .data import FeatureDataset, collate, to_batch
+from .data import FeatureDataset
 
 STATE = "trainer_state.json"
+EPOCH_SEED_STRIDE = 1000  # epoch seeds of different run seeds never meet (fewer than 1000 epochs)
 # accelerate warns on every checkpoint that GPT-2's tied lm_head was not saved twice: expected, not news.
 logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
 
@@ -49,21 +52,15 @@ def sparse_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
             if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and m.sparse and m.weight.requires_grad]
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Dense parameters; no weight decay on biases, norms and embeddings-as-vectors (decaying them only
-    hurts)."""
+def _param_groups(model: Tagger, weight_decay: float) -> list[dict]:
+    """Dense parameters, with weight decay except on those the model says it would hurt."""
     sparse = {id(p) for p in sparse_parameters(model)}
+    skip_decay = model.no_decay_parameters()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad and id(p) not in sparse:
-            (decay if p.ndim >= 2 and "wpe" not in name else no_decay).append(p)
+            (no_decay if name in skip_decay else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def _atomic_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 @torch.no_grad()
@@ -85,22 +82,28 @@ def validate(model, loader, accelerator: Accelerator) -> dict[str, float]:
     return {"val_category_accuracy": acc, "val_tags_micro_f1": f, "val_score": (acc + f) / 2, "val_products": len(c)}
 
 
-def fit(model: Tagger, train_data: FeatureDataset, val_data: FeatureDataset, cfg: TrainConfig,
-        run_dir: str | Path, resume: bool = False, log: Callable[[str], None] = print,
-        stop_after_epoch: int | None = None) -> dict:
-    """Train `model`; the best epoch's model is written to `run_dir/best_model/`, history to
-    `run_dir/history.json`. `stop_after_epoch` ends the process's work early (to test resume)."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = run_dir / "checkpoint"
-    # the model's buffers (IDF, thresholds, the word-score table: 307 MB on Myntra) never change in
+@dataclass
+class _Training:
+    """What `fit` prepares once: the accelerator, the loaders, optimizers and schedulers."""
+
+    accelerator: Accelerator
+    model: torch.nn.Module  # wrapped for the processes (DDP); `unwrapped` is the Tagger itself
+    unwrapped: Tagger
+    train_dl: DataLoader
+    val_dl: DataLoader
+    optimizers: list
+    schedulers: list
+
+
+def _prepare(model: Tagger, train_data: FeatureDataset, val_data: FeatureDataset, cfg: TrainConfig) -> _Training:
+    # the model's buffers (IDF, thresholds, the word-score table: hundreds of MB) never change in
     # training, so DDP need not re-broadcast them before every forward
     accelerator = Accelerator(mixed_precision=mixed_precision(cfg.mixed_precision),
                               gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available(),
                               kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
     set_seed(cfg.seed)
-    # (batches grouped by tag-sequence length made epochs 1.6x faster but validation tag F1 5.5 points
-    # lower after 3 epochs: a batch of products with the same number of tags is a batch of few categories)
+    # plain shuffled batches: batches grouped by tag-sequence length were faster but hold few
+    # categories each, and validation F1 fell (docs/experiments.md)
     train_dl = DataLoader(train_data, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate, drop_last=False)
     val_dl = DataLoader(val_data, batch_size=cfg.batch_size * 2, shuffle=False, collate_fn=collate)
     # AdamW for dense weights; SparseAdam (no weight decay, its own learning rate) for sparse embedding
@@ -113,59 +116,90 @@ def fit(model: Tagger, train_data: FeatureDataset, val_data: FeatureDataset, cfg
     schedulers = [get_scheduler(cfg.scheduler if cfg.scheduler != "constant" else "constant_with_warmup", o,
                                 num_warmup_steps=int(cfg.warmup_ratio * steps), num_training_steps=steps)
                   for o in optimizers]
-    model, train_dl, val_dl, *rest = accelerator.prepare(model, train_dl, val_dl, *optimizers, *schedulers)
-    optimizers, schedulers = rest[:len(optimizers)], rest[len(optimizers):]
+    wrapped, train_dl, val_dl, *rest = accelerator.prepare(model, train_dl, val_dl, *optimizers, *schedulers)
+    return _Training(accelerator, wrapped, accelerator.unwrap_model(wrapped), train_dl, val_dl,
+                     rest[:len(optimizers)], rest[len(optimizers):])
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's shuffling, dropout and augmentation: it depends on (seed, epoch) alone, so
+    a run resumed from a checkpoint replays exactly what the uninterrupted run did."""
+    return seed * EPOCH_SEED_STRIDE + epoch
+
+
+def _train_epoch(t: _Training, cfg: TrainConfig, epoch: int) -> dict[str, float]:
+    """One pass over the training data; returns the mean of each loss."""
+    set_seed(epoch_seed(cfg.seed, epoch))
+    if hasattr(t.train_dl, "set_epoch"):
+        t.train_dl.set_epoch(epoch)
+    t.model.train()
+    totals, n = {}, 0
+    for raw in t.train_dl:
+        with t.accelerator.accumulate(t.model):
+            b = to_batch(raw)
+            if cfg.feature_noise > 0:  # augmentation on cached vectors
+                b.text = b.text + cfg.feature_noise * b.text.std() * torch.randn_like(b.text)
+                b.image = b.image + cfg.feature_noise * b.image.std() * torch.randn_like(b.image)
+            out = t.model(b, drop_modalities=True)
+            losses = t.unwrapped.losses(b, out, cfg)
+            t.accelerator.backward(losses["total"])
+            for opt, sched in zip(t.optimizers, t.schedulers):
+                opt.step()
+                sched.step()
+                opt.zero_grad()
+        for k, v in losses.items():
+            totals[k] = totals.get(k, 0.0) + float(v.detach())
+        n += 1
+    return {k: v / max(n, 1) for k, v in totals.items()}
+
+
+def _end_epoch(t: _Training, cfg: TrainConfig, state: dict, row: dict, run_dir: Path, log) -> None:
+    """Record the epoch, keep the model if it is the best so far, log, and checkpoint."""
+    state["history"].append(row)
+    improved = row[cfg.monitor] > state["best_score"]
+    if improved:
+        state.update(best_score=row[cfg.monitor], best_epoch=row["epoch"], bad_epochs=0)
+        if t.accelerator.is_main_process:
+            t.unwrapped.save(run_dir / "best_model")
+    else:
+        state["bad_epochs"] += 1
+    state["epoch"] = row["epoch"]
+    log(f"epoch {row['epoch']:3d}  loss {row.get('train_total_loss', 0):.4f}  val acc "
+        f"{row['val_category_accuracy']:.4f}  tag F1 {row['val_tags_micro_f1']:.4f}  {'*' if improved else ' '}  "
+        f"{row['seconds']:.1f}s")
+    if (row["epoch"] + 1) % cfg.checkpoint_every == 0 or row["epoch"] == cfg.epochs - 1:
+        _checkpoint(t.accelerator, run_dir / "checkpoint", state)
+
+
+def fit(model: Tagger, train_data: FeatureDataset, val_data: FeatureDataset, cfg: TrainConfig,
+        run_dir: str | Path, resume: bool = False, log: Callable[[str], None] = print,
+        stop_after_epoch: int | None = None) -> dict:
+    """Train `model`; the best epoch's model is written to `run_dir/best_model/`, history to
+    `run_dir/history.json`. `stop_after_epoch` ends the process's work early (to test resume)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = run_dir / "checkpoint"
+    t = _prepare(model, train_data, val_data, cfg)
     state = {"epoch": -1, "best_score": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": []}
     if resume and (ckpt / STATE).exists():
-        accelerator.load_state(str(ckpt))
+        t.accelerator.load_state(str(ckpt))
         state = json.loads((ckpt / STATE).read_text())
         log(f"resumed from {ckpt} after epoch {state['epoch']}")
-    unwrapped = accelerator.unwrap_model(model)
     for epoch in range(state["epoch"] + 1, cfg.epochs):
         if state["bad_epochs"] >= cfg.patience:
             break
-        set_seed(cfg.seed * 1000 + epoch)  # the epoch's shuffling, dropout and augmentation depend on it alone
-        if hasattr(train_dl, "set_epoch"):
-            train_dl.set_epoch(epoch)
-        model.train()
-        t0, totals, n = time.perf_counter(), {}, 0
-        for raw in train_dl:
-            with accelerator.accumulate(model):
-                b = to_batch(raw)
-                if cfg.feature_noise > 0:  # augmentation on cached vectors
-                    b.text = b.text + cfg.feature_noise * b.text.std() * torch.randn_like(b.text)
-                    b.image = b.image + cfg.feature_noise * b.image.std() * torch.randn_like(b.image)
-                out = model(b, drop_modalities=True)
-                losses = unwrapped.losses(b, out, cfg)
-                accelerator.backward(losses["total"])
-                for opt, sched in zip(optimizers, schedulers):
-                    opt.step()
-                    sched.step()
-                    opt.zero_grad()
-            for k, v in losses.items():
-                totals[k] = totals.get(k, 0.0) + float(v.detach())
-            n += 1
-        metrics = validate(model, val_dl, accelerator)
-        row = {"epoch": epoch, "seconds": round(time.perf_counter() - t0, 2), "lr": schedulers[0].get_last_lr()[0],
-               **{f"train_{k}_loss": round(v / max(n, 1), 5) for k, v in totals.items()}, **metrics}
-        state["history"].append(row)
-        improved = metrics[cfg.monitor] > state["best_score"]
-        if improved:
-            state.update(best_score=metrics[cfg.monitor], best_epoch=epoch, bad_epochs=0)
-            if accelerator.is_main_process:
-                unwrapped.save(run_dir / "best_model")
-        else:
-            state["bad_epochs"] += 1
-        state["epoch"] = epoch
-        log(f"epoch {epoch:3d}  loss {row.get('train_total_loss', 0):.4f}  val acc {metrics['val_category_accuracy']:.4f}"
-            f"  tag F1 {metrics['val_tags_micro_f1']:.4f}  {'*' if improved else ' '}  {row['seconds']:.1f}s")
-        if (epoch + 1) % cfg.checkpoint_every == 0 or epoch == cfg.epochs - 1:
-            _checkpoint(accelerator, ckpt, state)
+        t0 = time.perf_counter()
+        losses = _train_epoch(t, cfg, epoch)
+        metrics = validate(t.model, t.val_dl, t.accelerator)
+        row = {"epoch": epoch, "seconds": round(time.perf_counter() - t0, 2),
+               "lr": t.schedulers[0].get_last_lr()[0],
+               **{f"train_{k}_loss": round(v, 5) for k, v in losses.items()}, **metrics}
+        _end_epoch(t, cfg, state, row, run_dir, log)
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             return state
-    if accelerator.is_main_process:
-        _atomic_json(run_dir / "history.json", state)
-    accelerator.wait_for_everyone()
+    if t.accelerator.is_main_process:
+        write_json_atomic(run_dir / "history.json", state)
+    t.accelerator.wait_for_everyone()
     return state
 
 
@@ -177,11 +211,6 @@ def _checkpoint(accelerator: Accelerator, ckpt: Path, state: dict) -> None:
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
     if accelerator.is_main_process:
-        _atomic_json(tmp / STATE, state)
-        old = ckpt.with_name(ckpt.name + ".old")
-        if ckpt.exists():
-            ckpt.rename(old)
-        tmp.rename(ckpt)
-        if old.exists():
-            shutil.rmtree(old)
+        write_json_atomic(tmp / STATE, state)
+        swap_in_folder(tmp, ckpt)
     accelerator.wait_for_everyone()

@@ -1,9 +1,9 @@
 """Fit the word-score SVMs of a model (models/word_scores.py) for its train split, with a disk cache.
 
-Cross-fitting is 6 rounds of 445 linear SVMs on Myntra, 586 with the categories (about 7 and 10
-minutes on 2 cores at C=2); its result depends only on the train split's words and labels and the SVM
-settings, so it is cached in the feature cache folder under a hash of exactly those, and a rerun (or a
-second model on the same split, such as the benchmark's fine-tuned run) reuses it.
+Cross-fitting is (folds + 1) rounds of one linear SVM per tag and category, minutes on a large
+catalog; its result depends only on the train split's words and labels and the SVM settings, so it
+is cached in the feature cache folder under a hash of exactly those, and a rerun (or a second model
+on the same split, such as the benchmark's fine-tuned run) reuses it.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from ..config import TrainConfig
+from ..files import temp_path
 from ..models.tagger import Tagger
 from ..models.word_scores import cross_fitted_scores
 from .data import FeatureDataset
@@ -54,7 +55,7 @@ def fit_or_load_word_scores(train: FeatureDataset, buckets: int, tcfg: TrainConf
             n_jobs=max(1, torch.get_num_threads()))
         fitted = {"scores": scores, "weights": weights, "intercepts": intercepts}
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp = temp_path(path)
         save_file(fitted, str(tmp))
         os.replace(tmp, path)  # atomic: a concurrent reader sees the whole file or none
         log(f"word scores: {y.shape[1]} SVMs x {tcfg.word_score_folds + 1} fits on {len(y)} products "
@@ -70,4 +71,4 @@ def prepare_word_scores(model: Tagger, train: FeatureDataset, tcfg: TrainConfig,
     n_categories = len(model.categories) if model.cfg.word_score_categories else 0
     fitted = fit_or_load_word_scores(train, model.cfg.lexical_buckets, tcfg, cache_dir, log, n_categories)
     model.word_scores.load_fitted(fitted["weights"], fitted["intercepts"])
-    train.word_scores = torch.from_numpy(fitted["scores"])
+    train.features.word_scores = torch.from_numpy(fitted["scores"])

@@ -16,12 +16,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .data.feature_cache import FeatureCache
-from .data.images import ImageError, load_image
-from .augment import augment_image, augment_text, view_seed
-from .data.schema import Product
-from .models.image_encoders import ImageEncoder
-from .models.text_encoders import HFTextEncoder
+from ..data.augment import augment_image, augment_text, view_seed
+from ..data.feature_cache import FeatureCache
+from ..data.images import ImageError, load_image
+from ..data.schema import Product
+from ..models.image_encoders import ImageEncoder
+from ..models.text_encoders import HFTextEncoder
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The run report: metrics tables and plots (training curves, per-key F1, most confused categories)."""
+"""The training run's report: metrics tables and plots (training curves, per-key F1, most confused categories)."""
 from __future__ import annotations
 
 import json
@@ -78,14 +78,16 @@ def plot_confusion(gold: list[str], pred: list[str], path: Path, top: int = 12) 
     plt.close(fig)
 
 
-def write_report(run_dir: Path, metrics: dict, state: dict, model, val_data) -> Path:
+def write_report(run_dir: Path, metrics: dict, state: dict, val_products) -> Path:
+    """report.md in the run folder: the metrics table, training curves, F1 per key and the most confused
+    categories on val (read from val_predictions.jsonl, in the order of `val_products`)."""
     run_dir = Path(run_dir)
     plot_history(state["history"], run_dir / "curves.png")
     split = "test" if "test" in metrics else "val"
     source = "decoder" if "decoder" in metrics[split] else "head"
     plot_key_f1(metrics[split][source]["f1_by_key"], run_dir / "f1_by_key.png")
     rows = [json.loads(l) for l in open(run_dir / "val_predictions.jsonl", encoding="utf-8")]
-    gold, pred = [p.category for p in val_data.products], [r["category"] for r in rows]
+    gold, pred = [p.category for p in val_products], [r["category"] for r in rows]
     conf = confusions(gold, pred)
     plot_confusion(gold, pred, run_dir / "confusion.png")
     lines = [f"# Run {run_dir.name}", "", f"Best epoch {state['best_epoch']} of {len(state['history'])} run "

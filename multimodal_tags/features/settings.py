@@ -1,0 +1,36 @@
+"""What every job that reads features is told: where the cache is, at which precision to encode,
+whether random weights are acceptable, and where to log."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import ModelConfig
+from .encoders import EncoderSet
+
+CACHE_FOLDER = "features-cache"
+
+
+def default_cache_dir(catalog_path: str | Path) -> Path:
+    """The feature cache a catalog uses when none is named: `features-cache/` beside it."""
+    return Path(catalog_path).resolve().parent / CACHE_FOLDER
+
+
+@dataclass
+class RunSettings:
+    """The knobs shared by train, evaluate, tag, refresh and the demo."""
+
+    cache_dir: str | Path | None = None  # None: features-cache beside the catalog
+    precision: str = "auto"  # encoders' inference precision: auto, fp32, bf16, fp16 (part of the cache key)
+    allow_random_weights: bool = False  # accept tiny-*/@random encoders (tests, from-scratch work)
+    progress: bool = True  # progress bars
+    log: Callable[[str], None] = field(default=print, repr=False)
+
+    def cache_for(self, catalog_path: str | Path) -> Path:
+        """The cache folder to use for this catalog."""
+        return Path(self.cache_dir) if self.cache_dir else default_cache_dir(catalog_path)
+
+    def encoders_for(self, cfg: ModelConfig) -> EncoderSet:
+        """The encoders of a model config, with these settings' precision and weights check."""
+        return EncoderSet.for_model(cfg, self.precision, self.allow_random_weights)

@@ -1,0 +1,31 @@
+"""Writing files and folders so that a reader (or a rerun after a kill) sees the old version or the
+new one, never half of one."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+
+def temp_path(path: Path) -> Path:
+    """A sibling of `path` to build the new version in (hidden, unique to this process)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def swap_in_folder(tmp: Path, folder: Path) -> Path:
+    """Move the finished folder `tmp` to `folder`, replacing what was there."""
+    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    if old.exists():
+        shutil.rmtree(old)
+    return folder
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON to a temp file, then rename it over `path`."""
+    tmp = temp_path(path)
+    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
