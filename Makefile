@@ -17,6 +17,7 @@ demo: $(STAMP)
 	$(BIN)/mmtags demo --out runs/demo
 
 test: $(STAMP)
+	$(BIN)/lint-imports --no-cache  # the layers contract in pyproject.toml
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 clean:

@@ -56,7 +56,7 @@ def _bad_utf8(value: str) -> int | None:
     return None
 
 
-def _as_text(value: Any, name: str) -> str:
+def _as_text(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -87,9 +87,35 @@ def parse_tags(value: Any) -> list[str]:
         raise ValueError(f"expected a list of tags, got {type(value).__name__}")
     out = []
     for t in value:
-        t = _as_text(t, "tag")
+        t = _as_text(t)
         if t and t not in out:
             out.append(t)
+    return out
+
+
+def _extra_fields(raw: dict[str, Any]) -> dict[str, Any]:
+    """The row's `extra` (a dict, or JSON text of one) plus every unknown column: kept, not dropped."""
+    extra = raw.get("extra") or {}
+    if isinstance(extra, str):
+        try:
+            extra = json.loads(extra)
+        except json.JSONDecodeError:
+            extra = {"extra": extra}
+    if not isinstance(extra, dict):
+        extra = {"extra": extra}
+    for k, v in raw.items():
+        if k not in PRODUCT_FIELDS and k not in ("image_hash", "content_hash") and v not in (None, ""):
+            extra.setdefault(k, v)
+    return extra
+
+
+def _length_issues(title: str, description: str, limits: Limits) -> list[tuple[str, str]]:
+    out = []
+    if len(title) > limits.max_title_chars:
+        out.append(("title", f"{len(title):,} characters, over the limit of {limits.max_title_chars:,}"))
+    if len(description) > limits.max_description_chars:
+        out.append(("description", f"{len(description):,} characters, over the limit of "
+                                   f"{limits.max_description_chars:,} (raise Limits.max_description_chars to accept)"))
     return out
 
 
@@ -103,7 +129,7 @@ def validate_row(raw: dict[str, Any], file: str, row: int, image_root: Path | No
 
     def text_field(name: str) -> str:
         try:
-            return _as_text(raw.get(name), name)
+            return _as_text(raw.get(name))
         except ValueError as e:
             err(name, str(e))
             return ""
@@ -111,17 +137,11 @@ def validate_row(raw: dict[str, Any], file: str, row: int, image_root: Path | No
     pid = text_field("id")
     if not pid and not any(i.field == "id" for i in issues):
         err("id", "missing or empty")
-    title = text_field("title")
-    description = text_field("description")
-    category = text_field("category") or None
-    language = text_field("language")
-    split = text_field("split").lower() or None
-    image = text_field("image") or None
-    if len(title) > limits.max_title_chars:
-        err("title", f"{len(title):,} characters, over the limit of {limits.max_title_chars:,}")
-    if len(description) > limits.max_description_chars:
-        err("description", f"{len(description):,} characters, over the limit of "
-                           f"{limits.max_description_chars:,} (raise Limits.max_description_chars to accept)")
+    title, description = text_field("title"), text_field("description")
+    category, language = text_field("category") or None, text_field("language")
+    split, image = text_field("split").lower() or None, text_field("image") or None
+    for name, reason in _length_issues(title, description, limits):
+        err(name, reason)
     if split is not None and split not in SPLITS:
         err("split", f"{split!r} is not one of {', '.join(SPLITS)}")
     try:
@@ -131,33 +151,29 @@ def validate_row(raw: dict[str, Any], file: str, row: int, image_root: Path | No
     except ValueError as e:
         err("tags", str(e))
         tags = []
-    extra = raw.get("extra") or {}
-    if isinstance(extra, str):
-        try:
-            extra = json.loads(extra)
-        except json.JSONDecodeError:
-            extra = {"extra": extra}
-    if not isinstance(extra, dict):
-        extra = {"extra": extra}
-    for k, v in raw.items():  # unknown columns are kept, not dropped
-        if k not in PRODUCT_FIELDS and k not in ("image_hash", "content_hash") and v not in (None, ""):
-            extra.setdefault(k, v)
+    extra = _extra_fields(raw)
     if not (title or description or image) and not issues:
         err("title", "product has no title, no description and no image")
     if issues:
         return None, issues
-
-    image_hash = None
-    if image is not None and image_root is not None and limits.check_images:
-        try:
-            image_hash = check_image(image, image_root)
-        except ImageError as e:
-            if limits.strict_images or not (title or description):
-                why = "" if limits.strict_images else "; the product has no text either"
-                return None, [Issue(file, row, "image", f"{e}{why}")]
-            issues.append(Issue(file, row, "image", f"{e}; photo dropped, product kept text-only", "warning"))
-            extra["image_ref"], extra["image_error"] = image, str(e)
-            image = None
     product = Product(id=pid, title=title, description=description, image=image, category=category,
-                      tags=tags, language=language, split=split, extra=extra, image_hash=image_hash)
-    return product, issues
+                      tags=tags, language=language, split=split, extra=extra)
+    return _check_photo(product, file, row, image_root, limits)
+
+
+def _check_photo(product: Product, file: str, row: int, image_root: Path | None,
+                 limits: Limits) -> tuple[Product | None, list[Issue]]:
+    """Open the product's photo (when asked to): set its hash, or keep the product text-only with a
+    warning (reject it when strict, or when it has no text either)."""
+    if product.image is None or image_root is None or not limits.check_images:
+        return product, []
+    try:
+        product.image_hash = check_image(product.image, image_root)
+        return product, []
+    except ImageError as e:
+        if limits.strict_images or not (product.title or product.description):
+            why = "" if limits.strict_images else "; the product has no text either"
+            return None, [Issue(file, row, "image", f"{e}{why}")]
+        product.extra["image_ref"], product.extra["image_error"] = product.image, str(e)
+        product.image = None
+        return product, [Issue(file, row, "image", f"{e}; photo dropped, product kept text-only", "warning")]

@@ -63,7 +63,7 @@ class TimmImageEncoder(ImageEncoder):
         super().__init__()
         self.spec, self.model, self.transform = spec, model.to(memory_format=torch.channels_last), transform
         self.random_weights = random_weights
-        self.dim = int(model.num_features)  # channels_last above: ~2x faster CNN inference on CPU (oneDNN)
+        self.dim = int(model.num_features)  # channels_last above: oneDNN's fast CNN layout on CPU
 
     def forward(self, pixels: torch.Tensor, return_tokens: bool = False) -> EncoderOutput:
         fmap = self.model.forward_features(pixels)

@@ -30,18 +30,13 @@ def tiny() -> ModelConfig:
 
 @register_preset
 def offline() -> ModelConfig:
-    # A 3-layer, 192-wide GPT-2: 4.6x cheaper per step than 4x256 on 2 CPU cores (with bf16), and
-    # the closed tag vocabulary (~450 tokens) needs no more. Light dropout: on Myntra, 0.3 in fusion and
-    # heads with 0.2 in GPT-2 lost 1.6 points of test tag F1 against 0.1/0.1, and 0.05/0 gained 0.3.
-    # The exact words reach the model through word scores (cross-fitted TF-IDF SVMs over 2^17 hashed
-    # words and bigrams, models/word_scores.py), one per tag and one per category: they join the text
-    # features, x4 (with a learned per-tag correction) are added to the decoder's tag logits and x2 to
-    # the category logits. No trained word table (lexical_dim=0): it memorises the training texts, and
-    # the decoder learnt to trust it over the honest, cross-fitted scores. Myntra val / test tag F1 and
-    # test accuracy (frozen, 8 epochs, text with materials_care and style_note): category scores x0
-    # 0.8953 / 0.9000 / 0.9730; x2 0.8947 / 0.8988 / 0.9767; + per-tag correction 0.8952 / 0.9004 /
-    # 0.9772; tag scores x4 instead of x6 0.8957 / 0.9014 / 0.9765; x8 0.8915 / 0.8967 / 0.9772.
-    # (Before, with the table and tag scores only, old text: 0.8844 / 0.8916 / 0.9707.)
+    # A small GPT-2 (3 layers, 192 wide): the closed tag vocabulary (~450 tokens) needs no more, and
+    # it is cheap per step on a CPU. Light dropout. The exact words reach the model through word scores
+    # (cross-fitted TF-IDF SVMs over 2^17 hashed words and bigrams, models/word_scores.py), one per tag
+    # and one per category: they join the text features, x4 (with a learned per-tag correction) are
+    # added to the decoder's tag logits and x2 to the category logits. No trained word table
+    # (lexical_dim=0): it memorises the training texts, and the decoder learnt to trust it over the
+    # honest, cross-fitted scores. Each choice was measured on Myntra val: docs/experiments.md.
     return ModelConfig(lexical_buckets=1 << 17, lexical_dim=0, dropout=0.05, word_scores=True, word_score_bias=4.0,
                        word_score_per_tag=True, word_score_categories=True, category_score_bias=2.0,
                        decoder=DecoderConfig(n_layer=3, n_embd=192, n_head=4, dropout=0.0))

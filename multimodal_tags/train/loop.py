@@ -38,8 +38,8 @@ logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
 
 
 def mixed_precision(setting: str) -> str:
-    """accelerate's mixed-precision mode; 'auto' is bf16 where the device runs it natively (about 2.5x
-    faster training steps on this 2-core AVX512-BF16 CPU), fp16 on older GPUs, else no."""
+    """accelerate's mixed-precision mode; 'auto' is bf16 where the device runs it natively (CUDA with
+    bf16, CPUs with AVX512-BF16 or AMX), fp16 on older GPUs, else no."""
     if setting != "auto":
         return setting
     device = "cuda" if torch.cuda.is_available() else "cpu"
