@@ -17,7 +17,7 @@ from pathlib import Path
 
 from multimodal_tags.config import TrainConfig
 from multimodal_tags.data.catalog import read_catalog, write_catalog
-from multimodal_tags.features import RunSettings
+from multimodal_tags.features import RunSettings, default_cache_dir
 from multimodal_tags.models.presets import get_preset
 from multimodal_tags.train.job import train_tagger
 
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(a.out)
     catalog = read_catalog(a.catalog)
     pool = [p for p in catalog.products if p.split in ("train", "val")]
-    cache = a.cache or str(Path(a.catalog).resolve().parent / "features-cache")
+    cache = a.cache or default_cache_dir(a.catalog)
     meta = dict(catalog.meta, image_root=str(catalog.image_root))
     per_fold = []
     for f in range(a.folds):

@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from multimodal_tags.features import default_cache_dir
+
 
 def _make(src: Path, n: int, out: Path) -> Path:
     rows = []
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     src = Path(a.catalog)
-    cache = a.cache or str(src.resolve().parent / "features-cache")
+    cache = a.cache or str(default_cache_dir(src))
     results = {}
     for n in (a.n, a.n * a.factor):
         catalog = _make(src, n, out / f"catalog-{n}.jsonl")

@@ -68,6 +68,28 @@ def test_tag_writes_every_product_once_with_provenance(trained, tmp_path, capsys
         assert store.get(p["id"])["model_id"] == p["model_id"]
 
 
+@pytest.mark.parametrize("source", ["auto", "both"])
+def test_tag_rows_are_the_inference_path_rows(trained, tmp_path, source):
+    """`mmtags tag` (streaming, batch by batch) writes exactly the rows that the inference path gives for
+    the whole catalog at once: one path from features to rows, whatever the job."""
+    from multimodal_tags.data.catalog import read_catalog
+    from multimodal_tags.features import encode_catalog
+    from multimodal_tags.inference import model_id, predict_source, prediction_rows, resolve_tag_source
+    from multimodal_tags.models.tagger import Tagger
+
+    catalog, _ = _catalog_copy(trained, tmp_path)
+    out = tmp_path / "pred.jsonl"
+    assert _tag(trained, catalog, out, "--tag-source", source) == 0
+    model_dir = trained / "run" / "model"
+    model, products = Tagger.load(model_dir), read_catalog(catalog)
+    settings = RunSettings(cache_dir=tmp_path / "cache", allow_random_weights=True, log=lambda s: None)
+    features = encode_catalog(products, model.cfg, tmp_path / "cache", settings)
+    chosen = resolve_tag_source(source, model.decoder is not None)
+    preds = predict_source(model, features, batch_size=int(TINY[-1]), generate=chosen != "head")
+    expected = prediction_rows(features.products, preds, chosen, model_id(model_dir))
+    assert out.read_text(encoding="utf-8") == "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in expected)
+
+
 def _run_killed(args, out: Path, min_lines: int) -> int:
     """Start `mmtags` in a subprocess, SIGKILL it once `out` has at least min_lines lines."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

@@ -28,6 +28,7 @@ class LabelSpace:
 
 
 def build_label_space(train: Sequence[Product], vocab: Sequence[str] | None, cfg: ModelConfig) -> LabelSpace:
+    """The label space of the train products (`vocab`, when given, fixes the tags and their order)."""
     categories = sorted({p.category for p in train if p.category})
     tags = list(vocab) if vocab is not None else sorted({t for p in train for t in p.tags})
     adversary = sorted({str(p.extra.get(cfg.adversary_field)) for p in train

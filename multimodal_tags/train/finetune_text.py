@@ -28,6 +28,7 @@ from transformers import get_scheduler
 from ..config import ModelConfig
 from ..data.catalog import Catalog
 from ..data.schema import Product
+from ..models.encoder_base import default_device
 from ..models.factory import create_text_encoder
 from .loop import mixed_precision
 
@@ -74,7 +75,7 @@ def finetune_text_encoder(spec: str, train: Sequence[Product], categories: list[
 
     heads = torch.nn.ModuleDict({"category": torch.nn.Linear(encoder.dim, len(categories)),
                                  "tags": torch.nn.Linear(encoder.dim, len(tags))})
-    accelerator = Accelerator(mixed_precision=mixed_precision(cfg.mixed_precision), cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision=mixed_precision(cfg.mixed_precision), cpu=default_device() == "cpu")
     loader = DataLoader(items, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate)
     optimizer = torch.optim.AdamW([{"params": [p for p in encoder.parameters() if p.requires_grad], "lr": cfg.lr},
                                    {"params": heads.parameters(), "lr": cfg.head_lr}], weight_decay=0.01)

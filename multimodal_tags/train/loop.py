@@ -27,7 +27,7 @@ from ..config import TrainConfig
 from ..features.source import collate, to_batch
 from ..files import swap_in_folder, write_json_atomic
 from ..metrics import prf
-from ..models.encoder_base import resolve_precision
+from ..models.encoder_base import default_device, resolve_precision
 from ..models.tagger import Tagger
 from .data import FeatureDataset
 
@@ -42,8 +42,8 @@ def mixed_precision(setting: str) -> str:
     bf16, CPUs with AVX512-BF16 or AMX), fp16 on older GPUs, else no."""
     if setting != "auto":
         return setting
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return {"fp32": "no"}.get(resolve_precision("auto", device), resolve_precision("auto", device))
+    precision = resolve_precision("auto", default_device())
+    return {"fp32": "no"}.get(precision, precision)
 
 
 def sparse_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -99,7 +99,7 @@ def _prepare(model: Tagger, train_data: FeatureDataset, val_data: FeatureDataset
     # the model's buffers (IDF, thresholds, the word-score table: hundreds of MB) never change in
     # training, so DDP need not re-broadcast them before every forward
     accelerator = Accelerator(mixed_precision=mixed_precision(cfg.mixed_precision),
-                              gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available(),
+                              gradient_accumulation_steps=cfg.grad_accum, cpu=default_device() == "cpu",
                               kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
     set_seed(cfg.seed)
     # plain shuffled batches: batches grouped by tag-sequence length were faster but hold few
