@@ -6,9 +6,10 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: setup demo test clean
 
+# A venv left half-made by an interrupted set-up (python but no working pip) is made again.
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -q -e ".[offline,test]"
+	$(BIN)/python -m pip --version >/dev/null 2>&1 || (rm -rf $(VENV) && $(PYTHON) -m venv $(VENV))
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e ".[offline,test]"
 	touch $(STAMP)
 
 setup: $(STAMP)

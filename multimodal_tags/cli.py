@@ -19,6 +19,12 @@ def _print_issues(report, rejects_hint: str = "") -> None:
         print(f"  ... {len(report.issues) - MAX_ISSUES_SHOWN} more issues{rejects_hint}", file=sys.stderr)
 
 
+def _no_products(source: str) -> int:
+    """Every command treats a catalog with no valid product as a failure, and says so."""
+    print(f"error: no valid products in {source} (the issues above, and the rejects file, say why)", file=sys.stderr)
+    return EXIT_FAILED
+
+
 def cmd_import(a: argparse.Namespace) -> int:
     from .data.importers import get_importer, run_import
     from .data.validate import Limits
@@ -31,9 +37,11 @@ def cmd_import(a: argparse.Namespace) -> int:
     result = run_import(source, a.out, Limits(check_images=not a.no_image_check, strict_images=a.strict_images))
     print(result.report.summary())
     _print_issues(result.report, f" (all in {a.out}.rejects.jsonl)")
+    if not result.products:
+        return _no_products(a.data)
     print(f"wrote {a.out} ({len(result.products)} products, {len(result.vocab)} tags in the vocabulary, "
           f"min count {source.min_tag_count}) in {time.perf_counter() - t0:.1f}s")
-    return 0 if result.products else EXIT_FAILED
+    return 0
 
 
 def cmd_validate(a: argparse.Namespace) -> int:
@@ -49,7 +57,7 @@ def cmd_validate(a: argparse.Namespace) -> int:
     _print_issues(catalog.report, f" (all in {rejects})")
     if catalog.report.issues:
         print(f"issues written to {rejects}")
-    return 0 if catalog.products else EXIT_FAILED
+    return 0 if catalog.products else _no_products(a.catalog)
 
 
 def cmd_features(a: argparse.Namespace) -> int:
@@ -63,8 +71,7 @@ def cmd_features(a: argparse.Namespace) -> int:
     print(catalog.report.summary())
     _print_issues(catalog.report, " (run `mmtags validate` to write them all)")
     if not catalog.products:
-        print("error: no valid products to encode", file=sys.stderr)
-        return EXIT_FAILED
+        return _no_products(a.catalog)
     cache_dir = Path(a.cache) if a.cache else default_cache_dir(a.catalog)
     encoders = EncoderSet(a.text_encoder, a.image_encoder, a.max_length, a.precision, a.allow_random_weights,
                           device=a.device if a.device != "auto" else default_device())
@@ -180,8 +187,10 @@ def cmd_tag(a: argparse.Namespace) -> int:
     options = TagOptions(batch_size=a.batch_size, tag_source=a.tag_source, extra_tags=extra)
     stats = tag_catalog(a.model, a.catalog, a.out, a.store, _settings(a), options, rejects_path=a.rejects)
     print(stats.summary())
+    if not stats.kept:
+        return _no_products(a.catalog)
     print(f"predictions: {a.out}" + (f"; store: {a.store}" if a.store else ""))
-    return 0 if stats.tagged or stats.resumed_after or not stats.rejected else EXIT_FAILED
+    return 0
 
 
 def cmd_refresh(a: argparse.Namespace) -> int:
@@ -190,13 +199,13 @@ def cmd_refresh(a: argparse.Namespace) -> int:
 
     stats = refresh(a.model, a.catalog, a.store, _settings(a), TagOptions(a.batch_size, a.tag_source))
     print(stats.summary() + f" in {stats.seconds:.1f}s")
-    return 0
+    return 0 if stats.kept else _no_products(a.catalog)
 
 
 def cmd_gallery(a: argparse.Namespace) -> int:
     from .eval.gallery import write_gallery
 
-    n = write_gallery(a.predictions, a.catalog, a.out, limit=a.limit)
+    n = write_gallery(a.predictions, a.catalog, a.out, limit=a.limit, log=lambda s: print(s, file=sys.stderr))
     print(f"wrote {a.out} ({n} products)")
     return 0
 
@@ -366,6 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, KeyError, ValueError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as e:  # a file that cannot be read or written: the message names it
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted: what was written so far is kept; run the same command again to continue",
               file=sys.stderr)

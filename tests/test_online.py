@@ -193,14 +193,15 @@ def test_bad_inputs_give_messages_and_exit_codes(trained, tmp_path, capsys):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     out = tmp_path / "o.jsonl"
-    assert main(["tag", "--model", model, "--catalog", str(empty), "--out", str(out), *TINY, "--quiet"]) == 0
-    assert "read 0 rows" in capsys.readouterr().out and out.read_text() == ""
+    # a catalog with no valid product fails every command, with a message, and leaves no output
+    assert main(["tag", "--model", model, "--catalog", str(empty), "--out", str(out), *TINY, "--quiet"]) == 1
+    assert "no valid products" in capsys.readouterr().err and not out.exists()
     bad = write_jsonl(tmp_path / "bad.jsonl", [b"nope\n", {"title": "no id"}])
     assert main(["tag", "--model", model, "--catalog", str(bad), "--out", str(tmp_path / "b.jsonl"), *TINY,
                  "--quiet"]) == 1
     assert "tagged 0, rejected 2" in capsys.readouterr().out
-    assert main(["refresh", "--model", model, "--catalog", str(empty), "--store", str(tmp_path / "t.db"), *TINY]) == 0
-    assert "nothing to do" in capsys.readouterr().out
+    assert main(["refresh", "--model", model, "--catalog", str(empty), "--store", str(tmp_path / "t.db"), *TINY]) == 1
+    assert "no valid products" in capsys.readouterr().err
     broken_model = tmp_path / "old-model"
     shutil.copytree(model, broken_model)
     cfg = broken_model / "config.json"

@@ -11,29 +11,18 @@ import csv
 import gzip
 import json
 import os
-import sys
 import tempfile
 from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .readers import ROW_WARNINGS, RawRow, catalog_format, iter_raw_rows
+from .validate import printable
 from .schema import Product
 from .validate import Issue, Limits, validate_row
 
 META_FORMAT = "mmtags-catalog/1"
-# A broken CSV quote can make one "field" the rest of the file; validation then reports it as too
-# long instead of the csv module aborting the whole read.
-csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-
-
-def catalog_format(path: Path) -> str:
-    name = path.name.lower()
-    for suffix, fmt in ((".jsonl", "jsonl"), (".jsonl.gz", "jsonl"), (".ndjson", "jsonl"),
-                        (".csv", "csv"), (".parquet", "parquet")):
-        if name.endswith(suffix):
-            return fmt
-    raise ValueError(f"{path}: unknown catalog format (use .jsonl, .jsonl.gz, .csv or .parquet)")
 
 
 def meta_path(path: Path) -> Path:
@@ -54,66 +43,6 @@ def image_root_for(path: Path, image_root: Path | str | None = None) -> Path:
     if meta_root:
         return (Path(path).parent / meta_root).resolve()
     return Path(path).resolve().parent
-
-
-RawRow = tuple[int, "dict[str, Any] | Issue"]
-
-
-def _iter_jsonl(path: Path) -> Iterator[RawRow]:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            raw_text = line.decode("utf-8", errors="replace").rstrip("\n")
-            try:
-                text = line.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield n, Issue(str(path), n, "row", f"not valid UTF-8 (byte 0x{line[e.start]:02x} at offset "
-                                                    f"{e.start})", raw=raw_text)
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                yield n, Issue(str(path), n, "row", f"bad JSON: {e.msg} at column {e.colno}", raw=raw_text)
-                continue
-            if not isinstance(obj, dict):
-                yield n, Issue(str(path), n, "row", f"expected a JSON object, got {type(obj).__name__}",
-                               raw=raw_text)
-                continue
-            yield n, obj
-
-
-def _iter_csv(path: Path) -> Iterator[RawRow]:
-    # surrogateescape keeps undecodable bytes visible to validation, which names the field.
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
-        reader = csv.DictReader(f)
-        try:
-            for row in reader:
-                if None in row:  # more cells than header columns
-                    yield reader.line_num, Issue(str(path), reader.line_num, "row",
-                                                 f"{len(row[None])} more cells than header columns",
-                                                 raw=json.dumps(row, ensure_ascii=False, default=str))
-                    continue
-                yield reader.line_num, row
-        except csv.Error as e:
-            yield reader.line_num, Issue(str(path), reader.line_num, "row", f"CSV cannot be parsed: {e}")
-
-
-def _iter_parquet(path: Path) -> Iterator[RawRow]:
-    import pyarrow.parquet as pq
-
-    n = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-        for row in batch.to_pylist():
-            n += 1
-            yield n, row
-
-
-def iter_raw_rows(path: Path) -> Iterator[RawRow]:
-    """(row number, raw dict or Issue) for every non-blank row of a catalog file."""
-    fmt = catalog_format(path)
-    return {"jsonl": _iter_jsonl, "csv": _iter_csv, "parquet": _iter_parquet}[fmt](path)
 
 
 MAX_ISSUES_SHOWN = 20  # issues printed to the console; the rejects file has them all
@@ -152,12 +81,14 @@ def validate_rows(rows: Iterable[RawRow], file: str, image_root: Path, limits: L
             report.rejected += 1
             report.issues.append(raw)
             continue
+        warnings = [Issue(file, n, f, reason, "warning") for f, reason in raw.pop(ROW_WARNINGS, [])]
         product, issues = validate_row(raw, file, n, image_root, limits)
+        issues = warnings + issues
         if product is not None and product.id in first_row:
             issues = [Issue(file, n, "id", f"duplicate id {product.id!r} (first on row {first_row[product.id]})")]
             product = None
         if product is None:
-            raw_text = json.dumps(raw, ensure_ascii=False, default=str)
+            raw_text = printable(json.dumps(raw, ensure_ascii=False, default=str))
             for i in issues:
                 i.raw = i.raw or raw_text
             report.rejected += 1

@@ -7,6 +7,7 @@ are not fetched: a catalog must bring its photos with it.
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -15,6 +16,8 @@ from .schema import hash_bytes
 
 #: Refuse to decode absurd images (decompression bombs); PIL's own default warns only.
 MAX_IMAGE_PIXELS = 64_000_000
+#: Refuse photo files larger than this before reading them (a product photo is far smaller).
+MAX_IMAGE_BYTES = 64 * 1024 * 1024
 
 
 class ImageError(ValueError):
@@ -36,19 +39,27 @@ def resolve_image(ref: str, root: Path) -> Path:
         raise ImageError(f"image path {ref!r} points outside the catalog's image root {root}")
     if not path.is_file():
         raise ImageError(f"image file not found: {path}")
+    size = path.stat().st_size
+    if size > MAX_IMAGE_BYTES:
+        raise ImageError(f"image file {path} is {size:,} bytes, over {MAX_IMAGE_BYTES:,}")
     return path
 
 
 def decode_image(data: bytes, name: str = "image") -> Image.Image:
     """Decode bytes to an RGB image, raising ImageError for corrupt, truncated or huge files."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with warnings.catch_warnings():  # PIL warns on huge images: our own, lower, limit decides below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+        with im:
             if im.width * im.height > MAX_IMAGE_PIXELS:
                 raise ImageError(f"{name} is {im.width}x{im.height}, over {MAX_IMAGE_PIXELS:,} pixels")
             im.load()  # a full decode: verify() alone misses truncated JPEGs
             return im.convert("RGB")
     except ImageError:
         raise
+    except Image.DecompressionBombError:  # PIL's limit is above ours: this image is over ours too
+        raise ImageError(f"{name} is over {MAX_IMAGE_PIXELS:,} pixels (a decompression bomb)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{name} cannot be decoded ({type(e).__name__}: {e})") from None
 

@@ -6,6 +6,7 @@ with the original reference kept in `extra` so nothing the user gave is lost).
 from __future__ import annotations
 
 import json
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,13 @@ SPLITS = ("train", "val", "test")
 class Limits:
     """Bounds that protect the pipeline from pathological rows."""
 
+    max_id_chars: int = 256  # an id is a key, not a text: longer ones are export errors
     max_title_chars: int = 2_000
     # Encoders read a few hundred tokens; a description this long is almost always a broken export.
     max_description_chars: int = 100_000
     max_tags: int = 500
+    # the whole row, unknown columns included (they are kept in `extra`, and stored with every product)
+    max_row_chars: int = 1_000_000
     check_images: bool = True  # read and fully decode every photo while validating
     strict_images: bool = False  # True: a bad photo rejects the row instead of dropping the photo
 
@@ -48,12 +52,25 @@ class Issue:
                 "severity": self.severity, "raw": self.raw}
 
 
+def printable(text: str) -> str:
+    """`text` with undecodable bytes (surrogate escapes) written as \\xNN, safe to write as UTF-8."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _bad_utf8(value: str) -> int | None:
     """Index of the first undecodable byte (read with errors='surrogateescape'), or None."""
     for i, ch in enumerate(value):
         if "\udc80" <= ch <= "\udcff":
             return i
     return None
+
+
+def _check_utf8(value: str) -> str:
+    bad = _bad_utf8(value)
+    if bad is not None:
+        byte = ord(value[bad]) - 0xDC00
+        raise ValueError(f"not valid UTF-8 (byte 0x{byte:02x} at character {bad})")
+    return value
 
 
 def _as_text(value: Any) -> str:
@@ -63,11 +80,29 @@ def _as_text(value: Any) -> str:
         return str(value)
     if not isinstance(value, str):
         raise ValueError(f"expected text, got {type(value).__name__}")
-    bad = _bad_utf8(value)
-    if bad is not None:
-        byte = ord(value[bad]) - 0xDC00
-        raise ValueError(f"not valid UTF-8 (byte 0x{byte:02x} at character {bad})")
-    return value.strip()
+    return _check_utf8(value).strip()
+
+
+def _as_id(value: Any, limits: Limits) -> str:
+    """The id rule: text or a whole number; no invisible or control characters (two ids that look the
+    same must be the same); at most `limits.max_id_chars`."""
+    if isinstance(value, float) and (value != value or value != int(value)):  # NaN, or 1.5
+        raise ValueError(f"must be text or a whole number, got {value!r}")
+    if isinstance(value, float):
+        value = int(value)  # 12.0 from a numeric column is id 12
+    pid = _as_text(value)
+    if not pid:
+        raise ValueError("missing or empty")
+    if len(pid) > limits.max_id_chars:
+        raise ValueError(f"{len(pid):,} characters, over the limit of {limits.max_id_chars:,}")
+    hidden = [c for c in pid if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")]
+    if hidden:
+        raise ValueError(f"contains invisible or control characters ({', '.join(f'U+{ord(c):04X}' for c in hidden[:3])})")
+    return pid
+
+
+def _row_chars(raw: dict[str, Any]) -> int:
+    return sum(len(str(k)) + (len(v) if isinstance(v, str) else len(str(v))) for k, v in raw.items())
 
 
 def parse_tags(value: Any) -> list[str]:
@@ -87,6 +122,8 @@ def parse_tags(value: Any) -> list[str]:
         raise ValueError(f"expected a list of tags, got {type(value).__name__}")
     out = []
     for t in value:
+        if t is not None and not isinstance(t, str):
+            raise ValueError(f"each tag must be text (key:value), got {type(t).__name__} {t!r}")
         t = _as_text(t)
         if t and t not in out:
             out.append(t)
@@ -106,6 +143,13 @@ def _extra_fields(raw: dict[str, Any]) -> dict[str, Any]:
     for k, v in raw.items():
         if k not in PRODUCT_FIELDS and k not in ("image_hash", "content_hash") and v not in (None, ""):
             extra.setdefault(k, v)
+    for k, v in extra.items():  # every string kept must be writable as UTF-8
+        for text in (k, v) if isinstance(v, str) else (k,):
+            if isinstance(text, str):
+                try:
+                    _check_utf8(text)
+                except ValueError as e:
+                    raise ValueError(f"column {printable(str(k))!r}: {e}") from None
     return extra
 
 
@@ -134,9 +178,11 @@ def validate_row(raw: dict[str, Any], file: str, row: int, image_root: Path | No
             err(name, str(e))
             return ""
 
-    pid = text_field("id")
-    if not pid and not any(i.field == "id" for i in issues):
-        err("id", "missing or empty")
+    try:
+        pid = _as_id(raw.get("id"), limits)
+    except ValueError as e:
+        err("id", str(e))
+        pid = ""
     title, description = text_field("title"), text_field("description")
     category, language = text_field("category") or None, text_field("language")
     split, image = text_field("split").lower() or None, text_field("image") or None
@@ -151,7 +197,14 @@ def validate_row(raw: dict[str, Any], file: str, row: int, image_root: Path | No
     except ValueError as e:
         err("tags", str(e))
         tags = []
-    extra = _extra_fields(raw)
+    try:
+        extra = _extra_fields(raw)
+    except ValueError as e:
+        err("extra", str(e))
+        extra = {}
+    if not issues and _row_chars(raw) > limits.max_row_chars:  # the fields' own limits are named first
+        err("row", f"{_row_chars(raw):,} characters, over the limit of {limits.max_row_chars:,} "
+                   f"(raise Limits.max_row_chars to accept)")
     if not (title or description or image) and not issues:
         err("title", "product has no title, no description and no image")
     if issues:

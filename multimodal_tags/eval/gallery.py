@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from collections.abc import Callable
 from html import escape
 from pathlib import Path
 
@@ -69,30 +70,46 @@ def _tags_html(pred: list[str], gold: set[str]) -> str:
     return "".join(parts)
 
 
-def write_gallery(predictions_path: str | Path, catalog_path: str | Path, out_html: str | Path,
-                  limit: int = 500, thumb: int = 160, image_root: str | Path | None = None) -> int:
-    """Write the gallery for up to `limit` predicted products; returns how many it shows."""
+def _prediction_issue(row) -> str | None:
+    """Why a predictions line cannot be shown, or None."""
+    if not isinstance(row, dict) or "id" not in row:
+        return "not a JSON object with an id"
+    tags = row.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        return f"tags must be a list of strings, got {type(tags).__name__}"
+    if not isinstance(row.get("category_score", 0), (int, float)):
+        return "category_score must be a number"
+    return None
+
+
+def read_predictions(path: str | Path, log: Callable[[str], None] = print) -> dict[str, dict]:
+    """Prediction rows by id; a line that is not a usable row is skipped with a message naming it."""
     preds: dict[str, dict] = {}
-    with open(predictions_path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
                 row = json.loads(line)
-                preds[str(row["id"])] = row
-    root = image_root_for(Path(catalog_path), image_root)
-    cards, categories, keys = [], set(), set()
-    for p in iter_catalog(catalog_path, image_root):
-        if p.id not in preds:
-            continue
-        row = preds[p.id]
-        gold, pred_tags = set(p.tags), list(row.get("tags", []))
-        cat_ok = p.category is None or row.get("category") == p.category
-        tag_mistake = bool(set(pred_tags) ^ gold) if p.tags or pred_tags else False
-        card_keys = sorted({t.split(":", 1)[0] for t in gold | set(pred_tags)})
-        categories.add(p.category or "")
-        keys.update(card_keys)
-        src = _thumbnail(p.image, root, thumb)
-        cards.append(
-            f'<div class="card" data-category="{escape(p.category or "", quote=True)}" '
+            except json.JSONDecodeError as e:
+                log(f"{path}:{n}: bad JSON ({e.msg}); line skipped")
+                continue
+            issue = _prediction_issue(row)
+            if issue:
+                log(f"{path}:{n}: {issue}; line skipped")
+                continue
+            preds[str(row["id"])] = row
+    return preds
+
+
+def _card(p, row: dict, root: Path, thumb: int) -> tuple[str, list[str]]:
+    """One product's card, and the attribute keys it shows."""
+    gold, pred_tags = set(p.tags), list(row.get("tags", []))
+    cat_ok = p.category is None or row.get("category") == p.category
+    tag_mistake = bool(set(pred_tags) ^ gold) if p.tags or pred_tags else False
+    card_keys = sorted({t.split(":", 1)[0] for t in gold | set(pred_tags)})
+    src = _thumbnail(p.image, root, thumb)
+    html = (f'<div class="card" data-category="{escape(p.category or "", quote=True)}" '
             f'data-keys="{escape(json.dumps(card_keys), quote=True)}" '
             f'data-mistake="{int(not cat_ok or tag_mistake)}">'
             + (f'<img src="{src}" alt="{escape(p.title, quote=True)}">' if src else '<div class="noimg">no photo</div>')
@@ -101,9 +118,30 @@ def write_gallery(predictions_path: str | Path, catalog_path: str | Path, out_ht
             f'<div class="{"ok" if cat_ok else "bad"}">predicted: {escape(str(row.get("category")))} '
             f'({float(row.get("category_score", 0)):.2f})</div>'
             f'<div>{_tags_html(pred_tags, gold)}</div></div>')
+    return html, card_keys
+
+
+def write_gallery(predictions_path: str | Path, catalog_path: str | Path, out_html: str | Path,
+                  limit: int = 500, thumb: int = 160, image_root: str | Path | None = None,
+                  log: Callable[[str], None] = print) -> int:
+    """Write the gallery for up to `limit` predicted products; returns how many it shows."""
+    preds = read_predictions(predictions_path, log)
+    root = image_root_for(Path(catalog_path), image_root)
+    cards, categories, keys = [], set(), set()
+    for p in iter_catalog(catalog_path, image_root):
+        if p.id not in preds:
+            continue
+        card, card_keys = _card(p, preds[p.id], root, thumb)
+        cards.append(card)
+        categories.add(p.category or "")
+        keys.update(card_keys)
         if len(cards) >= limit:
             break
+    _write_page(out_html, cards, categories, keys)
+    return len(cards)
 
+
+def _write_page(out_html: str | Path, cards: list[str], categories: set[str], keys: set[str]) -> None:
     def options(values) -> str:
         return "".join(f'<option value="{escape(v, quote=True)}">{escape(v)}</option>' for v in sorted(values) if v)
 
@@ -117,4 +155,3 @@ def write_gallery(predictions_path: str | Path, catalog_path: str | Path, out_ht
     out = Path(out_html)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(html, encoding="utf-8")
-    return len(cards)

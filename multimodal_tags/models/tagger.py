@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -195,28 +196,50 @@ class Tagger(nn.Module):
 
     @classmethod
     def load(cls, folder: str | Path, map_location: str = "cpu") -> "Tagger":
+        """Load a model folder; IncompatibleModel (naming the file) when it cannot be read as one."""
         folder = Path(folder)
-        cfg_path = folder / "config.json"
-        if not cfg_path.exists():
-            raise FileNotFoundError(f"{folder} is not a model folder (no config.json)")
-        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
-        if meta.get("format") != FORMAT:
-            raise IncompatibleModel(f"{folder} was written as {meta.get('format')!r}; this version of "
-                                    f"multimodal_tags reads {FORMAT!r}. Retrain or use the version that wrote it.")
-        cfg = model_config_from_dict(meta["model"])
-        for side in ("text_encoder", "image_encoder"):  # encoders bundled in the folder: "hf:./text_encoder"
-            spec = getattr(cfg, side)
-            if spec.startswith("hf:./"):
-                setattr(cfg, side, f"hf:{(folder / spec[len('hf:./'):]).resolve()}")
+        cfg, meta = _read_config(folder)
         tokenizer = load_tokenizer(folder) if (folder / "tag_tokenizer.json").exists() else None
         model = cls(cfg, meta["categories"], meta["tags"], tokenizer, meta.get("adversary_classes"))
-        state = load_file(str(folder / "model.safetensors"), device=map_location)
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        weights = folder / "model.safetensors"
+        try:
+            state = load_file(str(weights), device=map_location)
+        except SafetensorError as e:  # truncated, or not a safetensors file
+            raise IncompatibleModel(f"{weights} cannot be read ({e}); copy the model folder again or retrain") from None
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # a size differs: config.json was edited, or belongs to other weights
+            raise IncompatibleModel(f"{folder}: the weights do not fit config.json "
+                                    f"({str(e).splitlines()[-1].strip()[:300]})") from None
         missing = [k for k in missing if not _is_tied(k)]
         if missing or unexpected:
             raise IncompatibleModel(f"{folder}: weights do not match the config (missing {missing[:3]}, "
                                     f"unexpected {unexpected[:3]})")
         return model.eval()
+
+
+def _read_config(folder: Path) -> tuple[ModelConfig, dict]:
+    """The model config of a folder (bundled encoders resolved inside it) and the whole config.json."""
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{folder} is not a model folder (no config.json)")
+    try:
+        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
+        fmt = meta.get("format")
+    except (ValueError, AttributeError) as e:
+        raise IncompatibleModel(f"{cfg_path} is not a model config ({e})") from None
+    if fmt != FORMAT:
+        raise IncompatibleModel(f"{folder} was written as {fmt!r}; this version of "
+                                f"multimodal_tags reads {FORMAT!r}. Retrain or use the version that wrote it.")
+    try:
+        cfg = model_config_from_dict(meta["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise IncompatibleModel(f"{cfg_path}: the model config cannot be read ({e})") from None
+    for side in ("text_encoder", "image_encoder"):  # encoders bundled in the folder: "hf:./text_encoder"
+        spec = getattr(cfg, side)
+        if spec.startswith("hf:./"):
+            setattr(cfg, side, f"hf:{(folder / spec[len('hf:./'):]).resolve()}")
+    return cfg, meta
 
 
 def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

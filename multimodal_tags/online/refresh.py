@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data.catalog import MAX_ISSUES_SHOWN, DiskIdIndex, ReadReport, image_root_for, iter_catalog
+from ..data.readers import check_catalog_file
 from ..data.schema import Product
 from ..features.settings import RunSettings
 from ..inference.batch_tagger import BatchTagger
@@ -26,6 +27,7 @@ KINDS = ("new", "changed", "retagged", "unchanged")
 @dataclass
 class RefreshStats:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys((*KINDS, "removed", "failed"), 0))
+    kept: int = 0  # valid products in the catalog
     seconds: float = 0.0
 
     @property
@@ -44,6 +46,7 @@ def refresh(model_dir: str | Path, catalog_path: str | Path, store_path: str | P
     """Re-tag what changed since the store was written (see the module docstring); returns the counts."""
     settings, options = settings or RunSettings(), options or TagOptions()
     catalog_path = Path(catalog_path)
+    check_catalog_file(catalog_path)  # before the store is opened (or created)
     tagger = BatchTagger(model_dir, settings.cache_for(catalog_path), settings, options.tag_source)
     root = image_root_for(catalog_path, options.image_root)
     stats, t0 = RefreshStats(), time.perf_counter()
@@ -51,17 +54,15 @@ def refresh(model_dir: str | Path, catalog_path: str | Path, store_path: str | P
     seen = DiskIdIndex()  # duplicate ids, on disk
     try:
         with TagStore(store_path) as store:
-            store.db.execute("CREATE TEMP TABLE IF NOT EXISTS seen (id TEXT PRIMARY KEY)")
-            store.db.execute("DELETE FROM seen")
             kinds: dict[str, str] = {}  # product id -> change kind, for the products in flight
             products = iter_catalog(catalog_path, root, options.limits, report, seen=seen)
             run_batches(_needing_work(products, store, tagger.model_id, stats, kinds), options.batch_size,
                         lambda batch: store.write(tagger.tag(batch, root), {p.id: kinds.pop(p.id) for p in batch}))
-            stats.counts["failed"] = report.rejected
+            stats.counts["failed"], stats.kept = report.rejected, report.kept
             if report.read == 0 or report.kept == 0:
                 settings.log(f"warning: {catalog_path} has no valid products; nothing is marked removed")
             else:
-                stats.counts["removed"] = store.mark_removed("seen")
+                stats.counts["removed"] = store.mark_removed(seen)  # seen: the catalog's valid ids
     finally:
         seen.close()
     for issue in report.issues[:MAX_ISSUES_SHOWN]:
@@ -72,10 +73,8 @@ def refresh(model_dir: str | Path, catalog_path: str | Path, store_path: str | P
 
 def _needing_work(products: Iterator[Product], store: TagStore, model_id: str, stats: RefreshStats,
                   kinds: dict[str, str]) -> Iterator[Product]:
-    """The products that are not unchanged in the store (their kind recorded in `kinds`), each product
-    marked seen and counted."""
+    """The products that are not unchanged in the store (their kind recorded in `kinds`), each counted."""
     for product in products:
-        store.db.execute("INSERT OR IGNORE INTO seen VALUES (?)", (product.id,))
         kind = store.change_kind(product.id, product.content_hash, model_id)
         stats.counts[kind] += 1
         if kind != "unchanged":

@@ -4,14 +4,22 @@
 id and content hash that produced them, when, and `removed_at` once the product left the catalog.
 `history` appends a row for every change (new, changed, retagged, removed), so any past state can be
 reconstructed. Writes happen in one transaction per batch: an interrupted job leaves whole batches.
+
+The connection runs in autocommit mode and every write opens its transaction with BEGIN IMMEDIATE:
+a read never holds a transaction open, so a writer never has to upgrade one (SQLite cannot wait for
+that, and would fail at once with "database is locked"); instead it waits, up to the timeout, for
+another process's write to finish.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Container, Iterable, Iterator
 from pathlib import Path
+
+BUSY_TIMEOUT_S = 60  # how long a write waits for another process's write to finish
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS products (
@@ -33,10 +41,23 @@ class TagStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=60)
+        self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
+        with self.transaction():
+            for statement in filter(str.strip, SCHEMA.split(";")):
+                self.db.execute(statement)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction, taken at once (BEGIN IMMEDIATE): committed, or rolled back on error."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
 
     def close(self) -> None:
         self.db.close()
@@ -73,34 +94,51 @@ class TagStore:
         return d
 
     def write(self, rows: Iterable[dict], changes: dict[str, str]) -> None:
-        """Upsert prediction rows (see eval.predict.prediction_rows) in one transaction; `changes` maps
-        each id to the history entry it gets ('new', 'changed', 'retagged', 'unchanged' = no entry)."""
+        """Upsert output rows (see inference.rows.prediction_row) in one transaction; `changes` maps each
+        id to the history entry it gets ('new', 'changed', 'retagged'). A product called 'unchanged'
+        whose tags or category differ all the same (tagged with another tag source, say) gets a
+        'retagged' entry: every change of the current tags is in the history."""
         now = time.time()
-        with self.db:
+        with self.transaction():
             for r in rows:
-                tags = json.dumps({t: {"score": r["tag_scores"][t], "source": r["tag_sources"][t]} for t in r["tags"]},
-                                  ensure_ascii=False)
+                tags = _tags_json(r)
+                change = changes.get(r["id"], "new")
+                if change == "unchanged" and self._current(r["id"]) != (r["category"], tags):
+                    change = "retagged"
                 self.db.execute(
                     "INSERT INTO products VALUES (?, ?, ?, ?, ?, ?, ?, NULL) ON CONFLICT(id) DO UPDATE SET "
                     "content_hash=excluded.content_hash, model_id=excluded.model_id, category=excluded.category, "
                     "category_score=excluded.category_score, tags=excluded.tags, updated_at=excluded.updated_at, "
                     "removed_at=NULL",
                     (r["id"], r["content_hash"], r["model_id"], r["category"], r["category_score"], tags, now))
-                change = changes.get(r["id"], "new")
                 if change != "unchanged":
                     self.db.execute("INSERT INTO history (product_id, at, change, model_id, content_hash, category, tags) "
                                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
                                     (r["id"], now, change, r["model_id"], r["content_hash"], r["category"], tags))
 
-    def mark_removed(self, seen_table: str) -> int:
-        """Mark every live product whose id is not in the temp table `seen_table` as removed."""
+    def pending_change(self, row: dict) -> str | None:
+        """The history entry writing this output row would make, or None when the store holds it already."""
+        kind = self.change_kind(row["id"], row["content_hash"], row["model_id"])
+        if kind != "unchanged":
+            return kind
+        return None if self._current(row["id"]) == (row["category"], _tags_json(row)) else "retagged"
+
+    def _current(self, product_id: str) -> tuple[str | None, str] | None:
+        return self.db.execute("SELECT category, tags FROM products WHERE id = ? AND removed_at IS NULL",
+                               (product_id,)).fetchone()
+
+    def mark_removed(self, live: Container[str]) -> int:
+        """Mark every live product whose id is not in `live` (the catalog's ids) as removed; its history
+        entry keeps the tags it had."""
         now = time.time()
-        with self.db:
-            gone = [r[0] for r in self.db.execute(
-                f"SELECT id FROM products WHERE removed_at IS NULL AND id NOT IN (SELECT id FROM {seen_table})")]
-            for pid in gone:
+        with self.transaction():
+            stored = self.db.execute("SELECT id, model_id, content_hash, category, tags FROM products "
+                                     "WHERE removed_at IS NULL").fetchall()
+            gone = [row for row in stored if row[0] not in live]
+            for pid, model_id, content_hash, category, tags in gone:
                 self.db.execute("UPDATE products SET removed_at = ? WHERE id = ?", (now, pid))
-                self.db.execute("INSERT INTO history (product_id, at, change) VALUES (?, ?, 'removed')", (pid, now))
+                self.db.execute("INSERT INTO history (product_id, at, change, model_id, content_hash, category, tags) "
+                                "VALUES (?, ?, 'removed', ?, ?, ?, ?)", (pid, now, model_id, content_hash, category, tags))
         return len(gone)
 
     def history(self, product_id: str) -> list[dict]:
@@ -113,3 +151,9 @@ class TagStore:
         live = self.db.execute("SELECT COUNT(*) FROM products WHERE removed_at IS NULL").fetchone()[0]
         removed = self.db.execute("SELECT COUNT(*) FROM products WHERE removed_at IS NOT NULL").fetchone()[0]
         return {"live": live, "removed": removed}
+
+
+def _tags_json(row: dict) -> str:
+    """How the store keeps an output row's tags: {tag: {"score", "source"}} in the row's order."""
+    return json.dumps({t: {"score": row["tag_scores"][t], "source": row["tag_sources"][t]} for t in row["tags"]},
+                      ensure_ascii=False)

@@ -19,6 +19,7 @@ from typing import BinaryIO, TextIO
 from tqdm import tqdm
 
 from ..data.catalog import DiskIdIndex, ReadReport, image_root_for, iter_catalog
+from ..data.readers import check_catalog_file
 from ..data.schema import Product
 from ..data.validate import Limits
 from ..features.settings import RunSettings
@@ -44,8 +45,10 @@ class TagOptions:
 @dataclass
 class TagStats:
     read: int = 0
+    kept: int = 0  # valid products in the catalog
     tagged: int = 0
     resumed_after: int = 0  # products found already tagged in the output
+    store_repaired: int = 0  # of those, rows the store lacked (or held otherwise) and got
     rejected: int = 0
     seconds: float = 0.0
 
@@ -53,6 +56,8 @@ class TagStats:
         s = f"read {self.read} rows: tagged {self.tagged}, rejected {self.rejected}"
         if self.resumed_after:
             s += f", {self.resumed_after} already done by an earlier run"
+        if self.store_repaired:
+            s += f" ({self.store_repaired} of them written to the store, which lacked them)"
         if self.tagged and self.seconds:
             s += f" in {self.seconds:.1f}s ({self.tagged / self.seconds:.1f} products/s)"
         return s
@@ -78,6 +83,29 @@ def _resume_point(out: Path, batch_size: int) -> tuple[int, str | None]:
         os.fsync(f.fileno())
     keep = (complete // batch_size) * batch_size
     return keep, (json.loads(last_kept)["id"] if keep else None)
+
+
+def sync_store(out: Path, lines: int, store: TagStore, batch_size: int) -> int:
+    """Bring the store up to the first `lines` rows of the output (written by an earlier run, with or
+    without this store, or killed between the output and the store): the store is never behind the
+    output. Returns how many rows it wrote."""
+    written, batch = 0, []
+    with open(out, encoding="utf-8") as f:
+        for n, line in enumerate(f):
+            if n >= lines:
+                break
+            batch.append(json.loads(line))
+            if len(batch) == batch_size:
+                written += _write_pending(store, batch)
+                batch = []
+    return written + _write_pending(store, batch)
+
+
+def _write_pending(store: TagStore, rows: list[dict]) -> int:
+    changes = {r["id"]: kind for r in rows if (kind := store.pending_change(r))}
+    if changes:
+        store.write([r for r in rows if r["id"] in changes], changes)
+    return len(changes)
 
 
 def _calibration_products(catalog_path: Path, root: Path, limits: Limits | None) -> list[Product]:
@@ -114,10 +142,12 @@ class _BatchWriter:
         self.bar.update(len(rows))
 
 
-def _products_after(products: Iterator[Product], report: ReadReport, rejects: TextIO, done: int,
-                    last_id: str | None, out: Path) -> Iterator[Product]:
-    """The valid products after the first `done` (checked against the output's last id), streaming
-    issues to the rejects file as they come; counts every valid product in report.kept."""
+def _products_after(products: Iterator[Product], report: ReadReport, rejects: TextIO,
+                    resume: tuple[int, str | None, Path], resumed: Callable[[], None]) -> Iterator[Product]:
+    """The valid products after the first `done` lines of the output (`resume`: done, the id on its
+    last line, the output), streaming issues to the rejects file as they come. `resumed()` is called
+    once the output is known to continue this catalog."""
+    done, last_id, out = resume
     good = 0
     for product in products:
         good += 1
@@ -128,6 +158,7 @@ def _products_after(products: Iterator[Product], report: ReadReport, rejects: Te
             if product.id != last_id:
                 raise ValueError(f"{out} does not continue this catalog (line {done} is {last_id!r}, the "
                                  f"catalog's product {done} is {product.id!r}); write to a new --out")
+            resumed()
             continue
         yield product
     _write_issues(report, rejects)
@@ -148,6 +179,7 @@ def tag_catalog(model_dir: str | Path, catalog_path: str | Path, out_path: str |
     `options.extra_tags` are scored zero-shot by CLIP similarity, calibrated on the catalog's val products."""
     settings, options = settings or RunSettings(), options or TagOptions()
     catalog_path, out = Path(catalog_path), Path(out_path)
+    check_catalog_file(catalog_path)  # before anything is written
     tagger = BatchTagger(model_dir, settings.cache_for(catalog_path), settings, options.tag_source)
     root = image_root_for(catalog_path, options.image_root)
     if options.extra_tags:
@@ -159,17 +191,25 @@ def tag_catalog(model_dir: str | Path, catalog_path: str | Path, out_path: str |
     report, seen = ReadReport(str(catalog_path)), DiskIdIndex()  # duplicates caught on disk, not in memory
     store = TagStore(store_path) if store_path else None
     out.parent.mkdir(parents=True, exist_ok=True)
+
+    def resumed() -> None:  # the output continues this catalog: the store must hold what it holds
+        if store is not None:
+            stats.store_repaired = sync_store(out, done, store, options.batch_size)
+
     try:
         with open(out, "ab") as f_out, open(rejects_path or f"{out}.rejects.jsonl", "w", encoding="utf-8") as f_rej, \
                 tqdm(desc="tag", unit="product", disable=not settings.progress) as bar:
             write = _BatchWriter(tagger, root, f_out, store, stats, bar)
             products = iter_catalog(catalog_path, root, options.limits, report, seen=seen)
-            run_batches(_products_after(products, report, f_rej, done, last_id, out), options.batch_size, write)
+            run_batches(_products_after(products, report, f_rej, (done, last_id, out), resumed), options.batch_size,
+                        write)
     finally:
         seen.close()
         if store is not None:
             store.close()
-    stats.read, stats.rejected = report.read, report.rejected
+    stats.read, stats.kept, stats.rejected = report.read, report.kept, report.rejected
+    if not stats.kept and out.exists() and out.stat().st_size == 0:
+        out.unlink()  # no valid product: no empty output left behind (the rejects say why)
     stats.seconds = time.perf_counter() - t0
     return stats
 

@@ -13,7 +13,6 @@ from ..validate import Limits
 from ..vocab import apply_vocab, build_vocab
 
 
-
 @dataclass
 class ImportSource:
     """A source format's rows, already mapped to catalog field names (id, title, ... tags)."""
@@ -43,6 +42,8 @@ def run_import(source: ImportSource, out: str | Path | None = None, limits: Limi
     """Validate every row, build the tag vocabulary on train, and write catalog + sidecar + rejects.
 
     Writes `out` (the catalog), `out.meta.json` and, when any row had an issue, `out.rejects.jsonl`.
+    A source with no valid product writes no catalog (an empty one would only fail later): just the
+    rejects.
     """
     report = ReadReport(source.file)
     products = list(validate_rows(source.rows, source.file, source.image_root, limits or Limits(), report))
@@ -53,7 +54,8 @@ def run_import(source: ImportSource, out: str | Path | None = None, limits: Limi
         meta = {"source": source.name, "image_root": str(Path(source.image_root).resolve()),
                 "min_tag_count": source.min_tag_count, "tag_vocab": vocab, **source.meta,
                 "import": {"read": report.read, "kept": report.kept, "rejected": report.rejected}}
-        write_catalog(products, out, meta)
+        if products:
+            write_catalog(products, out, meta)
         rejects = out.with_name(out.name + ".rejects.jsonl")
         if report.issues:
             write_rejects(report.issues, rejects)

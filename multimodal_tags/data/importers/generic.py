@@ -8,10 +8,11 @@ Columns not mapped are kept in `extra`.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..catalog import iter_raw_rows
+from ..readers import ROW_WARNINGS, iter_raw_rows, printable
 from ..validate import Issue, parse_tags
 from ..vocab import normalise_tag
 from .base import ImportSource, RawRow, hash_split
@@ -39,11 +40,14 @@ def _rows(path: Path, mapping: dict[str, str], tag_columns: list[str], auto_spli
             yield n, raw
             continue
         row = {f: raw.get(mapping.get(f, f)) for f in CATALOG_FIELDS}
+        if ROW_WARNINGS in raw:  # what the reader noticed (missing cells) reaches validation
+            row[ROW_WARNINGS] = raw.pop(ROW_WARNINGS)
         tags_col = mapping.get("tags", "tags")
         try:
             tags = parse_tags(raw.get(tags_col))
         except ValueError as e:
-            yield n, Issue(str(path), n, tags_col, str(e), raw=repr(raw)[:100_000])
+            yield n, Issue(str(path), n, tags_col, str(e), raw=printable(json.dumps(raw, ensure_ascii=False,
+                                                                                       default=str)))
             continue
         tags += [t for c in tag_columns if (t := normalise_tag(c, str(raw.get(c) or "")))]
         row["tags"] = tags
