@@ -316,3 +316,80 @@ def test_resume_point_keeps_whole_batches_only(tmp_path):
     assert _resume_point(out, batch_size=2) == (4, "p3")  # line 5 is an incomplete batch, line 6 half-written
     assert out.read_text().splitlines() == [json.dumps({"id": f"p{i}"}) for i in range(4)]
     assert _resume_point(tmp_path / "absent.jsonl", 2) == (0, None)
+
+
+def test_refresh_waits_for_another_writer_instead_of_failing(trained, tmp_path, capsys):
+    """Bug: refresh failed at once with "database is locked" while another process held a write."""
+    import sqlite3
+    import threading
+
+    catalog, rows = _catalog_copy(trained, tmp_path)
+    db = tmp_path / "tags.db"
+    assert _tag(trained, catalog, tmp_path / "first.jsonl", "--store", str(db)) == 0
+    rows[0]["title"] += " (new edition)"  # so the refresh has something to write
+    write_jsonl(catalog, rows)
+    other = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another writer (a tag run on another catalog, say), mid-write
+    other.execute("INSERT INTO meta VALUES ('another', 'writer')")
+    threading.Timer(3.0, lambda: other.execute("COMMIT")).start()
+    assert main(["refresh", "--model", str(trained / "run" / "model"), "--catalog", str(catalog), "--store", str(db),
+                 "--cache", str(tmp_path / "cache"), *TINY]) == 0
+    assert "changed 1" in capsys.readouterr().out
+    other.close()
+
+
+def test_tag_never_leaves_the_store_behind_its_output(trained, tmp_path, capsys):
+    """Bug: `tag --out X` then `tag --out X --store S` left S holding only the last partial batch."""
+    catalog, rows = _catalog_copy(trained, tmp_path)
+    out, db = tmp_path / "pred.jsonl", tmp_path / "tags.db"
+    assert _tag(trained, catalog, out) == 0
+    assert _tag(trained, catalog, out, "--store", str(db)) == 0
+    assert "written to the store" in capsys.readouterr().out
+    with TagStore(db) as store:
+        assert store.counts() == {"live": 600, "removed": 0}
+        line = json.loads(out.read_text().splitlines()[0])
+        assert store.get(line["id"])["tags"].keys() == set(line["tags"])
+
+
+def test_history_records_every_change_of_tags_and_what_a_removed_product_had(trained, tmp_path):
+    """Bug: re-tagging with another tag source changed current tags with no history row, and "removed"
+    rows carried null fields."""
+    catalog, rows = _catalog_copy(trained, tmp_path)
+    db = tmp_path / "tags.db"
+    assert _tag(trained, catalog, tmp_path / "a.jsonl", "--store", str(db), "--tag-source", "decoder") == 0
+    assert _tag(trained, catalog, tmp_path / "b.jsonl", "--store", str(db), "--tag-source", "head") == 0
+    a = {json.loads(l)["id"]: json.loads(l)["tags"] for l in (tmp_path / "a.jsonl").read_text().splitlines()}
+    b = {json.loads(l)["id"]: json.loads(l)["tags"] for l in (tmp_path / "b.jsonl").read_text().splitlines()}
+    differ = [pid for pid in a if set(a[pid]) != set(b[pid])]
+    assert differ
+    with TagStore(db) as store:
+        for pid in differ:
+            history = store.history(pid)
+            assert [h["change"] for h in history] == ["new", "retagged"]
+            assert set(history[-1]["tags"]) == set(store.get(pid)["tags"]) == set(b[pid])
+    write_jsonl(catalog, rows[1:])  # the first product leaves the catalog
+    assert main(["refresh", "--model", str(trained / "run" / "model"), "--catalog", str(catalog), "--store", str(db),
+                 "--cache", str(tmp_path / "cache"), "--tag-source", "head", *TINY]) == 0
+    with TagStore(db) as store:
+        removed = store.history(rows[0]["id"])[-1]
+    assert removed["change"] == "removed" and removed["model_id"] and set(removed["tags"]) == set(b[rows[0]["id"]])
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "dim"])
+def test_a_damaged_model_folder_gives_a_message(trained, tmp_path, capsys, damage):
+    model = tmp_path / "model"
+    shutil.copytree(trained / "run" / "model", model)
+    weights = model / "model.safetensors"
+    if damage == "garbage":
+        weights.write_bytes(b"not a safetensors file" * 100)
+    elif damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[:5000])
+    else:
+        cfg = json.loads((model / "config.json").read_text())
+        cfg["model"]["dim"] += 8
+        (model / "config.json").write_text(json.dumps(cfg))
+    catalog, _ = _catalog_copy(trained, tmp_path)
+    assert main(["tag", "--model", str(model), "--catalog", str(catalog), "--out", str(tmp_path / "o.jsonl"),
+                 *TINY]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err and str(model) in err
