@@ -1,4 +1,6 @@
 """Tagging whole catalogs, the tag store, refresh, the gallery and zero-shot tags."""
+import csv
+import io
 import json
 import os
 import shutil
@@ -393,3 +395,30 @@ def test_a_damaged_model_folder_gives_a_message(trained, tmp_path, capsys, damag
                  *TINY]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err and str(model) in err
+
+
+def test_tag_and_gallery_go_on_past_bad_bytes_and_a_decompression_bomb(trained, tmp_path, capsys):
+    """Bugs: one latin-1 byte stopped `tag` at that row on every rerun; a PNG bomb stopped the whole run."""
+    from PIL import Image
+
+    rows = [json.loads(l) for l in (trained / "catalog.jsonl").read_text().splitlines()][:20]
+    root = Path(json.loads((trained / "catalog.jsonl.meta.json").read_text())["image_root"])
+    shutil.copytree(root, tmp_path / "shop")
+    Image.new("1", (20000, 20000)).save(tmp_path / "shop" / "bomb.png")
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows([["id", "title", "description", "image", "category", "split"]] + [
+        [r["id"], r["title"], r["description"], r["image"] or "", r["category"], r["split"]] for r in rows])
+    lines = buf.getvalue().encode().splitlines()
+    lines.insert(5, b"latin,Caf\xe9 mug,a white mug,,Mug,test")
+    lines.append(b"bomb,Bomb mug,a mug whose photo is a bomb,bomb.png,Mug,test")
+    catalog = tmp_path / "shop" / "catalog.csv"
+    catalog.write_bytes(b"\n".join(lines) + b"\n")
+    out = tmp_path / "pred.jsonl"
+    for _ in range(2):  # and again: the rerun finds the output complete
+        assert _tag(trained, catalog, out) == 0
+    tagged = [json.loads(l)["id"] for l in out.read_text().splitlines()]
+    assert tagged == [r["id"] for r in rows] + ["bomb"]
+    rejects = [json.loads(l) for l in Path(f"{out}.rejects.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert {(r["field"], r["severity"]) for r in rejects} == {("title", "error"), ("image", "warning")}
+    assert main(["gallery", "--predictions", str(out), "--catalog", str(catalog), "--out", str(tmp_path / "g.html")]) == 0
+    assert "Traceback" not in capsys.readouterr().err
