@@ -5,12 +5,13 @@ normalised like every tag (lower-cased `key:value`), minus identifiers and logis
 """
 from __future__ import annotations
 
-import csv
 import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..readers import ROW_WARNINGS, iter_raw_rows
+from ..validate import Issue
 from ..vocab import normalise_tag
 from .base import ImportSource, RawRow, hash_split
 
@@ -46,20 +47,22 @@ def spec_tags(spec: str) -> list[str]:
 
 
 def _rows(root: Path, csv_path: Path) -> Iterator[RawRow]:
-    with open(csv_path, encoding="utf-8", errors="surrogateescape", newline="") as f:
-        reader = csv.DictReader(f)
-        for r in reader:
-            pid = (r.get("uniq_id") or "").strip()
-            image = (r.get("image") or "").strip()
-            extra = {k: r[k] for k in ("brand", "retail_price", "discounted_price", "product_category_tree",
-                                       "product_url", "pid") if r.get(k)}
-            yield reader.line_num, {
-                "id": pid, "title": r.get("product_name"), "description": r.get("description"),
-                "image": f"images/{image}" if image else None,
-                "category": top_category(r.get("product_category_tree", "")),
-                "tags": spec_tags(r.get("product_specifications", "")),
-                "split": hash_split(pid) if pid else None, "language": "en", "extra": extra,
-            }
+    for n, r in iter_raw_rows(csv_path):  # the one CSV reader: BOM, broken quotes, bad bytes
+        if isinstance(r, Issue):
+            yield n, r
+            continue
+        pid = (r.get("uniq_id") or "").strip()
+        image = (r.get("image") or "").strip()
+        extra = {k: r[k] for k in ("brand", "retail_price", "discounted_price", "product_category_tree",
+                                   "product_url", "pid") if r.get(k)}
+        row = {"id": pid, "title": r.get("product_name"), "description": r.get("description"),
+               "image": f"images/{image}" if image else None,
+               "category": top_category(r.get("product_category_tree", "")),
+               "tags": spec_tags(r.get("product_specifications", "")),
+               "split": hash_split(pid) if pid else None, "language": "en", "extra": extra}
+        if ROW_WARNINGS in r:
+            row[ROW_WARNINGS] = r[ROW_WARNINGS]
+        yield n, row
 
 
 def read(path: str | Path, **_: object) -> ImportSource:

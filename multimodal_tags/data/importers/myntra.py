@@ -7,11 +7,10 @@ seen >= 20 times among train products.
 from __future__ import annotations
 
 import csv
-import gzip
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..readers import iter_raw_rows
 from ..validate import Issue
 from .base import ImportSource, RawRow
 
@@ -64,23 +63,20 @@ def _image_ref(root: Path, pid: str) -> str | None:
 
 
 def _rows(root: Path, styles: Path, splits: dict[str, str]) -> Iterator[RawRow]:
-    with gzip.open(styles, "rb") as f:
-        for n, line in enumerate(f, 1):
-            try:
-                r = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                yield n, Issue(str(styles), n, "row", f"bad JSON: {e}", raw=line.decode("utf-8", "replace"))
-                continue
-            pid = str(r.get("id", "")).strip()
-            extra = {k: r[k] for k in ("brand", "masterCategory", "subCategory", "year", "ageGroup",
-                                       "style_note", "materials_care", "articleAttributes")
-                     if r.get(k) not in (None, "", {})}
-            ref = _image_ref(root, pid) if pid else None
-            if pid and ref is None:
-                extra["image_error"] = "no photo in images/ or images-224/"
-            yield n, {"id": pid, "title": r.get("name"), "description": product_description(r),
-                      "image": ref, "category": r.get("articleType"), "tags": myntra_tags(r),
-                      "split": splits.get(pid), "language": "en", "extra": extra}
+    for n, r in iter_raw_rows(styles):  # the one JSONL reader: bad JSON, bad bytes, a broken gzip
+        if isinstance(r, Issue):
+            yield n, r
+            continue
+        pid = str(r.get("id", "")).strip()
+        extra = {k: r[k] for k in ("brand", "masterCategory", "subCategory", "year", "ageGroup",
+                                   "style_note", "materials_care", "articleAttributes")
+                 if r.get(k) not in (None, "", {})}
+        ref = _image_ref(root, pid) if pid else None
+        if pid and ref is None:
+            extra["image_error"] = "no photo in images/ or images-224/"
+        yield n, {"id": pid, "title": r.get("name"), "description": product_description(r),
+                  "image": ref, "category": r.get("articleType"), "tags": myntra_tags(r),
+                  "split": splits.get(pid), "language": "en", "extra": extra}
 
 
 def read(path: str | Path, **_: object) -> ImportSource:
