@@ -232,6 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="auto (the GPT-2 decoder's tags when the model has a decoder, else the tag head's), "
                              "decoder, head or both")
 
+    def model_on_catalog(sp):
+        sp.add_argument("--model", required=True, help="a model folder (RUN_DIR/model)")
+        sp.add_argument("--catalog", required=True)
+
+    def reads_features(sp):
+        sp.add_argument("--cache", help="feature cache folder (default: features-cache beside the catalog)")
+        sp.add_argument("--allow-random-weights", action="store_true", help="accept tiny-*/@random encoders")
+
     def image_checks(sp):
         sp.add_argument("--image-root", help="folder image paths resolve in (default: the catalog's meta, "
                                              "else its folder)")
@@ -304,37 +312,31 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_train)
 
     sp = sub.add_parser("evaluate", help="evaluate a saved model on a catalog split (works under accelerate launch)")
-    sp.add_argument("--model", required=True)
-    sp.add_argument("--catalog", required=True)
+    model_on_catalog(sp)
     sp.add_argument("--out", required=True)
     sp.add_argument("--split", default="test", help="train, val, test or all")
     tag_source(sp)
-    sp.add_argument("--cache")
-    sp.add_argument("--allow-random-weights", action="store_true")
+    reads_features(sp)
     sp.set_defaults(func=cmd_evaluate)
 
     sp = sub.add_parser("tag", help="tag a whole catalog (streaming, resumable) into JSONL and optionally a store")
-    sp.add_argument("--model", required=True)
-    sp.add_argument("--catalog", required=True)
+    model_on_catalog(sp)
     sp.add_argument("--out", required=True, help="predictions JSONL (a rerun continues it)")
     sp.add_argument("--store", help="SQLite tag store to update")
     sp.add_argument("--rejects", help="bad rows (default: OUT.rejects.jsonl)")
     sp.add_argument("--batch-size", type=int, default=TAG_BATCH_SIZE)
     tag_source(sp)
     sp.add_argument("--extra-tags", help="comma-separated tags scored zero-shot by CLIP image-text similarity")
-    sp.add_argument("--cache")
-    sp.add_argument("--allow-random-weights", action="store_true")
+    reads_features(sp)
     sp.add_argument("--quiet", action="store_true")
     sp.set_defaults(func=cmd_tag)
 
     sp = sub.add_parser("refresh", help="re-tag only new/changed products (and all when the model changed)")
-    sp.add_argument("--model", required=True)
-    sp.add_argument("--catalog", required=True)
+    model_on_catalog(sp)
     sp.add_argument("--store", required=True)
     sp.add_argument("--batch-size", type=int, default=TAG_BATCH_SIZE)
     tag_source(sp)
-    sp.add_argument("--cache")
-    sp.add_argument("--allow-random-weights", action="store_true")
+    reads_features(sp)
     sp.set_defaults(func=cmd_refresh)
 
     sp = sub.add_parser("gallery", help="an HTML gallery of predictions against the catalog's labels")

@@ -51,6 +51,14 @@ class EncodeStats:
         return s
 
 
+def _to_encode(cache: FeatureCache, key: str, items: dict[str, str], stats: EncodeStats) -> list[str]:
+    """The item hashes the cache lacks under `key`; counts unique and cached items in `stats`."""
+    stats.unique = len(items)
+    todo = cache.missing(key, items)
+    stats.cached = stats.unique - len(todo)
+    return todo
+
+
 def register(cache: FeatureCache, encoder: ImageEncoder | HFTextEncoder) -> str:
     key = encoder.cache_key()
     cache.register(key, encoder.spec, encoder.dim, encoder.describe())
@@ -70,9 +78,7 @@ def encode_texts(products: Sequence[Product], encoder: HFTextEncoder, cache: Fea
 def encode_text_items(texts: dict[str, str], encoder: HFTextEncoder, cache: FeatureCache, key: str,
                       stats: EncodeStats, batch_size: int = 64, progress: bool = True) -> EncodeStats:
     """Encode {item hash: text} under cache key `key`, skipping what is cached."""
-    stats.unique = len(texts)
-    todo = cache.missing(key, texts)
-    stats.cached = stats.unique - len(todo)
+    todo = _to_encode(cache, key, texts, stats)
     if not todo:
         return stats
     start = time.perf_counter()
@@ -132,9 +138,7 @@ def encode_images(products: Sequence[Product], encoder: ImageEncoder, cache: Fea
     for p in with_image:
         refs.setdefault(p.image_hash, p.image)
         owners.setdefault(p.image_hash, p.id)
-    stats.unique = len(refs)
-    todo = cache.missing(key, refs)
-    stats.cached = stats.unique - len(todo)
+    todo = _to_encode(cache, key, refs, stats)
     if not todo:
         return stats
     start = time.perf_counter()
