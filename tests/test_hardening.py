@@ -154,9 +154,9 @@ def test_a_gallery_of_predictions_whose_tags_are_not_a_list(tmp_path, capsys):
 
 
 # ---- weaker spots, each with its rule ---------------------------------------------------------------
-@pytest.mark.parametrize("pid, ok", [(1.5, False), (float("nan"), False), (12.0, True), (12, True),
-                                     ("x" * 10_000, False), ("sku\u200b1", False), ("sku\u202e1", False),
-                                     ("sku-1", True)])
+@pytest.mark.parametrize("pid, ok", [(1.5, False), (float("nan"), False), (float("inf"), False), (12.0, True),
+                                     (12, True), ("x" * 10_000, False), ("sku\u200b1", False),
+                                     ("sku\u202e1", False), ("sku-1", True)])
 def test_the_id_rule(tmp_path, pid, ok):
     """Ids are text or whole numbers, at most 256 characters, with no invisible or control characters."""
     path = tmp_path / "c.jsonl"

@@ -86,9 +86,9 @@ def _as_text(value: Any) -> str:
 def _as_id(value: Any, limits: Limits) -> str:
     """The id rule: text or a whole number; no invisible or control characters (two ids that look the
     same must be the same); at most `limits.max_id_chars`."""
-    if isinstance(value, float) and (value != value or value != int(value)):  # NaN, or 1.5
-        raise ValueError(f"must be text or a whole number, got {value!r}")
     if isinstance(value, float):
+        if not value.is_integer():  # 1.5, NaN, infinity
+            raise ValueError(f"must be text or a whole number, got {value!r}")
         value = int(value)  # 12.0 from a numeric column is id 12
     pid = _as_text(value)
     if not pid:
