@@ -11,7 +11,6 @@ from typing import Any
 import yaml
 
 
-
 @dataclass
 class DecoderConfig:
     """The GPT-2 tag decoder (models/decoder.py)."""

@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from .readers import ROW_WARNINGS, RawRow, catalog_format, iter_raw_rows
-from .validate import printable
 from .schema import Product
-from .validate import Issue, Limits, validate_row
+from .validate import Issue, Limits, printable, validate_row
 
 META_FORMAT = "mmtags-catalog/1"
 

@@ -144,7 +144,7 @@ def _extra_fields(raw: dict[str, Any]) -> dict[str, Any]:
         if k not in PRODUCT_FIELDS and k not in ("image_hash", "content_hash") and v not in (None, ""):
             extra.setdefault(k, v)
     for k, v in extra.items():  # every string kept must be writable as UTF-8
-        for text in (k, v) if isinstance(v, str) else (k,):
+        for text in (k, v):
             if isinstance(text, str):
                 try:
                     _check_utf8(text)
@@ -202,8 +202,9 @@ def validate_row(raw: dict[str, Any], file: str, row: int, image_root: Path | No
     except ValueError as e:
         err("extra", str(e))
         extra = {}
-    if not issues and _row_chars(raw) > limits.max_row_chars:  # the fields' own limits are named first
-        err("row", f"{_row_chars(raw):,} characters, over the limit of {limits.max_row_chars:,} "
+    size = 0 if issues else _row_chars(raw)  # the fields' own limits are named first
+    if size > limits.max_row_chars:
+        err("row", f"{size:,} characters, over the limit of {limits.max_row_chars:,} "
                    f"(raise Limits.max_row_chars to accept)")
     if not (title or description or image) and not issues:
         err("title", "product has no title, no description and no image")

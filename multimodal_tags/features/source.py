@@ -9,6 +9,7 @@ Training, evaluation, tagging and the service all read features through it.
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -85,8 +86,7 @@ class FeatureSource(Dataset):
             raise ValueError(f"modalities {modalities!r} is not one of {', '.join(MODALITIES)}")
         if modalities == "both":
             return self
-        out = self.subset(range(len(self)))
-        out.word_scores = self.word_scores
+        out = copy.copy(self)  # shares the vectors: only a mask changes
         if modalities == "text":
             out.has_image = torch.zeros_like(self.has_image)
         if modalities == "image":

@@ -95,16 +95,13 @@ class TagStore:
 
     def write(self, rows: Iterable[dict], changes: dict[str, str]) -> None:
         """Upsert output rows (see inference.rows.prediction_row) in one transaction; `changes` maps each
-        id to the history entry it gets ('new', 'changed', 'retagged'). A product called 'unchanged'
-        whose tags or category differ all the same (tagged with another tag source, say) gets a
-        'retagged' entry: every change of the current tags is in the history."""
+        id to the history entry it gets ('new', 'changed', 'retagged'; 'unchanged': none). Callers
+        that have not compared the rows with the store take the kinds from `pending_change`."""
         now = time.time()
         with self.transaction():
             for r in rows:
                 tags = _tags_json(r)
                 change = changes.get(r["id"], "new")
-                if change == "unchanged" and self._current(r["id"]) != (r["category"], tags):
-                    change = "retagged"
                 self.db.execute(
                     "INSERT INTO products VALUES (?, ?, ?, ?, ?, ?, ?, NULL) ON CONFLICT(id) DO UPDATE SET "
                     "content_hash=excluded.content_hash, model_id=excluded.model_id, category=excluded.category, "
@@ -117,7 +114,9 @@ class TagStore:
                                     (r["id"], now, change, r["model_id"], r["content_hash"], r["category"], tags))
 
     def pending_change(self, row: dict) -> str | None:
-        """The history entry writing this output row would make, or None when the store holds it already."""
+        """The history entry this output row needs, or None when the store holds it already. Same content
+        and model but other tags or category (tagged with another tag source, say) is 'retagged': every
+        change of the current tags is in the history."""
         kind = self.change_kind(row["id"], row["content_hash"], row["model_id"])
         if kind != "unchanged":
             return kind

@@ -12,8 +12,8 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..readers import ROW_WARNINGS, iter_raw_rows, printable
-from ..validate import Issue, parse_tags
+from ..readers import ROW_WARNINGS, iter_raw_rows
+from ..validate import Issue, parse_tags, printable
 from ..vocab import normalise_tag
 from .base import ImportSource, RawRow, hash_split
 
