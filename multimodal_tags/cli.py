@@ -202,6 +202,69 @@ def cmd_refresh(a: argparse.Namespace) -> int:
     return 0 if stats.kept else _no_products(a.catalog)
 
 
+def cmd_feedback_import(a: argparse.Namespace) -> int:
+    from .online.feedback import import_events
+
+    result = import_events(a.store, a.events)
+    print(result.summary())
+    for row, reason in result.refused[:20]:
+        print(f"  {a.events}:{row}: {reason}", file=sys.stderr)
+    if len(result.refused) > 20:
+        print(f"  ... {len(result.refused) - 20} more refused rows", file=sys.stderr)
+    return 0 if result.stored or result.duplicates or not result.refused else EXIT_FAILED
+
+
+def cmd_feedback_stats(a: argparse.Namespace) -> int:
+    from .online.feedback import FeedbackStore
+
+    with FeedbackStore(a.store) as fb:
+        stats = fb.stats(bucket_s=a.bucket_hours * 3600)
+    if a.json:
+        print(json.dumps(stats, indent=1))
+        return 0
+    rate = stats["acceptance_rate"]
+    print(f"{stats['events']} events: {stats['accepted']} of {stats['judged']} proposed tags accepted "
+          f"({'-' if rate is None else f'{rate:.1%}'}), {stats['added']} tags added")
+    for key, r in stats["by_key"].items():
+        print(f"  {key:30s} {r['accepted']:6d} / {r['judged']:6d}  {r['acceptance_rate']:.1%}")
+    return 0
+
+
+def cmd_adapt(a: argparse.Namespace) -> int:
+    from .online.adapt import AdaptOptions, adapt_model
+
+    options = AdaptOptions(catalog=a.catalog, replay=a.replay, epochs=a.epochs, lr=a.lr, holdout=a.holdout,
+                           tolerance=a.tolerance, promote=a.promote, tag_source=a.tag_source)
+    lineage = adapt_model(a.model, a.store, a.out, _settings(a), options)
+    for name in ("feedback_holdout", "val"):
+        g = lineage["gate"][name]
+        print(f"{name}: tag F1 {g['parent_tag_f1']:.4f} -> {g['adapted_tag_f1']:.4f} ({g['products']} products)")
+    print(f"wrote {a.out} ({'passed' if lineage['gate']['passed'] else 'failed'} the gate)")
+    if a.promote and not lineage["promoted"]:
+        print("error: not promoted: the adapted model is worse on the gate above", file=sys.stderr)
+        return EXIT_FAILED
+    if lineage["promoted"]:
+        print(f"promoted: {a.store} now serves {a.out}")
+    return 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .service.app import create_app
+    from .service.runtime import ServiceConfig
+
+    key = Path(a.api_key_file).read_text(encoding="utf-8").strip() if a.api_key_file else None
+    settings = _settings(a)
+    settings.progress = False
+    cfg = ServiceConfig(Path(a.model), Path(a.store), Path(a.cache or Path(a.store).resolve().parent / "features-cache"),
+                        image_root=Path(a.image_root) if a.image_root else None, api_key=key,
+                        max_body_bytes=int(a.max_body_mb * 2 ** 20), max_batch=a.max_batch,
+                        refit_every=a.refit_every, tag_source=a.tag_source, settings=settings)
+    uvicorn.run(create_app(cfg), host=a.host, port=a.port, log_level="warning")
+    return 0
+
+
 def cmd_gallery(a: argparse.Namespace) -> int:
     from .eval.gallery import write_gallery
 
@@ -338,6 +401,47 @@ def build_parser() -> argparse.ArgumentParser:
     tag_source(sp)
     reads_features(sp)
     sp.set_defaults(func=cmd_refresh)
+
+    fb = sub.add_parser("feedback", help="tag feedback: import events, acceptance statistics")
+    fsub = fb.add_subparsers(dest="feedback_command", required=True)
+    sp = fsub.add_parser("import", help="store the events of a JSONL file (accept | reject | add)")
+    sp.add_argument("events")
+    sp.add_argument("--store", required=True, help="the SQLite tag store (feedback is kept beside the tags)")
+    sp.set_defaults(func=cmd_feedback_import)
+    sp = fsub.add_parser("stats", help="acceptance rate of proposed tags: overall, per tag key, over time")
+    sp.add_argument("--store", required=True)
+    sp.add_argument("--bucket-hours", type=float, default=24.0)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_feedback_stats)
+
+    sp = sub.add_parser("adapt", help="fine-tune heads and decoder on feedback (+ replay); promote if not worse")
+    sp.add_argument("--model", required=True)
+    sp.add_argument("--store", required=True)
+    sp.add_argument("--out", required=True, help="the new model folder")
+    sp.add_argument("--catalog", help="the model's training catalog (default: the one it records)")
+    sp.add_argument("--promote", action="store_true", help="serve it from this store if it passes the gate")
+    sp.add_argument("--replay", type=float, default=3.0, help="replayed training products per judged product")
+    sp.add_argument("--epochs", type=int, default=3)
+    sp.add_argument("--lr", type=float, default=2e-4)
+    sp.add_argument("--holdout", type=float, default=0.2, help="fraction of judged products held back for the gate")
+    sp.add_argument("--tolerance", type=float, default=0.0, help="how much lower a gate metric may be")
+    tag_source(sp)
+    reads_features(sp)
+    sp.set_defaults(func=cmd_adapt)
+
+    sp = sub.add_parser("serve", help="the HTTP service: tag, feedback, stored tags, statistics")
+    sp.add_argument("--model", required=True)
+    sp.add_argument("--store", required=True)
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=8000)
+    sp.add_argument("--image-root", help="folder that photo paths in /tag requests resolve in")
+    sp.add_argument("--api-key-file", help="a file holding the key write endpoints require (X-API-Key)")
+    sp.add_argument("--max-body-mb", type=float, default=16.0)
+    sp.add_argument("--max-batch", type=int, default=32, help="products per forward pass")
+    sp.add_argument("--refit-every", type=int, default=200, help="feedback events between calibration re-fits")
+    tag_source(sp)
+    reads_features(sp)
+    sp.set_defaults(func=cmd_serve)
 
     sp = sub.add_parser("gallery", help="an HTML gallery of predictions against the catalog's labels")
     sp.add_argument("--predictions", required=True)

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+LINEAGE_FILE = "lineage.json"  # in a model folder: the catalog it was trained on, its parent model, its feedback
+
 
 def _git_commit() -> str | None:
     try:

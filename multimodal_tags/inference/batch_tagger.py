@@ -14,7 +14,7 @@ from ..data.feature_cache import FeatureCache
 from ..data.schema import Product
 from ..features.settings import RunSettings
 from ..features.source import FeatureSource
-from ..models.tagger import Tagger
+from ..models.tagger import RawPrediction, Tagger
 from ..models.zero_shot import ZeroShotTags, ZeroShotUnavailable
 from .rows import DEFAULT_TAG_SOURCE, prediction_rows, resolve_tag_source
 
@@ -65,16 +65,20 @@ class BatchTagger:
         with FeatureCache(self.cache_dir) as cache:  # small batches: decode photos in-process
             return FeatureSource.encode(products, self.encoders, cache, image_root, self.model.cfg, num_workers=0)
 
-    @torch.no_grad()
     def tag(self, products: Sequence[Product], image_root: Path) -> list[dict]:
         """Output rows (id, category, tags with scores and sources, modality weights, model id, content
         hash) for a batch of products."""
+        return self.tag_raw(products, image_root)[0]
+
+    @torch.no_grad()
+    def tag_raw(self, products: Sequence[Product], image_root: Path) -> tuple[list[dict], RawPrediction]:
+        """Output rows and the scores behind them (before thresholds)."""
         source = self.features(products, image_root)
-        preds = self.model.predict(source.batch(), generate=self.tag_source != "head")
-        rows = prediction_rows(products, preds, self.tag_source, self.model_id)
+        raw = self.model.predict_raw(source.batch(), generate=self.tag_source != "head")
+        rows = prediction_rows(products, self.model.prediction_dicts(raw), self.tag_source, self.model_id)
         if self.zero_shot is not None and self.encoders.image is not None:
             self._add_zero_shot(rows, source)
-        return rows
+        return rows, raw
 
     def _add_zero_shot(self, rows: list[dict], source: FeatureSource) -> None:
         extra_tags = self.zero_shot.predict(source.image.numpy(), source.has_image.numpy())

@@ -57,7 +57,8 @@ def refresh(model_dir: str | Path, catalog_path: str | Path, store_path: str | P
             kinds: dict[str, str] = {}  # product id -> change kind, for the products in flight
             products = iter_catalog(catalog_path, root, options.limits, report, seen=seen)
             run_batches(_needing_work(products, store, tagger.model_id, stats, kinds), options.batch_size,
-                        lambda batch: store.write(tagger.tag(batch, root), {p.id: kinds.pop(p.id) for p in batch}))
+                        lambda batch: store.write(tagger.tag(batch, root), {p.id: kinds.pop(p.id) for p in batch},
+                                                      batch))
             stats.counts["failed"], stats.kept = report.rejected, report.kept
             if report.read == 0 or report.kept == 0:
                 settings.log(f"warning: {catalog_path} has no valid products; nothing is marked removed")

@@ -2,6 +2,7 @@
 
 `products` holds one row per product id: category, tags (JSON, with scores and sources), the model
 id and content hash that produced them, when, and `removed_at` once the product left the catalog.
+`records` keeps the product each current row was computed from (what feedback learning re-reads).
 `history` appends a row for every change (new, changed, retagged, removed), so any past state can be
 reconstructed. Writes happen in one transaction per batch: an interrupted job leaves whole batches.
 
@@ -19,6 +20,8 @@ import time
 from collections.abc import Container, Iterable, Iterator
 from pathlib import Path
 
+from ..data.schema import Product
+
 BUSY_TIMEOUT_S = 60  # how long a write waits for another process's write to finish
 
 SCHEMA = """
@@ -32,6 +35,7 @@ CREATE TABLE IF NOT EXISTS history (
 );
 CREATE INDEX IF NOT EXISTS history_product ON history(product_id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS records (id TEXT PRIMARY KEY, content_hash TEXT NOT NULL, product TEXT NOT NULL);
 """
 
 
@@ -43,7 +47,7 @@ class TagStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss, not just a crash
         with self.transaction():
             for statement in filter(str.strip, SCHEMA.split(";")):
                 self.db.execute(statement)
@@ -93,12 +97,15 @@ class TagStore:
         d["tags"] = json.loads(d["tags"])
         return d
 
-    def write(self, rows: Iterable[dict], changes: dict[str, str]) -> None:
+    def write(self, rows: Iterable[dict], changes: dict[str, str], products: Iterable[Product] = ()) -> None:
         """Upsert output rows (see inference.rows.prediction_row) in one transaction; `changes` maps each
         id to the history entry it gets ('new', 'changed', 'retagged'; 'unchanged': none). Callers
-        that have not compared the rows with the store take the kinds from `pending_change`."""
+        that have not compared the rows with the store take the kinds from `pending_change`.
+        `products`, the rows' products, are kept in `records`."""
         now = time.time()
         with self.transaction():
+            self.db.executemany("INSERT OR REPLACE INTO records VALUES (?, ?, ?)",
+                                [(p.id, p.content_hash, json.dumps(p.to_dict(), ensure_ascii=False)) for p in products])
             for r in rows:
                 tags = _tags_json(r)
                 change = changes.get(r["id"], "new")
@@ -140,11 +147,32 @@ class TagStore:
                                 "VALUES (?, ?, 'removed', ?, ?, ?, ?)", (pid, now, model_id, content_hash, category, tags))
         return len(gone)
 
+    def products(self, ids: Iterable[str]) -> dict[str, Product]:
+        """The kept products (see `write`) of those ids that have one."""
+        out = {}
+        for pid in ids:
+            row = self.db.execute("SELECT product FROM records WHERE id = ?", (pid,)).fetchone()
+            if row is not None:
+                out[pid] = Product.from_dict(json.loads(row[0]))
+        return out
+
+    def has_product(self, product_id: str) -> bool:
+        """Whether the store knows the product (tagged at some point, live or removed)."""
+        return self.state(product_id) is not None
+
     def history(self, product_id: str) -> list[dict]:
         rows = self.db.execute("SELECT at, change, model_id, content_hash, category, tags FROM history "
                                "WHERE product_id = ? ORDER BY seq", (product_id,)).fetchall()
         return [{"at": a, "change": c, "model_id": m, "content_hash": h, "category": cat,
                  "tags": json.loads(t) if t else None} for a, c, m, h, cat, t in rows]
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction():
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
 
     def counts(self) -> dict[str, int]:
         live = self.db.execute("SELECT COUNT(*) FROM products WHERE removed_at IS NULL").fetchone()[0]

@@ -136,7 +136,7 @@ class _BatchWriter:
         self.out.flush()
         os.fsync(self.out.fileno())
         if self.store is not None:
-            self.store.write(rows, {r["id"]: self.store.pending_change(r) or "unchanged" for r in rows})
+            self.store.write(rows, {r["id"]: self.store.pending_change(r) or "unchanged" for r in rows}, batch)
         self.stats.tagged += len(rows)
         self.bar.update(len(rows))
 

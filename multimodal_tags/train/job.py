@@ -31,7 +31,8 @@ from ..inference.predict import predict_source
 from ..inference.scoring import score_split
 from ..inference.thresholds import tune_decoder_threshold, tune_head_thresholds
 from ..models.tagger import Tagger
-from ..run_info import write_run_info
+from ..files import write_json_atomic
+from ..run_info import LINEAGE_FILE, write_run_info
 from .data import FeatureDataset, LabelSpace, build_label_space
 from .finetune_text import FinetuneConfig, bundle_text_encoder, finetuned_config
 from .loop import fit
@@ -178,6 +179,7 @@ def train_tagger(catalog_path: str | Path, run_dir: str | Path, cfg: ModelConfig
     best, val_preds = finish_model(run_dir, data.val, settings.log)
     if finetune is not None:  # the model folder carries its fine-tuned text encoder: it stays self-contained
         bundle_text_encoder(run_dir / "text_encoder", run_dir / "model")
+    write_json_atomic(run_dir / "model" / LINEAGE_FILE, {"catalog": str(Path(catalog_path).resolve()), "parent": None})
     metrics = score_and_write(best, data, run_dir, f"{run_dir.name}@epoch{state['best_epoch']}", val_preds)
     write_run_info(run_dir, {"job": "train", "catalog": str(catalog_path), "modalities": modalities,
                              "seed": tcfg.seed, "best_epoch": state["best_epoch"], "cache": str(cache_dir),

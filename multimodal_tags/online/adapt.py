@@ -1,0 +1,242 @@
+"""`mmtags adapt`: fine-tune a model's tag head and decoder on feedback, mixed with a replay sample of
+its original training data, into a new model folder; promote it only if it is not worse.
+
+The judged products' labels are what feedback says: the tags it accepted or added, plus the stored
+tags nobody rejected. A fixed slice of the judged products (by a hash of their ids) is held back.
+Replayed training products keep their cross-fitted word scores, as in training, so the decoder does
+not learn to trust word scores it could only have seen in-sample. The fusion and category head stay
+frozen: feedback speaks of tags, not categories. The gate compares parent and child on the held-back
+feedback and on the original validation split (tag micro-F1 of the tags the model serves, and
+category accuracy); `--promote` records the child as the store's promoted model only when neither is
+lower (beyond `tolerance`). The new folder's `lineage.json` names its parent and the feedback it
+learned from.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import TrainConfig
+from ..data.catalog import Catalog, read_catalog
+from ..data.schema import Product
+from ..features.catalog import encode_catalog
+from ..features.settings import RunSettings
+from ..features.source import FeatureSource
+from ..files import write_json_atomic
+from ..inference.batch_tagger import model_id
+from ..inference.predict import predict_source
+from ..inference.rows import DEFAULT_TAG_SOURCE, prediction_rows, resolve_tag_source
+from ..metrics import prf
+from ..run_info import LINEAGE_FILE as LINEAGE
+from ..models.tagger import Tagger
+from ..train.data import FeatureDataset, LabelSpace
+from ..train.finetune_text import bundle_text_encoder
+from ..train.job import split_indices
+from ..train.loop import fit
+from ..train.word_scores import fit_or_load_word_scores
+from .feedback import FeedbackStore
+from .store import TagStore
+
+PROMOTED_KEY = "promoted_model"
+TRAINABLE = ("tag_head.", "decoder.")
+
+
+@dataclass
+class AdaptOptions:
+    catalog: str | Path | None = None  # the original training catalog; default: the one the model records
+    replay: float = 3.0  # replayed training products per judged product
+    epochs: int = 3
+    lr: float = 2e-4
+    batch_size: int = 128
+    holdout: float = 0.2  # fraction of judged products held back for the gate
+    tolerance: float = 0.0  # how much lower a gate metric may be and still promote
+    promote: bool = False
+    seed: int = 0
+    tag_source: str = DEFAULT_TAG_SOURCE
+
+
+def training_catalog(model_dir: Path, given: str | Path | None) -> Path:
+    """The catalog a model was trained on: given, recorded in its lineage, or the benchmark's beside it."""
+    candidates = [Path(given)] if given else []
+    lineage = model_dir / LINEAGE
+    if lineage.exists():
+        candidates.append(Path(json.loads(lineage.read_text(encoding="utf-8"))["catalog"]))
+    candidates.append(model_dir.resolve().parent / "catalog.jsonl")
+    for path in candidates:
+        if path.exists():
+            return path
+    raise FileNotFoundError(f"{model_dir} does not record its training catalog: pass --catalog "
+                            "(the catalog it was trained on, for replay and the validation split)")
+
+
+def judged_products(fb: FeedbackStore) -> list[Product]:
+    """Judged products whose content the store kept, labelled as feedback says (category unknown)."""
+    judgements = fb.judgements()
+    kept = fb.tags.products(judgements)
+    out = []
+    for pid in sorted(kept):
+        stored = fb.tags.get(pid)
+        shown = set(stored["tags"]) if stored else set()
+        right = {t for t, ok in judgements[pid].items() if ok}
+        wrong = {t for t, ok in judgements[pid].items() if not ok}
+        out.append(dataclasses.replace(kept[pid], tags=sorted((shown | right) - wrong), category=None, split=None))
+    return out
+
+
+def held_back(product_id: str, fraction: float, seed: int) -> bool:
+    """Whether a judged product belongs to the gate's slice (stable: a hash of its id)."""
+    h = hashlib.sha256(f"{seed}:{product_id}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2 ** 64 < fraction
+
+
+def tag_f1(model: Tagger, source: FeatureSource, tag_source: str, gold: list[set[str]]) -> tuple[float, float]:
+    """(tag micro-F1 of the tags the model serves, category accuracy) on a source."""
+    preds = predict_source(model, source, generate=tag_source != "head")
+    rows = prediction_rows(source.products, preds, tag_source)
+    f1 = prf(gold, [set(r["tags"]) for r in rows])[2]
+    known = [(p.category, r["category"]) for p, r in zip(source.products, rows) if p.category]
+    accuracy = sum(a == b for a, b in known) / len(known) if known else float("nan")
+    return f1, accuracy
+
+
+@dataclass
+class AdaptData:
+    labels: LabelSpace
+    train: FeatureDataset  # judged products (not held back) and the replayed training products
+    holdout: FeatureDataset  # judged products held back for the gate
+    val: FeatureSource  # the training catalog's validation split
+    replayed: int
+
+
+def _concat(a: FeatureSource, b: FeatureSource) -> FeatureSource:
+    """One source with the products of a, then b."""
+    vectors = {k: torch.cat([getattr(a, k), getattr(b, k)]).numpy() for k in ("text", "image", "has_text", "has_image")}
+    return FeatureSource(a.products + b.products, vectors, a.cfg)
+
+
+@torch.no_grad()
+def _table_scores(model: Tagger, source: FeatureSource) -> torch.Tensor:
+    ids = source.lexical_ids
+    return model.word_scores(ids, model.lexical.tfidf(ids)).float()
+
+
+def prepare_adapt_data(model: Tagger, catalog: Catalog, judged: list[Product], cache_dir: Path,
+                       settings: RunSettings, options: AdaptOptions) -> AdaptData:
+    """Features and labels of the judged products, a replay sample of the train split, and val."""
+    cfg = model.cfg
+    labels = LabelSpace(model.categories, model.tags, model.tokenizer, model.adversary_classes)
+    catalog_source = encode_catalog(catalog, cfg, cache_dir, settings)
+    idx = split_indices(catalog)
+    train_split = FeatureDataset(catalog_source.subset(idx["train"]), labels, cfg)
+    rng = np.random.default_rng(options.seed)
+    fit_part = [p for p in judged if not held_back(p.id, options.holdout, options.seed)]
+    held = [p for p in judged if held_back(p.id, options.holdout, options.seed)]
+    pick = np.sort(rng.choice(len(idx["train"]), min(len(idx["train"]), round(options.replay * len(fit_part))),
+                              replace=False))
+    judged_source = encode_catalog(Catalog(fit_part + held, catalog.report, catalog.image_root, catalog.meta),
+                                   cfg, cache_dir, settings)
+    mixed = _concat(judged_source.subset(range(len(fit_part))), train_split.features.subset(pick.tolist()))
+    if model.word_scores is not None:  # judged: the model's table (out of sample); replayed: cross-fitted
+        n_categories = len(model.categories) if cfg.word_score_categories else 0
+        crossfit = fit_or_load_word_scores(train_split, cfg.lexical_buckets, TrainConfig(), cache_dir,
+                                           settings.log, n_categories)["scores"]
+        mixed.word_scores = torch.cat([_table_scores(model, mixed.subset(range(len(fit_part)))),
+                                       torch.from_numpy(crossfit[pick]).float()])
+    holdout = judged_source.subset(range(len(fit_part), len(fit_part) + len(held)))
+    return AdaptData(labels, FeatureDataset(mixed, labels, cfg), FeatureDataset(holdout, labels, cfg),
+                     catalog_source.subset(idx["val"]), len(pick))
+
+
+def _freeze_all_but_tags(model: Tagger) -> None:
+    for name, p in model.named_parameters():
+        p.requires_grad = name.startswith(TRAINABLE)
+
+
+def _fine_tune(model_dir: Path, data: AdaptData, options: AdaptOptions, work: Path, log) -> Tagger:
+    child = Tagger.load(model_dir)
+    _freeze_all_but_tags(child)
+    tcfg = TrainConfig(epochs=options.epochs, batch_size=options.batch_size, lr=options.lr, warmup_ratio=0.1,
+                       patience=options.epochs, seed=options.seed, checkpoint_every=options.epochs)
+    fit(child, data.train, data.holdout, tcfg, work, log=log)
+    return Tagger.load(work / "best_model")
+
+
+def _gate(parent: Tagger, child: Tagger, data: AdaptData, tag_source: str, tolerance: float) -> dict:
+    """Both models on the held-back feedback and on val; `passed` when the child is nowhere lower."""
+    gate: dict = {}
+    for name, source in (("feedback_holdout", data.holdout.features), ("val", data.val)):
+        gold = [set(p.tags) for p in source.products]
+        (pf, pa), (cf, ca) = tag_f1(parent, source, tag_source, gold), tag_f1(child, source, tag_source, gold)
+        gate[name] = {"products": len(source), "parent_tag_f1": pf, "adapted_tag_f1": cf,
+                      "parent_accuracy": pa, "adapted_accuracy": ca}
+    checks = [gate["feedback_holdout"]["adapted_tag_f1"] >= gate["feedback_holdout"]["parent_tag_f1"] - tolerance,
+              gate["val"]["adapted_tag_f1"] >= gate["val"]["parent_tag_f1"] - tolerance,
+              not gate["val"]["adapted_accuracy"] < gate["val"]["parent_accuracy"] - tolerance]
+    gate["passed"] = all(checks) and len(data.holdout) > 0
+    return gate
+
+
+def _save_child(child: Tagger, model_dir: Path, out: Path) -> None:
+    child.save(out)
+    bundled = model_dir / "text_encoder"
+    if bundled.is_dir() and child.cfg.text_encoder == f"hf:{bundled.resolve()}":
+        bundle_text_encoder(bundled, out)  # self-contained, like its parent
+
+
+def adapt_model(model_dir: str | Path, store_path: str | Path, out: str | Path, settings: RunSettings | None = None,
+                options: AdaptOptions | None = None) -> dict:
+    """Fine-tune on feedback into `out`, gate it, promote it if asked and it passed; returns the lineage."""
+    settings, options = settings or RunSettings(), options or AdaptOptions()
+    model_dir, out, t0 = Path(model_dir), Path(out), time.perf_counter()
+    parent = Tagger.load(model_dir)
+    tag_source = resolve_tag_source(options.tag_source, parent.decoder is not None, str(model_dir))
+    catalog_path = training_catalog(model_dir, options.catalog)
+    with FeedbackStore(store_path) as fb:
+        judged, events, last_seq = judged_products(fb), fb.count(), fb.last_seq()
+    if not judged:
+        raise ValueError(f"{store_path} holds no feedback on products it kept: nothing to adapt to")
+    data = prepare_adapt_data(parent, read_catalog(catalog_path), judged, settings.cache_for(catalog_path), settings,
+                              options)
+    settings.log(f"adapt: {len(data.train) - data.replayed} judged + {data.replayed} replayed products, "
+                 f"{len(data.holdout)} held back")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".adapt-") as work:
+        child = _fine_tune(model_dir, data, options, Path(work), settings.log)
+    _save_child(child, model_dir, out)
+    gate = _gate(parent, child, data, tag_source, options.tolerance)
+    lineage = {"parent": {"path": str(model_dir.resolve()), "model_id": model_id(model_dir)},
+               "ancestors": _ancestors(model_dir), "catalog": str(catalog_path.resolve()),
+               "feedback": {"store": str(Path(store_path).resolve()), "events": events, "last_seq": last_seq,
+                            "judged_products": len(judged), "held_back": len(data.holdout),
+                            "replayed": data.replayed},
+               "options": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(options).items()},
+               "gate": gate, "promoted": bool(options.promote and gate["passed"]),
+               "seconds": round(time.perf_counter() - t0, 1)}
+    write_json_atomic(out / LINEAGE, lineage)
+    if lineage["promoted"]:
+        with FeedbackStore(store_path) as fb:
+            fb.tags.set_meta(PROMOTED_KEY, str(out.resolve()))
+    return lineage
+
+
+def _ancestors(model_dir: Path) -> list[str]:
+    lineage = model_dir / LINEAGE
+    if not lineage.exists():
+        return []
+    meta = json.loads(lineage.read_text(encoding="utf-8"))
+    return [meta["parent"]["path"], *meta.get("ancestors", [])] if meta.get("parent") else []
+
+
+def promoted_model(store_path: str | Path) -> Path | None:
+    """The model folder last promoted for this store, if any."""
+    with TagStore(store_path) as store:
+        value = store.get_meta(PROMOTED_KEY)
+    return Path(value) if value else None

@@ -1,0 +1,98 @@
+"""Feedback events and their validation: one pydantic model, shared by `mmtags feedback import`, the
+Python API and the service (which publishes it in its OpenAPI schema).
+
+An event says that a `user` accepted, rejected or added a `tag` on a `product` at a `time`, having seen
+the tags of model `model_id`. `event_id` is the sender's: delivering the same event twice stores it once.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..data.validate import printable
+
+ACTIONS = ("accept", "reject", "add")
+MAX_TAG_CHARS = 200  # longer than any tag a shop uses; stops a pasted description becoming a tag
+MAX_ID_CHARS = 256
+
+
+def _clean_text(value: Any, what: str) -> str:
+    """Text without surrounding space and without control characters (numbers as ids are text)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(f"{what} must be text")
+    text = str(value).strip()
+    if not text:
+        raise ValueError(f"{what} is empty")
+    if printable(text) != text:
+        raise ValueError(f"{what} has control characters")
+    return text
+
+
+class FeedbackEvent(BaseModel):
+    """One judgement of one tag. Unknown extra fields are kept (stored as JSON), not dropped."""
+
+    model_config = ConfigDict(extra="allow", str_max_length=4096)
+
+    event_id: str = Field(max_length=MAX_ID_CHARS, description="the sender's id: a redelivery is stored once")
+    user: str = Field(max_length=MAX_ID_CHARS)
+    product: str = Field(max_length=MAX_ID_CHARS, description="a product id the tag store knows")
+    tag: str = Field(max_length=MAX_TAG_CHARS)
+    action: Literal["accept", "reject", "add"]
+    time: datetime | None = Field(None, description="ISO 8601 or Unix seconds; default: when received")
+    model_id: str | None = Field(None, max_length=MAX_ID_CHARS, description="the model whose tags were judged")
+
+    @field_validator("event_id", "user", "product", "tag", mode="before")
+    @classmethod
+    def _text(cls, value: Any, info) -> str:
+        return _clean_text(value, info.field_name)
+
+    @field_validator("time")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)  # a time without zone is UTC
+        return value
+
+    def unix_time(self, default: float) -> float:
+        return self.time.timestamp() if self.time is not None else default
+
+    def extra_json(self) -> str | None:
+        return json.dumps(self.model_extra, ensure_ascii=False, default=str) if self.model_extra else None
+
+
+def explain(error: ValidationError) -> str:
+    """A ValidationError as one line naming each bad field: `tag: String should have at most 200 characters`."""
+    parts = []
+    for e in error.errors():
+        where = ".".join(str(x) for x in e["loc"]) or "event"
+        parts.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
+def parse_event(raw: Any) -> FeedbackEvent:
+    """An event from a decoded JSON value; ValueError with a one-line reason naming the field."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"an event is a JSON object, not {type(raw).__name__}")
+    try:
+        return FeedbackEvent.model_validate(raw)
+    except ValidationError as e:
+        raise ValueError(explain(e)) from None
+
+
+def read_events(path: str | Path) -> Iterator[tuple[int, FeedbackEvent | None, str | None]]:
+    """(row number, event, None) or (row number, None, reason) for each non-blank line of a JSONL file."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for row, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield row, parse_event(json.loads(line)), None
+            except json.JSONDecodeError as e:
+                yield row, None, f"not JSON ({e.msg} at column {e.colno})"
+            except ValueError as e:
+                yield row, None, str(e)

@@ -1,0 +1,1 @@
+"""The HTTP service (`mmtags serve`): FastAPI app over a model, the tag store and the feedback store."""

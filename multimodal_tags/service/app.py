@@ -1,0 +1,194 @@
+"""The FastAPI app of `mmtags serve`: tag products, take feedback, read tags and statistics.
+
+    POST /tag                 a product as JSON (photo: a path inside the image root), or multipart
+                              with `product` (JSON) and `photo` (the file); returns its tags
+    POST /feedback            one event or a list (online/events.py); stored before the reply
+    GET  /products/{id}/tags  the stored tags of a product
+    GET  /stats               acceptance rate (overall, per tag key, over time), batching, model
+    GET  /health              liveness and the model in use
+Bad input gets a 4xx naming the field; write endpoints need X-API-Key when the service has a key.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.security import APIKeyHeader
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+
+from ..data.images import ImageError, decode_image
+from ..data.schema import Product
+from ..data.validate import Limits, validate_row
+from ..online.events import FeedbackEvent, explain
+from .batching import TagBatcher
+from .limits import BodyLimit
+from .runtime import ModelThread, ServiceConfig, StoreThread
+
+EVENTS = TypeAdapter(FeedbackEvent | list[FeedbackEvent])
+MAX_EVENTS_PER_REQUEST = 10_000
+
+
+class ProductIn(BaseModel):
+    """A product to tag (the catalog's fields; unknown fields are kept as extra)."""
+
+    id: str | int = Field(description="the product's id in the shop")
+    title: str = ""
+    description: str = ""
+    image: str | None = Field(None, description="a photo path inside the service's image root")
+    category: str | None = None
+    language: str = ""
+
+
+TAG_BODY = {"required": True, "content": {
+    "application/json": {"schema": ProductIn.model_json_schema()},
+    "multipart/form-data": {"schema": {"type": "object", "required": ["product"], "properties": {
+        "product": {"type": "string", "description": "the product as JSON"},
+        "photo": {"type": "string", "format": "binary"}}}}}}
+
+
+def create_app(cfg: ServiceConfig) -> FastAPI:
+    """The service over one model and one store (the model loads when the app starts)."""
+    state: dict[str, Any] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state["model"], state["store"] = ModelThread(cfg), StoreThread(cfg)
+        state["batcher"] = TagBatcher(lambda groups: state["model"].run(state["model"].tag, groups),
+                                      cfg.max_batch, cfg.batch_wait_s)
+        state["batcher"].start()
+        state["started"] = time.time()
+        yield
+        await state["batcher"].stop()
+        state["model"].close()
+        state["store"].close()
+
+    app = FastAPI(title="multimodal_tags", version="1", lifespan=lifespan,
+                  description="Tags for products from their text and photos, learning from feedback.")
+    app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)
+    key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+
+    def write_access(key: str | None = Depends(key_header)) -> None:
+        if cfg.api_key and not (key and hmac.compare_digest(key.encode(), cfg.api_key.encode())):
+            raise HTTPException(401, "this endpoint needs the service's API key in the X-API-Key header")
+
+    @app.post("/tag", openapi_extra={"requestBody": TAG_BODY}, dependencies=[Depends(write_access)])
+    async def tag(request: Request) -> dict:
+        """Tag one product; its tags are stored (and feedback on them accepted) before the reply."""
+        product, root = await _read_product(request, cfg)
+        row = await state["batcher"].tag(product, root)
+        await state["store"].run(state["store"].write_rows, [row], [product])
+        return row
+
+    @app.post("/feedback", dependencies=[Depends(write_access)])
+    async def feedback(events: FeedbackEvent | list[FeedbackEvent]) -> dict:
+        """Store judgements (one event or a list); a redelivered event_id is stored once."""
+        events = events if isinstance(events, list) else [events]
+        if len(events) > MAX_EVENTS_PER_REQUEST:
+            raise HTTPException(413, f"at most {MAX_EVENTS_PER_REQUEST} events per request")
+        result = await state["store"].run(state["store"].add, events)
+        if state["store"].take_refit_due(cfg.refit_every):
+            state["refit"] = state["model"].pool.submit(state["model"].refit)  # in the background
+        refused = [{"index": i, "event_id": events[i].event_id, "reason": r} for i, r in result.refused]
+        if refused and not (result.stored or result.duplicates):
+            raise HTTPException(422, {"message": "no event was stored", "refused": refused})
+        return {"stored": result.stored, "duplicates": result.duplicates, "refused": refused}
+
+    @app.get("/products/{product_id}/tags")
+    async def product_tags(product_id: str) -> dict:
+        """The product's current tags, with scores, sources and the model that gave them."""
+        row = await state["store"].run(state["store"].fb.tags.get, product_id)
+        if row is None:
+            raise HTTPException(404, f"unknown product {product_id!r}")
+        return row
+
+    @app.get("/stats")
+    async def stats() -> dict:
+        """Users' acceptance of proposed tags, and how the service batches."""
+        fb = await state["store"].run(state["store"].fb.stats)
+        b = state["batcher"]
+        return {**fb, "model_id": state["model"].learner.model_id, "model_dir": str(state["model"].model_dir),
+                "batches": b.batches, "tagged": b.products, "mean_batch": b.products / max(b.batches, 1),
+                "calibration": {"events": state["model"].learner.calibration.events,
+                                "rules": len(state["model"].learner.calibration.rules),
+                                "new_tags": sorted(state["model"].learner.calibration.new_tags)}}
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "model_id": state["model"].learner.model_id,
+                "uptime_s": round(time.time() - state["started"], 1)}
+
+    return app
+
+
+async def _read_product(request: Request, cfg: ServiceConfig) -> tuple[Product, Path]:
+    """The product of a /tag request and the root of its photo; 4xx naming the field otherwise."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "multipart/form-data":
+        try:
+            form = await request.form()
+        except Exception as e:  # starlette's multipart parser raises several types for a broken body
+            raise HTTPException(400, f"the multipart body cannot be read ({type(e).__name__})") from None
+        raw, photo = _form_json(form.get("product")), form.get("photo")
+        if isinstance(photo, str):
+            raise HTTPException(422, "photo: must be a file upload")
+        if photo is not None:
+            if not isinstance(raw, dict):
+                raise HTTPException(422, f"product: a product is a JSON object, not {type(raw).__name__}")
+            root = _keep_upload(await photo.read(), raw, cfg)
+            return _validated(raw, root, cfg), root
+    elif kind in ("application/json", ""):
+        try:
+            raw = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise HTTPException(400, f"body: not JSON ({e})") from None
+    else:
+        raise HTTPException(415, f"content-type {kind!r}: send application/json or multipart/form-data")
+    return _validated(raw, cfg.image_root, cfg), cfg.image_root or Path(".")
+
+
+def _form_json(value: Any) -> Any:
+    if value is None:
+        raise HTTPException(422, "product: missing (a form field holding the product as JSON)")
+    if not isinstance(value, str):
+        raise HTTPException(422, "product: must be a JSON text field, not a file")
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as e:
+        raise HTTPException(422, f"product: not JSON ({e})") from None
+
+
+def _validated(raw: Any, image_root: Path | None, cfg: ServiceConfig) -> Product:
+    """The catalog's row rules (online: a photo that cannot be read rejects the product)."""
+    if not isinstance(raw, dict):
+        raise HTTPException(422, f"body: a product is a JSON object, not {type(raw).__name__}")
+    if raw.get("image") is not None and image_root is None:
+        raise HTTPException(422, "image: this service has no image root (--image-root); upload the photo instead")
+    product, issues = validate_row(raw, "request", 1, image_root, Limits(strict_images=True))
+    errors = [f"{i.field}: {i.reason}" for i in issues if i.severity == "error"]
+    if product is None or errors:
+        raise HTTPException(422, "; ".join(errors) or "the product was rejected")
+    return product
+
+
+def _keep_upload(data: bytes, raw: dict, cfg: ServiceConfig) -> Path:
+    """Check an uploaded photo and keep it (content-addressed) in the uploads folder; returns that folder.
+    The caller's product gets the photo as its image."""
+    try:
+        decode_image(data, "photo")
+    except ImageError as e:
+        raise HTTPException(422, f"photo: {e}") from None
+    name = hashlib.sha256(data).hexdigest()[:32] + ".img"
+    cfg.uploads.mkdir(parents=True, exist_ok=True)
+    path = cfg.uploads / name
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    raw["image"] = name
+    return cfg.uploads

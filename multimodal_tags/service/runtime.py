@@ -1,0 +1,121 @@
+"""The service's two worker threads, each owning what it touches (SQLite connections are per thread):
+
+- the model thread holds the LearningTagger: tags batches, re-fits the calibration from feedback, and
+  swaps in a newly promoted model between two batches (no request is dropped: those queued run on
+  the new model, the batch in flight finishes on the old one);
+- the store thread holds the service's store connection: feedback writes (committed before the
+  reply), stored tags, statistics.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..data.schema import Product
+from ..features.settings import RunSettings
+from ..inference.batch_tagger import BatchTagger
+from ..online.adapt import PROMOTED_KEY
+from ..online.feedback import AddResult, FeedbackStore
+from ..online.learner import LearningTagger
+
+
+@dataclass
+class ServiceConfig:
+    model_dir: Path
+    store_path: Path
+    cache_dir: Path
+    image_root: Path | None = None  # photos given as paths must lie inside it
+    uploads_dir: Path | None = None  # uploaded photos are kept here (default: beside the store)
+    api_key: str | None = None  # required (X-API-Key) on write endpoints when set
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_batch: int = 32  # products per forward pass
+    batch_wait_s: float = 0.005  # how long the first request of a batch waits for company
+    refit_every: int = 200  # feedback events between calibration re-fits
+    watch_s: float = 2.0  # how often the store is checked for a newly promoted model
+    tag_source: str = "auto"
+    settings: RunSettings = field(default_factory=lambda: RunSettings(progress=False))
+
+    @property
+    def uploads(self) -> Path:
+        return self.uploads_dir or self.store_path.resolve().parent / "uploads"
+
+
+class ModelThread:
+    """The LearningTagger and everything that runs it, on one thread."""
+
+    def __init__(self, cfg: ServiceConfig):
+        self.cfg = cfg
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="model")
+        self.learner: LearningTagger | None = None
+        self.model_dir = cfg.model_dir
+        self._checked = 0.0
+        self.pool.submit(self._load, cfg.model_dir).result()
+
+    def _load(self, model_dir: Path) -> None:
+        tagger = BatchTagger(model_dir, self.cfg.cache_dir, self.cfg.settings, self.cfg.tag_source)
+        feedback = self.learner.feedback if self.learner else FeedbackStore(self.cfg.store_path)
+        self.learner, self.model_dir = LearningTagger(tagger, feedback, self.cfg.image_root or Path(".")), model_dir
+
+    def tag(self, groups: list[tuple[Path, list[Product]]]) -> list[list[dict]]:
+        """Rows for each group of products sharing an image root (runs on the model thread)."""
+        self._maybe_swap()
+        return [self.learner.tag(products, root) for root, products in groups]
+
+    def refit(self) -> dict:
+        cal = self.learner.refit()
+        return {"model_id": cal.model_id, "events": cal.events, "rules": len(cal.rules), "new_tags": sorted(cal.new_tags)}
+
+    def _maybe_swap(self) -> None:
+        if time.monotonic() - self._checked < self.cfg.watch_s:
+            return
+        self._checked = time.monotonic()
+        promoted = self.learner.feedback.tags.get_meta(PROMOTED_KEY)
+        if promoted and Path(promoted) != Path(self.model_dir) and (Path(promoted) / "config.json").exists():
+            self.cfg.settings.log(f"swapping in the promoted model {promoted}")
+            self._load(Path(promoted))
+
+    async def run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        if self.learner is not None:
+            self.learner.feedback.close()
+
+
+class StoreThread:
+    """The service's store connection, on one thread; counts events since the last re-fit."""
+
+    def __init__(self, cfg: ServiceConfig):
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="store")
+        self.fb: FeedbackStore = self.pool.submit(FeedbackStore, cfg.store_path).result()
+        self.since_refit = 0
+        self.lock = threading.Lock()
+
+    def add(self, events) -> AddResult:
+        result = self.fb.add(events)
+        with self.lock:
+            self.since_refit += result.stored
+        return result
+
+    def write_rows(self, rows: list[dict], products: list[Product]) -> None:
+        store = self.fb.tags
+        store.write(rows, {r["id"]: store.pending_change(r) or "unchanged" for r in rows}, products)
+
+    def take_refit_due(self, every: int) -> bool:
+        with self.lock:
+            if self.since_refit < every:
+                return False
+            self.since_refit = 0
+            return True
+
+    async def run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    def close(self) -> None:
+        self.pool.submit(self.fb.close).result()
+        self.pool.shutdown(wait=True)

@@ -1,0 +1,184 @@
+"""Feedback: events and their validation, the feedback store, immediate adaptation, `adapt` and its gate."""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import synthetic_catalog, write_jsonl
+from multimodal_tags.cli import main
+from multimodal_tags.config import TrainConfig
+from multimodal_tags.data.catalog import read_catalog
+from multimodal_tags.features import RunSettings
+from multimodal_tags.inference.batch_tagger import BatchTagger
+from multimodal_tags.models.presets import get_preset
+from multimodal_tags.online.adapt import AdaptOptions, adapt_model, promoted_model
+from multimodal_tags.online.calibration import NEVER, Scores, TagRule, fit_calibration
+from multimodal_tags.online.events import FeedbackEvent, parse_event
+from multimodal_tags.online.feedback import FeedbackStore
+from multimodal_tags.online.learner import LearningTagger
+from multimodal_tags.online.store import TagStore
+from multimodal_tags.train.job import train_tagger
+
+SETTINGS = RunSettings(allow_random_weights=True, progress=False, log=lambda s: None)
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    """A tiny model on a synthetic shop, and a store holding the tags of its val products."""
+    root = tmp_path_factory.mktemp("feedback")
+    synthetic_catalog(root, 400)
+    train_tagger(root / "catalog.jsonl", root / "run", get_preset("tiny"),
+                 TrainConfig(epochs=2, batch_size=32, max_train_products=200), SETTINGS)
+    catalog = read_catalog(root / "catalog.jsonl")
+    val = [p for p in catalog.products if p.split == "val"]
+    tagger = BatchTagger(root / "run" / "model", root / "features-cache", SETTINGS)
+    with TagStore(root / "tags.db") as store:
+        store.write(tagger.tag(val, catalog.image_root), {}, val)
+    return {"root": root, "model": root / "run" / "model", "val": val, "image_root": catalog.image_root}
+
+
+def _store_copy(shop, tmp_path):
+    path = tmp_path / "tags.db"
+    with TagStore(shop["root"] / "tags.db") as src:
+        src.db.execute(f"VACUUM INTO '{path}'")
+    return path
+
+
+def _event(i, product, tag, action="accept", **kw):
+    return FeedbackEvent(event_id=f"e{i}", user="u1", product=product, tag=tag, action=action, **kw)
+
+
+# ---- events -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("raw, field", [
+    ({"event_id": "1", "user": "u", "product": "p", "tag": "colour:red", "action": "like"}, "action"),
+    ({"event_id": "1", "user": "u", "product": "p", "tag": "colour:red", "action": "add", "time": "yesterday"}, "time"),
+    ({"event_id": "1", "user": "u", "product": "p", "tag": "x" * 201, "action": "add"}, "tag"),
+    ({"event_id": "1", "user": "u", "product": "p", "tag": " ", "action": "add"}, "tag"),
+    ({"event_id": "1", "user": "u", "product": ["p"], "tag": "t", "action": "add"}, "product"),
+    ({"user": "u", "product": "p", "tag": "t", "action": "add"}, "event_id"),
+])
+def test_a_bad_event_is_refused_naming_its_field(raw, field):
+    with pytest.raises(ValueError, match=rf"^{field}: "):
+        parse_event(raw)
+
+
+def test_times_parse_as_iso_or_unix_and_extra_fields_are_kept():
+    a = parse_event({"event_id": "1", "user": "u", "product": 7, "tag": "t", "action": "add",
+                     "time": "2026-11-27T10:00:00", "screen": "listing"})
+    b = parse_event({"event_id": "2", "user": "u", "product": "7", "tag": "t", "action": "add", "time": 1795773600})
+    assert a.product == "7" and a.unix_time(0) == b.unix_time(0) == 1795773600.0
+    assert json.loads(a.extra_json()) == {"screen": "listing"}
+
+
+def test_import_stores_good_rows_refuses_bad_ones_by_row_and_is_idempotent(shop, tmp_path, capsys):
+    store = _store_copy(shop, tmp_path)
+    pid = shop["val"][0].id
+    rows = [{"event_id": "a", "user": "u", "product": pid, "tag": "colour:red", "action": "reject"},
+            {"event_id": "b", "user": "u", "product": "no-such-product", "tag": "colour:red", "action": "add"},
+            {"event_id": "c", "user": "u", "product": pid, "tag": "colour:red", "action": "maybe"},
+            {"event_id": "d", "user": "u", "product": pid, "tag": "colour:blue", "action": "add", "time": "soon"}]
+    events = write_jsonl(tmp_path / "events.jsonl", rows)
+    with open(events, "a") as f:
+        f.write("{not json\n")
+    assert main(["feedback", "import", str(events), "--store", str(store)]) == 0
+    out, err = capsys.readouterr()
+    assert "stored 1, duplicates 0, refused 4" in out
+    assert f"{events}:2: product: unknown product 'no-such-product'" in err
+    assert f"{events}:3: action:" in err and f"{events}:4: time:" in err and f"{events}:5: not JSON" in err
+    assert main(["feedback", "import", str(events), "--store", str(store)]) == 0  # delivered again
+    assert "stored 0, duplicates 1" in capsys.readouterr().out
+    with FeedbackStore(store) as fb:
+        assert fb.count() == 1
+        changed = fb.add([FeedbackEvent(event_id="a", user="u", product=pid, tag="colour:red", action="accept")])
+        assert changed.stored == 0 and "stored before with other content" in changed.refused[0][1]
+
+
+def test_stats_count_acceptance_per_key_and_ignore_adds(shop, tmp_path):
+    pid = shop["val"][0].id
+    with FeedbackStore(_store_copy(shop, tmp_path)) as fb:
+        fb.add([_event(1, pid, "colour:red"), _event(2, pid, "colour:blue", "reject"),
+                _event(3, pid, "pattern:solid"), _event(4, pid, "fit:slim", "add")])
+        stats = fb.stats()
+    assert (stats["accepted"], stats["judged"], stats["added"]) == (2, 3, 1)
+    assert stats["by_key"]["colour"] == {"accepted": 1, "judged": 2, "acceptance_rate": 0.5}
+    assert stats["over_time"][0]["judged"] == 3
+
+
+# ---- immediate adaptation ------------------------------------------------------------------------
+def _scores(n, p_red, dim=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return [Scores({"colour:red": p}, np.array([p, 0.1], np.float32), rng.normal(size=dim).astype(np.float32))
+            for p in p_red]
+
+
+def test_a_tag_users_keep_rejecting_gets_a_higher_bar():
+    vocab, base = ["colour:red", "pattern:solid"], [TagRule(0.3, NEVER), TagRule(0.3, NEVER)]
+    p = np.linspace(0.3, 0.95, 40)
+    judged = [{"colour:red": bool(x >= 0.8)} for x in p]  # users reject red below 0.8
+    cal = fit_calibration("m", vocab, base, _scores(40, p), judged)
+    assert cal.rules["colour:red"].decoder_min > 0.7
+    row = {"tags": ["colour:red"], "tag_scores": {"colour:red": 0.5}, "tag_sources": {"colour:red": "decoder"}}
+    cal.apply(row, _scores(1, [0.5])[0], {t: i for i, t in enumerate(vocab)})
+    assert row["tags"] == []
+
+
+def test_a_few_judgements_change_nothing():
+    vocab, base = ["colour:red", "pattern:solid"], [TagRule(0.3, NEVER), TagRule(0.3, NEVER)]
+    cal = fit_calibration("m", vocab, base, _scores(2, [0.4, 0.5]), [{"colour:red": False}, {"colour:red": True}])
+    assert cal.rules == {}
+
+
+def test_a_tag_users_add_that_the_model_never_saw_becomes_known():
+    rng = np.random.default_rng(0)
+    fused = rng.normal(size=(80, 6)).astype(np.float32)
+    has = fused[:, 0] > 0.3  # the new tag goes with one direction of the fused vector
+    scores = [Scores({}, np.zeros(1, np.float32), f) for f in fused]
+    cal = fit_calibration("m", ["colour:red"], [TagRule(0.3, NEVER)], scores,
+                          [{"sleeve:short": True} if h else {} for h in has])
+    model = cal.new_tags["sleeve:short"]
+    pred = model.probability(fused) >= model.threshold
+    assert (pred == has).mean() > 0.9
+
+
+def test_refit_from_the_store_changes_the_served_tags(shop, tmp_path):
+    store = _store_copy(shop, tmp_path)
+    tagger = BatchTagger(shop["model"], shop["root"] / "features-cache", SETTINGS, tag_source="head")
+    val = shop["val"]
+    with FeedbackStore(store) as fb:
+        learner = LearningTagger(tagger, fb, shop["image_root"])
+        before = learner.tag(val)
+        tag = max({t for r in before for t in r["tags"]}, key=lambda t: sum(t in r["tags"] for r in before))
+        fb.add([_event(i, r["id"], tag, "reject") for i, r in enumerate(before) if tag in r["tags"]])
+        cal = learner.refit()
+        assert tag in cal.rules and cal.rules[tag].head_min > tagger.model.thresholds[tagger.model.tags.index(tag)]
+        assert not any(tag in r["tags"] for r in learner.tag(val))
+    with FeedbackStore(store) as fb:  # kept in the store: a restarted service starts adapted
+        assert LearningTagger(tagger, fb, shop["image_root"]).calibration.rules[tag] == cal.rules[tag]
+
+
+# ---- adapt ------------------------------------------------------------------------------------------
+def _truthful_feedback(fb, products, rows):
+    events = []
+    for p, r in zip(products, rows):
+        events += [_event(len(events), p.id, t, "accept" if t in p.tags else "reject") for t in r["tags"]]
+        events += [_event(len(events), p.id, t, "add") for t in set(p.tags) - set(r["tags"])]
+    fb.add(events)
+
+
+def test_adapt_writes_a_child_with_its_lineage_and_promotes_only_a_model_that_is_not_worse(shop, tmp_path):
+    store = _store_copy(shop, tmp_path)
+    with FeedbackStore(store) as fb:
+        _truthful_feedback(fb, shop["val"], [fb.tags.get(p.id) for p in shop["val"]])
+    options = AdaptOptions(epochs=1, promote=True, tolerance=1.0)  # a gate anything passes
+    lineage = adapt_model(shop["model"], store, tmp_path / "m2", SETTINGS, options)
+    assert lineage["promoted"] and promoted_model(store) == (tmp_path / "m2").resolve()
+    saved = json.loads((tmp_path / "m2" / "lineage.json").read_text())
+    assert saved["parent"]["path"] == str(shop["model"].resolve()) and saved["feedback"]["judged_products"] == len(shop["val"])
+    assert BatchTagger(tmp_path / "m2", shop["root"] / "features-cache", SETTINGS).tag(shop["val"][:2],
+                                                                                       shop["image_root"])
+    # a child that is worse on the gate is refused: a learning rate that wrecks the heads
+    worse = adapt_model(shop["model"], store, tmp_path / "m3", SETTINGS, AdaptOptions(epochs=2, lr=5.0, promote=True))
+    assert not worse["gate"]["passed"] and not worse["promoted"]
+    assert promoted_model(store) == (tmp_path / "m2").resolve()
+    assert main(["adapt", "--model", str(shop["model"]), "--store", str(store), "--out", str(tmp_path / "m4"),
+                 "--lr", "5", "--epochs", "2", "--promote", "--allow-random-weights"]) == 1
