@@ -72,3 +72,31 @@ def synthetic_catalog(root: Path, n: int) -> Path:
     run_import(generic.read(export, mapping=SYNTHETIC_MAPPING, tag_columns=SYNTHETIC_TAG_COLUMNS),
                root / "catalog.jsonl")
     return root / "catalog.jsonl"
+
+
+from multimodal_tags.config import TrainConfig  # noqa: E402
+from multimodal_tags.data.catalog import read_catalog  # noqa: E402
+from multimodal_tags.features import RunSettings  # noqa: E402
+from multimodal_tags.inference.batch_tagger import BatchTagger  # noqa: E402
+from multimodal_tags.models.presets import get_preset  # noqa: E402
+from multimodal_tags.online.store import TagStore  # noqa: E402
+from multimodal_tags.train.job import train_tagger  # noqa: E402
+
+SETTINGS = RunSettings(allow_random_weights=True, progress=False, log=lambda s: None)
+
+
+@pytest.fixture(scope="session")
+def shop(tmp_path_factory):
+    """A tiny model on a synthetic shop, and a store holding the tags of its val products."""
+    root = tmp_path_factory.mktemp("feedback")
+    synthetic_catalog(root, 400)
+    train_tagger(root / "catalog.jsonl", root / "run", get_preset("tiny"),
+                 TrainConfig(epochs=2, batch_size=32, max_train_products=200), SETTINGS)
+    catalog = read_catalog(root / "catalog.jsonl")
+    val = [p for p in catalog.products if p.split == "val"]
+    tagger = BatchTagger(root / "run" / "model", root / "features-cache", SETTINGS)
+    with TagStore(root / "tags.db") as store:
+        store.write(tagger.tag(val, catalog.image_root), {}, val)
+    return {"root": root, "model": root / "run" / "model", "val": val, "image_root": catalog.image_root}
+
+

@@ -4,40 +4,17 @@ import json
 import numpy as np
 import pytest
 
-from conftest import synthetic_catalog, write_jsonl
+from conftest import SETTINGS, write_jsonl
 from multimodal_tags.cli import main
-from multimodal_tags.config import TrainConfig
-from multimodal_tags.data.catalog import read_catalog
-from multimodal_tags.features import RunSettings
 from multimodal_tags.inference.batch_tagger import BatchTagger
-from multimodal_tags.models.presets import get_preset
 from multimodal_tags.online.adapt import AdaptOptions, adapt_model, promoted_model
 from multimodal_tags.online.calibration import NEVER, Scores, TagRule, fit_calibration
 from multimodal_tags.online.events import FeedbackEvent, parse_event
 from multimodal_tags.online.feedback import FeedbackStore
 from multimodal_tags.online.learner import LearningTagger
 from multimodal_tags.online.store import TagStore
-from multimodal_tags.train.job import train_tagger
 
-SETTINGS = RunSettings(allow_random_weights=True, progress=False, log=lambda s: None)
-
-
-@pytest.fixture(scope="module")
-def shop(tmp_path_factory):
-    """A tiny model on a synthetic shop, and a store holding the tags of its val products."""
-    root = tmp_path_factory.mktemp("feedback")
-    synthetic_catalog(root, 400)
-    train_tagger(root / "catalog.jsonl", root / "run", get_preset("tiny"),
-                 TrainConfig(epochs=2, batch_size=32, max_train_products=200), SETTINGS)
-    catalog = read_catalog(root / "catalog.jsonl")
-    val = [p for p in catalog.products if p.split == "val"]
-    tagger = BatchTagger(root / "run" / "model", root / "features-cache", SETTINGS)
-    with TagStore(root / "tags.db") as store:
-        store.write(tagger.tag(val, catalog.image_root), {}, val)
-    return {"root": root, "model": root / "run" / "model", "val": val, "image_root": catalog.image_root}
-
-
-def _store_copy(shop, tmp_path):
+def store_copy(shop, tmp_path):
     path = tmp_path / "tags.db"
     with TagStore(shop["root"] / "tags.db") as src:
         src.db.execute(f"VACUUM INTO '{path}'")
@@ -71,7 +48,7 @@ def test_times_parse_as_iso_or_unix_and_extra_fields_are_kept():
 
 
 def test_import_stores_good_rows_refuses_bad_ones_by_row_and_is_idempotent(shop, tmp_path, capsys):
-    store = _store_copy(shop, tmp_path)
+    store = store_copy(shop, tmp_path)
     pid = shop["val"][0].id
     rows = [{"event_id": "a", "user": "u", "product": pid, "tag": "colour:red", "action": "reject"},
             {"event_id": "b", "user": "u", "product": "no-such-product", "tag": "colour:red", "action": "add"},
@@ -95,7 +72,7 @@ def test_import_stores_good_rows_refuses_bad_ones_by_row_and_is_idempotent(shop,
 
 def test_stats_count_acceptance_per_key_and_ignore_adds(shop, tmp_path):
     pid = shop["val"][0].id
-    with FeedbackStore(_store_copy(shop, tmp_path)) as fb:
+    with FeedbackStore(store_copy(shop, tmp_path)) as fb:
         fb.add([_event(1, pid, "colour:red"), _event(2, pid, "colour:blue", "reject"),
                 _event(3, pid, "pattern:solid"), _event(4, pid, "fit:slim", "add")])
         stats = fb.stats()
@@ -141,7 +118,7 @@ def test_a_tag_users_add_that_the_model_never_saw_becomes_known():
 
 
 def test_refit_from_the_store_changes_the_served_tags(shop, tmp_path):
-    store = _store_copy(shop, tmp_path)
+    store = store_copy(shop, tmp_path)
     tagger = BatchTagger(shop["model"], shop["root"] / "features-cache", SETTINGS, tag_source="head")
     val = shop["val"]
     with FeedbackStore(store) as fb:
@@ -166,7 +143,7 @@ def _truthful_feedback(fb, products, rows):
 
 
 def test_adapt_writes_a_child_with_its_lineage_and_promotes_only_a_model_that_is_not_worse(shop, tmp_path):
-    store = _store_copy(shop, tmp_path)
+    store = store_copy(shop, tmp_path)
     with FeedbackStore(store) as fb:
         _truthful_feedback(fb, shop["val"], [fb.tags.get(p.id) for p in shop["val"]])
     options = AdaptOptions(epochs=1, promote=True, tolerance=1.0)  # a gate anything passes

@@ -20,17 +20,16 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.security import APIKeyHeader
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field
 
 from ..data.images import ImageError, decode_image
 from ..data.schema import Product
 from ..data.validate import Limits, validate_row
-from ..online.events import FeedbackEvent, explain
+from ..online.events import FeedbackEvent
 from .batching import TagBatcher
 from .limits import BodyLimit
 from .runtime import ModelThread, ServiceConfig, StoreThread
 
-EVENTS = TypeAdapter(FeedbackEvent | list[FeedbackEvent])
 MAX_EVENTS_PER_REQUEST = 10_000
 
 
@@ -52,21 +51,37 @@ TAG_BODY = {"required": True, "content": {
         "photo": {"type": "string", "format": "binary"}}}}}}
 
 
+class Service:
+    """What the routes share: the config, the model and store threads, the batcher."""
+
+    def __init__(self, cfg: ServiceConfig):
+        self.cfg, self.started = cfg, time.time()
+        self.model, self.store = ModelThread(cfg), StoreThread(cfg)
+        self.batcher = TagBatcher(lambda groups: self.model.run(self.model.tag, groups), cfg.max_batch,
+                                  cfg.batch_wait_s)
+
+    async def close(self) -> None:
+        await self.batcher.stop()
+        self.model.close()
+        self.store.close()
+
+    def stats(self) -> dict:
+        """Feedback statistics (store thread) with the batching counters and the model's calibration."""
+        cal = self.model.learner.calibration
+        return {**self.store.fb.stats(), "model_id": self.model.learner.model_id, "model_dir": str(self.model.model_dir),
+                "batches": self.batcher.batches, "tagged": self.batcher.products,
+                "mean_batch": self.batcher.products / max(self.batcher.batches, 1),
+                "calibration": {"events": cal.events, "rules": len(cal.rules), "new_tags": sorted(cal.new_tags)}}
+
+
 def create_app(cfg: ServiceConfig) -> FastAPI:
-    """The service over one model and one store (the model loads when the app starts)."""
-    state: dict[str, Any] = {}
+    """The service over one model and one store (the model loads here, before the first request)."""
+    svc = Service(cfg)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        state["model"], state["store"] = ModelThread(cfg), StoreThread(cfg)
-        state["batcher"] = TagBatcher(lambda groups: state["model"].run(state["model"].tag, groups),
-                                      cfg.max_batch, cfg.batch_wait_s)
-        state["batcher"].start()
-        state["started"] = time.time()
         yield
-        await state["batcher"].stop()
-        state["model"].close()
-        state["store"].close()
+        await svc.close()
 
     app = FastAPI(title="multimodal_tags", version="1", lifespan=lifespan,
                   description="Tags for products from their text and photos, learning from feedback.")
@@ -77,53 +92,54 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         if cfg.api_key and not (key and hmac.compare_digest(key.encode(), cfg.api_key.encode())):
             raise HTTPException(401, "this endpoint needs the service's API key in the X-API-Key header")
 
-    @app.post("/tag", openapi_extra={"requestBody": TAG_BODY}, dependencies=[Depends(write_access)])
+    _write_routes(app, svc, [Depends(write_access)])
+    _read_routes(app, svc)
+    return app
+
+
+def _write_routes(app: FastAPI, svc: Service, guard: list) -> None:
+    @app.post("/tag", openapi_extra={"requestBody": TAG_BODY}, dependencies=guard)
     async def tag(request: Request) -> dict:
         """Tag one product; its tags are stored (and feedback on them accepted) before the reply."""
-        product, root = await _read_product(request, cfg)
-        row = await state["batcher"].tag(product, root)
-        await state["store"].run(state["store"].write_rows, [row], [product])
+        product, root = await _read_product(request, svc.cfg)
+        row = await svc.batcher.tag(product, root)
+        await svc.store.run(svc.store.write_rows, [row], [product])
         return row
 
-    @app.post("/feedback", dependencies=[Depends(write_access)])
+    @app.post("/feedback", dependencies=guard)
     async def feedback(events: FeedbackEvent | list[FeedbackEvent]) -> dict:
-        """Store judgements (one event or a list); a redelivered event_id is stored once."""
+        """Store judgements (one event or a list), committed before the reply; a redelivered event_id
+        is stored once. Every `refit_every` events the calibration is re-fitted in the background."""
         events = events if isinstance(events, list) else [events]
         if len(events) > MAX_EVENTS_PER_REQUEST:
             raise HTTPException(413, f"at most {MAX_EVENTS_PER_REQUEST} events per request")
-        result = await state["store"].run(state["store"].add, events)
-        if state["store"].take_refit_due(cfg.refit_every):
-            state["refit"] = state["model"].pool.submit(state["model"].refit)  # in the background
+        result = await svc.store.run(svc.store.add, events)
+        if svc.store.take_refit_due(svc.cfg.refit_every):
+            svc.model.pool.submit(svc.model.refit)
         refused = [{"index": i, "event_id": events[i].event_id, "reason": r} for i, r in result.refused]
         if refused and not (result.stored or result.duplicates):
             raise HTTPException(422, {"message": "no event was stored", "refused": refused})
         return {"stored": result.stored, "duplicates": result.duplicates, "refused": refused}
 
+
+def _read_routes(app: FastAPI, svc: Service) -> None:
     @app.get("/products/{product_id}/tags")
     async def product_tags(product_id: str) -> dict:
         """The product's current tags, with scores, sources and the model that gave them."""
-        row = await state["store"].run(state["store"].fb.tags.get, product_id)
+        row = await svc.store.run(svc.store.fb.tags.get, product_id)
         if row is None:
             raise HTTPException(404, f"unknown product {product_id!r}")
         return row
 
     @app.get("/stats")
     async def stats() -> dict:
-        """Users' acceptance of proposed tags, and how the service batches."""
-        fb = await state["store"].run(state["store"].fb.stats)
-        b = state["batcher"]
-        return {**fb, "model_id": state["model"].learner.model_id, "model_dir": str(state["model"].model_dir),
-                "batches": b.batches, "tagged": b.products, "mean_batch": b.products / max(b.batches, 1),
-                "calibration": {"events": state["model"].learner.calibration.events,
-                                "rules": len(state["model"].learner.calibration.rules),
-                                "new_tags": sorted(state["model"].learner.calibration.new_tags)}}
+        """Users' acceptance of proposed tags (overall, per tag key, over time), batching, the model."""
+        return await svc.store.run(svc.stats)
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "model_id": state["model"].learner.model_id,
-                "uptime_s": round(time.time() - state["started"], 1)}
-
-    return app
+        return {"status": "ok", "model_id": svc.model.learner.model_id,
+                "uptime_s": round(time.time() - svc.started, 1)}
 
 
 async def _read_product(request: Request, cfg: ServiceConfig) -> tuple[Product, Path]:

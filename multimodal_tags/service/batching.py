@@ -17,20 +17,26 @@ RunBatch = Callable[[list[tuple[Path, list[Product]]]], Awaitable[list[list[dict
 class TagBatcher:
     def __init__(self, run: RunBatch, max_batch: int, max_wait_s: float):
         self.run, self.max_batch, self.max_wait_s = run, max_batch, max_wait_s
-        self.queue: asyncio.Queue = asyncio.Queue()
+        self.queue: asyncio.Queue | None = None
         self.task: asyncio.Task | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.batches = self.products = 0
 
-    def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._loop())
+    def _ensure_running(self) -> None:
+        """Start the batching task on the running event loop (again, if the app moved to another loop)."""
+        loop = asyncio.get_running_loop()
+        if self.loop is not loop or self.task is None or self.task.done():
+            self.loop, self.queue = loop, asyncio.Queue()
+            self.task = loop.create_task(self._loop())
 
     async def stop(self) -> None:
-        if self.task is not None:
+        if self.task is not None and self.loop is asyncio.get_running_loop():
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
 
     async def tag(self, product: Product, root: Path) -> dict:
         """The output row of one product, computed in a batch with whatever else is waiting."""
+        self._ensure_running()
         done = asyncio.get_running_loop().create_future()
         await self.queue.put((product, root, done))
         return await done

@@ -82,9 +82,9 @@ class ModelThread:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     def close(self) -> None:
+        if self.learner is not None:  # its connection belongs to the model thread
+            self.pool.submit(self.learner.feedback.close).result()
         self.pool.shutdown(wait=True)
-        if self.learner is not None:
-            self.learner.feedback.close()
 
 
 class StoreThread:

@@ -1,0 +1,190 @@
+"""The service under load, killed and restarted: is every acknowledged feedback event stored?
+
+    python experiments/service_load.py --out OUT [--model MODEL_DIR]
+
+Starts `mmtags serve` on 127.0.0.1, drives it with locust (headless, bounded users, a time limit),
+mixing `/tag` (products of the model's catalog) and `/feedback` (judgements of the tags just
+received, in lists; 5% are redeliveries). Mid-load the server is killed with SIGKILL (--kills times),
+restarted on the same store, and the load goes on. Afterwards every event id the service
+acknowledged is looked up in the store. Without --model, a small model is first trained on the
+synthetic shop (real offline encoders). Writes OUT/results.json (requests, acked_events,
+stored_events, lost_events, status_5xx, tag_p50_ms, tag_p99_ms, tag_per_s, kills) and OUT/results.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from multimodal_tags.config import TrainConfig
+from multimodal_tags.data.catalog import read_catalog
+from multimodal_tags.data.importers import generic, run_import
+from multimodal_tags.data.synthetic import SYNTHETIC_MAPPING, SYNTHETIC_TAG_COLUMNS, make_synthetic_export
+from multimodal_tags.features import RunSettings
+from multimodal_tags.models.presets import get_preset
+from multimodal_tags.online.feedback import FeedbackStore
+from multimodal_tags.train.job import train_tagger
+
+HERE = Path(__file__).resolve().parent
+
+
+def small_model(out: Path) -> tuple[Path, Path]:
+    """A model trained on the synthetic shop (reused when present); returns it and its catalog."""
+    catalog = out / "shop" / "catalog.jsonl"
+    if not catalog.exists():
+        export = make_synthetic_export(out / "shop" / "export", n=600)
+        run_import(generic.read(export, mapping=SYNTHETIC_MAPPING, tag_columns=SYNTHETIC_TAG_COLUMNS), catalog)
+    model = out / "shop" / "run" / "model"
+    if not (model / "config.json").exists():
+        train_tagger(catalog, out / "shop" / "run", get_preset("offline"), TrainConfig(epochs=8, batch_size=32, lr=2e-3),
+                     RunSettings(progress=False))
+    return model, catalog
+
+
+def load_products(catalog: Path, out: Path, n: int) -> tuple[Path, Path]:
+    """Up to n products of the catalog (test split first) as /tag request bodies; returns them and the image root."""
+    cat = read_catalog(catalog)
+    ordered = sorted(cat.products, key=lambda p: p.split != "test")[:n]
+    path = out / "load_products.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        for p in ordered:
+            f.write(json.dumps({"id": p.id, "title": p.title, "description": p.description, "image": p.image},
+                               ensure_ascii=False) + "\n")
+    return path, cat.image_root
+
+
+class Server:
+    """`mmtags serve` as a child process."""
+
+    def __init__(self, args: list[str], port: int, log: Path):
+        self.args, self.port, self.log = args, port, log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 300) -> float:
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen([sys.executable, "-m", "multimodal_tags.cli", "serve", *self.args,
+                                      "--port", str(self.port)], stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        while time.perf_counter() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"the server exited ({self.proc.returncode}); see {self.log}")
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2)
+                return time.perf_counter() - t0
+            except OSError:
+                time.sleep(0.2)
+        raise SystemExit(f"the server did not come up in {timeout}s; see {self.log}")
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+
+def run_locust(host: str, products: Path, out: Path, a: argparse.Namespace) -> subprocess.Popen:
+    env = {**os.environ, "MMTAGS_LOAD_PRODUCTS": str(products), "MMTAGS_LOAD_OUT": str(out / "locust_client.json")}
+    cmd = [sys.executable, "-m", "locust", "-f", str(HERE / "service_locustfile.py"), "--headless",
+           "-u", str(a.users), "-r", str(a.users), "--run-time", f"{a.seconds}s", "--host", host,
+           "--csv", str(out / "locust"), "--only-summary", "--stop-timeout", "10"]
+    return subprocess.Popen(cmd, env=env, stdout=open(out / "locust.log", "wb"), stderr=subprocess.STDOUT)
+
+
+def stored(store: Path, ids: list[str]) -> int:
+    """How many of these event ids the store holds."""
+    with FeedbackStore(store) as fb:
+        have = {row[0] for row in fb.db.execute("SELECT event_id FROM feedback")}
+    return sum(i in have for i in ids)
+
+
+def summarise(client: dict, store: Path, kills: int, restart_s: list[float], a) -> dict:
+    acked = client["acked"]
+    codes = {k: v for k, v in client["codes"].items()}
+    tag_ms = np.array(client["tag_ms"] or [float("nan")])
+    ok_times = sorted(client["tag_ok_times"])
+    span = ok_times[-1] - ok_times[0] if len(ok_times) > 1 else float("nan")
+    n_stored = stored(store, acked)
+    with FeedbackStore(store) as fb:
+        total = fb.count()
+    return {"requests": sum(codes.values()), "status_codes": codes, "acked_events": len(acked),
+            "stored_events": n_stored, "lost_events": len(acked) - n_stored, "events_in_store": total,
+            "status_5xx": sum(v for k, v in codes.items() if k.isdigit() and int(k) >= 500),
+            "no_response": codes.get("no response", 0), "tag_requests_ok": len(client["tag_ms"]),
+            "tag_p50_ms": float(np.percentile(tag_ms, 50)), "tag_p99_ms": float(np.percentile(tag_ms, 99)),
+            "tag_per_s": len(ok_times) / span if span == span and span > 0 else 0.0,
+            "kills": kills, "restart_s": restart_s, "users": a.users, "seconds": a.seconds}
+
+
+def markdown(r: dict) -> str:
+    rows = [("requests", r["requests"]), ("acknowledged feedback events", r["acked_events"]),
+            ("of them stored", r["stored_events"]), ("lost (acknowledged, not stored)", r["lost_events"]),
+            ("5xx responses", r["status_5xx"]), ("no response (server down)", r["no_response"]),
+            ("SIGKILLs", r["kills"]), ("/tag p50 ms", f"{r['tag_p50_ms']:.0f}"),
+            ("/tag p99 ms", f"{r['tag_p99_ms']:.0f}"), ("/tag per s", f"{r['tag_per_s']:.1f}")]
+    return "| measure | value |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
+
+
+def _parse(argv):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--model", type=Path, help="a model folder (default: train a small one on the synthetic shop)")
+    ap.add_argument("--catalog", type=Path, help="products to tag (default: the model's catalog)")
+    ap.add_argument("--cache", type=Path, help="feature cache (default: the catalog's)")
+    ap.add_argument("--users", type=int, default=16)
+    ap.add_argument("--seconds", type=int, default=90)
+    ap.add_argument("--kills", type=int, default=2, help="SIGKILLs of the server during the load")
+    ap.add_argument("--products", type=int, default=2000)
+    ap.add_argument("--port", type=int, default=8765)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    a = _parse(argv)
+    a.out.mkdir(parents=True, exist_ok=True)
+    if a.model is None:
+        model, catalog = small_model(a.out)
+    else:
+        from multimodal_tags.online.adapt import training_catalog
+        model, catalog = a.model, a.catalog or training_catalog(a.model, None)
+    products, image_root = load_products(catalog, a.out, a.products)
+    store = a.out / "service.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{store}{suffix}").unlink(missing_ok=True)
+    cache = a.cache or catalog.resolve().parent / "features-cache"
+    server = Server(["--model", str(model), "--store", str(store), "--image-root", str(image_root),
+                     "--cache", str(cache)], a.port, a.out / "server.log")
+    restart_s = [round(server.start(), 1)]
+    locust = run_locust(f"http://127.0.0.1:{a.port}", products, a.out, a)
+    kills = 0
+    try:
+        for k in range(a.kills):  # evenly spread through the run
+            time.sleep(a.seconds / (a.kills + 1))
+            server.kill()
+            kills += 1
+            print(f"SIGKILL {kills}; restarting", flush=True)
+            restart_s.append(round(server.start(), 1))
+        locust.wait(timeout=a.seconds + 120)
+    finally:
+        server.stop()
+        if locust.poll() is None:
+            locust.terminate()
+    client = json.loads((a.out / "locust_client.json").read_text())
+    results = summarise(client, store, kills, restart_s, a)
+    (a.out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    (a.out / "results.md").write_text(markdown(results), encoding="utf-8")
+    print(markdown(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""The HTTP service with a tiny model: tagging (JSON and multipart), feedback, stored tags, statistics, bad
+input (always a 4xx, never a 5xx: checked by hand and fuzzed from the OpenAPI schema)."""
+import json
+import os
+
+import pytest
+import schemathesis
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+
+from conftest import SETTINGS, write_jpeg
+from multimodal_tags.service.app import create_app
+from multimodal_tags.service.runtime import ServiceConfig
+from test_feedback import store_copy
+
+KEY = "s3cret"
+MAX_EXAMPLES = int(os.environ.get("MMTAGS_EXAMPLES", 30))  # per operation
+
+
+def _config(shop, tmp_path, **kw) -> ServiceConfig:
+    return ServiceConfig(shop["model"], store_copy(shop, tmp_path), shop["root"] / "features-cache",
+                         image_root=shop["image_root"], settings=SETTINGS, **kw)
+
+
+@pytest.fixture
+def client(shop, tmp_path):
+    with TestClient(create_app(_config(shop, tmp_path, api_key=KEY, max_body_bytes=200_000)),
+                    headers={"X-API-Key": KEY}) as c:
+        yield c
+
+
+def _jpeg_bytes(tmp_path, colour=(200, 30, 40)) -> bytes:
+    return write_jpeg(tmp_path / "photo.jpg", colour).read_bytes()
+
+
+def test_a_product_sent_as_multipart_is_tagged_stored_and_judged(client, tmp_path):
+    product = {"id": "new-1", "title": "Red Cotton T-Shirt", "description": "a red tee"}
+    r = client.post("/tag", data={"product": json.dumps(product)},
+                    files={"photo": ("photo.jpg", _jpeg_bytes(tmp_path), "image/jpeg")})
+    assert r.status_code == 200, r.text
+    row = r.json()
+    assert row["id"] == "new-1" and row["category"] and row["model_id"]
+    assert row["modality_weights"]["image"] > 0  # the photo was seen
+    stored = client.get("/products/new-1/tags").json()
+    assert stored["tags"].keys() == set(row["tags"])
+    tag = (row["tags"] or ["colour:red"])[0]
+    events = [{"event_id": "f1", "user": "u", "product": "new-1", "tag": tag, "action": "reject"},
+              {"event_id": "f2", "user": "u", "product": "new-1", "tag": "fit:slim", "action": "add"}]
+    assert client.post("/feedback", json=events).json() == {"stored": 2, "duplicates": 0, "refused": []}
+    assert client.post("/feedback", json=events[0]).json()["duplicates"] == 1  # redelivered: stored once
+    stats = client.get("/stats").json()
+    assert (stats["judged"], stats["accepted"], stats["added"]) == (1, 0, 1)
+
+
+def test_a_product_sent_as_json_with_a_photo_path_is_tagged(client, shop):
+    p = shop["val"][0]
+    r = client.post("/tag", json={"id": "again", "title": p.title, "image": p.image})
+    assert r.status_code == 200 and r.json()["modality_weights"]["image"] > 0
+
+
+@pytest.mark.parametrize("kwargs, status, field", [
+    ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "body"),
+    ({"json": ["a", "list"]}, 422, "body"),
+    ({"json": {"title": "no id"}}, 422, "id"),
+    ({"json": {"id": "x", "title": ["a", "list"]}}, 422, "title"),
+    ({"json": {"id": "x", "title": "t", "image": "../../etc/passwd"}}, 422, "image"),
+    ({"data": {"product": "{}"}, "files": {"photo": ("p.jpg", b"not an image", "image/jpeg")}}, 422, "photo"),
+    ({"data": {"product": "not json"}, "files": {"photo": ("p.jpg", b"x", "image/jpeg")}}, 422, "product"),
+    ({"content": b"x" * 300_000, "headers": {"content-type": "application/json"}}, 413, "body"),
+    ({"content": b"<p/>", "headers": {"content-type": "text/html"}}, 415, "content-type"),
+])
+def test_bad_tag_requests_get_a_4xx_naming_the_field(client, kwargs, status, field):
+    r = client.post("/tag", **kwargs)
+    assert r.status_code == status, r.text
+    assert field in json.dumps(r.json()["detail"])
+
+
+def test_bad_feedback_is_refused_and_unknown_products_are_named(client, shop):
+    pid = shop["val"][0].id
+    r = client.post("/feedback", json={"event_id": "1", "user": "u", "product": "nope", "tag": "t", "action": "add"})
+    assert r.status_code == 422 and "unknown product 'nope'" in r.text
+    r = client.post("/feedback", json={"event_id": "1", "user": "u", "product": pid, "tag": "t", "action": "love"})
+    assert r.status_code == 422 and "action" in r.text
+    mixed = [{"event_id": "2", "user": "u", "product": pid, "tag": "t", "action": "add"},
+             {"event_id": "3", "user": "u", "product": "nope", "tag": "t", "action": "add"}]
+    body = client.post("/feedback", json=mixed).json()
+    assert body["stored"] == 1 and body["refused"][0]["index"] == 1
+    assert client.get("/products/nope/tags").status_code == 404
+
+
+def test_write_endpoints_need_the_api_key(client):
+    event = {"event_id": "1", "user": "u", "product": "p", "tag": "t", "action": "add"}
+    assert client.post("/feedback", json=event, headers={"X-API-Key": "wrong"}).status_code == 401
+    assert client.post("/tag", json={"id": "1", "title": "t"}, headers={"X-API-Key": ""}).status_code == 401
+    assert client.get("/health", headers={"X-API-Key": ""}).json()["status"] == "ok"
+
+
+def test_concurrent_tag_requests_share_forward_passes(shop, tmp_path):
+    import asyncio
+
+    import httpx
+
+    app = create_app(_config(shop, tmp_path, batch_wait_s=0.05))
+
+    async def burst():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            rs = await asyncio.gather(*(c.post("/tag", json={"id": f"c{i}", "title": p.title})
+                                        for i, p in enumerate(shop["val"][:12])))
+            return [r.status_code for r in rs], (await c.get("/stats")).json()
+
+    codes, stats = asyncio.run(burst())
+    assert codes == [200] * 12 and stats["tagged"] == 12 and stats["batches"] < 12
+
+
+@pytest.fixture
+def fuzz_app(shop, tmp_path):
+    return create_app(_config(shop, tmp_path, max_body_bytes=100_000))
+
+
+def test_fuzzed_requests_never_get_a_5xx(fuzz_app):
+    """Every operation of the OpenAPI schema, with requests schemathesis generates from it (bounded)."""
+    schema = schemathesis.openapi.from_asgi("/openapi.json", fuzz_app)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    seen: dict[int, int] = {}
+    assert {op.path for op in operations} >= {"/tag", "/feedback", "/products/{product_id}/tags", "/stats"}
+    for op in operations:
+        @given(case=op.as_strategy())
+        @settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        def no_server_error(case):
+            response = case.call()
+            seen[response.status_code] = seen.get(response.status_code, 0) + 1
+            assert response.status_code < 500, f"{case.method} {case.path}: {response.status_code} {response.text[:300]}"
+
+        no_server_error()
+    assert sum(seen.values()) >= len(operations) and any(400 <= code < 500 for code in seen), seen
