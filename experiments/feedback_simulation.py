@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
+import pickle
 import random
 import time
 from pathlib import Path
@@ -67,14 +69,28 @@ def f1(products, rows, tags: set[str] | None = None) -> float:
 
 
 class Scored:
-    """A split's base rows and scores under one model, computed once; calibrations applied to copies."""
+    """A split's base rows and scores under one model, computed once (kept in OUT/scores/ for reruns);
+    calibrations are applied to copies."""
 
-    def __init__(self, tagger: BatchTagger, products, image_root: Path):
+    def __init__(self, tagger: BatchTagger, products, image_root: Path, keep: Path | None = None):
         self.products, self.rows, self.scores = products, [], []
+        if keep is not None and keep.exists():
+            self.rows, self.scores = pickle.loads(keep.read_bytes())
+            return
         for i in range(0, len(products), BATCH):
             rows, raw = tagger.tag_raw(products[i:i + BATCH], image_root)
             self.rows += rows
             self.scores += to_scores(raw)
+        if keep is not None:
+            keep.parent.mkdir(parents=True, exist_ok=True)
+            keep.write_bytes(pickle.dumps((self.rows, self.scores)))
+
+    @classmethod
+    def splits(cls, tagger: BatchTagger, split: dict, out: Path) -> dict:
+        """Val and test, scored once per model and split order."""
+        ids = hashlib.sha256("".join(p.id for p in split["val"] + split["test"]).encode()).hexdigest()[:12]
+        return {k: cls(tagger, split[k], split["root"], out / "scores" / f"{tagger.model_id}-{ids}-{k}.pkl")
+                for k in ("val", "test")}
 
     def adapted(self, learner: LearningTagger) -> list[dict]:
         return [learner.calibration.apply(copy.deepcopy(r), s, learner.vocab_index)
@@ -141,7 +157,7 @@ def new_tag_case(model_dir: Path, cache: Path, out: Path, tag: str, split: dict,
     if tag in tagger.model.tags:
         raise SystemExit(f"{model_dir} knows {tag!r} already: the new-tag case needs a model trained without it")
     val, test = split["val"], split["test"]
-    scored = {k: Scored(tagger, split[k], split["root"]) for k in ("val", "test")}
+    scored = Scored.splits(tagger, split, out)
     fb = _fresh_store(out / "store-new-tag.db")
     learner = LearningTagger(tagger, fb, split["root"])
     fb.tags.write(scored["val"].rows, {}, val)
@@ -195,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
     cache = a.cache or default_cache(a.model, catalog)
     split = _split(catalog)
     tagger = BatchTagger(a.model, cache, RunSettings(cache_dir=cache, progress=False, log=lambda s: None))
-    scored = {k: Scored(tagger, split[k], split["root"]) for k in ("val", "test")}
+    scored = Scored.splits(tagger, split, a.out)
     before = {"f1": f1(split["test"], scored["test"].rows), "acceptance": acceptance(split["test"], scored["test"].rows)}
     log(f"before feedback: test tag micro-F1 {before['f1']:.4f}, acceptance {before['acceptance']:.4f}")
     adapt_at = {int(x) for x in a.adapt_steps.split(",") if x}

@@ -134,3 +134,22 @@ def test_fuzzed_requests_never_get_a_5xx(fuzz_app):
 
         no_server_error()
     assert sum(seen.values()) >= len(operations) and any(400 <= code < 500 for code in seen), seen
+
+
+def test_a_promoted_model_is_swapped_in_without_dropping_requests(shop, tmp_path):
+    import shutil
+
+    from multimodal_tags.online.adapt import PROMOTED_KEY
+    from multimodal_tags.online.store import TagStore
+
+    cfg = _config(shop, tmp_path, watch_s=0.0)
+    child = tmp_path / "child-model"
+    shutil.copytree(shop["model"], child)  # another folder: another model id
+    with TestClient(create_app(cfg)) as c:
+        first = c.post("/tag", json={"id": "s1", "title": "Red Mug"}).json()["model_id"]
+        with TagStore(cfg.store_path) as store:
+            store.set_meta(PROMOTED_KEY, str(child))
+        second = c.post("/tag", json={"id": "s2", "title": "Red Mug"})
+        assert second.status_code == 200 and second.json()["model_id"] != first
+        assert second.json()["model_id"].startswith("child-model-")
+        assert c.get("/health").json()["model_id"] == second.json()["model_id"]
