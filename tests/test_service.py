@@ -48,6 +48,10 @@ def test_a_product_sent_as_multipart_is_tagged_stored_and_judged(client, tmp_pat
               {"event_id": "f2", "user": "u", "product": "new-1", "tag": "fit:slim", "action": "add"}]
     assert client.post("/feedback", json=events).json() == {"stored": 2, "duplicates": 0, "refused": []}
     assert client.post("/feedback", json=events[0]).json()["duplicates"] == 1  # redelivered: stored once
+    served = client.get("/products/new-1/tags").json()  # people overrule the model at once
+    assert tag not in served["tags"] and served["tags"]["fit:slim"]["source"] == "feedback"
+    assert served["judged"] == {tag: False, "fit:slim": True}
+    assert "fit:slim" in client.post("/tag", json=product).json()["tags"]  # and when it is tagged again
     stats = client.get("/stats").json()
     assert (stats["judged"], stats["accepted"], stats["added"]) == (1, 0, 1)
 

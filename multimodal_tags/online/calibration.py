@@ -96,6 +96,18 @@ class Calibration:
         return row
 
 
+def apply_judgements(row: dict, judged: dict[str, bool]) -> dict:
+    """A product's row with its own judgements applied: what people rejected goes, what they accepted
+    or added stays (source "feedback" for tags the model did not propose)."""
+    for tag, right in judged.items():
+        if not right:
+            _remove(row, tag)
+        elif tag not in row["tag_scores"]:
+            _add(row, tag, 1.0, "feedback")
+    row["tags"] = sorted(row["tag_scores"], key=lambda t: -row["tag_scores"][t])
+    return row
+
+
 def _add(row: dict, tag: str, score: float, source: str) -> None:
     row["tag_scores"][tag] = round(float(score), 5)
     row["tag_sources"][tag] = source

@@ -148,6 +148,14 @@ class FeedbackStore:
             out[product][tag] = action != "reject"
         return dict(out)
 
+    def judgements_of(self, product_ids: Iterable[str]) -> dict[str, dict[str, bool]]:
+        """`judgements` of these products only (an indexed lookup each)."""
+        rows = []
+        for pid in set(product_ids):
+            rows += self.db.execute(f"SELECT seq, {', '.join(COLUMNS)} FROM feedback WHERE product_id = ?",
+                                    (pid,)).fetchall()
+        return self.judgements(dict(zip(("seq", *COLUMNS), r)) for r in rows)
+
     def stats(self, bucket_s: float = 86400.0) -> dict:
         """Acceptance rate of proposed tags (accepted / judged; adds are not proposals), overall, per tag
         key and per time bucket (default: day), with the counts behind each."""

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..data.schema import Product
 from ..inference.batch_tagger import BatchTagger
 from ..models.tagger import RawPrediction
-from .calibration import NEVER, Calibration, Scores, TagRule, fit_calibration
+from .calibration import NEVER, Calibration, Scores, TagRule, apply_judgements, fit_calibration
 from .feedback import FeedbackStore
 
 SCORE_BATCH = 256
@@ -43,10 +43,13 @@ class LearningTagger:
         return self.tagger.model_id
 
     def tag(self, products: Sequence[Product], image_root: Path | None = None) -> list[dict]:
-        """Output rows, with feedback's adjustments (photos under `image_root`, default the tagger's)."""
+        """Output rows, with feedback's adjustments (photos under `image_root`, default the tagger's):
+        the calibration, then each product's own judgements (people overrule the model)."""
         rows, raw = self.tagger.tag_raw(products, image_root or self.image_root)
+        judged = self.feedback.judgements_of(p.id for p in products)
         for row, scores in zip(rows, to_scores(raw)):
             self.calibration.apply(row, scores, self.vocab_index)
+            apply_judgements(row, judged.get(row["id"], {}))
         return rows
 
     def refit(self) -> Calibration:

@@ -125,8 +125,9 @@ def _write_routes(app: FastAPI, svc: Service, guard: list) -> None:
 def _read_routes(app: FastAPI, svc: Service) -> None:
     @app.get("/products/{product_id}/tags")
     async def product_tags(product_id: str) -> dict:
-        """The product's current tags, with scores, sources and the model that gave them."""
-        row = await svc.store.run(svc.store.fb.tags.get, product_id)
+        """The product's current tags, with scores, sources and the model that gave them; `judged`: what
+        feedback said of its tags (the served tags already follow it)."""
+        row = await svc.store.run(svc.store.current_tags, product_id)
         if row is None:
             raise HTTPException(404, f"unknown product {product_id!r}")
         return row

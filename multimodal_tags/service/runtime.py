@@ -106,6 +106,20 @@ class StoreThread:
         store = self.fb.tags
         store.write(rows, {r["id"]: store.pending_change(r) or "unchanged" for r in rows}, products)
 
+    def current_tags(self, product_id: str) -> dict | None:
+        """The stored row of a product with its judgements applied (None when unknown)."""
+        row = self.fb.tags.get(product_id)
+        if row is None:
+            return None
+        judged = self.fb.judgements_of([product_id]).get(product_id, {})
+        for tag, right in judged.items():
+            if not right:
+                row["tags"].pop(tag, None)
+            elif tag not in row["tags"]:
+                row["tags"][tag] = {"score": 1.0, "source": "feedback"}
+        row["judged"] = judged
+        return row
+
     def take_refit_due(self, every: int) -> bool:
         with self.lock:
             if self.since_refit < every:
