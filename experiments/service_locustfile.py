@@ -56,6 +56,8 @@ class Reviewer(HttpUser):
             if r.status_code == 200:
                 self.tagged.append(r.json())
                 r.success()
+            elif not r.status_code:
+                time.sleep(0.2)  # the server is down (killed by the experiment): retry a little later
 
     @task(3)
     def feedback(self):
@@ -73,6 +75,8 @@ class Reviewer(HttpUser):
                     ACKED.update(e["event_id"] for e in batch if e["event_id"] not in refused)
                 self.sent.append(batch)
                 r.success()
+            elif not r.status_code:
+                time.sleep(0.2)
 
     @staticmethod
     def _event(row: dict) -> dict:

@@ -61,6 +61,7 @@ class AdaptOptions:
     promote: bool = False
     seed: int = 0
     tag_source: str = DEFAULT_TAG_SOURCE
+    train_fusion: bool = False  # fine-tune the fusion head too (more capacity, more to forget)
 
 
 def training_catalog(model_dir: Path, given: str | Path | None) -> Path:
@@ -155,16 +156,18 @@ def prepare_adapt_data(model: Tagger, catalog: Catalog, judged: list[Product], c
                      catalog_source.subset(idx["val"]), len(pick))
 
 
-def _freeze_all_but_tags(model: Tagger) -> None:
+def _freeze_all_but_tags(model: Tagger, train_fusion: bool) -> None:
+    trainable = TRAINABLE + (("fusion.",) if train_fusion else ())
     for name, p in model.named_parameters():
-        p.requires_grad = name.startswith(TRAINABLE)
+        p.requires_grad = name.startswith(trainable)
 
 
 def _fine_tune(model_dir: Path, data: AdaptData, options: AdaptOptions, work: Path, log) -> Tagger:
     child = Tagger.load(model_dir)
-    _freeze_all_but_tags(child)
+    _freeze_all_but_tags(child, options.train_fusion)
+    # a short fixed schedule: the last epoch is kept ("epoch" always improves); the gate then decides
     tcfg = TrainConfig(epochs=options.epochs, batch_size=options.batch_size, lr=options.lr, warmup_ratio=0.1,
-                       patience=options.epochs, seed=options.seed, checkpoint_every=options.epochs)
+                       patience=options.epochs, seed=options.seed, checkpoint_every=options.epochs, monitor="epoch")
     fit(child, data.train, data.holdout, tcfg, work, log=log)
     return Tagger.load(work / "best_model")
 

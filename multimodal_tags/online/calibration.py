@@ -21,8 +21,12 @@ NEVER = float("inf")
 DECODER_GRID = (NEVER, *(round(0.05 * i, 2) for i in range(1, 20)))
 HEAD_GRID = (NEVER, *(round(0.05 * i, 2) for i in range(4, 20)))
 MIN_NEW_TAG_PRODUCTS = 5  # a new tag needs this many products it was added to
-MARGIN_WRONG_TAGS = 2  # a rule must beat the model's, out of fold, by more than this many wrong tags' worth
-CV_FOLDS = 3
+# A rule must beat the model's, out of fold, by more than this many wrong tags' worth. Per-tag rules
+# are noisy (a tag's errors cluster in product lines), so the bar is high; the settings were chosen
+# with experiments/feedback_simulation.py (docs/experiments.md).
+MARGIN_WRONG_TAGS = 5
+CV_FOLDS = 5
+RULE_FAMILY = "separate"  # see _family
 
 
 @dataclass
@@ -131,6 +135,7 @@ class Judged:
     head: np.ndarray
     base: np.ndarray
     labels: np.ndarray
+    base_rules: list[TagRule]
 
     @classmethod
     def build(cls, scores: list[Scores], judgements: list[dict[str, bool]], vocab: list[str],
@@ -150,7 +155,7 @@ class Judged:
         base = np.stack([r.proposes(decoder[:, k], head[:, k]) for k, r in enumerate(base_rules)], 1) \
             if n else np.zeros((0, v), bool)
         labels[(labels < 0) & ~base] = 0  # unproposed and not added: wrong (see the module docstring)
-        return cls(decoder, head, base, labels)
+        return cls(decoder, head, base, labels, list(base_rules))
 
     def counts(self, pred: np.ndarray, k: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
         """(tp, fp, fn) of predictions [..., n] for tag column k, over its known labels (of `rows`)."""
@@ -199,8 +204,10 @@ def _best_rule(data: Judged, k: int, total: np.ndarray) -> TagRule | None:
     def utility(counts: np.ndarray) -> np.ndarray:
         return w * counts[0] - counts[1]
 
+    allowed = _family(data.base_rules[k])
+
     def choose(counts: np.ndarray) -> tuple[int, int]:
-        return np.unravel_index(np.argmax(utility(counts)), counts.shape[1:])
+        return np.unravel_index(np.argmax(np.where(allowed, utility(counts), -np.inf)), counts.shape[1:])
 
     out_of_fold = sum(per_fold[f][:, i, j] for f in range(CV_FOLDS)
                       for i, j in [choose(sum(per_fold) - per_fold[f])])
@@ -208,6 +215,18 @@ def _best_rule(data: Judged, k: int, total: np.ndarray) -> TagRule | None:
         return None
     i, j = choose(sum(per_fold))
     return TagRule(float(DECODER_GRID[i]), float(HEAD_GRID[j]))
+
+
+def _family(base: TagRule) -> np.ndarray:
+    """The rules a tag may get [grid_d, grid_h]: RULE_FAMILY "grid" is every pair; "separate" is a
+    decoder threshold alone, a head threshold alone, or the model's decoder threshold plus a head one
+    (fewer candidates: less to overfit)."""
+    d, h = np.array(DECODER_GRID)[:, None], np.array(HEAD_GRID)[None, :]
+    if RULE_FAMILY == "grid":
+        return np.ones((len(DECODER_GRID), len(HEAD_GRID)), bool)
+    near = DECODER_GRID[int(np.argmin([abs(x - base.decoder_min) if x != NEVER else np.inf for x in DECODER_GRID]))] \
+        if base.decoder_min != NEVER else NEVER
+    return (h == NEVER) | (d == NEVER) | (d == near)
 
 
 def fit_new_tag(fused: np.ndarray, y: np.ndarray, seed: int = 0) -> NewTag:
