@@ -238,7 +238,9 @@ def cmd_adapt(a: argparse.Namespace) -> int:
     lineage = adapt_model(a.model, a.store, a.out, _settings(a), options)
     for name in ("feedback_holdout", "val"):
         g = lineage["gate"][name]
-        print(f"{name}: tag F1 {g['parent_tag_f1']:.4f} -> {g['adapted_tag_f1']:.4f} ({g['products']} products)")
+        d = g["f1_difference"]
+        print(f"{name}: tag F1 {g['parent_tag_f1']:.4f} -> {g['adapted_tag_f1']:.4f} ({g['products']} products; "
+              f"difference {d['diff']:+.4f}, 90% interval {d['low']:+.4f} .. {d['high']:+.4f})")
     print(f"wrote {a.out} ({'passed' if lineage['gate']['passed'] else 'failed'} the gate)")
     if a.promote and not lineage["promoted"]:
         print("error: not promoted: the adapted model is worse on the gate above", file=sys.stderr)
@@ -422,9 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--promote", action="store_true", help="serve it from this store if it passes the gate")
     sp.add_argument("--replay", type=float, default=3.0, help="replayed training products per judged product")
     sp.add_argument("--epochs", type=int, default=3)
-    sp.add_argument("--lr", type=float, default=2e-4)
+    sp.add_argument("--lr", type=float, default=5e-5)
     sp.add_argument("--holdout", type=float, default=0.2, help="fraction of judged products held back for the gate")
-    sp.add_argument("--tolerance", type=float, default=0.0, help="how much lower a gate metric may be")
+    sp.add_argument("--tolerance", type=float, default=0.0, help="extra slack on the gate (F1 difference, accuracy)")
     tag_source(sp)
     reads_features(sp)
     sp.set_defaults(func=cmd_adapt)

@@ -54,3 +54,22 @@ def tagging_report(gold_categories: Sequence, pred_categories: Sequence, gold_ta
     return {"products": len(gold_tags), "category_accuracy": accuracy(gold_categories, pred_categories),
             "tags_micro_precision": p, "tags_micro_recall": r, "tags_micro_f1": f,
             "tags_macro_f1": macro_f1(gold_tags, pred_tags), "f1_by_key": f1_by_key(gold_tags, pred_tags)}
+
+
+def paired_f1_difference(gold_sets: Sequence[set], a_sets: Sequence[set], b_sets: Sequence[set],
+                         n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Micro-F1 of b minus that of a on the same products, with a paired bootstrap over products:
+    {"diff", "low", "high"} (the 5th and 95th percentiles of the resampled difference)."""
+    import numpy as np
+
+    def parts(pred_sets):  # per product: 2 x true positives, and predicted + gold tags
+        return (np.array([2 * len(g & p) for g, p in zip(gold_sets, pred_sets)], float),
+                np.array([len(g) + len(p) for g, p in zip(gold_sets, pred_sets)], float))
+
+    (na, da), (nb, db) = parts(a_sets), parts(b_sets)
+    if not len(na):
+        return {"diff": 0.0, "low": 0.0, "high": 0.0}
+    idx = np.random.default_rng(seed).integers(0, len(na), (n_boot, len(na)))
+    boot = nb[idx].sum(1) / np.maximum(db[idx].sum(1), 1) - na[idx].sum(1) / np.maximum(da[idx].sum(1), 1)
+    diff = nb.sum() / max(db.sum(), 1) - na.sum() / max(da.sum(), 1)
+    return {"diff": float(diff), "low": float(np.percentile(boot, 5)), "high": float(np.percentile(boot, 95))}

@@ -6,10 +6,10 @@ tags nobody rejected. A fixed slice of the judged products (by a hash of their i
 Replayed training products keep their cross-fitted word scores, as in training, so the decoder does
 not learn to trust word scores it could only have seen in-sample. The fusion and category head stay
 frozen: feedback speaks of tags, not categories. The gate compares parent and child on the held-back
-feedback and on the original validation split (tag micro-F1 of the tags the model serves, and
-category accuracy); `--promote` records the child as the store's promoted model only when neither is
-lower (beyond `tolerance`). The new folder's `lineage.json` names its parent and the feedback it
-learned from.
+feedback and on the original validation split (tag micro-F1 of the tags the model serves, with a
+paired bootstrap, and category accuracy); `--promote` records the child as the store's promoted model
+only when it is not worse on either (see `_gate`). The new folder's `lineage.json` names its parent
+and the feedback it learned from.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from ..files import write_json_atomic
 from ..inference.batch_tagger import model_id
 from ..inference.predict import predict_source
 from ..inference.rows import DEFAULT_TAG_SOURCE, prediction_rows, resolve_tag_source
-from ..metrics import prf
+from ..metrics import paired_f1_difference, prf
 from ..run_info import LINEAGE_FILE as LINEAGE
 from ..models.tagger import Tagger
 from ..train.data import FeatureDataset, LabelSpace
@@ -54,10 +54,10 @@ class AdaptOptions:
     catalog: str | Path | None = None  # the original training catalog; default: the one the model records
     replay: float = 3.0  # replayed training products per judged product
     epochs: int = 3
-    lr: float = 2e-4
+    lr: float = 5e-5
     batch_size: int = 128
     holdout: float = 0.2  # fraction of judged products held back for the gate
-    tolerance: float = 0.0  # how much lower a gate metric may be and still promote
+    tolerance: float = 0.0  # extra slack on the gate (see _gate)
     promote: bool = False
     seed: int = 0
     tag_source: str = DEFAULT_TAG_SOURCE
@@ -98,14 +98,11 @@ def held_back(product_id: str, fraction: float, seed: int) -> bool:
     return int.from_bytes(h[:8], "big") / 2 ** 64 < fraction
 
 
-def tag_f1(model: Tagger, source: FeatureSource, tag_source: str, gold: list[set[str]]) -> tuple[float, float]:
-    """(tag micro-F1 of the tags the model serves, category accuracy) on a source."""
+def served_tags(model: Tagger, source: FeatureSource, tag_source: str) -> tuple[list[set[str]], list[str]]:
+    """The tags a model serves for each product of a source, and its categories."""
     preds = predict_source(model, source, generate=tag_source != "head")
     rows = prediction_rows(source.products, preds, tag_source)
-    f1 = prf(gold, [set(r["tags"]) for r in rows])[2]
-    known = [(p.category, r["category"]) for p, r in zip(source.products, rows) if p.category]
-    accuracy = sum(a == b for a, b in known) / len(known) if known else float("nan")
-    return f1, accuracy
+    return [set(r["tags"]) for r in rows], [r["category"] for r in rows]
 
 
 @dataclass
@@ -173,17 +170,25 @@ def _fine_tune(model_dir: Path, data: AdaptData, options: AdaptOptions, work: Pa
 
 
 def _gate(parent: Tagger, child: Tagger, data: AdaptData, tag_source: str, tolerance: float) -> dict:
-    """Both models on the held-back feedback and on val; `passed` when the child is nowhere lower."""
+    """Both models on the held-back feedback and on val. The child passes where it is not worse beyond
+    noise: the 95th percentile of the paired-bootstrap F1 difference (child - parent) is >= -tolerance,
+    and its val category accuracy is not lower (by more than `tolerance`). A zero-slack comparison
+    on a few hundred held-back products would reject a better model about as often as a worse one."""
     gate: dict = {}
     for name, source in (("feedback_holdout", data.holdout.features), ("val", data.val)):
         gold = [set(p.tags) for p in source.products]
-        (pf, pa), (cf, ca) = tag_f1(parent, source, tag_source, gold), tag_f1(child, source, tag_source, gold)
-        gate[name] = {"products": len(source), "parent_tag_f1": pf, "adapted_tag_f1": cf,
-                      "parent_accuracy": pa, "adapted_accuracy": ca}
-    checks = [gate["feedback_holdout"]["adapted_tag_f1"] >= gate["feedback_holdout"]["parent_tag_f1"] - tolerance,
-              gate["val"]["adapted_tag_f1"] >= gate["val"]["parent_tag_f1"] - tolerance,
-              not gate["val"]["adapted_accuracy"] < gate["val"]["parent_accuracy"] - tolerance]
-    gate["passed"] = all(checks) and len(data.holdout) > 0
+        (p_tags, p_cats), (c_tags, c_cats) = served_tags(parent, source, tag_source), served_tags(child, source, tag_source)
+        known = [i for i, p in enumerate(source.products) if p.category]
+        accuracy = [sum(cats[i] == source.products[i].category for i in known) / len(known) if known else None
+                    for cats in (p_cats, c_cats)]
+        gate[name] = {"products": len(source), "parent_tag_f1": prf(gold, p_tags)[2], "adapted_tag_f1": prf(gold, c_tags)[2],
+                      "f1_difference": paired_f1_difference(gold, p_tags, c_tags),
+                      "parent_accuracy": accuracy[0], "adapted_accuracy": accuracy[1]}
+    val = gate["val"]
+    gate["passed"] = (len(data.holdout) > 0
+                      and all(gate[n]["f1_difference"]["high"] >= -tolerance for n in ("feedback_holdout", "val"))
+                      and not (val["parent_accuracy"] is not None
+                               and val["adapted_accuracy"] < val["parent_accuracy"] - tolerance))
     return gate
 
 
