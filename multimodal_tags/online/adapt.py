@@ -78,18 +78,34 @@ def training_catalog(model_dir: Path, given: str | Path | None) -> Path:
                             "(the catalog it was trained on, for replay and the validation split)")
 
 
-def judged_products(fb: FeedbackStore) -> list[Product]:
-    """Judged products whose content the store kept, labelled as feedback says (category unknown)."""
+def judged_products(fb: FeedbackStore) -> tuple[list[Product], float]:
+    """Judged products whose content the store kept, labelled as feedback says (category unknown), and
+    the estimated rate of wrong judgements. A rejection of a tag the model proposed with probability
+    above 1 - rate is more likely a slip than a correction (Bayes, with the model's probability as the
+    prior), so the tag stays; with a careful reviewer the rate is near 0 and nothing is overruled."""
     judgements = fb.judgements()
     kept = fb.tags.products(judgements)
+    shown = {pid: (fb.tags.get(pid) or {"tags": {}})["tags"] for pid in kept}
+    flip = judgement_error_rate([(v["score"], judgements[pid].get(t)) for pid in kept for t, v in shown[pid].items()])
     out = []
     for pid in sorted(kept):
-        stored = fb.tags.get(pid)
-        shown = set(stored["tags"]) if stored else set()
         right = {t for t, ok in judgements[pid].items() if ok}
-        wrong = {t for t, ok in judgements[pid].items() if not ok}
-        out.append(dataclasses.replace(kept[pid], tags=sorted((shown | right) - wrong), category=None, split=None))
-    return out
+        wrong = {t for t, ok in judgements[pid].items() if not ok and shown[pid].get(t, {}).get("score", 0) <= 1 - flip}
+        out.append(dataclasses.replace(kept[pid], tags=sorted((set(shown[pid]) | right) - wrong), category=None,
+                                       split=None))
+    return out, flip
+
+
+def judgement_error_rate(judged: list[tuple[float, bool | None]], confident: float = 0.9) -> float:
+    """How often judgements are wrong, from the proposals the model was confident of (probability >=
+    `confident`): their rejection rate r against the rate w the model's own probabilities expect,
+    r = e (1 - w) + (1 - e) w, so e = (r - w) / (1 - 2w), clipped to [0, 0.45] (as in confident learning)."""
+    scores = [(p, ok) for p, ok in judged if ok is not None and p >= confident]
+    if len(scores) < 50:  # too few to tell
+        return 0.0
+    rejected = sum(not ok for _, ok in scores) / len(scores)
+    expected = sum(1 - p for p, _ in scores) / len(scores)
+    return float(min(max((rejected - expected) / (1 - 2 * expected), 0.0), 0.45))
 
 
 def held_back(product_id: str, fraction: float, seed: int) -> bool:
@@ -208,7 +224,7 @@ def adapt_model(model_dir: str | Path, store_path: str | Path, out: str | Path, 
     tag_source = resolve_tag_source(options.tag_source, parent.decoder is not None, str(model_dir))
     catalog_path = training_catalog(model_dir, options.catalog)
     with FeedbackStore(store_path) as fb:
-        judged, events, last_seq = judged_products(fb), fb.count(), fb.last_seq()
+        (judged, flip), events, last_seq = judged_products(fb), fb.count(), fb.last_seq()
     if not judged:
         raise ValueError(f"{store_path} holds no feedback on products it kept: nothing to adapt to")
     data = prepare_adapt_data(parent, read_catalog(catalog_path), judged, settings.cache_for(catalog_path), settings,
@@ -224,6 +240,7 @@ def adapt_model(model_dir: str | Path, store_path: str | Path, out: str | Path, 
                "ancestors": _ancestors(model_dir), "catalog": str(catalog_path.resolve()),
                "feedback": {"store": str(Path(store_path).resolve()), "events": events, "last_seq": last_seq,
                             "judged_products": len(judged), "held_back": len(data.holdout),
+                            "estimated_judgement_error_rate": flip,
                             "replayed": data.replayed},
                "options": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(options).items()},
                "gate": gate, "promoted": bool(options.promote and gate["passed"]),
