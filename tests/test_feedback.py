@@ -70,15 +70,18 @@ def test_import_stores_good_rows_refuses_bad_ones_by_row_and_is_idempotent(shop,
         assert changed.stored == 0 and "stored before with other content" in changed.refused[0][1]
 
 
-def test_stats_count_acceptance_per_key_and_ignore_adds(shop, tmp_path):
-    pid = shop["val"][0].id
-    with FeedbackStore(store_copy(shop, tmp_path)) as fb:
+def test_stats_count_acceptance_per_key_and_ignore_adds(shop, tmp_path, capsys):
+    pid, store = shop["val"][0].id, store_copy(shop, tmp_path)
+    with FeedbackStore(store) as fb:
         fb.add([_event(1, pid, "colour:red"), _event(2, pid, "colour:blue", "reject"),
                 _event(3, pid, "pattern:solid"), _event(4, pid, "fit:slim", "add")])
         stats = fb.stats()
     assert (stats["accepted"], stats["judged"], stats["added"]) == (2, 3, 1)
     assert stats["by_key"]["colour"] == {"accepted": 1, "judged": 2, "acceptance_rate": 0.5}
     assert stats["over_time"][0]["judged"] == 3
+    assert main(["feedback", "stats", "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "4 events: 2 of 3 proposed tags accepted (66.7%), 1 tags added" in out and "colour" in out
 
 
 # ---- immediate adaptation ------------------------------------------------------------------------
@@ -159,3 +162,17 @@ def test_adapt_writes_a_child_with_its_lineage_and_promotes_only_a_model_that_is
     assert promoted_model(store) == (tmp_path / "m2").resolve()
     assert main(["adapt", "--model", str(shop["model"]), "--store", str(store), "--out", str(tmp_path / "m4"),
                  "--lr", "5", "--epochs", "2", "--promote", "--allow-random-weights"]) == 1
+
+
+def test_the_rate_of_wrong_judgements_is_estimated_from_confident_proposals():
+    from multimodal_tags.online.adapt import judgement_error_rate
+
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.9, 1.0, 5000)
+    right = rng.random(5000) < p  # the model is calibrated
+    careful = list(zip(p, right))
+    flipped = rng.random(5000) < 0.1
+    sloppy = list(zip(p, right ^ flipped))
+    assert judgement_error_rate(careful) < 0.02
+    assert abs(judgement_error_rate(sloppy) - 0.1) < 0.02
+    assert judgement_error_rate(sloppy[:20]) == 0.0  # too few to tell
