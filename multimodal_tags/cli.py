@@ -262,7 +262,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
     cfg = ServiceConfig(Path(a.model), Path(a.store), Path(a.cache or Path(a.store).resolve().parent / "features-cache"),
                         image_root=Path(a.image_root) if a.image_root else None, api_key=key,
                         max_body_bytes=int(a.max_body_mb * 2 ** 20), max_batch=a.max_batch,
-                        refit_every=a.refit_every, tag_source=a.tag_source, settings=settings)
+                        refit_every=a.refit_every, refit_interval_s=a.refit_interval, tag_source=a.tag_source,
+                        settings=settings)
     uvicorn.run(create_app(cfg), host=a.host, port=a.port, log_level="warning")
     return 0
 
@@ -441,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-body-mb", type=float, default=16.0)
     sp.add_argument("--max-batch", type=int, default=32, help="products per forward pass")
     sp.add_argument("--refit-every", type=int, default=200, help="feedback events between calibration re-fits")
+    sp.add_argument("--refit-interval", type=float, default=30.0, help="seconds at least between two re-fits")
     tag_source(sp)
     reads_features(sp)
     sp.set_defaults(func=cmd_serve)

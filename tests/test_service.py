@@ -157,3 +157,19 @@ def test_a_promoted_model_is_swapped_in_without_dropping_requests(shop, tmp_path
         assert second.status_code == 200 and second.json()["model_id"] != first
         assert second.json()["model_id"].startswith("child-model-")
         assert c.get("/health").json()["model_id"] == second.json()["model_id"]
+
+
+def test_feedback_refits_the_calibration_in_the_background(shop, tmp_path):
+    import time
+
+    cfg = _config(shop, tmp_path, refit_every=1, refit_interval_s=0.0)
+    with TestClient(create_app(cfg)) as c:
+        pid = shop["val"][0].id
+        r = c.post("/feedback", json={"event_id": "r1", "user": "u", "product": pid, "tag": "colour:red",
+                                      "action": "reject"})
+        assert r.status_code == 200
+        for _ in range(100):
+            if c.get("/stats").json()["calibration"]["events"] >= 1:
+                break
+            time.sleep(0.1)
+        assert c.get("/stats").json()["calibration"]["events"] == 1

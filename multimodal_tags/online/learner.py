@@ -55,16 +55,24 @@ class LearningTagger:
     def refit(self) -> Calibration:
         """Re-fit the calibration from every judgement in the store (scores of products judged before are
         reused), save it in the store and use it from now on."""
+        return self.install(fit_calibration(*self.refit_inputs()))
+
+    def refit_inputs(self) -> tuple:
+        """What `fit_calibration` needs, read and scored here (the store's connection and the model's
+        thread); the fit itself may then run elsewhere, and `install` its result."""
         events = self.feedback.count()
         judgements = self.feedback.judgements()
-        products = self.feedback.tags.products(judgements)
-        judged = list(products.values())
+        judged = list(self.feedback.tags.products(judgements).values())
         self._score(judged)
         scores = [self._scores[(p.id, p.content_hash)] for p in judged]
-        cal = fit_calibration(self.model_id, self.tagger.model.tags, base_rules(self.tagger), scores,
-                              [judgements[p.id] for p in judged], events)
-        self.feedback.save_calibration(cal)
-        self.calibration = cal
+        return (self.model_id, self.tagger.model.tags, base_rules(self.tagger), scores,
+                [judgements[p.id] for p in judged], events)
+
+    def install(self, cal: Calibration) -> Calibration:
+        """Save a calibration fitted for this model and use it from now on."""
+        if cal.model_id == self.model_id:  # a model swapped in meanwhile gets its own
+            self.feedback.save_calibration(cal)
+            self.calibration = cal
         return cal
 
     def remember(self, products: Sequence[Product], scores: Sequence[Scores]) -> None:

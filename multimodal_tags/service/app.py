@@ -10,6 +10,7 @@ Bad input gets a 4xx naming the field; write endpoints need X-API-Key when the s
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, Field
 
@@ -59,6 +61,7 @@ class Service:
         self.model, self.store = ModelThread(cfg), StoreThread(cfg)
         self.batcher = TagBatcher(lambda groups: self.model.run(self.model.tag, groups), cfg.max_batch,
                                   cfg.batch_wait_s)
+        self.background: set[asyncio.Task] = set()  # re-fits in flight (kept referenced until done)
 
     async def close(self) -> None:
         await self.batcher.stop()
@@ -114,8 +117,9 @@ def _write_routes(app: FastAPI, svc: Service, guard: list) -> None:
         if len(events) > MAX_EVENTS_PER_REQUEST:
             raise HTTPException(413, f"at most {MAX_EVENTS_PER_REQUEST} events per request")
         result = await svc.store.run(svc.store.add, events)
-        if svc.store.take_refit_due(svc.cfg.refit_every):
-            svc.model.pool.submit(svc.model.refit)
+        if svc.store.take_refit_due(svc.cfg.refit_every, svc.cfg.refit_interval_s):
+            svc.background.add(task := asyncio.get_running_loop().create_task(svc.model.refit()))
+            task.add_done_callback(svc.background.discard)
         refused = [{"index": i, "event_id": events[i].event_id, "reason": r} for i, r in result.refused]
         if refused and not (result.stored or result.duplicates):
             raise HTTPException(422, {"message": "no event was stored", "refused": refused})
@@ -157,8 +161,8 @@ async def _read_product(request: Request, cfg: ServiceConfig) -> tuple[Product, 
         if photo is not None:
             if not isinstance(raw, dict):
                 raise HTTPException(422, f"product: a product is a JSON object, not {type(raw).__name__}")
-            root = _keep_upload(await photo.read(), raw, cfg)
-            return _validated(raw, root, cfg), root
+            root = await run_in_threadpool(_keep_upload, await photo.read(), raw, cfg)
+            return await run_in_threadpool(_validated, raw, root, cfg), root
     elif kind in ("application/json", ""):
         try:
             raw = json.loads(await request.body())
@@ -166,7 +170,8 @@ async def _read_product(request: Request, cfg: ServiceConfig) -> tuple[Product, 
             raise HTTPException(400, f"body: not JSON ({e})") from None
     else:
         raise HTTPException(415, f"content-type {kind!r}: send application/json or multipart/form-data")
-    return _validated(raw, cfg.image_root, cfg), cfg.image_root or Path(".")
+    # validation opens the photo: off the event loop
+    return await run_in_threadpool(_validated, raw, cfg.image_root, cfg), cfg.image_root or Path(".")
 
 
 def _form_json(value: Any) -> Any:

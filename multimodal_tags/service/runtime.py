@@ -20,6 +20,7 @@ from ..features.settings import RunSettings
 from ..inference.batch_tagger import BatchTagger
 from ..online.adapt import PROMOTED_KEY
 from ..online.feedback import AddResult, FeedbackStore
+from ..online.calibration import fit_calibration
 from ..online.learner import LearningTagger
 
 
@@ -35,6 +36,7 @@ class ServiceConfig:
     max_batch: int = 32  # products per forward pass
     batch_wait_s: float = 0.005  # how long the first request of a batch waits for company
     refit_every: int = 200  # feedback events between calibration re-fits
+    refit_interval_s: float = 30.0  # and at least this long between two
     watch_s: float = 2.0  # how often the store is checked for a newly promoted model
     tag_source: str = "auto"
     settings: RunSettings = field(default_factory=lambda: RunSettings(progress=False))
@@ -50,6 +52,8 @@ class ModelThread:
     def __init__(self, cfg: ServiceConfig):
         self.cfg = cfg
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="model")
+        self.fit_pool = ThreadPoolExecutor(1, thread_name_prefix="fit")
+        self._refitting = asyncio.Lock()
         self.learner: LearningTagger | None = None
         self.model_dir = cfg.model_dir
         self._checked = 0.0
@@ -65,9 +69,15 @@ class ModelThread:
         self._maybe_swap()
         return [self.learner.tag(products, root) for root, products in groups]
 
-    def refit(self) -> dict:
-        cal = self.learner.refit()
-        return {"model_id": cal.model_id, "events": cal.events, "rules": len(cal.rules), "new_tags": sorted(cal.new_tags)}
+    async def refit(self) -> None:
+        """Re-fit the calibration without holding up tagging: inputs read and scored on the model thread,
+        the fit on a thread of its own, the result installed on the model thread. One at a time."""
+        if self._refitting.locked():
+            return
+        async with self._refitting:
+            inputs = await self.run(self.learner.refit_inputs)
+            cal = await asyncio.get_running_loop().run_in_executor(self.fit_pool, fit_calibration, *inputs)
+            await self.run(self.learner.install, cal)
 
     def _maybe_swap(self) -> None:
         if time.monotonic() - self._checked < self.cfg.watch_s:
@@ -85,6 +95,7 @@ class ModelThread:
         if self.learner is not None:  # its connection belongs to the model thread
             self.pool.submit(self.learner.feedback.close).result()
         self.pool.shutdown(wait=True)
+        self.fit_pool.shutdown(wait=True)
 
 
 class StoreThread:
@@ -93,7 +104,7 @@ class StoreThread:
     def __init__(self, cfg: ServiceConfig):
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="store")
         self.fb: FeedbackStore = self.pool.submit(FeedbackStore, cfg.store_path).result()
-        self.since_refit = 0
+        self.since_refit, self.last_refit = 0, 0.0
         self.lock = threading.Lock()
 
     def add(self, events) -> AddResult:
@@ -120,11 +131,12 @@ class StoreThread:
         row["judged"] = judged
         return row
 
-    def take_refit_due(self, every: int) -> bool:
+    def take_refit_due(self, every: int, interval_s: float) -> bool:
+        """Whether a re-fit is due (enough new events, long enough since the last); resets the count."""
         with self.lock:
-            if self.since_refit < every:
+            if self.since_refit < every or time.monotonic() - self.last_refit < interval_s:
                 return False
-            self.since_refit = 0
+            self.since_refit, self.last_refit = 0, time.monotonic()
             return True
 
     async def run(self, fn, *args):
