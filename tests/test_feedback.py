@@ -33,6 +33,8 @@ def _event(i, product, tag, action="accept", **kw):
     ({"event_id": "1", "user": "u", "product": "p", "tag": " ", "action": "add"}, "tag"),
     ({"event_id": "1", "user": "u", "product": ["p"], "tag": "t", "action": "add"}, "product"),
     ({"user": "u", "product": "p", "tag": "t", "action": "add"}, "event_id"),
+    ({"event_id": "1", "user": "u\ud800", "product": "p", "tag": "t", "action": "add"}, "user"),
+    ({"event_id": "1", "user": "u", "product": "p", "tag": "t", "action": "add", "model_id": "m\x00"}, "model_id"),
 ])
 def test_a_bad_event_is_refused_naming_its_field(raw, field):
     with pytest.raises(ValueError, match=rf"^{field}: "):
@@ -45,6 +47,8 @@ def test_times_parse_as_iso_or_unix_and_extra_fields_are_kept():
     b = parse_event({"event_id": "2", "user": "u", "product": "7", "tag": "t", "action": "add", "time": 1795773600})
     assert a.product == "7" and a.unix_time(0) == b.unix_time(0) == 1795773600.0
     assert json.loads(a.extra_json()) == {"screen": "listing"}
+    odd = parse_event({"event_id": "3", "user": "u", "product": "7", "tag": "t", "action": "add", "note": "\ud800"})
+    assert json.loads(odd.extra_json()) == {"note": "\ud800"}  # kept, and storable
 
 
 def test_import_stores_good_rows_refuses_bad_ones_by_row_and_is_idempotent(shop, tmp_path, capsys):

@@ -207,3 +207,14 @@ def test_tag_on_a_missing_catalog_leaves_nothing_behind(tmp_path, capsys):
     assert main(["tag", "--model", str(tmp_path), "--catalog", str(tmp_path / "none.jsonl"), "--out", str(out)]) == 2
     assert "no such catalog" in capsys.readouterr().err
     assert not out.exists() and not Path(f"{out}.rejects.jsonl").exists()
+
+
+def test_a_lone_surrogate_escape_is_refused_naming_the_field(tmp_path):
+    from multimodal_tags.data.catalog import read_catalog
+
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"id": "a", "title": "ok"}\n{"id": "\\ud800", "title": "x"}\n{"id": "b", "title": "t\\udfff"}\n')
+    catalog = read_catalog(path)
+    assert [p.id for p in catalog.products] == ["a"]
+    assert {(i.row, i.field) for i in catalog.report.issues} == {(2, "id"), (3, "title")}
+    assert "lone surrogate U+D800" in catalog.report.issues[0].reason

@@ -90,6 +90,11 @@ def test_bad_feedback_is_refused_and_unknown_products_are_named(client, shop):
     body = client.post("/feedback", json=mixed).json()
     assert body["stored"] == 1 and body["refused"][0]["index"] == 1
     assert client.get("/products/nope/tags").status_code == 404
+    odd = b'{"event_id": "4", "user": "\\ud800", "product": "%s", "tag": "t", "action": "add"}' % pid.encode()
+    r = client.post("/feedback", content=odd, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "user" in r.text
+    odd_product = b'{"id": "\\ud800", "title": "t"}'
+    assert client.post("/tag", content=odd_product, headers={"content-type": "application/json"}).status_code == 422
 
 
 def test_write_endpoints_need_the_api_key(client):

@@ -6,6 +6,7 @@ with the original reference kept in `extra` so nothing the user gave is lost).
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from .images import ImageError, check_image
 from .schema import PRODUCT_FIELDS, Product
 
 SPLITS = ("train", "val", "test")
+LONE_SURROGATE = re.compile("[\ud800-\udc7f\udd00-\udfff]")  # not a surrogate-escaped byte (dc80-dcff)
 
 
 @dataclass
@@ -53,14 +55,17 @@ class Issue:
 
 
 def printable(text: str) -> str:
-    """`text` with undecodable bytes (surrogate escapes) written as \\xNN, safe to write as UTF-8."""
+    """`text` with undecodable bytes (surrogate escapes) written as \\xNN and lone surrogates (from JSON
+    escapes) as \\uNNNN: safe to write as UTF-8."""
+    text = LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _bad_utf8(value: str) -> int | None:
-    """Index of the first undecodable byte (read with errors='surrogateescape'), or None."""
+    """Index of the first surrogate: an undecodable byte (read with errors='surrogateescape'), or a
+    lone surrogate from a JSON escape such as \\ud800; None when the text is valid Unicode."""
     for i, ch in enumerate(value):
-        if "\udc80" <= ch <= "\udcff":
+        if "\ud800" <= ch <= "\udfff":
             return i
     return None
 
@@ -68,8 +73,10 @@ def _bad_utf8(value: str) -> int | None:
 def _check_utf8(value: str) -> str:
     bad = _bad_utf8(value)
     if bad is not None:
-        byte = ord(value[bad]) - 0xDC00
-        raise ValueError(f"not valid UTF-8 (byte 0x{byte:02x} at character {bad})")
+        ch = value[bad]
+        if "\udc80" <= ch <= "\udcff":
+            raise ValueError(f"not valid UTF-8 (byte 0x{ord(ch) - 0xDC00:02x} at character {bad})")
+        raise ValueError(f"not valid Unicode (a lone surrogate U+{ord(ch):04X} at character {bad})")
     return value
 
 

@@ -7,6 +7,7 @@ the tags of model `model_id`. `event_id` is the sender's: delivering the same ev
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,11 +15,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..data.validate import printable
 
 ACTIONS = ("accept", "reject", "add")
 MAX_TAG_CHARS = 200  # longer than any tag a shop uses; stops a pasted description becoming a tag
 MAX_ID_CHARS = 256
+FORBIDDEN = {"Cc", "Cf", "Cs", "Zl", "Zp"}  # Unicode categories an id or a tag may not contain
 
 
 def _clean_text(value: Any, what: str) -> str:
@@ -28,8 +29,9 @@ def _clean_text(value: Any, what: str) -> str:
     text = str(value).strip()
     if not text:
         raise ValueError(f"{what} is empty")
-    if printable(text) != text:
-        raise ValueError(f"{what} has control characters")
+    bad = next((c for c in text if unicodedata.category(c) in FORBIDDEN), None)
+    if bad is not None:  # control and format characters, and lone surrogates (not storable as UTF-8)
+        raise ValueError(f"{what} has a character that is not printable text (U+{ord(bad):04X})")
     return text
 
 
@@ -51,6 +53,11 @@ class FeedbackEvent(BaseModel):
     def _text(cls, value: Any, info) -> str:
         return _clean_text(value, info.field_name)
 
+    @field_validator("model_id", mode="before")
+    @classmethod
+    def _optional_text(cls, value: Any, info) -> str | None:
+        return None if value is None else _clean_text(value, info.field_name)
+
     @field_validator("time")
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
@@ -62,7 +69,8 @@ class FeedbackEvent(BaseModel):
         return self.time.timestamp() if self.time is not None else default
 
     def extra_json(self) -> str | None:
-        return json.dumps(self.model_extra, ensure_ascii=False, default=str) if self.model_extra else None
+        # ASCII-escaped: any string pydantic accepted (lone surrogates too) is storable
+        return json.dumps(self.model_extra, default=str) if self.model_extra else None
 
 
 def explain(error: ValidationError) -> str:

@@ -21,6 +21,8 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, Field
 
@@ -94,6 +96,20 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
     def write_access(key: str | None = Depends(key_header)) -> None:
         if cfg.api_key and not (key and hmac.compare_digest(key.encode(), cfg.api_key.encode())):
             raise HTTPException(401, "this endpoint needs the service's API key in the X-API-Key header")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        """422 naming each bad field. The input is not echoed (it may be huge), and the body is ASCII-escaped
+        JSON: a lone surrogate in a field must not turn a 422 into a 500."""
+        detail = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
+                  for e in exc.errors()]
+        return Response(json.dumps({"detail": detail}, default=str), status_code=422, media_type="application/json")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        """The usual {"detail": ...}, ASCII-escaped: a message quoting bad input stays a valid response."""
+        return Response(json.dumps({"detail": exc.detail}, default=str), status_code=exc.status_code,
+                        media_type="application/json", headers=exc.headers)
 
     _write_routes(app, svc, [Depends(write_access)])
     _read_routes(app, svc)
