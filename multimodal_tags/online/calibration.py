@@ -1,7 +1,7 @@
 """Immediate adaptation: per-tag decision rules and new tags, re-fitted from feedback in seconds.
 
 For every tag of the vocabulary that feedback judged, a rule "propose when the decoder's probability
->= d or the tag head's >= h" is chosen on the judged products to maximise micro-F1 (the other tags
+>= d or the tag head's >= h" is chosen on the judged products to maximise (to first order) micro-F1 (the other tags
 fixed), and kept only when choosing that way beats the model's own rule out of fold: a tag
 users keep rejecting gets a higher bar, one they keep adding a lower one (or the head's say).
 A tag users add that the model has never seen becomes a known tag, scored by a logistic regression on
