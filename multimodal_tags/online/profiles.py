@@ -1,0 +1,119 @@
+"""User profiles: per-user tag affinities from that user's events, kept in SQLite beside the tag store.
+
+An event gives weight to tags: a purchase or a click to every tag of the product, tag feedback to
+its one tag (an accept or add for it, a reject against it). Weights decay with age (half-life
+`half_life_days`), so recent events count more and repeated ones add up. A profile is stored as
+(user, tag) -> (value, as of when): adding an event decays the stored value to the event's time and
+adds the weight, so updates are incremental and reading needs no replay.
+
+A user's affinity for a tag is shrunk towards the global one by how much evidence the user has:
+    affinity(u, t) = (m_u * share_u(t) + k * global(t)) / (m_u + k)
+where share_u is the user's (positive) mass on t over all of it, m_u that mass and k `shrinkage`.
+An unknown user (m_u = 0) gets the global profile.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from .store import TagStore
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS profile (
+    user TEXT NOT NULL, tag TEXT NOT NULL, value REAL NOT NULL, as_of REAL NOT NULL, PRIMARY KEY (user, tag)
+);
+CREATE TABLE IF NOT EXISTS profile_events (event_id TEXT PRIMARY KEY, user TEXT NOT NULL, at REAL NOT NULL)
+"""
+GLOBAL = ""  # the user id the global profile is kept under
+DAY = 86400.0
+
+
+@dataclass
+class ProfileSettings:
+    half_life_days: float = 30.0
+    shrinkage: float = 5.0  # k: how much evidence (event weight) counts as much as the global profile
+    weights: dict[str, float] | None = None  # event kind -> weight (see WEIGHTS)
+
+
+WEIGHTS = {"purchase": 1.0, "click": 0.3, "accept": 0.5, "add": 0.7, "reject": -0.5}
+
+
+class Profiles:
+    """Per-user tag affinities in the tag store's SQLite file."""
+
+    def __init__(self, store: TagStore, settings: ProfileSettings | None = None):
+        self.store, self.db = store, store.db
+        self.settings = settings or ProfileSettings()
+        self.weights = {**WEIGHTS, **(self.settings.weights or {})}
+        with store.transaction():
+            for statement in SCHEMA.split(";"):
+                self.db.execute(statement)
+
+    def _decay(self, age_s: float) -> float:
+        return 0.5 ** (max(age_s, 0.0) / (self.settings.half_life_days * DAY))
+
+    def add(self, event_id: str, user: str, kind: str, tags: Iterable[str], at: float | None = None) -> bool:
+        """Count one event for `user` (and the global profile): `kind` is purchase, click, accept, add or
+        reject; `tags` the product's tags (or the judged tag). False when event_id was counted before."""
+        if kind not in self.weights:
+            raise ValueError(f"kind: {kind!r} is not one of {', '.join(self.weights)}")
+        at, weight = time.time() if at is None else at, self.weights[kind]
+        with self.store.transaction():
+            if self.db.execute("SELECT 1 FROM profile_events WHERE event_id = ?", (event_id,)).fetchone():
+                return False
+            self.db.execute("INSERT INTO profile_events VALUES (?, ?, ?)", (event_id, user, at))
+            for who in (user, GLOBAL):
+                for tag in set(tags):
+                    self._bump(who, tag, weight, at)
+        return True
+
+    def _bump(self, user: str, tag: str, weight: float, at: float) -> None:
+        row = self.db.execute("SELECT value, as_of FROM profile WHERE user = ? AND tag = ?", (user, tag)).fetchone()
+        if row is None:
+            value, as_of = weight, at
+        elif at >= row[1]:  # the stored value, decayed to this event's time, plus the event
+            value, as_of = row[0] * self._decay(at - row[1]) + weight, at
+        else:  # an event older than the stored value (delivered late): decayed to the stored time
+            value, as_of = row[0] + weight * self._decay(row[1] - at), row[1]
+        self.db.execute("INSERT OR REPLACE INTO profile VALUES (?, ?, ?, ?)", (user, tag, value, as_of))
+
+    def raw(self, user: str, now: float | None = None) -> dict[str, float]:
+        """The user's decayed tag values (negative: tags the user rejects)."""
+        now = time.time() if now is None else now
+        rows = self.db.execute("SELECT tag, value, as_of FROM profile WHERE user = ?", (user,)).fetchall()
+        return {tag: value * self._decay(now - as_of) for tag, value, as_of in rows}
+
+    def affinities(self, user: str | None, now: float | None = None) -> dict[str, float]:
+        """The user's shrunk affinity per tag (the global profile for unknown users)."""
+        global_share, _ = _shares(self.raw(GLOBAL, now))
+        if not user:
+            return global_share
+        share, mass = _shares(self.raw(user, now))
+        k = self.settings.shrinkage
+        tags = set(global_share) | set(share)
+        return {t: (mass * share.get(t, 0.0) + k * global_share.get(t, 0.0)) / (mass + k) for t in tags}
+
+
+def _shares(values: dict[str, float]) -> tuple[dict[str, float], float]:
+    """Each tag's share of the positive mass (negative values stay negative, same scale), and the mass."""
+    mass = sum(v for v in values.values() if v > 0)
+    if mass <= 0:
+        return {t: v for t, v in values.items() if v < 0}, 0.0
+    return {t: v / mass for t, v in values.items()}, mass
+
+
+def rank_tags(tags: Sequence[str], affinity: dict[str, float], scores: dict[str, float] | None = None) -> list[str]:
+    """A product's tags ordered by the user's affinity (ties: by the model's score, then as given)."""
+    scores = scores or {}
+    order = {t: i for i, t in enumerate(tags)}
+    return sorted(tags, key=lambda t: (-affinity.get(t, 0.0), -scores.get(t, 0.0), order[t]))
+
+
+def match_score(product_tags: Iterable[str], affinity: dict[str, float], idf: dict[str, float] | None = None) -> float:
+    """How well a product's tags match a profile: the idf-weighted affinity of its tags, over the
+    square root of their weights' sum of squares (a product is not better for having more tags)."""
+    weights = {t: (idf or {}).get(t, 1.0) for t in set(product_tags)}
+    norm = math.sqrt(sum(w * w for w in weights.values())) or 1.0
+    return sum(w * affinity.get(t, 0.0) for t, w in weights.items()) / norm

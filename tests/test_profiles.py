@@ -1,0 +1,54 @@
+"""User profiles: affinities from events, recency, shrinkage towards the global profile, ranking."""
+import pytest
+
+from multimodal_tags.online.profiles import DAY, ProfileSettings, Profiles, match_score, rank_tags
+from multimodal_tags.online.store import TagStore
+
+T0 = 1_800_000_000.0
+
+
+@pytest.fixture
+def profiles(tmp_path):
+    with TagStore(tmp_path / "tags.db") as store:
+        yield Profiles(store, ProfileSettings(half_life_days=10, shrinkage=2))
+
+
+def test_a_users_profile_moves_towards_the_tags_of_what_they_bought(profiles):
+    profiles.add("g1", "other", "purchase", ["colour:red", "fit:slim"], T0)
+    before = profiles.affinities("ann", T0)
+    for i in range(5):
+        profiles.add(f"a{i}", "ann", "purchase", ["colour:blue", "fabric:linen"], T0 + i)
+    after = profiles.affinities("ann", T0 + 10)
+    assert after["colour:blue"] > before.get("colour:blue", 0) and after["colour:blue"] > after["colour:red"]
+    assert rank_tags(["colour:red", "fit:slim", "colour:blue"], after) == ["colour:blue", "colour:red", "fit:slim"]
+
+
+def test_an_unknown_user_gets_the_global_order_and_little_evidence_stays_near_it(profiles):
+    for i in range(20):
+        profiles.add(f"g{i}", f"u{i}", "purchase", ["colour:black"], T0)
+    profiles.add("x", "bob", "purchase", ["colour:pink"], T0)
+    unknown = profiles.affinities("nobody", T0)
+    assert unknown == profiles.affinities(None, T0)
+    assert rank_tags(["colour:pink", "colour:black"], unknown) == ["colour:black", "colour:pink"]
+    bob = profiles.affinities("bob", T0)
+    assert 0 < bob["colour:pink"] < 0.5 and bob["colour:black"] > 0.5  # one purchase, shrinkage 2
+
+
+def test_recent_events_count_more_and_replays_count_once(profiles):
+    assert profiles.add("old", "ann", "purchase", ["colour:red"], T0)
+    assert profiles.add("new", "ann", "purchase", ["colour:blue"], T0 + 30 * DAY)
+    assert not profiles.add("new", "ann", "purchase", ["colour:blue"], T0 + 30 * DAY)
+    raw = profiles.raw("ann", T0 + 30 * DAY)
+    assert raw["colour:blue"] == pytest.approx(1.0) and raw["colour:red"] == pytest.approx(0.125)
+    late = profiles.add("late", "ann", "purchase", ["colour:red"], T0)  # delivered late: as old as it is
+    assert late and profiles.raw("ann", T0 + 30 * DAY)["colour:red"] == pytest.approx(0.25)
+
+
+def test_rejected_tags_sink_and_products_are_ranked_by_their_tags(profiles):
+    profiles.add("p", "ann", "purchase", ["colour:red", "season:summer"], T0)
+    profiles.add("r", "ann", "reject", ["season:summer"], T0)
+    aff = profiles.affinities("ann", T0)
+    assert aff["season:summer"] < aff["colour:red"]
+    assert match_score(["colour:red", "fit:slim"], aff) > match_score(["colour:blue", "fit:slim"], aff)
+    with pytest.raises(ValueError, match="kind"):
+        profiles.add("z", "ann", "like", ["colour:red"], T0)
