@@ -218,3 +218,17 @@ def test_a_lone_surrogate_escape_is_refused_naming_the_field(tmp_path):
     assert [p.id for p in catalog.products] == ["a"]
     assert {(i.row, i.field) for i in catalog.report.issues} == {(2, "id"), (3, "title")}
     assert "lone surrogate U+D800" in catalog.report.issues[0].reason
+
+
+def test_a_gzipped_csv_catalog_reads_and_writes(tmp_path):
+    from multimodal_tags.data.catalog import read_catalog, write_catalog
+
+    path = tmp_path / "c.csv.gz"
+    write_catalog(read_catalog(write_jsonl_rows(tmp_path)).products, path)
+    assert [p.title for p in read_catalog(path).products] == ["Red mug", "Blue lamp"]
+
+
+def write_jsonl_rows(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"id": "1", "title": "Red mug"}\n{"id": "2", "title": "Blue lamp"}\n')
+    return path

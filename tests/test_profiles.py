@@ -1,4 +1,8 @@
-"""User profiles: affinities from events, recency, shrinkage towards the global profile, ranking."""
+"""User profiles: affinities from events, recency, shrinkage towards the global profile, ranking;
+the leave-one-out split of experiments/personalization.py."""
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from multimodal_tags.online.profiles import DAY, ProfileSettings, Profiles, match_score, rank_tags
@@ -52,3 +56,24 @@ def test_rejected_tags_sink_and_products_are_ranked_by_their_tags(profiles):
     assert match_score(["colour:red", "fit:slim"], aff) > match_score(["colour:blue", "fit:slim"], aff)
     with pytest.raises(ValueError, match="kind"):
         profiles.add("z", "ann", "like", ["colour:red"], T0)
+
+
+def test_leave_one_out_never_lets_the_held_out_article_into_the_profile(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
+    import personalization as pz
+
+    bought = {"ann": ["a1", "a2", "a3"], "bob": ["a8", "a9"], "cy": ["a4", "a5", "a6", "a7"]}  # nobody shares
+    articles = [f"a{i}" for i in range(1, 200)]
+    cases = pz.leave_one_out(bought, articles, seed=3)
+    assert [c["customer"] for c in cases] == ["ann", "cy"]  # bob has fewer than 3
+    for c in cases:
+        assert c["held"] not in c["history"] and c["candidates"][0] == c["held"]
+        assert len(c["candidates"]) == 100 and not set(c["candidates"][1:]) & set(bought[c["customer"]])
+    assert cases == pz.leave_one_out(bought, articles, seed=3)  # fixed seed, same split
+    tags = {a: [f"t:{a}"] for a in articles}  # each article its own tag: a leak would show
+    scores = pz.profile_scores(cases, bought, tags, tmp_path, "leak-check")
+    for c, s in zip(cases, scores):
+        assert s[0] == 0.0  # the held-out article's tag never reached any profile
+    assert pz.rank_of_held(np.array([1.0, 2.0, 1.0, 0.0])) == 1.5

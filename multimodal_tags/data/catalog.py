@@ -195,7 +195,8 @@ def write_catalog(products: Iterable[Product], path: str | Path, meta: dict[str,
                 for r in rows:
                     f.write(json.dumps(r, ensure_ascii=False) + "\n")
         elif fmt == "csv":
-            with open(tmp, "w", encoding="utf-8", newline="") as f:
+            opener = gzip.open if path.name.endswith(".gz") else open
+            with opener(tmp, "wt", encoding="utf-8", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["id", "title"])
                 w.writeheader()
                 w.writerows(_csv_row(r) for r in rows)

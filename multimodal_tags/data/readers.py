@@ -26,7 +26,8 @@ csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 RawRow = tuple[int, "dict[str, Any] | Issue"]
 # Key under which a reader hands validation the warnings of a row it kept (e.g. missing CSV cells).
 ROW_WARNINGS = "\0row_warnings"
-FORMATS = ((".jsonl", "jsonl"), (".jsonl.gz", "jsonl"), (".ndjson", "jsonl"), (".csv", "csv"), (".parquet", "parquet"))
+FORMATS = ((".jsonl", "jsonl"), (".jsonl.gz", "jsonl"), (".ndjson", "jsonl"), (".csv", "csv"), (".csv.gz", "csv"),
+           (".parquet", "parquet"))
 
 
 class CatalogError(ValueError):
@@ -38,7 +39,7 @@ def catalog_format(path: Path) -> str:
     for suffix, fmt in FORMATS:
         if name.endswith(suffix):
             return fmt
-    raise CatalogError(f"{path}: unknown catalog format (use .jsonl, .jsonl.gz, .csv or .parquet)")
+    raise CatalogError(f"{path}: unknown catalog format (use .jsonl, .jsonl.gz, .csv, .csv.gz or .parquet)")
 
 
 def check_catalog_file(path: Path) -> None:
@@ -129,7 +130,8 @@ def _csv_records(lines: _Lines, path: Path) -> Iterator[tuple[int, list[str] | I
 def _iter_csv(path: Path) -> Iterator[RawRow]:
     # utf-8-sig drops Excel's byte-order mark; surrogateescape keeps undecodable bytes for validation,
     # which names the field
-    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         header = None
         for n, cells in _csv_records(_Lines(f), path):
             if isinstance(cells, Issue):

@@ -57,17 +57,24 @@ class Profiles:
     def add(self, event_id: str, user: str, kind: str, tags: Iterable[str], at: float | None = None) -> bool:
         """Count one event for `user` (and the global profile): `kind` is purchase, click, accept, add or
         reject; `tags` the product's tags (or the judged tag). False when event_id was counted before."""
-        if kind not in self.weights:
-            raise ValueError(f"kind: {kind!r} is not one of {', '.join(self.weights)}")
-        at, weight = time.time() if at is None else at, self.weights[kind]
+        return self.add_many([(event_id, user, kind, tags, at)]) == 1
+
+    def add_many(self, events: Iterable[tuple[str, str, str, Iterable[str], float | None]]) -> int:
+        """`add` for many (event_id, user, kind, tags, at) in one transaction; returns how many counted."""
+        counted = 0
         with self.store.transaction():
-            if self.db.execute("SELECT 1 FROM profile_events WHERE event_id = ?", (event_id,)).fetchone():
-                return False
-            self.db.execute("INSERT INTO profile_events VALUES (?, ?, ?)", (event_id, user, at))
-            for who in (user, GLOBAL):
-                for tag in set(tags):
-                    self._bump(who, tag, weight, at)
-        return True
+            for event_id, user, kind, tags, at in events:
+                if kind not in self.weights:
+                    raise ValueError(f"kind: {kind!r} is not one of {', '.join(self.weights)}")
+                at = time.time() if at is None else at
+                if self.db.execute("SELECT 1 FROM profile_events WHERE event_id = ?", (event_id,)).fetchone():
+                    continue
+                self.db.execute("INSERT INTO profile_events VALUES (?, ?, ?)", (event_id, user, at))
+                for who in (user, GLOBAL):
+                    for tag in set(tags):
+                        self._bump(who, tag, self.weights[kind], at)
+                counted += 1
+        return counted
 
     def _bump(self, user: str, tag: str, weight: float, at: float) -> None:
         row = self.db.execute("SELECT value, as_of FROM profile WHERE user = ? AND tag = ?", (user, tag)).fetchone()
