@@ -250,6 +250,30 @@ def cmd_adapt(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tags(a: argparse.Namespace) -> int:
+    from .online.profiles import Profiles, ranked_tags
+    from .online.store import TagStore
+
+    with TagStore(a.store) as store:
+        row = store.get(a.product)
+        if row is None:
+            print(f"error: unknown product {a.product!r} in {a.store}", file=sys.stderr)
+            return EXIT_FAILED
+        for tag in ranked_tags(row, Profiles(store), a.user):
+            print(f"{tag}\t{row['tags'][tag]['score']:.3f}")
+    return 0
+
+
+def cmd_recommend(a: argparse.Namespace) -> int:
+    from .online.profiles import Profiles, recommend
+    from .online.store import TagStore
+
+    with TagStore(a.store) as store:
+        for item in recommend(store, Profiles(store), a.user, a.k):
+            print(f"{item['id']}\t{item['score']:.4f}")
+    return 0
+
+
 def cmd_serve(a: argparse.Namespace) -> int:
     import uvicorn
 
@@ -431,6 +455,17 @@ def build_parser() -> argparse.ArgumentParser:
     tag_source(sp)
     reads_features(sp)
     sp.set_defaults(func=cmd_adapt)
+
+    sp = sub.add_parser("tags", help="a product's stored tags, in the order of a user's profile")
+    sp.add_argument("product")
+    sp.add_argument("--store", required=True)
+    sp.add_argument("--user", help="whose profile orders the tags (default or unknown: the global order)")
+    sp.set_defaults(func=cmd_tags)
+    sp = sub.add_parser("recommend", help="the stored products that best match a user's profile")
+    sp.add_argument("--store", required=True)
+    sp.add_argument("--user", required=True)
+    sp.add_argument("--k", type=int, default=10)
+    sp.set_defaults(func=cmd_recommend)
 
     sp = sub.add_parser("serve", help="the HTTP service: tag, feedback, stored tags, statistics")
     sp.add_argument("--model", required=True)

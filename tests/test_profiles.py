@@ -77,3 +77,20 @@ def test_leave_one_out_never_lets_the_held_out_article_into_the_profile(tmp_path
     for c, s in zip(cases, scores):
         assert s[0] == 0.0  # the held-out article's tag never reached any profile
     assert pz.rank_of_held(np.array([1.0, 2.0, 1.0, 0.0])) == 1.5
+
+
+def test_the_command_line_orders_a_products_tags_for_a_user_and_recommends(tmp_path, capsys):
+    from multimodal_tags.cli import main
+
+    store_path = tmp_path / "tags.db"
+    rows = [{"id": pid, "category": "Mug", "category_score": 0.9, "tags": tags, "model_id": "m", "content_hash": pid,
+             "tag_scores": {t: 0.9 - 0.1 * i for i, t in enumerate(tags)}, "tag_sources": dict.fromkeys(tags, "head")}
+            for pid, tags in (("p1", ["colour:red", "pattern:solid"]), ("p2", ["colour:blue", "pattern:striped"]))]
+    with TagStore(store_path) as store:
+        store.write(rows, {})
+        Profiles(store).add("e1", "ann", "purchase", ["pattern:striped", "colour:blue"], T0)
+    assert main(["tags", "p1", "--store", str(store_path), "--user", "nobody"]) == 0
+    assert capsys.readouterr().out.split()[::2] == ["colour:red", "pattern:solid"]
+    assert main(["recommend", "--store", str(store_path), "--user", "ann", "--k", "1"]) == 0
+    assert capsys.readouterr().out.split()[0] == "p2"
+    assert main(["tags", "nope", "--store", str(store_path)]) == 1

@@ -178,3 +178,22 @@ def test_feedback_refits_the_calibration_in_the_background(shop, tmp_path):
                 break
             time.sleep(0.1)
         assert c.get("/stats").json()["calibration"]["events"] == 1
+
+
+def test_tags_are_ranked_per_user_and_products_recommended_from_the_profile(client, shop):
+    p0, p1 = shop["val"][0], shop["val"][1]
+    for i, p in enumerate((p0, p1)):
+        assert client.post("/tag", json={"id": f"r{i}", "title": p.title, "image": p.image}).status_code == 200
+    tags0 = list(client.get("/products/r0/tags").json()["tags"])
+    liked = tags0[-1] if tags0 else "colour:red"
+    events = [{"event_id": f"u{i}", "user": "ann", "product": "r0", "tag": liked, "action": "add"} for i in range(1)]
+    events += [{"event_id": f"v{i}", "user": "ann", "product": "r0", "tag": t, "action": "reject"}
+               for i, t in enumerate(tags0[:-1])]
+    assert client.post("/feedback", json=events).status_code == 200
+    ranked = client.get("/products/r0/tags", params={"user": "ann"}).json()["ranked"]
+    assert ranked[0] == liked
+    stranger = client.get("/products/r0/tags", params={"user": "nobody"}).json()["ranked"]
+    assert sorted(stranger) == sorted(ranked)
+    recs = client.get("/users/ann/recommendations", params={"k": 1}).json()["products"]
+    assert len(recs) == 1 and recs[0]["id"] in {"r0", "r1"} | {p.id for p in shop["val"]}
+    assert client.get("/users/ann/recommendations", params={"k": 0}).status_code == 422

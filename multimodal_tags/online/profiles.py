@@ -13,8 +13,10 @@ An unknown user (m_u = 0) gets the global profile.
 """
 from __future__ import annotations
 
+import json
 import math
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -124,3 +126,21 @@ def match_score(product_tags: Iterable[str], affinity: dict[str, float], idf: di
     weights = {t: (idf or {}).get(t, 1.0) for t in set(product_tags)}
     norm = math.sqrt(sum(w * w for w in weights.values())) or 1.0
     return sum(w * affinity.get(t, 0.0) for t, w in weights.items()) / norm
+
+
+def ranked_tags(stored: dict, profiles: Profiles, user: str | None) -> list[str]:
+    """A stored product's tags (TagStore.get) in the order of the user's profile."""
+    scores = {t: v["score"] for t, v in stored["tags"].items()}
+    return rank_tags(list(stored["tags"]), profiles.affinities(user), scores)
+
+
+def recommend(store: TagStore, profiles: Profiles, user: str | None, k: int = 10) -> list[dict]:
+    """The k live products whose stored tags best match the user's profile (idf over the store's tags);
+    an unknown user gets the global profile's picks."""
+    rows = store.db.execute("SELECT id, tags FROM products WHERE removed_at IS NULL").fetchall()
+    tags = {pid: list(json.loads(t)) for pid, t in rows}
+    df = Counter(t for ts in tags.values() for t in ts)
+    idf = {t: math.log((len(tags) + 1) / c) for t, c in df.items()}
+    affinity = profiles.affinities(user)
+    scored = sorted(((match_score(ts, affinity, idf), pid) for pid, ts in tags.items()), key=lambda x: (-x[0], x[1]))
+    return [{"id": pid, "score": round(score, 5)} for score, pid in scored[:k]]

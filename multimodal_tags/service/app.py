@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -144,13 +144,19 @@ def _write_routes(app: FastAPI, svc: Service, guard: list) -> None:
 
 def _read_routes(app: FastAPI, svc: Service) -> None:
     @app.get("/products/{product_id}/tags")
-    async def product_tags(product_id: str) -> dict:
+    async def product_tags(product_id: str, user: str | None = Query(None, max_length=256)) -> dict:
         """The product's current tags, with scores, sources and the model that gave them; `judged`: what
-        feedback said of its tags (the served tags already follow it)."""
-        row = await svc.store.run(svc.store.current_tags, product_id)
+        feedback said of its tags (the served tags already follow it); with `user`, `ranked`: its tags
+        in the order of that user's profile (the global order for an unknown user)."""
+        row = await svc.store.run(svc.store.current_tags, product_id, user)
         if row is None:
             raise HTTPException(404, f"unknown product {product_id!r}")
         return row
+
+    @app.get("/users/{user}/recommendations")
+    async def recommendations(user: str, k: int = Query(10, ge=1, le=1000)) -> dict:
+        """The products whose tags best match the user's profile."""
+        return {"user": user, "products": await svc.store.run(svc.store.recommendations, user, k)}
 
     @app.get("/stats")
     async def stats() -> dict:

@@ -22,6 +22,7 @@ from ..online.adapt import PROMOTED_KEY
 from ..online.feedback import AddResult, FeedbackStore
 from ..online.calibration import fit_calibration
 from ..online.learner import LearningTagger
+from ..online.profiles import Profiles, ranked_tags, recommend
 
 
 @dataclass
@@ -104,11 +105,18 @@ class StoreThread:
     def __init__(self, cfg: ServiceConfig):
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="store")
         self.fb: FeedbackStore = self.pool.submit(FeedbackStore, cfg.store_path).result()
+        self.profiles = self.pool.submit(Profiles, self.fb.tags).result()
         self.since_refit, self.last_refit = 0, 0.0
         self.lock = threading.Lock()
 
     def add(self, events) -> AddResult:
+        """Store events, then count the stored ones in their users' profiles (derived data: a profile can
+        be rebuilt from the events; each event counts once)."""
         result = self.fb.add(events)
+        refused = {i for i, _ in result.refused}
+        now = time.time()
+        self.profiles.add_many((e.event_id, e.user, e.action, [e.tag], e.unix_time(now))
+                               for i, e in enumerate(events) if i not in refused)
         with self.lock:
             self.since_refit += result.stored
         return result
@@ -117,8 +125,12 @@ class StoreThread:
         store = self.fb.tags
         store.write(rows, {r["id"]: store.pending_change(r) or "unchanged" for r in rows}, products)
 
-    def current_tags(self, product_id: str) -> dict | None:
-        """The stored row of a product with its judgements applied (None when unknown)."""
+    def recommendations(self, user: str, k: int) -> list[dict]:
+        return recommend(self.fb.tags, self.profiles, user, k)
+
+    def current_tags(self, product_id: str, user: str | None = None) -> dict | None:
+        """The stored row of a product with its judgements applied (None when unknown); with `user`,
+        `ranked` orders its tags by that user's profile."""
         row = self.fb.tags.get(product_id)
         if row is None:
             return None
@@ -129,6 +141,8 @@ class StoreThread:
             elif tag not in row["tags"]:
                 row["tags"][tag] = {"score": 1.0, "source": "feedback"}
         row["judged"] = judged
+        if user is not None:
+            row["ranked"] = ranked_tags(row, self.profiles, user)
         return row
 
     def take_refit_due(self, every: int, interval_s: float) -> bool:
