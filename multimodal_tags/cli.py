@@ -214,6 +214,16 @@ def cmd_feedback_import(a: argparse.Namespace) -> int:
     return 0 if result.stored or result.duplicates or not result.refused else EXIT_FAILED
 
 
+def cmd_interactions_import(a: argparse.Namespace) -> int:
+    from .online.profiles import import_interactions
+
+    result = import_interactions(a.store, a.interactions)
+    print(result.summary().replace("stored", "counted"))
+    for row, reason in result.refused[:20]:
+        print(f"  {a.interactions}:{row}: {reason}", file=sys.stderr)
+    return 0 if result.stored or result.duplicates or not result.refused else EXIT_FAILED
+
+
 def cmd_feedback_stats(a: argparse.Namespace) -> int:
     from .online.feedback import FeedbackStore
 
@@ -440,6 +450,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--bucket-hours", type=float, default=24.0)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_feedback_stats)
+
+    sp = sub.add_parser("interactions", help="purchases and clicks, counted in users' profiles")
+    isub = sp.add_subparsers(dest="interactions_command", required=True)
+    sp = isub.add_parser("import", help="count the purchases and clicks of a JSONL file (event_id, user, product, "
+                                        "kind, time)")
+    sp.add_argument("interactions")
+    sp.add_argument("--store", required=True)
+    sp.set_defaults(func=cmd_interactions_import)
 
     sp = sub.add_parser("adapt", help="fine-tune heads and decoder on feedback (+ replay); promote if not worse")
     sp.add_argument("--model", required=True)

@@ -88,7 +88,15 @@ def test_the_command_line_orders_a_products_tags_for_a_user_and_recommends(tmp_p
             for pid, tags in (("p1", ["colour:red", "pattern:solid"]), ("p2", ["colour:blue", "pattern:striped"]))]
     with TagStore(store_path) as store:
         store.write(rows, {})
-        Profiles(store).add("e1", "ann", "purchase", ["pattern:striped", "colour:blue"], T0)
+    events = tmp_path / "interactions.jsonl"
+    events.write_text('{"event_id": "e1", "user": "ann", "product": "p2", "kind": "purchase"}\n'
+                      '{"event_id": "e1", "user": "ann", "product": "p2", "kind": "purchase"}\n'
+                      '{"event_id": "e2", "user": "ann", "product": "p9", "kind": "click"}\n'
+                      '{"event_id": "e3", "user": "ann", "product": "p1", "kind": "like"}\n')
+    assert main(["interactions", "import", str(events), "--store", str(store_path)]) == 0
+    out, err = capsys.readouterr()
+    assert "counted 1, duplicates 1, refused 2" in out
+    assert f"{events}:3: product: unknown product 'p9'" in err and f"{events}:4: kind:" in err
     assert main(["tags", "p1", "--store", str(store_path), "--user", "nobody"]) == 0
     assert capsys.readouterr().out.split()[::2] == ["colour:red", "pattern:solid"]
     assert main(["recommend", "--store", str(store_path), "--user", "ann", "--k", "1"]) == 0

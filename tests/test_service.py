@@ -194,6 +194,12 @@ def test_tags_are_ranked_per_user_and_products_recommended_from_the_profile(clie
     assert ranked[0] == liked
     stranger = client.get("/products/r0/tags", params={"user": "nobody"}).json()["ranked"]
     assert sorted(stranger) == sorted(ranked)
+    bought = [{"event_id": f"b{i}", "user": "cy", "product": "r1", "kind": "purchase"} for i in range(3)]
+    assert client.post("/interactions", json=bought).json()["counted"] == 3
+    assert client.post("/interactions", json=bought[0]).json()["duplicates"] == 1
+    assert client.get("/users/cy/recommendations", params={"k": 1}).json()["products"][0]["id"] == "r1"
+    r = client.post("/interactions", json={"event_id": "x", "user": "cy", "product": "nope", "kind": "purchase"})
+    assert r.status_code == 422 and "unknown product 'nope'" in r.text
     recs = client.get("/users/ann/recommendations", params={"k": 1}).json()["products"]
     assert len(recs) == 1 and recs[0]["id"] in {"r0", "r1"} | {p.id for p in shop["val"]}
     assert client.get("/users/ann/recommendations", params={"k": 0}).status_code == 422

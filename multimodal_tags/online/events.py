@@ -35,6 +35,16 @@ def _clean_text(value: Any, what: str) -> str:
     return text
 
 
+def _text_field(cls, value: Any, info) -> str:
+    return _clean_text(value, info.field_name)
+
+
+def _utc_time(cls, value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)  # a time without zone is UTC
+    return value
+
+
 class FeedbackEvent(BaseModel):
     """One judgement of one tag. Unknown extra fields are kept (stored as JSON), not dropped."""
 
@@ -48,22 +58,14 @@ class FeedbackEvent(BaseModel):
     time: datetime | None = Field(None, description="ISO 8601 or Unix seconds; default: when received")
     model_id: str | None = Field(None, max_length=MAX_ID_CHARS, description="the model whose tags were judged")
 
-    @field_validator("event_id", "user", "product", "tag", mode="before")
-    @classmethod
-    def _text(cls, value: Any, info) -> str:
-        return _clean_text(value, info.field_name)
+    _text = field_validator("event_id", "user", "product", "tag", mode="before")(classmethod(_text_field))
 
     @field_validator("model_id", mode="before")
     @classmethod
     def _optional_text(cls, value: Any, info) -> str | None:
         return None if value is None else _clean_text(value, info.field_name)
 
-    @field_validator("time")
-    @classmethod
-    def _utc(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)  # a time without zone is UTC
-        return value
+    _utc = field_validator("time")(classmethod(_utc_time))
 
     def unix_time(self, default: float) -> float:
         return self.time.timestamp() if self.time is not None else default
@@ -104,3 +106,29 @@ def read_events(path: str | Path) -> Iterator[tuple[int, FeedbackEvent | None, s
                 yield row, None, f"not JSON ({e.msg} at column {e.colno})"
             except ValueError as e:
                 yield row, None, str(e)
+
+
+class Interaction(BaseModel):
+    """A user's purchase or click of a product: counted in their profile over the product's tags."""
+
+    event_id: str = Field(max_length=MAX_ID_CHARS, description="the sender's id: a redelivery counts once")
+    user: str = Field(max_length=MAX_ID_CHARS)
+    product: str = Field(max_length=MAX_ID_CHARS, description="a product id the tag store knows")
+    kind: Literal["purchase", "click"]
+    time: datetime | None = Field(None, description="ISO 8601 or Unix seconds; default: when received")
+
+    _text = field_validator("event_id", "user", "product", mode="before")(classmethod(_text_field))
+    _utc = field_validator("time")(classmethod(_utc_time))
+
+    def unix_time(self, default: float) -> float:
+        return self.time.timestamp() if self.time is not None else default
+
+
+def parse_interaction(raw: Any) -> Interaction:
+    """An interaction from a decoded JSON value; ValueError with a one-line reason naming the field."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"an interaction is a JSON object, not {type(raw).__name__}")
+    try:
+        return Interaction.model_validate(raw)
+    except ValidationError as e:
+        raise ValueError(explain(e)) from None

@@ -19,7 +19,10 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+from .events import Interaction, parse_interaction
+from .feedback import AddResult
 from .store import TagStore
 
 SCHEMA = """
@@ -144,3 +147,40 @@ def recommend(store: TagStore, profiles: Profiles, user: str | None, k: int = 10
     affinity = profiles.affinities(user)
     scored = sorted(((match_score(ts, affinity, idf), pid) for pid, ts in tags.items()), key=lambda x: (-x[0], x[1]))
     return [{"id": pid, "score": round(score, 5)} for score, pid in scored[:k]]
+
+
+def add_interactions(profiles: Profiles, interactions: Sequence[Interaction]) -> AddResult:
+    """Count purchases and clicks in their users' profiles, over the products' stored tags; a product
+    the store does not know is refused (by position), a redelivered event_id counted once."""
+    result, batch, now = AddResult(), [], time.time()
+    for i, e in enumerate(interactions):
+        stored = profiles.store.get(e.product)
+        if stored is None:
+            result.refused.append((i, f"product: unknown product {e.product!r} (tag it first)"))
+        else:
+            batch.append((e.event_id, e.user, e.kind, list(stored["tags"]), e.unix_time(now)))
+    result.stored = profiles.add_many(batch)
+    result.duplicates = len(batch) - result.stored
+    return result
+
+
+def import_interactions(store_path: str | Path, path: str | Path) -> AddResult:
+    """`mmtags interactions import`: a JSONL file of purchases and clicks into the store's profiles;
+    refused rows are listed as (row, reason)."""
+    rows, events, result = [], [], AddResult()
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                events.append(parse_interaction(json.loads(line)))
+                rows.append(n)
+            except json.JSONDecodeError as e:
+                result.refused.append((n, f"not JSON ({e.msg} at column {e.colno})"))
+            except ValueError as e:
+                result.refused.append((n, str(e)))
+    with TagStore(store_path) as store:
+        counted = add_interactions(Profiles(store), events)
+    result.stored, result.duplicates = counted.stored, counted.duplicates
+    result.refused = sorted(result.refused + [(rows[i], reason) for i, reason in counted.refused])
+    return result

@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field
 from ..data.images import ImageError, decode_image
 from ..data.schema import Product
 from ..data.validate import Limits, validate_row
-from ..online.events import FeedbackEvent
+from ..online.events import FeedbackEvent, Interaction
 from .batching import TagBatcher
 from .limits import BodyLimit
 from .runtime import ModelThread, ServiceConfig, StoreThread
@@ -140,6 +140,19 @@ def _write_routes(app: FastAPI, svc: Service, guard: list) -> None:
         if refused and not (result.stored or result.duplicates):
             raise HTTPException(422, {"message": "no event was stored", "refused": refused})
         return {"stored": result.stored, "duplicates": result.duplicates, "refused": refused}
+
+
+    @app.post("/interactions", dependencies=guard)
+    async def interactions(events: Interaction | list[Interaction]) -> dict:
+        """Purchases and clicks (one or a list), counted in the users' profiles over the products' tags."""
+        events = events if isinstance(events, list) else [events]
+        if len(events) > MAX_EVENTS_PER_REQUEST:
+            raise HTTPException(413, f"at most {MAX_EVENTS_PER_REQUEST} interactions per request")
+        result = await svc.store.run(svc.store.add_interactions, events)
+        refused = [{"index": i, "event_id": events[i].event_id, "reason": r} for i, r in result.refused]
+        if refused and not (result.stored or result.duplicates):
+            raise HTTPException(422, {"message": "no interaction was counted", "refused": refused})
+        return {"counted": result.stored, "duplicates": result.duplicates, "refused": refused}
 
 
 def _read_routes(app: FastAPI, svc: Service) -> None:

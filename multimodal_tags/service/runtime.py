@@ -22,7 +22,7 @@ from ..online.adapt import PROMOTED_KEY
 from ..online.feedback import AddResult, FeedbackStore
 from ..online.calibration import fit_calibration
 from ..online.learner import LearningTagger
-from ..online.profiles import Profiles, ranked_tags, recommend
+from ..online.profiles import Profiles, add_interactions, ranked_tags, recommend
 
 
 @dataclass
@@ -124,6 +124,9 @@ class StoreThread:
     def write_rows(self, rows: list[dict], products: list[Product]) -> None:
         store = self.fb.tags
         store.write(rows, {r["id"]: store.pending_change(r) or "unchanged" for r in rows}, products)
+
+    def add_interactions(self, interactions) -> AddResult:
+        return add_interactions(self.profiles, interactions)
 
     def recommendations(self, user: str, k: int) -> list[dict]:
         return recommend(self.fb.tags, self.profiles, user, k)
