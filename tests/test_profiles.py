@@ -102,3 +102,16 @@ def test_the_command_line_orders_a_products_tags_for_a_user_and_recommends(tmp_p
     assert main(["recommend", "--store", str(store_path), "--user", "ann", "--k", "1"]) == 0
     assert capsys.readouterr().out.split()[0] == "p2"
     assert main(["tags", "nope", "--store", str(store_path)]) == 1
+
+
+def test_a_user_stops_seeing_keys_they_reject_and_sees_more_of_keys_only_they_want():
+    from multimodal_tags.online.personal import key_rates, personal_view
+
+    everyone = {"season": (50, 100), "colour": (95, 100)}
+    rejecter = key_rates({"season": (0, 50), "colour": (48, 50)}, everyone)
+    fan = key_rates({"season": (50, 50), "colour": (48, 50)}, everyone)
+    shared = key_rates(everyone, everyone)
+    tags, head = {"season:summer": 0.9, "colour:red": 0.8}, {"season:fall": 0.4, "colour:maroon": 0.5}
+    assert set(personal_view(tags, rejecter, shared, head)) == {"colour:red"}
+    assert set(personal_view(tags, fan, shared, head)) == {"season:summer", "colour:red", "season:fall"}
+    assert personal_view(tags, key_rates({}, everyone), shared, head) == tags  # unknown user: everyone's view

@@ -156,6 +156,18 @@ class FeedbackStore:
                                     (pid,)).fetchall()
         return self.judgements(dict(zip(("seq", *COLUMNS), r)) for r in rows)
 
+    def key_counts(self, user: str | None = None) -> dict[str, tuple[int, int]]:
+        """(accepted, judged) proposed tags per tag key, of one user or (None) of everyone."""
+        sql, args = "SELECT tag, action FROM feedback WHERE action != 'add'", ()
+        if user is not None:
+            sql, args = sql + " AND user = ?", (user,)
+        counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        for tag, action in self.db.execute(sql, args):
+            c = counts[tag_key(tag)]
+            c[0] += action == "accept"
+            c[1] += 1
+        return {k: (a, n) for k, (a, n) in counts.items()}
+
     def stats(self, bucket_s: float = 86400.0) -> dict:
         """Acceptance rate of proposed tags (accepted / judged; adds are not proposals), overall, per tag
         key and per time bucket (default: day), with the counts behind each."""
