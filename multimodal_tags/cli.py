@@ -203,9 +203,12 @@ def cmd_refresh(a: argparse.Namespace) -> int:
 
 
 def cmd_feedback_import(a: argparse.Namespace) -> int:
-    from .online.feedback import import_events
+    from .online.feedback import FeedbackStore, import_events
+    from .online.profiles import Profiles, sync_feedback
 
     result = import_events(a.store, a.events)
+    with FeedbackStore(a.store) as fb:  # the judges' profiles follow their judgements
+        sync_feedback(Profiles(fb.tags))
     print(result.summary())
     for row, reason in result.refused[:20]:
         print(f"  {a.events}:{row}: {reason}", file=sys.stderr)

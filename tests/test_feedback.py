@@ -70,6 +70,8 @@ def test_import_stores_good_rows_refuses_bad_ones_by_row_and_is_idempotent(shop,
     assert "stored 0, duplicates 1" in capsys.readouterr().out
     with FeedbackStore(store) as fb:
         assert fb.count() == 1
+        from multimodal_tags.online.profiles import Profiles
+        assert Profiles(fb.tags).raw("u")["colour:red"] == pytest.approx(-0.5, abs=1e-3)  # counted once
         changed = fb.add([FeedbackEvent(event_id="a", user="u", product=pid, tag="colour:red", action="accept")])
         assert changed.stored == 0 and "stored before with other content" in changed.refused[0][1]
 

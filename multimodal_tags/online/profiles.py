@@ -184,3 +184,11 @@ def import_interactions(store_path: str | Path, path: str | Path) -> AddResult:
     result.stored, result.duplicates = counted.stored, counted.duplicates
     result.refused = sorted(result.refused + [(rows[i], reason) for i, reason in counted.refused])
     return result
+
+
+def sync_feedback(profiles: Profiles) -> int:
+    """Count the feedback events the profiles have not counted yet (each judged tag for its user);
+    returns how many. Profiles are derived data: this rebuilds them from the feedback store."""
+    rows = profiles.db.execute("SELECT event_id, user, action, tag, at FROM feedback WHERE event_id NOT IN "
+                               "(SELECT event_id FROM profile_events) ORDER BY seq").fetchall()
+    return profiles.add_many((event_id, user, action, [tag], at) for event_id, user, action, tag, at in rows)
