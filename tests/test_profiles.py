@@ -115,3 +115,19 @@ def test_a_user_stops_seeing_keys_they_reject_and_sees_more_of_keys_only_they_wa
     assert set(personal_view(tags, rejecter, shared, head)) == {"colour:red"}
     assert set(personal_view(tags, fan, shared, head)) == {"season:summer", "colour:red", "season:fall"}
     assert personal_view(tags, key_rates({}, everyone), shared, head) == tags  # unknown user: everyone's view
+
+
+def test_a_purchase_and_a_judgement_with_the_same_event_id_both_count(tmp_path):
+    from multimodal_tags.online.events import FeedbackEvent, Interaction
+    from multimodal_tags.online.feedback import FeedbackStore
+    from multimodal_tags.online.profiles import add_interactions, sync_feedback
+
+    row = {"id": "p1", "category": "Mug", "category_score": 0.9, "tags": ["colour:red"], "model_id": "m",
+           "content_hash": "h", "tag_scores": {"colour:red": 0.9}, "tag_sources": {"colour:red": "head"}}
+    with FeedbackStore(tmp_path / "tags.db") as fb:
+        fb.tags.write([row], {})
+        fb.add([FeedbackEvent(event_id="e1", user="ann", product="p1", tag="fit:slim", action="add")])
+        profiles = Profiles(fb.tags)
+        assert sync_feedback(profiles) == 1 and sync_feedback(profiles) == 0
+        assert add_interactions(profiles, [Interaction(event_id="e1", user="ann", product="p1", kind="purchase")]).stored == 1
+        assert set(profiles.raw("ann")) == {"fit:slim", "colour:red"}

@@ -158,7 +158,7 @@ def add_interactions(profiles: Profiles, interactions: Sequence[Interaction]) ->
         if stored is None:
             result.refused.append((i, f"product: unknown product {e.product!r} (tag it first)"))
         else:
-            batch.append((e.event_id, e.user, e.kind, list(stored["tags"]), e.unix_time(now)))
+            batch.append((f"interaction:{e.event_id}", e.user, e.kind, list(stored["tags"]), e.unix_time(now)))
     result.stored = profiles.add_many(batch)
     result.duplicates = len(batch) - result.stored
     return result
@@ -186,9 +186,14 @@ def import_interactions(store_path: str | Path, path: str | Path) -> AddResult:
     return result
 
 
+def feedback_key(event_id: str) -> str:
+    """How a feedback event is named among the profile's events (interactions have their own names)."""
+    return f"feedback:{event_id}"
+
+
 def sync_feedback(profiles: Profiles) -> int:
     """Count the feedback events the profiles have not counted yet (each judged tag for its user);
     returns how many. Profiles are derived data: this rebuilds them from the feedback store."""
-    rows = profiles.db.execute("SELECT event_id, user, action, tag, at FROM feedback WHERE event_id NOT IN "
-                               "(SELECT event_id FROM profile_events) ORDER BY seq").fetchall()
+    rows = profiles.db.execute("SELECT 'feedback:' || event_id, user, action, tag, at FROM feedback WHERE "
+                               "'feedback:' || event_id NOT IN (SELECT event_id FROM profile_events) ORDER BY seq").fetchall()
     return profiles.add_many((event_id, user, action, [tag], at) for event_id, user, action, tag, at in rows)

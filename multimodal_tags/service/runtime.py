@@ -22,7 +22,7 @@ from ..online.adapt import PROMOTED_KEY
 from ..online.feedback import AddResult, FeedbackStore
 from ..online.calibration import fit_calibration
 from ..online.learner import LearningTagger
-from ..online.profiles import Profiles, add_interactions, ranked_tags, recommend
+from ..online.profiles import Profiles, add_interactions, feedback_key, ranked_tags, recommend
 
 
 @dataclass
@@ -115,7 +115,7 @@ class StoreThread:
         result = self.fb.add(events)
         refused = {i for i, _ in result.refused}
         now = time.time()
-        self.profiles.add_many((e.event_id, e.user, e.action, [e.tag], e.unix_time(now))
+        self.profiles.add_many((feedback_key(e.event_id), e.user, e.action, [e.tag], e.unix_time(now))
                                for i, e in enumerate(events) if i not in refused)
         with self.lock:
             self.since_refit += result.stored
