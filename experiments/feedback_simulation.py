@@ -27,6 +27,7 @@ from feedback_model import benchmark_catalog, default_cache, train_without_tag
 
 from multimodal_tags.data.catalog import read_catalog
 from multimodal_tags.features import RunSettings
+from multimodal_tags.files import remove_sqlite
 from multimodal_tags.inference.batch_tagger import BatchTagger
 from multimodal_tags.metrics import paired_f1_difference, prf
 from multimodal_tags.online.adapt import AdaptOptions, adapt_model
@@ -110,8 +111,7 @@ def send(fb: FeedbackStore, products, rows, rng, noise: float, model_id: str, st
 
 
 def _fresh_store(path: Path) -> FeedbackStore:
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    remove_sqlite(path)
     return FeedbackStore(path)
 
 

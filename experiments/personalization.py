@@ -28,6 +28,7 @@ import numpy as np
 from multimodal_tags.data.catalog import read_catalog
 from multimodal_tags.data.importers import generic, run_import
 from multimodal_tags.features import RunSettings
+from multimodal_tags.files import remove_sqlite
 from multimodal_tags.inference.batch_tagger import BatchTagger
 from multimodal_tags.online.profiles import ProfileSettings, match_score
 
@@ -98,8 +99,7 @@ def profile_scores(cases: list[dict], bought: dict[str, list[str]], tags: dict[s
 
     held = {c["customer"]: c["held"] for c in cases}
     path = out / f"profiles-{name}.db"
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    remove_sqlite(path)
     n_docs, df = len(tags), Counter(t for ts in tags.values() for t in set(ts))
     idf = {t: math.log(n_docs / c) for t, c in df.items()}
     with TagStore(path) as store:

@@ -29,6 +29,7 @@ from multimodal_tags.data.catalog import read_catalog
 from multimodal_tags.data.importers import generic, run_import
 from multimodal_tags.data.synthetic import SYNTHETIC_MAPPING, SYNTHETIC_TAG_COLUMNS, make_synthetic_export
 from multimodal_tags.features import RunSettings
+from multimodal_tags.files import remove_sqlite
 from multimodal_tags.models.presets import get_preset
 from multimodal_tags.online.feedback import FeedbackStore
 from multimodal_tags.train.job import train_tagger
@@ -158,8 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
         model, catalog = a.model, a.catalog or training_catalog(a.model, None)
     products, image_root = load_products(catalog, a.out, a.products)
     store = a.out / "service.db"
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{store}{suffix}").unlink(missing_ok=True)
+    remove_sqlite(store)
     cache = a.cache or catalog.resolve().parent / "features-cache"
     server = Server(["--model", str(model), "--store", str(store), "--image-root", str(image_root),
                      "--cache", str(cache)], a.port, a.out / "server.log")

@@ -202,6 +202,18 @@ def cmd_refresh(a: argparse.Namespace) -> int:
     return 0 if stats.kept else _no_products(a.catalog)
 
 
+def _report_import(result, path: str, summary: str) -> int:
+    """Print an import's summary and its refused rows (path:row: reason); fails when nothing was taken."""
+    from .data.catalog import MAX_ISSUES_SHOWN
+
+    print(summary)
+    for row, reason in result.refused[:MAX_ISSUES_SHOWN]:
+        print(f"  {path}:{row}: {reason}", file=sys.stderr)
+    if len(result.refused) > MAX_ISSUES_SHOWN:
+        print(f"  ... {len(result.refused) - MAX_ISSUES_SHOWN} more refused rows", file=sys.stderr)
+    return 0 if result.stored or result.duplicates or not result.refused else EXIT_FAILED
+
+
 def cmd_feedback_import(a: argparse.Namespace) -> int:
     from .online.feedback import FeedbackStore, import_events
     from .online.profiles import Profiles, sync_feedback
@@ -209,22 +221,14 @@ def cmd_feedback_import(a: argparse.Namespace) -> int:
     result = import_events(a.store, a.events)
     with FeedbackStore(a.store) as fb:  # the judges' profiles follow their judgements
         sync_feedback(Profiles(fb.tags))
-    print(result.summary())
-    for row, reason in result.refused[:20]:
-        print(f"  {a.events}:{row}: {reason}", file=sys.stderr)
-    if len(result.refused) > 20:
-        print(f"  ... {len(result.refused) - 20} more refused rows", file=sys.stderr)
-    return 0 if result.stored or result.duplicates or not result.refused else EXIT_FAILED
+    return _report_import(result, a.events, result.summary())
 
 
 def cmd_interactions_import(a: argparse.Namespace) -> int:
     from .online.profiles import import_interactions
 
     result = import_interactions(a.store, a.interactions)
-    print(result.summary().replace("stored", "counted"))
-    for row, reason in result.refused[:20]:
-        print(f"  {a.interactions}:{row}: {reason}", file=sys.stderr)
-    return 0 if result.stored or result.duplicates or not result.refused else EXIT_FAILED
+    return _report_import(result, a.interactions, result.summary().replace("stored", "counted"))
 
 
 def cmd_feedback_stats(a: argparse.Namespace) -> int:

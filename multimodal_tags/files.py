@@ -29,3 +29,9 @@ def write_json_atomic(path: Path, data: dict) -> None:
     tmp = temp_path(path)
     tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
     os.replace(tmp, path)
+
+
+def remove_sqlite(path: Path) -> None:
+    """Delete an SQLite database and its WAL and shared-memory files (those left are a database too)."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)

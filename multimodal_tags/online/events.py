@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -84,24 +84,31 @@ def explain(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def parse_event(raw: Any) -> FeedbackEvent:
-    """An event from a decoded JSON value; ValueError with a one-line reason naming the field."""
+def _parse(model: type[BaseModel], raw: Any, what: str) -> Any:
+    """`model` from a decoded JSON value; ValueError with a one-line reason naming the field."""
     if not isinstance(raw, dict):
-        raise ValueError(f"an event is a JSON object, not {type(raw).__name__}")
+        raise ValueError(f"{what} is a JSON object, not {type(raw).__name__}")
     try:
-        return FeedbackEvent.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as e:
         raise ValueError(explain(e)) from None
 
 
-def read_events(path: str | Path) -> Iterator[tuple[int, FeedbackEvent | None, str | None]]:
-    """(row number, event, None) or (row number, None, reason) for each non-blank line of a JSONL file."""
+def parse_event(raw: Any) -> FeedbackEvent:
+    """An event from a decoded JSON value; ValueError with a one-line reason naming the field."""
+    return _parse(FeedbackEvent, raw, "an event")
+
+
+def read_events(path: str | Path, parse: Callable[[Any], BaseModel] = parse_event
+                ) -> Iterator[tuple[int, Any, str | None]]:
+    """(row number, parsed, None) or (row number, None, reason) for each non-blank line of a JSONL file
+    (`parse`: parse_event, or parse_interaction)."""
     with open(path, encoding="utf-8", errors="replace") as f:
         for row, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                yield row, parse_event(json.loads(line)), None
+                yield row, parse(json.loads(line)), None
             except json.JSONDecodeError as e:
                 yield row, None, f"not JSON ({e.msg} at column {e.colno})"
             except ValueError as e:
@@ -126,9 +133,4 @@ class Interaction(BaseModel):
 
 def parse_interaction(raw: Any) -> Interaction:
     """An interaction from a decoded JSON value; ValueError with a one-line reason naming the field."""
-    if not isinstance(raw, dict):
-        raise ValueError(f"an interaction is a JSON object, not {type(raw).__name__}")
-    try:
-        return Interaction.model_validate(raw)
-    except ValidationError as e:
-        raise ValueError(explain(e)) from None
+    return _parse(Interaction, raw, "an interaction")

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..models.tag_tokenizer import tag_key
 from .calibration import Calibration
@@ -94,24 +95,7 @@ class FeedbackStore:
 
     def import_file(self, path: str | Path, batch: int = 1000) -> AddResult:
         """Store the events of a JSONL file; refused rows are listed as (row, reason)."""
-        result, pending, rows = AddResult(), [], []
-
-        def flush() -> None:
-            part = self.add(pending)
-            result.stored, result.duplicates = result.stored + part.stored, result.duplicates + part.duplicates
-            result.refused.extend((rows[i], reason) for i, reason in part.refused)
-            pending.clear(), rows.clear()
-
-        for row, event, reason in read_events(path):
-            if event is None:
-                result.refused.append((row, reason))
-                continue
-            pending.append(event), rows.append(row)
-            if len(pending) >= batch:
-                flush()
-        flush()
-        result.refused.sort()
-        return result
+        return import_rows(read_events(path), self.add, batch)
 
     def save_calibration(self, cal: Calibration) -> None:
         """Keep a model's calibration (immediate adaptation) in the store."""
@@ -197,6 +181,30 @@ class _Rate:
     def to_dict(self) -> dict:
         rate = self.accepted / self.judged if self.judged else None
         return {"accepted": self.accepted, "judged": self.judged, "acceptance_rate": rate}
+
+
+def import_rows(rows: Iterable[tuple[int, Any, str | None]], add: Callable[[list], AddResult],
+                batch: int = 1000) -> AddResult:
+    """Hand the parsed rows of a file (see events.read_events) to `add` in batches; the refusals of
+    parsing and of `add` alike are listed as (row, reason), in row order."""
+    result, pending, numbers = AddResult(), [], []
+
+    def flush() -> None:
+        part = add(pending)
+        result.stored, result.duplicates = result.stored + part.stored, result.duplicates + part.duplicates
+        result.refused.extend((numbers[i], reason) for i, reason in part.refused)
+        pending.clear(), numbers.clear()
+
+    for row, item, reason in rows:
+        if item is None:
+            result.refused.append((row, reason))
+            continue
+        pending.append(item), numbers.append(row)
+        if len(pending) >= batch:
+            flush()
+    flush()
+    result.refused.sort()
+    return result
 
 
 def import_events(store_path: str | Path, events_path: str | Path) -> AddResult:

@@ -21,8 +21,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .events import Interaction, parse_interaction
-from .feedback import AddResult
+from .events import Interaction, parse_interaction, read_events
+from .feedback import AddResult, import_rows
 from .store import TagStore
 
 SCHEMA = """
@@ -167,23 +167,9 @@ def add_interactions(profiles: Profiles, interactions: Sequence[Interaction]) ->
 def import_interactions(store_path: str | Path, path: str | Path) -> AddResult:
     """`mmtags interactions import`: a JSONL file of purchases and clicks into the store's profiles;
     refused rows are listed as (row, reason)."""
-    rows, events, result = [], [], AddResult()
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                events.append(parse_interaction(json.loads(line)))
-                rows.append(n)
-            except json.JSONDecodeError as e:
-                result.refused.append((n, f"not JSON ({e.msg} at column {e.colno})"))
-            except ValueError as e:
-                result.refused.append((n, str(e)))
     with TagStore(store_path) as store:
-        counted = add_interactions(Profiles(store), events)
-    result.stored, result.duplicates = counted.stored, counted.duplicates
-    result.refused = sorted(result.refused + [(rows[i], reason) for i, reason in counted.refused])
-    return result
+        profiles = Profiles(store)
+        return import_rows(read_events(path, parse_interaction), lambda events: add_interactions(profiles, events))
 
 
 def feedback_key(event_id: str) -> str:
