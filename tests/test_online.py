@@ -282,6 +282,8 @@ def test_gallery_in_a_real_browser(trained, tmp_path):
     assert "<title>Tag gallery</title>" in dom  # the title injection did not run
     assert "&lt;script&gt;document.title='pwned'&lt;/script&gt; Evil &lt;b&gt;mug&lt;/b&gt;" in dom
     assert dom.count('class="card"') == 40 and '<span id="shown">40</span>' in dom
+    chinese = [r["title"] for r in rows if r.get("language") == "zh"]
+    assert chinese and all(title in dom for title in chinese)  # decoded as UTF-8, not mojibake
     mugs = sum(r["category"] == "Mug" for r in rows)
     filtered = _render(html, "#category=Mug", tmp_path)
     assert f'<span id="shown">{mugs}</span>' in filtered
@@ -291,6 +293,13 @@ def test_gallery_in_a_real_browser(trained, tmp_path):
     shot = tmp_path / "gallery.png"
     _render(html, "", tmp_path, screenshot=shot)
     assert shot.stat().st_size > 10_000
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (apt-get install chromium)")
+def test_browser_has_a_font_for_chinese():
+    """Without a CJK font Chromium draws Chinese titles as empty boxes (.ci/run installs one)."""
+    res = subprocess.run(["fc-list", ":lang=zh", "family"], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.strip(), "no font covers Chinese: apt-get install fonts-wqy-microhei"
 
 
 def test_tag_survives_every_kind_of_broken_row(trained, tmp_path, capsys):

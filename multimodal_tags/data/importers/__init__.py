@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import flipkart, generic, myntra
+from . import flipkart, generic, myntra, product1m
 from .base import ImportResult, ImportSource, hash_split, run_import
 
 IMPORTERS: dict[str, Callable[..., ImportSource]] = {
     "fashion-myntra": myntra.read,
     "flipkart-1050": flipkart.read,
     "generic": generic.read,
+    "product1m-zh": product1m.read,
 }
 
 
