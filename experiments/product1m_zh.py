@@ -14,7 +14,7 @@ micro precision / recall / F1, beside two baselines fitted on the train split:
     frequent name set;
   - nearest title: the names of the most similar train title (cosine of the same text encoder's vectors).
 `baseline_micro_f1` is the stronger of the two on test. Writes OUT/results.json, OUT/results.md and the
-run folder OUT/run (model, predictions).
+run folder OUT/run (model, predictions). `--quick` runs the same on 600/150/150 listings for 2 epochs (tests).
 """
 from __future__ import annotations
 
@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 
 from multimodal_tags.config import DecoderConfig, ModelConfig, TrainConfig
-from multimodal_tags.data.catalog import read_catalog
+from multimodal_tags.data.catalog import read_catalog, write_catalog
 from multimodal_tags.data.importers import product1m, run_import
 from multimodal_tags.data.vocab import canonical_text
 from multimodal_tags.features import RunSettings, encode_catalog
-from multimodal_tags.metrics import prf
+from multimodal_tags.metrics import paired_f1_difference, prf
 from multimodal_tags.train.job import train_tagger
 
 
@@ -101,6 +101,15 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def quick_catalog(full: Path) -> Path:
+    """The first 600 train, 150 val and 150 test listings of the catalog, beside it."""
+    catalog, limits = read_catalog(full), {"train": 600, "val": 150, "test": 150}
+    keep = [p for s, n in limits.items() for p in [p for p in catalog.products if p.split == s][:n]]
+    small = full.with_name("catalog-quick.jsonl")
+    write_catalog(keep, small, catalog.meta)
+    return small
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True, help="the product1m-zh folder")
@@ -108,16 +117,18 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--cache", type=Path, help="feature cache (default: OUT/features-cache)")
     ap.add_argument("--text-encoder", default="e5-small")
     ap.add_argument("--epochs", type=int, default=40)
-    ap.add_argument("--max-train", type=int, help="train on at most this many listings (quick runs)")
+    ap.add_argument("--quick", action="store_true", help="a small subset and 2 epochs (tests)")
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
     a.out.mkdir(parents=True, exist_ok=True)
     catalog_path = a.out / "catalog.jsonl"
     report = run_import(product1m.read(a.data), catalog_path).report
     print(report.summary())
+    if a.quick:
+        catalog_path, a.epochs = quick_catalog(catalog_path), 2
     settings = RunSettings(cache_dir=a.cache or a.out / "features-cache", progress=False)
     cfg = model_config(a.text_encoder)
-    tcfg = TrainConfig(epochs=a.epochs, batch_size=64, lr=1e-3, patience=8, max_train_products=a.max_train)
+    tcfg = TrainConfig(epochs=a.epochs, batch_size=64, lr=1e-3, patience=8)
     trained = train_tagger(catalog_path, a.out / "run", cfg, tcfg, settings)
 
     catalog = read_catalog(catalog_path)
@@ -125,14 +136,19 @@ def main(argv: list[str] | None = None) -> dict:
     gold = gold_names(split["test"])
     source = encode_catalog(catalog, cfg, settings.cache_for(catalog_path), settings)  # cached by training
     vectors = {p.id: v for p, v in zip(source.products, source.text.numpy())}
-    methods = {"GPT-2 decoder (open vocabulary)": scores(gold, decoder_predictions(a.out / "run", "test")),
-               "baseline: brand's most frequent names": scores(gold, brand_baseline(split["train"], split["test"])),
-               "baseline: nearest train title": scores(gold, nearest_title_baseline(split["train"], split["test"], vectors))}
+    predictions = {"GPT-2 decoder (open vocabulary)": decoder_predictions(a.out / "run", "test"),
+                   "baseline: brand's most frequent names": brand_baseline(split["train"], split["test"]),
+                   "baseline: nearest train title": nearest_title_baseline(split["train"], split["test"], vectors)}
+    methods = {name: scores(gold, pred) for name, pred in predictions.items()}
     model = methods["GPT-2 decoder (open vocabulary)"]
     baseline_name = max((m for m in methods if m.startswith("baseline")), key=lambda m: methods[m]["micro_f1"])
+    ids = sorted(gold)
+    difference = paired_f1_difference([set(gold[i]) for i in ids], [set(predictions[baseline_name][i]) for i in ids],
+                                      [set(predictions["GPT-2 decoder (open vocabulary)"].get(i, [])) for i in ids])
     results = {**model, "baseline_micro_f1": methods[baseline_name]["micro_f1"],
                "baseline_micro_f1_normalised": methods[baseline_name]["micro_f1_normalised"],
-               "baseline": baseline_name, "methods": methods,
+               "baseline": baseline_name, "f1_minus_baseline_90ci": {k: round(v, 4) for k, v in difference.items()},
+               "methods": methods,
                "encoder": cfg.text_encoder,
                "tag_tokenizer": "BPE over characters, trained on the train names (open vocabulary)",
                "split_sizes": {s: len(v) for s, v in split.items()},
@@ -142,8 +158,10 @@ def main(argv: list[str] | None = None) -> dict:
     (a.out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
     (a.out / "results.md").write_text(table(results) + "\n", encoding="utf-8")
     print(table(results))
+    d = results["f1_minus_baseline_90ci"]
     print(f"micro_f1 {results['micro_f1']:.4f} vs baseline_micro_f1 {results['baseline_micro_f1']:.4f} "
-          f"({baseline_name}); encoder {cfg.text_encoder}; {results['seconds']:.0f}s -> {a.out}/results.json")
+          f"({baseline_name}; difference {d['diff']:+.4f}, 90% paired bootstrap {d['low']:+.4f} to {d['high']:+.4f}); "
+          f"encoder {cfg.text_encoder}; {results['seconds']:.0f}s -> {a.out}/results.json")
     return results
 
 

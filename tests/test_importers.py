@@ -111,3 +111,26 @@ def test_generic_mapping_errors_are_clear(tmp_path):
         generic.parse_mapping("title")
     with pytest.raises(KeyError, match="available"):
         get_importer("amazon")
+
+
+def test_product1m_listings_names_brand_and_refusals(tmp_path):
+    from multimodal_tags.data.importers import product1m
+
+    root = tmp_path / "product1m-zh"
+    root.mkdir()
+    url = "http://x/1.jpg"
+    (root / product1m.FILES[0]).write_text(
+        f"11#####韩国AHC黄金套盒#####{url}#####{url}#####AHC 黄金面霜#;#AHC 黄金水#;#AHC 黄金面霜\n"
+        "12#####only three#####fields\n"
+        f"13#####兰蔻 水份缘三件套#####{url}#####{url}#####\n", encoding="utf-8")
+    (root / product1m.FILES[1]).write_text(
+        f"\n21#####SK-II 神仙水#####{url}#####{url}#####sk2 神仙水#;#sk2 大红瓶面霜#;#AHC 黄金水\n", encoding="utf-8")
+    result = run_import(get_importer("product1m-zh")(root), tmp_path / "catalog.jsonl")
+    products = {p.id: p for p in result.products}
+    assert set(products) == {"11", "21"}
+    assert sorted(products["11"].tags) == ["AHC 黄金水", "AHC 黄金面霜"] and products["11"].category == "AHC"
+    assert products["21"].category == "sk2" and products["21"].language == "zh" and products["21"].image is None
+    assert products["21"].extra["source"] == f"{product1m.FILES[1]}:2"
+    issues = {str(i) for i in result.report.issues}
+    assert issues == {f"{product1m.FILES[0]}:2: line: expected 5 fields separated by '#####', found 3 (row rejected)",
+                      f"{product1m.FILES[0]}:3: names: no product names after the last '#####' (row rejected)"}

@@ -9,6 +9,23 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import font_manager  # noqa: E402
+
+# Fonts that cover Chinese, tried glyph by glyph after DejaVu Sans (category and tag names may be Chinese)
+CJK_FONTS = ("WenQuanYi Micro Hei", "WenQuanYi Zen Hei", "Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC",
+             "Microsoft YaHei", "PingFang SC", "SimHei")
+
+
+def use_cjk_fallback() -> list[str]:
+    """Add the installed CJK fonts as fallbacks for plot text; returns them (none: Chinese shows as boxes)."""
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    found = [name for name in CJK_FONTS if name in installed]
+    if found:  # named families, not "sans-serif": matplotlib falls back glyph by glyph only across these
+        matplotlib.rcParams["font.family"] = ["DejaVu Sans", *found]
+    return found
+
+
+use_cjk_fallback()
 
 
 def _metrics_table(metrics: dict) -> list[str]:

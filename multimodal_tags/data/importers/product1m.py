@@ -2,7 +2,7 @@
 
 Each line of `product1m_{dev,test}_ossurl_v2.txt` is `item_id#####title#####url#####url#####names`, `names`
 a `#;#`-separated list of the product names in the listing (`AHC 黄金面霜#;#AHC 黄金水`). A product:
-id = item_id, title = the listing title, tags = its distinct names in order (verbatim: the exact names
+id = item_id, title = the listing title, tags = its distinct names (verbatim: the exact names
 are what is scored), category = the brand (the names' first word, the most common one when they differ),
 no photo (the URLs cannot be fetched here). The source's dev/test files are both evaluation sets of
 Product1M, so both are read and split afresh by a hash of item_id: 70% train, 10% val, 20% test
