@@ -355,8 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="reject a row whose photo is unusable (default: keep it text-only, with a warning)")
 
     sp = sub.add_parser("import", help="turn a source format into a validated catalog")
-    sp.add_argument("source", help="fashion-myntra, flipkart-1050 or generic")
-    sp.add_argument("--data", required=True, help="the source folder (myntra, flipkart) or file (generic)")
+    sp.add_argument("source", help="fashion-myntra, flipkart-1050, product1m-zh or generic")
+    sp.add_argument("--data", required=True, help="the source folder (myntra, flipkart, product1m) or file (generic)")
     sp.add_argument("--out", required=True, help="catalog to write (.jsonl, .csv or .parquet)")
     sp.add_argument("--map", help="generic: field=column pairs, e.g. id=sku,title=name,image=photo")
     sp.add_argument("--tag-columns", help="generic: columns that become key:value tags, e.g. colour,material")

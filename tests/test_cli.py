@@ -93,7 +93,7 @@ def test_train_then_evaluate_cli(tmp_path, capsys):
     assert saved["model"]["lexical_buckets"] == 256
     # a model folder from another version is refused with a message, not a traceback
     cfg = tmp_path / "run" / "model" / "config.json"
-    cfg.write_text(cfg.read_text().replace("mmtags-model/2", "mmtags-model/999"))
+    cfg.write_text(cfg.read_text().replace("mmtags-model/3", "mmtags-model/999"))
     assert main(["evaluate", "--model", str(tmp_path / "run" / "model"), "--catalog", str(tmp_path / "catalog.jsonl"),
                  "--out", str(tmp_path / "eval2"), "--allow-random-weights"]) == 1
     assert "mmtags-model/999" in capsys.readouterr().err

@@ -207,7 +207,7 @@ def test_bad_inputs_give_messages_and_exit_codes(trained, tmp_path, capsys):
     broken_model = tmp_path / "old-model"
     shutil.copytree(model, broken_model)
     cfg = broken_model / "config.json"
-    cfg.write_text(cfg.read_text().replace("mmtags-model/2", "mmtags-model/0"))
+    cfg.write_text(cfg.read_text().replace("mmtags-model/3", "mmtags-model/0"))
     assert main(["tag", "--model", str(broken_model), "--catalog", str(empty), "--out", str(out), *TINY]) == 1
     assert "mmtags-model/0" in capsys.readouterr().err
     assert main(["tag", "--model", str(tmp_path / "nowhere"), "--catalog", str(empty), "--out", str(out)]) == 2

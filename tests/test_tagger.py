@@ -278,3 +278,36 @@ def test_category_word_scores_steer_the_category_and_need_no_trained_word_table(
     assert (model(b)["category_logits"][:-1].argmax(-1) == 0).all()
     with pytest.raises(ValueError, match="word_scores"):
         Tagger(dataclasses.replace(cfg, word_scores=False), ["a"], VOCAB, tok)
+
+
+def test_word_score_table_is_saved_pruned_and_sparse(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from multimodal_tags.models.word_scores import PRUNE_BELOW, pack_table, unpack_table
+
+    weight = torch.randn(300, 7) * torch.logspace(-5, 0, 300)[:, None]  # rows from tiny to large weights
+    packed = pack_table(weight)
+    assert packed["indices"].dtype == torch.int16 and packed["values"].dtype == torch.float16
+    dense = unpack_table(packed, tuple(weight.shape))
+    kept = weight.abs() > PRUNE_BELOW
+    assert (dense[~kept] == 0).all() and 0 < kept.sum() < weight.numel()
+    assert torch.allclose(dense[kept], weight[kept], rtol=1e-3)
+
+    cfg = shrink(get_preset("tiny"))
+    tok = build_tokenizer(cfg, VOCAB, TRAIN_TAGS)
+    model = Tagger(cfg, ["a", "b", "c"], VOCAB, tok).eval()
+    with torch.no_grad():
+        model.word_scores.weight.copy_(torch.randn_like(model.word_scores.weight) * 0.01)
+    model.save(tmp_path / "m")
+    on_disk = load_file(str(tmp_path / "m" / "model.safetensors"))
+    assert "word_scores.weight" not in on_disk and "word_scores.weight.values" in on_disk
+    loaded = Tagger.load(tmp_path / "m")
+    assert torch.equal(loaded.word_scores.weight, unpack_table(pack_table(model.word_scores.weight),
+                                                               tuple(model.word_scores.weight.shape)))
+    # a folder of the previous format (dense table) still loads
+    on_disk = {k: v for k, v in on_disk.items() if not k.startswith("word_scores.weight.")}
+    save_file(on_disk | {"word_scores.weight": model.word_scores.weight.contiguous()},
+              str(tmp_path / "m" / "model.safetensors"))
+    config = tmp_path / "m" / "config.json"
+    config.write_text(config.read_text().replace("mmtags-model/3", "mmtags-model/2"))
+    assert torch.equal(Tagger.load(tmp_path / "m").word_scores.weight, model.word_scores.weight)

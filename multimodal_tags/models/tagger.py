@@ -25,9 +25,10 @@ from .fusion import create_fusion, modality_dropout
 from .lexical import LexicalEncoder
 from .heads import AdversaryHead, CategoryHead, TagHead, tag_loss
 from .tag_tokenizer import TagTokenizer, TextTagTokenizer, load_tokenizer, save_tokenizer
-from .word_scores import WordScores
+from .word_scores import PACKED, PRUNE_BELOW, WordScores, pack_table, unpack_table
 
-FORMAT = "mmtags-model/2"  # 2: lexical IDF table and the decoder threshold are saved
+FORMAT = "mmtags-model/3"  # 2: lexical IDF table and the decoder threshold are saved; 3: word scores packed
+READABLE = ("mmtags-model/2", FORMAT)  # 2's dense word-score table still loads
 
 
 class IncompatibleModel(ValueError):
@@ -202,8 +203,9 @@ class Tagger(nn.Module):
             return torch.sigmoid(self(batch)["tag_logits"].float())
 
     # ---- persistence --------------------------------------------------------------------------------
-    def save(self, folder: str | Path) -> Path:
-        """Write the model folder atomically (a temp folder renamed into place)."""
+    def save(self, folder: str | Path, word_score_prune: float = PRUNE_BELOW) -> Path:
+        """Write the model folder atomically (a temp folder renamed into place); word-score weights at or
+        below `word_score_prune` are not stored (word_scores.pack_table)."""
         folder = Path(folder)
         tmp = temp_path(folder)
         tmp.mkdir(parents=True, exist_ok=True)
@@ -211,7 +213,7 @@ class Tagger(nn.Module):
                 "adversary_classes": self.adversary_classes}
         (tmp / "config.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False), encoding="utf-8")
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(_untie(state), str(tmp / "model.safetensors"))
+        save_file(_pack(_untie(state), word_score_prune), str(tmp / "model.safetensors"))
         if self.tokenizer is not None:
             save_tokenizer(self.tokenizer, tmp)
         swap_in_folder(tmp, folder)
@@ -230,8 +232,8 @@ class Tagger(nn.Module):
         except SafetensorError as e:  # truncated, or not a safetensors file
             raise IncompatibleModel(f"{weights} cannot be read ({e}); copy the model folder again or retrain") from None
         try:
-            missing, unexpected = model.load_state_dict(state, strict=False)
-        except RuntimeError as e:  # a size differs: config.json was edited, or belongs to other weights
+            missing, unexpected = model.load_state_dict(_unpack(state, model.state_dict()), strict=False)
+        except (RuntimeError, IndexError) as e:  # a size differs: config.json was edited, or other weights
             raise IncompatibleModel(f"{folder}: the weights do not fit config.json "
                                     f"({str(e).splitlines()[-1].strip()[:300]})") from None
         missing = [k for k in missing if not _is_tied(k)]
@@ -251,7 +253,7 @@ def _read_config(folder: Path) -> tuple[ModelConfig, dict]:
         fmt = meta.get("format")
     except (ValueError, AttributeError) as e:
         raise IncompatibleModel(f"{cfg_path} is not a model config ({e})") from None
-    if fmt != FORMAT:
+    if fmt not in READABLE:
         raise IncompatibleModel(f"{folder} was written as {fmt!r}; this version of "
                                 f"multimodal_tags reads {FORMAT!r}. Retrain or use the version that wrote it.")
     try:
@@ -268,6 +270,27 @@ def _read_config(folder: Path) -> tuple[ModelConfig, dict]:
 def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """safetensors refuses shared storage (GPT-2 ties lm_head to wte): drop the tied copy."""
     return {k: v for k, v in state.items() if not k.endswith("gpt.lm_head.weight")}
+
+
+_TABLE = "word_scores.weight"
+
+
+def _pack(state: dict[str, torch.Tensor], prune: float) -> dict[str, torch.Tensor]:
+    """The word-score table pruned and sparse (word_scores.pack_table); everything else as it is."""
+    if _TABLE not in state:
+        return state
+    packed = pack_table(state.pop(_TABLE), prune)
+    return state | {f"{_TABLE}.{part}": packed[part] for part in PACKED}
+
+
+def _unpack(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Undo `_pack` (a folder of format 2 holds the dense table and passes through)."""
+    parts = {part: state.pop(f"{_TABLE}.{part}") for part in PACKED if f"{_TABLE}.{part}" in state}
+    if not parts:
+        return state
+    if len(parts) != len(PACKED) or _TABLE not in expected:
+        raise IncompatibleModel(f"the packed word-score table is incomplete or unexpected (parts: {sorted(parts)})")
+    return state | {_TABLE: unpack_table(parts, tuple(expected[_TABLE].shape))}
 
 
 def _is_tied(key: str) -> bool:
