@@ -181,11 +181,14 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_tag(a: argparse.Namespace) -> int:
+    from .online.shards import current_shard
     from .online.tag_job import TagOptions, tag_catalog
 
     extra = [t.strip() for t in (a.extra_tags or "").split(",") if t.strip()]
     options = TagOptions(batch_size=a.batch_size, tag_source=a.tag_source, extra_tags=extra)
     stats = tag_catalog(a.model, a.catalog, a.out, a.store, _settings(a), options, rejects_path=a.rejects)
+    if not current_shard().is_main:  # under accelerate launch, the main process reports the totals
+        return 0 if stats.kept else 1
     print(stats.summary())
     if not stats.kept:
         return _no_products(a.catalog)

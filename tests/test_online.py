@@ -431,3 +431,23 @@ def test_tag_and_gallery_go_on_past_bad_bytes_and_a_decompression_bomb(trained, 
     assert {(r["field"], r["severity"]) for r in rejects} == {("title", "error"), ("image", "warning")}
     assert main(["gallery", "--predictions", str(out), "--catalog", str(catalog), "--out", str(tmp_path / "g.html")]) == 0
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_two_process_tagging_merges_into_what_one_process_writes(trained, tmp_path, capsys):
+    """`accelerate launch --num_processes 2 mmtags tag`: each process tags every other product into its
+    shard; the merged output is byte for byte the one-process output, and the store holds the same."""
+    from test_training import _launch
+
+    catalog, rows = _catalog_copy(trained, tmp_path)
+    common = ["--model", str(trained / "run" / "model"), "--catalog", str(catalog), "--cache",
+              str(tmp_path / "cache"), "--quiet", *TINY]
+    assert main(["tag", *common, "--out", str(tmp_path / "one.jsonl"), "--store", str(tmp_path / "one.db")]) == 0
+    two = _launch(2, "tag", *common, "--out", str(tmp_path / "two.jsonl"), "--store", str(tmp_path / "two.db"))
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert f"tagged {len(rows)}" in two.stdout
+    assert (tmp_path / "one.jsonl").read_bytes() == (tmp_path / "two.jsonl").read_bytes()
+    assert not list(tmp_path.glob("two.jsonl.shard-*"))
+    with TagStore(tmp_path / "one.db") as one, TagStore(tmp_path / "two.db") as other:
+        ids = [r["id"] for r in rows]
+        assert [one.get(i)["tags"] for i in ids] == [other.get(i)["tags"] for i in ids]
+        assert one.products(ids).keys() == other.products(ids).keys() == set(ids)

@@ -8,6 +8,7 @@ the rejects file (rewritten on every run, since rows are re-read anyway).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -25,6 +26,7 @@ from ..data.validate import Limits
 from ..features.settings import RunSettings
 from ..inference.batch_tagger import BatchTagger
 from ..inference.rows import DEFAULT_TAG_SOURCE
+from .shards import Shard, current_shard, gather_counts, merge_shards, wait_for_everyone
 from .store import TagStore
 
 TAG_BATCH_SIZE = 256  # products per forward pass and per output write (a rerun resumes at a whole batch)
@@ -85,26 +87,30 @@ def _resume_point(out: Path, batch_size: int) -> tuple[int, str | None]:
     return keep, (json.loads(last_kept)["id"] if keep else None)
 
 
-def sync_store(out: Path, lines: int, store: TagStore, batch_size: int) -> int:
+def sync_store(out: Path, lines: int, store: TagStore, batch_size: int,
+               products: Iterator[Product] | None = None) -> int:
     """Bring the store up to the first `lines` rows of the output (written by an earlier run, with or
     without this store, or killed between the output and the store): the store is never behind the
-    output. Returns how many rows it wrote."""
-    written, batch = 0, []
+    output. `products`, the catalog's valid products in output order, are kept with their rows.
+    Returns how many rows it wrote."""
+    written, batch, kept = 0, [], []
     with open(out, encoding="utf-8") as f:
         for n, line in enumerate(f):
             if n >= lines:
                 break
             batch.append(json.loads(line))
+            if products is not None:
+                kept.append(next(products))
             if len(batch) == batch_size:
-                written += _write_pending(store, batch)
-                batch = []
-    return written + _write_pending(store, batch)
+                written += _write_pending(store, batch, kept)
+                batch, kept = [], []
+    return written + _write_pending(store, batch, kept)
 
 
-def _write_pending(store: TagStore, rows: list[dict]) -> int:
+def _write_pending(store: TagStore, rows: list[dict], products: list[Product] = ()) -> int:
     changes = {r["id"]: kind for r in rows if (kind := store.pending_change(r))}
     if changes:
-        store.write([r for r in rows if r["id"] in changes], changes)
+        store.write([r for r in rows if r["id"] in changes], changes, [p for p in products if p.id in changes])
     return len(changes)
 
 
@@ -175,10 +181,42 @@ def tag_catalog(model_dir: str | Path, catalog_path: str | Path, out_path: str |
                 store_path: str | Path | None = None, settings: RunSettings | None = None,
                 options: TagOptions | None = None, rejects_path: str | Path | None = None) -> TagStats:
     """Tag every valid product of the catalog into `out_path` (JSONL), and into the store if given.
-    `options.extra_tags` are scored zero-shot by CLIP similarity, calibrated on the catalog's val products."""
+    `options.extra_tags` are scored zero-shot by CLIP similarity, calibrated on the catalog's val products.
+    Under `accelerate launch` the processes share the catalog (online/shards.py): the output is the same."""
     settings, options = settings or RunSettings(), options or TagOptions()
     catalog_path, out = Path(catalog_path), Path(out_path)
     check_catalog_file(catalog_path)  # before anything is written
+    shard = current_shard()
+    if shard.world == 1:
+        return _tag_stream(model_dir, catalog_path, out, store_path, settings, options, rejects_path, shard)
+    return _tag_sharded(model_dir, catalog_path, out, store_path, settings, options, rejects_path, shard)
+
+
+def _tag_sharded(model_dir, catalog_path: Path, out: Path, store_path, settings: RunSettings, options: TagOptions,
+                 rejects_path, shard: Shard) -> TagStats:
+    """This process's shard, then (main process) the merge and the store; every process returns the totals."""
+    if out.exists() and not shard.path(out).exists():
+        raise ValueError(f"{out} exists and has no shards of a {shard.world}-process run: it was written by "
+                         f"another run; write to a new --out")
+    rejects = (rejects_path or f"{out}.rejects.jsonl") if shard.is_main else os.devnull
+    quiet = settings if shard.is_main else dataclasses.replace(settings, progress=False, log=lambda s: None)
+    stats = _tag_stream(model_dir, catalog_path, shard.path(out), None, quiet, options, rejects, shard)
+    counts = gather_counts([stats.tagged, stats.resumed_after])
+    stats.tagged, stats.resumed_after = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    if shard.is_main:
+        merge_shards(out, shard.world)
+        if store_path:
+            with TagStore(store_path) as store:
+                stats.store_repaired = sync_store(out, stats.tagged + stats.resumed_after, store, options.batch_size,
+                                                  iter_catalog(catalog_path, image_root_for(catalog_path, options.image_root),
+                                                               options.limits))
+    wait_for_everyone()
+    return stats
+
+
+def _tag_stream(model_dir, catalog_path: Path, out: Path, store_path, settings: RunSettings, options: TagOptions,
+                rejects_path, shard: Shard) -> TagStats:
+    """Tag the shard's products of the catalog into `out` (resuming it), and into the store if given."""
     tagger = BatchTagger(model_dir, settings.cache_for(catalog_path), settings, options.tag_source)
     root = image_root_for(catalog_path, options.image_root)
     if options.extra_tags:
@@ -199,7 +237,7 @@ def tag_catalog(model_dir: str | Path, catalog_path: str | Path, out_path: str |
         with open(out, "ab") as f_out, open(rejects_path or f"{out}.rejects.jsonl", "w", encoding="utf-8") as f_rej, \
                 tqdm(desc="tag", unit="product", disable=not settings.progress) as bar:
             write = _BatchWriter(tagger, root, f_out, store, stats, bar)
-            products = iter_catalog(catalog_path, root, options.limits, report, seen=seen)
+            products = shard.select(iter_catalog(catalog_path, root, options.limits, report, seen=seen))
             run_batches(_products_after(products, report, f_rej, (done, last_id, out), resumed), options.batch_size,
                         write)
     finally:
