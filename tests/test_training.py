@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from multimodal_tags.config import TrainConfig
 from conftest import synthetic_catalog
@@ -105,6 +106,11 @@ def test_finetuned_text_encoder_path(shop, tmp_path):
     assert create_text_encoder(Tagger.load(moved).cfg.text_encoder).weights_id() == tuned.weights_id()
     assert result["metrics"]["test"]["head"]["products"] > 0
     assert (folder / "finetune_key.txt").exists()  # what it was fine-tuned on, for the reuse check
+    from safetensors.torch import load_file
+
+    stored = load_file(str(folder / "model.safetensors"))  # half the bytes on disk, float32 in use
+    assert {v.dtype for v in stored.values() if v.is_floating_point()} == {torch.float16}
+    assert {p.dtype for p in tuned.parameters()} == {torch.float32}
 
 
 def test_a_finetuned_encoder_is_reused_only_for_the_same_texts_and_settings(shop):

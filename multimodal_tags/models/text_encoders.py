@@ -94,7 +94,8 @@ def load_hf_text(spec: str, name_or_path: str, max_length: int = 128) -> HFTextE
     where = str(local) if local.exists() else name_or_path
     try:
         tokenizer = AutoTokenizer.from_pretrained(where)
-        model, info = AutoModel.from_pretrained(where, output_loading_info=True)
+        # float32 whatever the checkpoint stores (a half-precision folder computes in float32 on a CPU)
+        model, info = AutoModel.from_pretrained(where, output_loading_info=True, dtype=torch.float32)
     except (OSError, ValueError, EnvironmentError) as e:
         raise WeightsUnavailable(
             f"text encoder {spec!r}: could not load pretrained weights from "
