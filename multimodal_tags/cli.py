@@ -186,7 +186,13 @@ def cmd_tag(a: argparse.Namespace) -> int:
 
     extra = [t.strip() for t in (a.extra_tags or "").split(",") if t.strip()]
     options = TagOptions(batch_size=a.batch_size, tag_source=a.tag_source, extra_tags=extra)
-    stats = tag_catalog(a.model, a.catalog, a.out, a.store, _settings(a), options, rejects_path=a.rejects)
+    if a.engine == "ray":
+        from .online.ray_tag import tag_catalog_ray
+
+        stats = tag_catalog_ray(a.model, Path(a.catalog), Path(a.out), a.store, _settings(a), options, a.rejects,
+                                workers=a.workers)
+    else:
+        stats = tag_catalog(a.model, a.catalog, a.out, a.store, _settings(a), options, rejects_path=a.rejects)
     if not current_shard().is_main:  # under accelerate launch, the main process reports the totals
         return 0 if stats.kept else 1
     print(stats.summary())
@@ -437,6 +443,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-size", type=int, default=TAG_BATCH_SIZE)
     tag_source(sp)
     sp.add_argument("--extra-tags", help="comma-separated tags scored zero-shot by CLIP image-text similarity")
+    sp.add_argument("--engine", choices=("local", "ray"), default="local",
+                    help="local: this process (or the processes of `accelerate launch`); ray: a pool of Ray actors "
+                         "(pip install 'multimodal_tags[ray]'; joins RAY_ADDRESS when set)")
+    sp.add_argument("--workers", type=int, default=2, help="ray: actors in the pool (a GPU each where there are GPUs)")
     reads_features(sp)
     sp.add_argument("--quiet", action="store_true")
     sp.set_defaults(func=cmd_tag)

@@ -451,3 +451,32 @@ def test_two_process_tagging_merges_into_what_one_process_writes(trained, tmp_pa
         ids = [r["id"] for r in rows]
         assert [one.get(i)["tags"] for i in ids] == [other.get(i)["tags"] for i in ids]
         assert one.products(ids).keys() == other.products(ids).keys() == set(ids)
+
+
+def test_ray_tagging_on_two_cpus_merges_into_what_one_process_writes(trained, tmp_path):
+    """`mmtags tag --engine ray` on a local 2-CPU Ray instance: same bytes, same store, resumable by part."""
+    pytest.importorskip("ray")
+    from multimodal_tags.online import ray_tag
+
+    catalog, rows = _catalog_copy(trained, tmp_path)
+    common = ["--model", str(trained / "run" / "model"), "--catalog", str(catalog), "--cache",
+              str(tmp_path / "cache"), "--quiet", *TINY]
+    assert main(["tag", *common, "--out", str(tmp_path / "one.jsonl")]) == 0
+    mp = pytest.MonkeyPatch()
+    mp.setattr(ray_tag, "PART_SIZE", 400)  # two parts, the last one short
+    try:
+        parts = tmp_path / "ray.jsonl.ray-parts"
+        parts.mkdir()
+        first = (tmp_path / "one.jsonl").read_text().splitlines(keepends=True)[:400]
+        (parts / "part-000000.jsonl").write_text("".join(first))  # as if an earlier run stopped after part 0
+        assert main(["tag", *common, "--out", str(tmp_path / "ray.jsonl"), "--store", str(tmp_path / "ray.db"),
+                     "--engine", "ray", "--workers", "2"]) == 0
+    finally:
+        mp.undo()
+        import ray
+
+        ray.shutdown()
+    assert (tmp_path / "ray.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
+    assert not parts.exists()
+    with TagStore(tmp_path / "ray.db") as store:
+        assert all(store.get(r["id"]) for r in rows)

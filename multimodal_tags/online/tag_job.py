@@ -207,7 +207,7 @@ def _tag_sharded(model_dir, catalog_path: Path, out: Path, store_path, settings:
         merge_shards(out, shard.world)
         if store_path:
             with TagStore(store_path) as store:
-                stats.store_repaired = sync_store(out, stats.tagged + stats.resumed_after, store, options.batch_size,
+                sync_store(out, stats.tagged + stats.resumed_after, store, options.batch_size,
                                                   iter_catalog(catalog_path, image_root_for(catalog_path, options.image_root),
                                                                options.limits))
     wait_for_everyone()
