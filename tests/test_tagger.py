@@ -287,7 +287,7 @@ def test_word_score_table_is_saved_pruned_and_sparse(tmp_path):
 
     weight = torch.randn(300, 7) * torch.logspace(-5, 0, 300)[:, None]  # rows from tiny to large weights
     packed = pack_table(weight)
-    assert packed["indices"].dtype == torch.int16 and packed["values"].dtype == torch.float16
+    assert packed["mask"].dtype == torch.uint8 and packed["values"].dtype == torch.float16
     dense = unpack_table(packed, tuple(weight.shape))
     kept = weight.abs() > PRUNE_BELOW
     assert (dense[~kept] == 0).all() and 0 < kept.sum() < weight.numel()

@@ -233,7 +233,7 @@ class Tagger(nn.Module):
             raise IncompatibleModel(f"{weights} cannot be read ({e}); copy the model folder again or retrain") from None
         try:
             missing, unexpected = model.load_state_dict(_unpack(state, model.state_dict()), strict=False)
-        except (RuntimeError, IndexError) as e:  # a size differs: config.json was edited, or other weights
+        except (RuntimeError, IndexError, ValueError) as e:  # a size differs: config.json edited, or other weights
             raise IncompatibleModel(f"{folder}: the weights do not fit config.json "
                                     f"({str(e).splitlines()[-1].strip()[:300]})") from None
         missing = [k for k in missing if not _is_tied(k)]
