@@ -35,12 +35,13 @@ from multimodal_tags.metrics import paired_f1_difference, prf
 from multimodal_tags.train.job import train_tagger
 
 
-def model_config(text_encoder: str) -> ModelConfig:
+def model_config(text_encoder: str, word_scores: bool = True) -> ModelConfig:
     """Text only: the multilingual encoder + word scores (closed-set helpers for the head), and an
     open-vocabulary GPT-2 decoder from scratch that writes the names as text."""
     return ModelConfig(text_encoder=text_encoder, image_encoder="none", text_dim=384, text_max_length=64,
-                       lexical_buckets=1 << 17, lexical_dim=0, word_scores=True, word_score_categories=True,
-                       category_score_bias=2.0, dropout=0.05, modality_dropout=0.0, tag_decoder="open",
+                       lexical_buckets=(1 << 17) if word_scores else 0, lexical_dim=0, word_scores=word_scores,
+                       word_score_categories=word_scores, category_score_bias=2.0 if word_scores else 0.0,
+                       dropout=0.05, modality_dropout=0.0, tag_decoder="open",
                        decoder=DecoderConfig(n_layer=3, n_embd=192, n_head=4, dropout=0.0, max_tags=12))
 
 
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--cache", type=Path, help="feature cache (default: OUT/features-cache)")
     ap.add_argument("--text-encoder", default="e5-small")
     ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--no-word-scores", action="store_true", help="the text encoder's vector alone (an ablation)")
     ap.add_argument("--quick", action="store_true", help="a small subset and 2 epochs (tests)")
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     if a.quick:
         catalog_path, a.epochs = quick_catalog(catalog_path), 2
     settings = RunSettings(cache_dir=a.cache or a.out / "features-cache", progress=False)
-    cfg = model_config(a.text_encoder)
+    cfg = model_config(a.text_encoder, word_scores=not a.no_word_scores)
     tcfg = TrainConfig(epochs=a.epochs, batch_size=64, lr=1e-3, patience=8)
     trained = train_tagger(catalog_path, a.out / "run", cfg, tcfg, settings)
 
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
                "baseline_micro_f1_normalised": methods[baseline_name]["micro_f1_normalised"],
                "baseline": baseline_name, "f1_minus_baseline_90ci": {k: round(v, 4) for k, v in difference.items()},
                "methods": methods,
-               "encoder": cfg.text_encoder,
+               "encoder": cfg.text_encoder, "word_scores": cfg.word_scores,
                "tag_tokenizer": "BPE over characters, trained on the train names (open vocabulary)",
                "split_sizes": {s: len(v) for s, v in split.items()},
                "test_names_unseen_in_train": round(_unseen_share(split), 4),
