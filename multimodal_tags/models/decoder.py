@@ -159,6 +159,28 @@ class TagDecoder(nn.Module):
         ids_t, probs_t = torch.stack(ids, 1).tolist(), torch.stack(probs, 1).tolist()
         return [self._pairs(seq, pr) for seq, pr in zip(ids_t, probs_t)]
 
+    @torch.no_grad()
+    def generate_stock(self, fused: torch.Tensor, max_steps: int | None = None,
+                       tag_bias: torch.Tensor | None = None) -> list[list[tuple[str, float]]]:
+        """`generate` through transformers' own `GPT2LMHeadModel.generate` (greedy), with this decoder's
+        rules as a logits processor: the reference path that `experiments/throughput.py` times and the
+        tests hold `generate` to (same tags)."""
+        from transformers import LogitsProcessorList
+
+        tok = self.tokenizer
+        b, dev = fused.shape[0], fused.device
+        max_steps = max_steps or (self.cfg.max_tags if self.closed else self.cfg.max_tags * OPEN_TOKENS_PER_TAG)
+        bos = self.gpt.transformer.wte(torch.full((b, 1), tok.BOS, device=dev))
+        embeds = torch.cat([self.mapper(fused), bos], dim=1)
+        bias = self._vocab_bias(tag_bias)
+        out = self.gpt.generate(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=dev),
+                                max_new_tokens=max_steps, do_sample=False, eos_token_id=tok.EOS, pad_token_id=tok.EOS,
+                                logits_processor=LogitsProcessorList([_TagRules(self, bias)]),
+                                output_scores=True, return_dict_in_generate=True)
+        seqs = out.sequences[:, -len(out.scores):]
+        probs = torch.stack([torch.softmax(s.float(), -1) for s in out.scores], 1).gather(2, seqs[:, :, None])[:, :, 0]
+        return [self._pairs(seq, pr) for seq, pr in zip(seqs.tolist(), probs.tolist())]
+
     def _pairs(self, seq: list[int], pr: list[float]) -> list[tuple[str, float]]:
         tok = self.tokenizer
         if self.closed:
@@ -182,3 +204,25 @@ class TagDecoder(nn.Module):
                 keys.add(tag_key(t))
             out.append((t, score ** (1 / max(len(tags), 1))))
         return out
+
+
+class _TagRules:
+    """The decoder's rules as a transformers logits processor: the word-score bias on the tag tokens,
+    no PAD or BOS, no tag twice, one value of a single-valued key (TagDecoder._constrain)."""
+
+    def __init__(self, decoder: TagDecoder, bias: torch.Tensor | None):
+        self.decoder, self.bias = decoder, bias
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        logits = scores.float() + (0 if self.bias is None else self.bias)
+        b, vocab = logits.shape
+        used = torch.zeros(b, vocab, dtype=torch.bool, device=logits.device)
+        keys = (len(self.decoder.tokenizer.keys) + 1) if self.decoder.closed else 1
+        used_keys = torch.zeros(b, keys, dtype=torch.bool, device=logits.device)
+        if input_ids.shape[1]:  # the tokens generated so far (the prompt was embeddings only)
+            used.scatter_(1, input_ids, True)
+            if self.decoder.closed:
+                k = self.decoder.key_of_token[input_ids]
+                rows = torch.arange(b, device=logits.device)[:, None].expand_as(k)
+                used_keys[rows[k >= 0], k[k >= 0]] = True
+        return self.decoder._constrain(logits, used, used_keys)
