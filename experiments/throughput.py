@@ -1,0 +1,187 @@
+"""Products per second from raw products (text + photo file) to tags, cold, three ways in one run.
+
+    python experiments/throughput.py --data ../shared/datasets/fashion-myntra --out OUT
+
+(a) naive: one product at a time: its photo decoded, text and photo through the encoders, the tagger,
+    and transformers' own `generate` (TagDecoder.generate_stock: the decoder's rules as a logits
+    processor);
+(b) stock batched: the same models on batches of --batch products, stock `generate`;
+(c) the project's path: `BatchTagger.tag` on the same batches, from an empty feature cache (features
+    written to it as `mmtags tag` does), with the project's constrained KV-cache decoding.
+All three give the same tags (checked here on every product, and by tests). The preset follows the
+device: on a CPU the offline default (MiniLM-L6 + EfficientNet-Lite0 + word scores + a 3-layer GPT-2),
+on a GPU `full` (BERT-base + CLIP ViT-B/32 + GPT-2 small) with random weights, which is fine for
+timing. Unless --model names a trained folder, the tagger's own weights are random (the output says
+so). Also measured in the same run: FLOPs per product (torch.utils.flop_counter on one stock batch),
+the device's float32 matmul rate, and peak memory. Writes OUT/results.json and OUT/results.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from multimodal_tags.data.catalog import read_catalog
+from multimodal_tags.data.images import load_image
+from multimodal_tags.data.importers import myntra, run_import
+from multimodal_tags.data.vocab import build_vocab
+from multimodal_tags.features import RunSettings
+from multimodal_tags.features.source import FeatureSource
+from multimodal_tags.inference.batch_tagger import BatchTagger
+from multimodal_tags.inference.rows import prediction_rows
+from multimodal_tags.models.presets import get_preset
+from multimodal_tags.models.tagger import RawPrediction, Tagger, build_tokenizer
+
+
+def load_products(a) -> tuple[list, Path]:
+    """The first --products test products with a photo (Myntra imported, or any catalog)."""
+    if a.catalog:
+        catalog = read_catalog(a.catalog)
+        products, root = catalog.products, catalog.image_root
+    else:
+        source = myntra.read(a.data)
+        products, root = run_import(source).products, source.image_root
+    chosen = [p for p in products if p.split == "test" and p.image][:a.products]
+    return chosen or [p for p in products if p.image][:a.products], root
+
+
+def build_model(products, preset: str, out: Path, given: Path | None) -> Path:
+    """The model folder to time: --model, or the preset with seeded random tagger weights."""
+    if given:
+        return given
+    cfg = get_preset(preset)
+    vocab = build_vocab(products, split=None)
+    torch.manual_seed(0)
+    model = Tagger(cfg, sorted({p.category for p in products}), vocab,
+                   build_tokenizer(cfg, vocab, [p.tags for p in products]))
+    return model.save(out / "model")
+
+
+def stock_batch(tagger: Tagger, encoders, products, root: Path, model_id: str) -> list[dict]:
+    """One batch through the stock calls: PIL decode, each encoder's `encode`, the tagger, stock generate."""
+    images = [load_image(p.image, root) for p in products]
+    text = encoders.text.encode([p.text for p in products]).pooled
+    image = encoders.image.encode(images).pooled
+    n = len(products)
+    source = FeatureSource(products, {"text": text.numpy(), "image": image.numpy(), "has_text": torch.ones(n, dtype=torch.bool).numpy(),
+                                      "has_image": torch.ones(n, dtype=torch.bool).numpy()}, tagger.cfg)
+    out = tagger(source.batch())
+    generated = tagger.decoder.generate_stock(out["fused"], tag_bias=out["tag_bias"])
+    raw = RawPrediction(torch.softmax(out["category_logits"].float(), -1), torch.sigmoid(out["tag_logits"].float()),
+                        out["fused"].float(), out["modality_weights"].float(), [dict(g) for g in generated])
+    return prediction_rows(products, tagger.prediction_dicts(raw), "decoder", model_id)
+
+
+def timed(fn, items: list, size: int) -> tuple[list[dict], float]:
+    """Rows of fn over `items` in chunks of `size`, and products per second."""
+    rows, t0 = [], time.perf_counter()
+    for i in range(0, len(items), size):
+        rows += fn(items[i:i + size])
+    return rows, len(items) / (time.perf_counter() - t0)
+
+
+def flops_per_product(tagger, encoders, products, root, model_id) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        stock_batch(tagger, encoders, products, root, model_id)
+    return counter.get_total_flops() / len(products)
+
+
+def matmul_rate(device: str, n: int = 2048, repeats: int = 5) -> float:
+    """float32 matmul FLOP/s of the device, measured now."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n ** 3 * repeats / (time.perf_counter() - t0)
+
+
+def same_tags(rows_a: list[dict], rows_b: list[dict]) -> bool:
+    return [r["tags"] for r in rows_a] == [r["tags"] for r in rows_b]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, help="the fashion-myntra folder")
+    ap.add_argument("--catalog", type=Path, help="or any catalog (tests)")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--model", type=Path, help="a trained model folder (default: the preset, random tagger weights)")
+    ap.add_argument("--preset", help="default: offline on a CPU, full on a GPU")
+    ap.add_argument("--products", type=int, default=512, help="products timed in (b) and (c)")
+    ap.add_argument("--naive-products", type=int, default=64, help="products timed in (a)")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--allow-random-weights", action="store_true", help="tests: tiny random encoders")
+    a = ap.parse_args(argv)
+    if not (a.data or a.catalog):
+        ap.error("give --data (fashion-myntra) or --catalog")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    preset = a.preset or ("full" if device == "cuda" else "offline")
+    a.out.mkdir(parents=True, exist_ok=True)
+    products, root = load_products(a)
+    model_dir = build_model(products, preset, a.out, a.model)
+    settings = RunSettings(allow_random_weights=a.allow_random_weights, progress=False, log=lambda s: None)
+    return run(a, device, preset, products, root, model_dir, settings)
+
+
+def run(a, device: str, preset: str, products, root: Path, model_dir: Path, settings: RunSettings) -> dict:
+    cache = a.out / "cold-cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    project = BatchTagger(model_dir, cache, settings, "decoder")
+    tagger, encoders = project.model.to(device).eval(), project.encoders
+    for enc in (encoders.text, encoders.image):
+        enc.to(device)
+    with torch.no_grad():
+        stock_batch(tagger, encoders, products[:2], root, project.model_id)  # warm-up: first calls allocate
+        naive_rows, naive = timed(lambda b: stock_batch(tagger, encoders, b, root, project.model_id),
+                                  products[:a.naive_products], 1)
+        stock_rows, stock = timed(lambda b: stock_batch(tagger, encoders, b, root, project.model_id), products, a.batch)
+        project_rows, ours = timed(lambda b: project.tag(b, root), products, a.batch)
+        flops = flops_per_product(tagger, encoders, products[:8], root, project.model_id)
+    rate = matmul_rate(device)
+    results = {"device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+               "preset": preset, "tagger_weights": str(a.model) if a.model else "random (timing only)",
+               "products": len(products), "naive_products": min(a.naive_products, len(products)), "batch": a.batch,
+               "naive_per_s": round(naive, 2), "stock_per_s": round(stock, 2), "project_per_s": round(ours, 2),
+               "project_vs_naive": round(ours / naive, 2), "project_vs_stock": round(ours / stock, 2),
+               "gflop_per_product": round(flops / 1e9, 3), "matmul_gflop_s": round(rate / 1e9, 1),
+               "project_peak_fraction": round(ours * flops / rate, 4),
+               "peak_memory_mb": _peak_memory_mb(device),
+               "same_tags_naive_stock_project": same_tags(naive_rows, project_rows[:len(naive_rows)])
+               and same_tags(stock_rows, project_rows)}
+    (a.out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    (a.out / "results.md").write_text(table(results) + "\n", encoding="utf-8")
+    print(table(results))
+    return results
+
+
+def _peak_memory_mb(device: str) -> float:
+    if device == "cuda":
+        return round(torch.cuda.max_memory_allocated() / 1e6, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3, 1)  # Linux: kilobytes
+
+
+def table(r: dict) -> str:
+    return "\n".join([
+        f"device: {r['device']}; preset {r['preset']}; tagger weights {r['tagger_weights']}; "
+        f"{r['gflop_per_product']} GFLOP per product; matmul {r['matmul_gflop_s']} GFLOP/s; peak memory "
+        f"{r['peak_memory_mb']} MB; same tags on all three paths: {r['same_tags_naive_stock_project']}", "",
+        "| path | products/s | project / it |", "|---|---|---|",
+        f"| (a) naive: one at a time, stock generate | {r['naive_per_s']} | {r['project_vs_naive']}x |",
+        f"| (b) stock, batches of {r['batch']}, stock generate | {r['stock_per_s']} | {r['project_vs_stock']}x |",
+        f"| (c) project (`BatchTagger`, cold cache) | {r['project_per_s']} | 1x |",
+        "", f"(c) uses {100 * r['project_peak_fraction']:.2f}% of the measured matmul rate."])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""experiments/throughput.py end to end on the synthetic shop with tiny models."""
+import json
+import sys
+from pathlib import Path
+
+from conftest import synthetic_catalog
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
+
+
+def test_throughput_times_three_paths_that_give_the_same_tags(tmp_path):
+    import throughput
+
+    catalog = synthetic_catalog(tmp_path, 60)
+    result = throughput.main(["--catalog", str(catalog), "--out", str(tmp_path / "out"), "--preset", "tiny",
+                              "--allow-random-weights", "--products", "24", "--naive-products", "4", "--batch", "8"])
+    assert result["same_tags_naive_stock_project"] is True
+    assert result["preset"] == "tiny" and result["tagger_weights"].startswith("random")
+    assert min(result["naive_per_s"], result["stock_per_s"], result["project_per_s"]) > 0
+    assert result["gflop_per_product"] > 0 and result["matmul_gflop_s"] > 0
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert {"naive_per_s", "stock_per_s", "project_per_s", "device", "preset"} <= set(saved)
