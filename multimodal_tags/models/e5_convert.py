@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .encoder_base import WeightsUnavailable
 
@@ -139,10 +140,8 @@ def _read_tensors(c: _Cursor, data: memoryview) -> dict[str, np.ndarray]:
     return out
 
 
-def bert_state_dict(f: E5File) -> dict[str, "torch.Tensor"]:
+def bert_state_dict(f: E5File) -> dict[str, torch.Tensor]:
     """The file's tensors under `transformers.BertModel` names, shaped."""
-    import torch
-
     t, h = f.tensors, f.hidden
 
     def mat(name, rows, cols):
@@ -208,9 +207,10 @@ def build_tokenizer(f: E5File):
 
 def convert_e5_file(source: str | Path, out: str | Path) -> Path:
     """Write a transformers BERT folder for the `E5S1` file `source` into `out` (replaced atomically)."""
-    import torch
     from transformers import BertConfig, BertModel
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     source, out = Path(source), Path(out)
     f = read_e5_file(source)
     cfg = BertConfig(vocab_size=f.vocab_size, hidden_size=f.hidden, num_hidden_layers=f.layers,

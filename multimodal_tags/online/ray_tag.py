@@ -126,7 +126,7 @@ def tag_catalog_ray(model_dir: str | Path, catalog_path: Path, out: Path, store_
     if store_path and stats.tagged + stats.resumed_after:
         with TagStore(store_path) as store:
             sync_store(out, stats.tagged + stats.resumed_after, store, options.batch_size,
-                                              iter_catalog(catalog_path, root, options.limits))
+                       iter_catalog(catalog_path, root, options.limits))
     stats.read, stats.kept, stats.rejected = report.read, report.kept, report.rejected
     stats.seconds = time.perf_counter() - t0
     return stats

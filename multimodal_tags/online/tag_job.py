@@ -206,10 +206,9 @@ def _tag_sharded(model_dir, catalog_path: Path, out: Path, store_path, settings:
     if shard.is_main:
         merge_shards(out, shard.world)
         if store_path:
+            products = iter_catalog(catalog_path, image_root_for(catalog_path, options.image_root), options.limits)
             with TagStore(store_path) as store:
-                sync_store(out, stats.tagged + stats.resumed_after, store, options.batch_size,
-                                                  iter_catalog(catalog_path, image_root_for(catalog_path, options.image_root),
-                                                               options.limits))
+                sync_store(out, stats.tagged + stats.resumed_after, store, options.batch_size, products)
     wait_for_everyone()
     return stats
 

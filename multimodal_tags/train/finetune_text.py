@@ -100,8 +100,7 @@ def finetune_text_encoder(spec: str, train: Sequence[Product], categories: list[
                 log(f"  fine-tune epoch {epoch} step {step}/{len(loader)} loss {loss.item():.4f} ({rate:.1f} texts/s)")
     if accelerator.is_main_process:
         core = accelerator.unwrap_model(encoder)
-        # stored in half precision: half the size of the model folder that bundles it. It is loaded back in
-        # float32 (load_hf_text), and the tagger's features come from that loaded copy, as inference's do.
+        # float16 on disk (half the model folder); loaded in float32, by training's features as by inference
         core.model.to(torch.float16).save_pretrained(str(out_dir))
         core.tokenizer.save_pretrained(str(out_dir))
     accelerator.wait_for_everyone()
