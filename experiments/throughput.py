@@ -25,6 +25,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from multimodal_tags.data.catalog import read_catalog
@@ -36,7 +37,7 @@ from multimodal_tags.features.source import FeatureSource
 from multimodal_tags.inference.batch_tagger import BatchTagger
 from multimodal_tags.inference.rows import prediction_rows
 from multimodal_tags.models.presets import get_preset
-from multimodal_tags.models.tagger import RawPrediction, Tagger, build_tokenizer
+from multimodal_tags.models.tagger import Tagger, build_tokenizer
 
 
 def load_products(a) -> tuple[list, Path]:
@@ -68,13 +69,10 @@ def stock_batch(tagger: Tagger, encoders, products, root: Path, model_id: str) -
     images = [load_image(p.image, root) for p in products]
     text = encoders.text.encode([p.text for p in products]).pooled
     image = encoders.image.encode(images).pooled
-    n = len(products)
-    source = FeatureSource(products, {"text": text.numpy(), "image": image.numpy(), "has_text": torch.ones(n, dtype=torch.bool).numpy(),
-                                      "has_image": torch.ones(n, dtype=torch.bool).numpy()}, tagger.cfg)
-    out = tagger(source.batch())
-    generated = tagger.decoder.generate_stock(out["fused"], tag_bias=out["tag_bias"])
-    raw = RawPrediction(torch.softmax(out["category_logits"].float(), -1), torch.sigmoid(out["tag_logits"].float()),
-                        out["fused"].float(), out["modality_weights"].float(), [dict(g) for g in generated])
+    ones = np.ones(len(products), dtype=bool)
+    source = FeatureSource(products, {"text": text.numpy(), "image": image.numpy(), "has_text": ones,
+                                      "has_image": ones}, tagger.cfg)
+    raw = tagger.predict_raw(source.batch(), stock_generate=True)
     return prediction_rows(products, tagger.prediction_dicts(raw), "decoder", model_id)
 
 

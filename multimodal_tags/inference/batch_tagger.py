@@ -3,7 +3,6 @@ then the Tagger, then output rows. Used by `mmtags tag`, `mmtags refresh` and an
 products one batch at a time."""
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 import torch
 
 from ..data.feature_cache import FeatureCache
+from ..files import file_sha256
 from ..data.schema import Product
 from ..features.settings import RunSettings
 from ..features.source import FeatureSource
@@ -22,11 +22,7 @@ from .rows import DEFAULT_TAG_SOURCE, prediction_rows, resolve_tag_source
 def model_id(model_dir: str | Path) -> str:
     """Folder name + hash of the weights: a retrained model gets a new id even in the same folder."""
     folder = Path(model_dir)
-    h = hashlib.sha256()
-    with open(folder / "model.safetensors", "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return f"{folder.resolve().name}-{h.hexdigest()[:12]}"
+    return f"{folder.resolve().name}-{file_sha256(folder / 'model.safetensors')[:12]}"
 
 
 class BatchTagger:

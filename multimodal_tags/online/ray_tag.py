@@ -16,14 +16,15 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from ..data.catalog import DiskIdIndex, ReadReport, image_root_for, iter_catalog
 from ..data.schema import Product
 from ..features.settings import RunSettings
+from ..files import replacing
 from ..inference.batch_tagger import BatchTagger
 from .store import TagStore
+from .tag_job import TagStats, _write_issues, batches, sync_store
 
 PART_SIZE = 50_000  # products per part file: the unit of resume
 
@@ -57,17 +58,6 @@ def _start_ray(workers: int) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
-def _parts(products: Iterator[Product], size: int) -> Iterator[list[Product]]:
-    part: list[Product] = []
-    for p in products:
-        part.append(p)
-        if len(part) == size:
-            yield part
-            part = []
-    if part:
-        yield part
-
-
 def _tag_part(part: list[Product], path: Path, actor_args: dict, workers: int, batch_size: int) -> int:
     """Tag one part on the actor pool into `path` (written whole, then renamed); returns its lines."""
     import ray
@@ -76,24 +66,19 @@ def _tag_part(part: list[Product], path: Path, actor_args: dict, workers: int, b
     ds = ray.data.from_items([{"product": json.dumps(p.to_dict(), ensure_ascii=False)} for p in part])
     ds = ds.map_batches(TagActor, fn_constructor_kwargs=actor_args, batch_size=batch_size, batch_format="numpy",
                         concurrency=workers, num_gpus=gpus)
-    tmp, lines = path.with_suffix(".tmp"), 0
-    with open(tmp, "w", encoding="utf-8") as f:
+    lines = 0
+    with replacing(path) as f:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            f.writelines(line + "\n" for line in batch["line"])
+            f.write("".join(line + "\n" for line in batch["line"]).encode("utf-8"))
             lines += len(batch["line"])
-        f.flush()
-        os.fsync(f.fileno())
-    if lines != len(part):
-        raise RuntimeError(f"Ray returned {lines} rows for a part of {len(part)} products")
-    os.replace(tmp, path)
+        if lines != len(part):
+            raise RuntimeError(f"Ray returned {lines} rows for a part of {len(part)} products")
     return lines
 
 
 def tag_catalog_ray(model_dir: str | Path, catalog_path: Path, out: Path, store_path: str | Path | None,
                     settings: RunSettings, options, rejects_path: str | Path | None, workers: int = 2):
     """Tag the catalog with Ray Data into `out` (and the store); returns the job's TagStats."""
-    from .tag_job import TagStats, _write_issues, sync_store
-
     if options.extra_tags:
         raise ValueError("--extra-tags is not supported with --engine ray yet; tag with the local engine")
     parts_dir = out.with_name(out.name + ".ray-parts")
@@ -110,7 +95,7 @@ def tag_catalog_ray(model_dir: str | Path, catalog_path: Path, out: Path, store_
     try:
         with open(rejects_path or f"{out}.rejects.jsonl", "w", encoding="utf-8") as rejects:
             products = iter_catalog(catalog_path, root, options.limits, report, seen=seen)
-            for n, part in enumerate(_parts(products, PART_SIZE)):
+            for n, part in enumerate(batches(products, PART_SIZE)):
                 _write_issues(report, rejects)
                 path = parts_dir / f"part-{n:06d}.jsonl"
                 if path.exists():  # written by an earlier run
@@ -133,11 +118,7 @@ def tag_catalog_ray(model_dir: str | Path, catalog_path: Path, out: Path, store_
 
 
 def _concatenate(parts: list[Path], out: Path) -> None:
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with replacing(out) as f:
         for part in parts:
             with open(part, "rb") as src:
                 shutil.copyfileobj(src, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out)

@@ -7,14 +7,13 @@ OUT, written atomically: the same bytes one process writes. The shards are then 
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from ..files import temp_path
+from ..files import replacing
 
 T = TypeVar("T")
 
@@ -69,9 +68,8 @@ def shard_paths(out: Path, world: int) -> list[Path]:
 
 def merge_shards(out: Path, world: int) -> int:
     """Interleave the shards of `out` into `out` (atomically), remove them; returns the line count."""
-    paths = shard_paths(out, world)
-    tmp, lines = temp_path(out), 0
-    with ExitStack() as stack, open(tmp, "wb") as merged:
+    paths, lines = shard_paths(out, world), 0
+    with ExitStack() as stack, replacing(out) as merged:
         files = [stack.enter_context(open(p, "rb")) for p in paths]
         for line in _round_robin(files):
             merged.write(line)
@@ -79,9 +77,6 @@ def merge_shards(out: Path, world: int) -> int:
         if any(f.readline() for f in files):
             raise ValueError(f"the shards of {out} do not interleave (a shard has lines past the end); "
                              f"were they written by runs with different process counts?")
-        merged.flush()
-        os.fsync(merged.fileno())
-    os.replace(tmp, out)
     for p in paths:
         p.unlink()
     return lines

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, TextIO
@@ -250,13 +250,19 @@ def _tag_stream(model_dir, catalog_path: Path, out: Path, store_path, settings: 
     return stats
 
 
-def run_batches(products: Iterator[Product], batch_size: int, handle: Callable[[list[Product]], None]) -> None:
-    """Call `handle` on each whole batch of `batch_size` products, then on the rest."""
+def batches(products: Iterable[Product], batch_size: int) -> Iterator[list[Product]]:
+    """Whole batches of `batch_size` products, then the rest."""
     batch: list[Product] = []
     for product in products:
         batch.append(product)
         if len(batch) == batch_size:
-            handle(batch)
+            yield batch
             batch = []
     if batch:
+        yield batch
+
+
+def run_batches(products: Iterable[Product], batch_size: int, handle: Callable[[list[Product]], None]) -> None:
+    """Call `handle` on each whole batch of `batch_size` products, then on the rest."""
+    for batch in batches(products, batch_size):
         handle(batch)
