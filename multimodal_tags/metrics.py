@@ -73,3 +73,13 @@ def paired_f1_difference(gold_sets: Sequence[set], a_sets: Sequence[set], b_sets
     boot = nb[idx].sum(1) / np.maximum(db[idx].sum(1), 1) - na[idx].sum(1) / np.maximum(da[idx].sum(1), 1)
     diff = nb.sum() / max(db.sum(), 1) - na.sum() / max(da.sum(), 1)
     return {"diff": float(diff), "low": float(np.percentile(boot, 5)), "high": float(np.percentile(boot, 95))}
+
+
+def retrieval_recall(similarity, ks: Sequence[int] = (1, 10)) -> dict[int, float]:
+    """Recall@k of a square similarity matrix [queries, items] whose right item for query i is item i."""
+    import numpy as np
+
+    sim = np.asarray(similarity)
+    right = sim[np.arange(len(sim)), np.arange(len(sim))][:, None]
+    rank = (sim > right).sum(1)  # items scored above the right one (ties count in its favour)
+    return {k: float((rank < k).mean()) for k in ks}

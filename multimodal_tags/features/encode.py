@@ -141,6 +141,9 @@ def encode_images(products: Sequence[Product], encoder: ImageEncoder, cache: Fea
     todo = _to_encode(cache, key, refs, stats)
     if not todo:
         return stats
+    if augment_view is None and hasattr(encoder, "trunk_encoder"):
+        return _encode_through_trunk(products, encoder, cache, key, todo, image_root, stats,
+                                     batch_size=batch_size, num_workers=num_workers, progress=progress)
     start = time.perf_counter()
     loader = DataLoader(_ImageFiles([(h, refs[h]) for h in todo], Path(image_root), encoder.transform, augment_view),
                         batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
@@ -155,6 +158,25 @@ def encode_images(products: Sequence[Product], encoder: ImageEncoder, cache: Fea
                 cache.put(key, [h for h, _ in ok], vectors)
                 stats.encoded += len(ok)
             bar.update(len(batch))
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+def _encode_through_trunk(products: Sequence[Product], encoder, cache: FeatureCache, key: str, todo: list[str],
+                          image_root: Path, stats: EncodeStats, **kwargs) -> EncodeStats:
+    """An encoder that is a projection over another encoder's vector (a CLIP tower over a locked trunk):
+    encode the trunk's vectors (cached under the trunk's own key, shared with that encoder), then project."""
+    start = time.perf_counter()
+    trunk = encoder.trunk_encoder()
+    wanted = set(todo)
+    trunk_stats = encode_images([p for p in products if p.image_hash in wanted], trunk, cache, image_root, **kwargs)
+    stats.failed += trunk_stats.failed
+    vectors, ok = cache.get(trunk.cache_key(), todo)
+    done, vectors = [h for h, good in zip(todo, ok) if good], vectors[ok]
+    for s in range(0, len(done), 4096):
+        projected = encoder.project(torch.from_numpy(vectors[s:s + 4096])).cpu().numpy()
+        cache.put(key, done[s:s + 4096], projected)
+    stats.encoded = len(done)
     stats.seconds = time.perf_counter() - start
     return stats
 

@@ -10,6 +10,8 @@ Image specs:
     effnet-lite0              packaged ImageNet EfficientNet-Lite0, the offline default
     open_clip:ARCH@WEIGHTS    open_clip architecture with a pretrained tag, a local file, or 'random'
     timm:NAME@WEIGHTS         timm architecture with a local weights file, or 'random'
+    mmtags-clip:FOLDER        our CLIP trained with `mmtags clip train` (EfficientNet-Lite0 + MiniLM towers,
+                              models/product_clip.py): an image encoder with a text tower, offline
     tiny-clip                 2-layer random CLIP, tests only
 
 Random weights come only from specs that say so ('tiny-*', '@random'); anything else that cannot
@@ -22,6 +24,7 @@ from collections.abc import Callable
 from .e5_convert import packaged_e5_dir
 from .encoder_base import Encoder, WeightsUnavailable
 from .image_encoders import ImageEncoder, load_open_clip, load_timm, packaged_efficientnet_lite0, tiny_clip
+from .product_clip import SPEC_PREFIX as PRODUCT_CLIP, load_product_clip
 from .text_encoders import HFTextEncoder, load_hf_text, packaged_minilm_dir, tiny_bert
 
 DEFAULT_TEXT_ENCODER = "minilm-l6"
@@ -46,6 +49,7 @@ _PREFIXES = {
     "hf:": "any transformers BERT-family model: hf:bert-base-uncased or hf:/path/to/folder",
     "open_clip:": "open_clip CLIP: open_clip:ViT-B-32@openai, open_clip:ViT-B-32@/path/weights, @random",
     "timm:": "timm model: timm:resnet50@/path/weights.safetensors, or @random",
+    PRODUCT_CLIP: "our CLIP (EfficientNet-Lite0 + MiniLM towers), trained by `mmtags clip train`: mmtags-clip:FOLDER",
 }
 
 
@@ -60,7 +64,7 @@ def list_encoders() -> dict[str, dict[str, str]]:
     """Named encoders and spec patterns, for `mmtags encoders`."""
     return {"text": {k: d for k, (_, d) in _TEXT.items()} | {"hf:...": _PREFIXES["hf:"]},
             "image": {k: d for k, (_, d) in _IMAGE.items()}
-            | {"open_clip:...": _PREFIXES["open_clip:"], "timm:...": _PREFIXES["timm:"]}}
+            | {f"{p}...": _PREFIXES[p] for p in ("open_clip:", "timm:", PRODUCT_CLIP)}}
 
 
 def _split_weights(rest: str) -> tuple[str, str | None]:
@@ -85,8 +89,10 @@ def create_image_encoder(spec: str) -> ImageEncoder:
         return load_open_clip(spec, *_split_weights(spec[len("open_clip:"):]))
     if spec.startswith("timm:"):
         return load_timm(spec, *_split_weights(spec[len("timm:"):]))
+    if spec.startswith(PRODUCT_CLIP):
+        return load_product_clip(spec)
     raise ValueError(f"unknown image encoder {spec!r}; known: {', '.join(_IMAGE)}, "
-                     f"open_clip:ARCH@WEIGHTS, timm:NAME@WEIGHTS")
+                     f"open_clip:ARCH@WEIGHTS, timm:NAME@WEIGHTS, {PRODUCT_CLIP}FOLDER")
 
 
 def require_pretrained(encoder: Encoder, allow_random: bool) -> None:

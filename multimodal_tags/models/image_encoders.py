@@ -38,11 +38,23 @@ class ImageEncoder(Encoder):
 class OpenClipImageEncoder(ImageEncoder):
     """The vision tower of an open_clip CLIP; the whole CLIP is kept for its text tower (zero-shot)."""
 
-    def __init__(self, spec: str, clip_model, transform, random_weights: bool = False):
+    def __init__(self, spec: str, clip_model, transform, random_weights: bool = False, tokenizer=None):
         super().__init__()
         self.spec, self.clip, self.transform = spec, clip_model, transform
-        self.random_weights = random_weights
-        self.dim = int(clip_model.visual.output_dim)
+        self.random_weights, self.tokenizer = random_weights, tokenizer
+        # a timm image tower has no output_dim; both towers share the embedding width
+        self.dim = int(getattr(clip_model.visual, "output_dim", 0) or clip_model.text.output_dim)
+
+    @torch.no_grad()
+    def encode_prompts(self, texts: list[str]) -> torch.Tensor:
+        """The text tower's L2-normalised vectors of `texts` (zero-shot prompts), float32."""
+        import open_clip
+
+        tokenizer = self.tokenizer or (lambda t: open_clip.tokenize(t, context_length=self.clip.context_length))
+        self.eval()
+        with self.autocast():
+            vectors = self.clip.encode_text(tokenizer(texts).to(self.device)).float()
+        return torch.nn.functional.normalize(vectors, dim=-1)
 
     def forward(self, pixels: torch.Tensor, return_tokens: bool = False) -> EncoderOutput:
         visual = self.clip.visual
@@ -90,7 +102,8 @@ def load_open_clip(spec: str, arch: str, pretrained: str | None) -> OpenClipImag
             f"({type(e).__name__}: {str(e).splitlines()[0][:300]}). Download the weights on a machine with "
             f"internet and pass 'open_clip:{arch}@/path/to/open_clip_model.safetensors', or use the "
             f"offline default 'effnet-lite0'.") from None
-    return OpenClipImageEncoder(spec, model.eval(), preprocess, random_weights=random)
+    return OpenClipImageEncoder(spec, model.eval(), preprocess, random_weights=random,
+                                tokenizer=open_clip.get_tokenizer(arch))
 
 
 def load_timm(spec: str, name: str, weights: str | None) -> TimmImageEncoder:

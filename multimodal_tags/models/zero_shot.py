@@ -15,7 +15,17 @@ import torch
 
 from .image_encoders import OpenClipImageEncoder
 
-TEMPLATE = "a product photo: {}"
+# A prompt ensemble, as in CLIP's zero-shot evaluation: a tag's text vector is the normalised mean of
+# its prompts' vectors. "key:value" tags fill {key} and {value}; a bare tag ("floral print") is the value.
+TEMPLATES = ("a photo of a {value} {key}", "a product photo: {value} {key}", "{value} {key}", "a {value} product")
+
+
+def tag_prompts(tag: str, templates: tuple[str, ...] = TEMPLATES) -> list[str]:
+    """The prompts of one tag: 'colour:blue' -> 'a photo of a blue colour', ...; 'v-neck' -> 'a photo of a v-neck'."""
+    key, sep, value = tag.partition(":")
+    if not sep:
+        key, value = "", tag
+    return [" ".join(t.format(value=value.strip(), key=key.strip()).split()) for t in templates]
 
 
 class ZeroShotUnavailable(ValueError):
@@ -29,19 +39,16 @@ class ZeroShotTags:
     thresholds: np.ndarray | None = None  # per tag, from validation; None = uncalibrated
 
     @classmethod
-    def build(cls, encoder, tags: list[str], template: str = TEMPLATE) -> "ZeroShotTags":
+    def build(cls, encoder, tags: list[str], templates: tuple[str, ...] = TEMPLATES) -> "ZeroShotTags":
+        """Text vectors of `tags` from the CLIP text tower of `encoder` (an ensemble of `templates`)."""
         if not isinstance(encoder, OpenClipImageEncoder):
             raise ZeroShotUnavailable(
                 f"zero-shot tags need a CLIP image encoder with a text tower; {encoder.spec!r} has none "
-                f"(use an open_clip:ARCH@WEIGHTS image encoder)")
-        import open_clip
-
-        clip = encoder.clip
-        tokens = open_clip.tokenize([template.format(t.replace(":", " ")) for t in tags],
-                                    context_length=clip.context_length).to(encoder.device)
-        with torch.no_grad():
-            vec = clip.encode_text(tokens).float()
-        vec = torch.nn.functional.normalize(vec, dim=-1).cpu().numpy()
+                f"(train one with `mmtags clip train` and pass --clip mmtags-clip:FOLDER, or use an "
+                f"open_clip:ARCH@WEIGHTS image encoder)")
+        prompts = [tag_prompts(t, templates) for t in tags]
+        flat = encoder.encode_prompts([p for group in prompts for p in group]).view(len(tags), len(templates), -1)
+        vec = torch.nn.functional.normalize(flat.mean(1), dim=-1).cpu().numpy()
         return cls(list(tags), vec)
 
     def similarities(self, image_vectors: np.ndarray) -> np.ndarray:

@@ -1,0 +1,274 @@
+"""Train our CLIP (models/product_clip.py) on a catalog's photo-text pairs with open_clip's `ClipLoss`.
+
+Locked-image tuning (LiT) first: both pretrained towers stay frozen and only the two projections and
+the temperature train, on cached tower outputs (the photos' EfficientNet-Lite0 vectors come from the
+feature cache, shared with the `effnet-lite0` encoder; the captions' MiniLM vectors are cached too),
+so an epoch over 35k pairs takes seconds. `train/clip_unlocked.py` then tunes the last blocks of
+each tower. Each photo is paired with its product name and, optionally, two phrases built from its
+tags ("white, printed, summer" and "white colour, printed pattern, summer season"); tag keys named in
+`holdout_keys` never appear in a caption (open-vocabulary evaluation). The checkpoint with the best
+validation score (mean of zero-shot category accuracy and text->image recall@10) is saved.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.catalog import Catalog
+from ..data.feature_cache import FeatureCache
+from ..data.schema import Product
+from ..features.encode import EncodeStats, encode_images, encode_text_items, load_features
+from ..metrics import retrieval_recall
+from ..models import product_clip as pc
+from ..models.text_encoders import packaged_minilm_dir
+from ..models.zero_shot import TEMPLATES, tag_prompts
+
+
+@dataclass
+class ClipTrainConfig:
+    config: str = pc.DEFAULT_CONFIG  # open_clip model config (models/clip_configs/)
+    epochs: int = 8
+    batch_size: int = 1024  # contrastive: more negatives per step
+    lr: float = 1e-3
+    weight_decay: float = 0.5  # the MLP projections over-fit 35k names quickly
+    # pair photos with tag phrases too, not only the product name (measured on Myntra val: names alone
+    # gave better zero-shot category accuracy and retrieval; docs/clip.md)
+    attribute_captions: bool = False
+    holdout_keys: tuple[str, ...] = ()  # tag keys kept out of every caption
+    unlock_text_layers: int = 0  # >0: also tune the last N layers of the text tower (open_clip's lock_text_tower)
+    tower_lr: float = 5e-5  # learning rate of unlocked tower layers
+    seed: int = 0
+    text_folder: str | None = None  # the text tower's BERT folder (None: the packaged MiniLM-L6)
+    trunk_weights: dict | None = field(default=None, repr=False)  # image trunk weights (None: EfficientNet-Lite0)
+
+
+def product_captions(p: Product, attribute_captions: bool = True, holdout_keys: Sequence[str] = ()) -> list[str]:
+    """The texts paired with a product's photo: its name, then its tags as two phrases."""
+    pairs = [t.partition(":") for t in p.tags]
+    kv = [(k, v) for k, sep, v in pairs if sep and k not in holdout_keys]
+    captions = [p.title]
+    if attribute_captions and kv:
+        captions += [", ".join(v for _, v in kv), ", ".join(f"{v} {k}" for k, v in kv)]
+    return captions
+
+
+def _text_key(text: str) -> str:
+    return hashlib.sha256(f"clip-caption|{text}".encode()).hexdigest()
+
+
+@dataclass
+class PairFeatures:
+    """Tower outputs of one split: photo trunk vectors, caption vectors, and which captions each photo has."""
+
+    products: list[Product]
+    image: torch.Tensor  # [n, trunk dim]
+    text: torch.Tensor  # [captions, text dim], cached text-tower vectors (stale once the tower is unlocked)
+    captions: list[list[int]]  # per product, rows of `text`; the first is the name
+    texts: list[str] = field(default_factory=list)  # the captions themselves, row by row
+
+
+def split_products(catalog: Catalog, split: str) -> list[Product]:
+    return [p for p in catalog.products if p.split == split and p.image and p.image_hash]
+
+
+def text_vectors(texts: Sequence[str], trunk: pc.ClipTextTrunk, cache: FeatureCache) -> torch.Tensor:
+    """Pooled text-tower vectors of `texts` (cached under the text trunk's key)."""
+    items = {_text_key(t): t for t in texts}
+    key = trunk.cache_key()
+    cache.register(key, trunk.spec, trunk.dim, trunk.describe())
+    encode_text_items(items, trunk, cache, key, EncodeStats("text", trunk.spec), batch_size=256, progress=False)
+    vectors, found = cache.get(key, [_text_key(t) for t in texts])
+    assert found.all(), "every caption was just encoded"
+    return torch.from_numpy(vectors)
+
+
+def pair_features(products: list[Product], encoder: pc.ProductClipEncoder, trunk: pc.ClipTextTrunk,
+                  cache: FeatureCache, image_root: Path, cfg: ClipTrainConfig) -> PairFeatures:
+    """Encode (or fetch) the trunk vectors of the products' photos and captions; drops failed photos."""
+    image_trunk = encoder.trunk_encoder()
+    encode_images(products, image_trunk, cache, image_root, progress=False)
+    feats = load_features(products, cache, None, image_trunk.cache_key())
+    keep = np.nonzero(feats["has_image"])[0]
+    products = [products[i] for i in keep]
+    captions = [product_captions(p, cfg.attribute_captions, cfg.holdout_keys) for p in products]
+    texts = list(dict.fromkeys(t for c in captions for t in c))
+    row = {t: i for i, t in enumerate(texts)}
+    return PairFeatures(products, torch.from_numpy(feats["image"][keep]), text_vectors(texts, trunk, cache),
+                        [[row[t] for t in c] for c in captions], texts)
+
+
+def project_text(clip, text_trunk_vectors: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(clip.text.proj(text_trunk_vectors), dim=-1)
+
+
+def project_image(clip, image_trunk_vectors: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(clip.visual.head(image_trunk_vectors), dim=-1)
+
+
+def class_vectors(clip, prompt_vectors: torch.Tensor, n_templates: int) -> torch.Tensor:
+    """Prompt-ensemble class vectors from the trunk vectors of [classes x templates] prompts."""
+    per_prompt = project_text(clip, prompt_vectors).view(-1, n_templates, clip.text.output_dim)
+    return torch.nn.functional.normalize(per_prompt.mean(1), dim=-1)
+
+
+class TextSide:
+    """Text-tower vectors of captions: the cached ones while the tower is locked, recomputed (with
+    gradients when training) once its last layers are unlocked."""
+
+    def __init__(self, trunk: pc.ClipTextTrunk, unlocked: bool):
+        self.trunk, self.unlocked = trunk, unlocked
+
+    def vectors(self, cached: torch.Tensor, texts: Sequence[str], rows: Sequence[int], grad: bool = False,
+                chunk: int = 1024) -> torch.Tensor:
+        if not self.unlocked:
+            return cached[rows]
+        out = []
+        for s in range(0, len(rows), chunk):
+            tokens = self.trunk.tokenizer([texts[i] for i in rows[s:s + chunk]]).to(self.trunk.device)
+            with torch.set_grad_enabled(grad), self.trunk.autocast():
+                out.append(self.trunk.pooled(tokens).float())
+        return torch.cat(out)
+
+
+@dataclass
+class Prompts:
+    """Zero-shot class prompts: [classes x templates] texts and their cached text-tower vectors."""
+
+    classes: list[str]
+    texts: list[str]
+    vectors: torch.Tensor
+
+
+@torch.no_grad()
+def validate(clip, val: PairFeatures, prompts: Prompts, text_side: TextSide) -> dict[str, float]:
+    """Zero-shot category accuracy and name<->photo retrieval on held-out pairs."""
+    clip.eval()
+    img = project_image(clip, val.image)
+    names = project_text(clip, text_side.vectors(val.text, val.texts, [c[0] for c in val.captions]))
+    cls = class_vectors(clip, text_side.vectors(prompts.vectors, prompts.texts, list(range(len(prompts.texts)))),
+                        len(TEMPLATES))
+    categories = prompts.classes
+    gold = np.array([categories.index(p.category) if p.category in categories else -1 for p in val.products])
+    pred = (img @ cls.T).argmax(1).numpy()
+    t2i = retrieval_recall((names @ img.T).numpy())
+    i2t = retrieval_recall((img @ names.T).numpy())
+    acc = float((pred == gold)[gold >= 0].mean())
+    return {"zero_shot_category_acc": acc, "t2i_r1": t2i[1], "t2i_r10": t2i[10], "i2t_r1": i2t[1],
+            "i2t_r10": i2t[10], "score": (acc + t2i[10]) / 2}
+
+
+def _sample_captions(captions: list[list[int]], rng: np.random.Generator) -> np.ndarray:
+    """One caption per photo: the name half of the time, else one of its tag phrases."""
+    out = np.empty(len(captions), dtype=np.int64)
+    for i, c in enumerate(captions):
+        out[i] = c[0] if len(c) == 1 or rng.random() < 0.5 else c[rng.integers(1, len(c))]
+    return out
+
+
+def lock_text_tower(clip, unlocked_layers: int) -> None:
+    """Freeze the BERT text tower but its last `unlocked_layers` layers (open_clip's own
+    `lock_text_tower` has no layer table for BERT models)."""
+    transformer = clip.text.transformer
+    for p in transformer.parameters():
+        p.requires_grad = False
+    for layer in (transformer.encoder.layer[-unlocked_layers:] if unlocked_layers else []):
+        for p in layer.parameters():
+            p.requires_grad = True
+
+
+def _optimizer(clip, cfg: ClipTrainConfig) -> torch.optim.Optimizer:
+    """Projections at `lr`, unlocked text-tower layers at `tower_lr`, the temperature without decay."""
+    lock_text_tower(clip, cfg.unlock_text_layers)
+    tower = [p for p in clip.text.transformer.parameters() if p.requires_grad]
+    params = [*clip.visual.head.parameters(), *clip.text.proj.parameters()]
+    groups = [{"params": params, "weight_decay": cfg.weight_decay},
+              {"params": [clip.logit_scale], "weight_decay": 0.0}]
+    if tower:
+        groups.append({"params": tower, "weight_decay": cfg.weight_decay, "lr": cfg.tower_lr})
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def train_projections(clip, train: PairFeatures, val: PairFeatures, prompts: Prompts, text_side: TextSide,
+                      cfg: ClipTrainConfig, log: Callable[[str], None]) -> list[dict]:
+    """Train the projections and the temperature (and unlocked text layers) with open_clip's ClipLoss;
+    keeps the best epoch by validation score."""
+    import open_clip
+
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    opt = _optimizer(clip, cfg)
+    steps = cfg.epochs * math.ceil(len(train.products) / cfg.batch_size)
+    warmup = max(1, steps // 20)  # 5% linear warm-up, then cosine decay
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: min((step + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(step / steps, 1.0)))))
+    loss_fn, history, best = open_clip.ClipLoss(), [], (-1.0, None)
+    for epoch in range(cfg.epochs):
+        clip.train()
+        caption = _sample_captions(train.captions, rng)
+        order, losses = torch.randperm(len(train.products)), []
+        for s in range(0, len(order), cfg.batch_size):
+            idx = order[s:s + cfg.batch_size]
+            text = text_side.vectors(train.text, train.texts, caption[idx].tolist(), grad=True)
+            loss = loss_fn(project_image(clip, train.image[idx]), project_text(clip, text), clip.logit_scale.exp())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                clip.logit_scale.clamp_(0, math.log(100))
+            losses.append(loss.item())
+        metrics = {"epoch": epoch + 1, "loss": float(np.mean(losses)), **validate(clip, val, prompts, text_side)}
+        history.append(metrics)
+        log(f"clip epoch {epoch + 1}/{cfg.epochs}: loss {metrics['loss']:.3f}, val zero-shot category "
+            f"{metrics['zero_shot_category_acc']:.4f}, t2i R@10 {metrics['t2i_r10']:.4f}")
+        if metrics["score"] > best[0]:
+            best = (metrics["score"], copy.deepcopy(clip.state_dict()))
+    clip.load_state_dict(best[1])
+    return history
+
+
+def category_prompts(categories: list[str], trunk: pc.ClipTextTrunk, cache: FeatureCache) -> Prompts:
+    texts = [p for c in categories for p in tag_prompts(c)]
+    return Prompts(categories, texts, text_vectors(texts, trunk, cache))
+
+
+def train_clip(catalog: Catalog, out_dir: str | Path, cache_dir: str | Path, cfg: ClipTrainConfig | None = None,
+               precision: str = "auto", log: Callable[[str], None] = print) -> Path:
+    """Train a locked-tower CLIP on the catalog's train pairs, select on val, save to OUT/model."""
+    cfg = cfg or ClipTrainConfig()
+    start = time.perf_counter()
+    text_folder = Path(cfg.text_folder) if cfg.text_folder else packaged_minilm_dir()
+    clip = pc.build_clip(cfg.config, text_folder, cfg.trunk_weights)
+    tokenizer = pc.clip_tokenizer(text_folder, pc.model_config(cfg.config)["text_cfg"].get("context_length", 32))
+    trunk_spec = "effnet-lite0" if cfg.trunk_weights is None else f"{cfg.config}-trunk"
+    encoder = pc.ProductClipEncoder(f"{pc.SPEC_PREFIX}training", clip, tokenizer, {"trunk_spec": trunk_spec})
+    encoder.set_precision(precision)
+    text_trunk = pc.ClipTextTrunk(clip, tokenizer).set_precision(precision)
+    categories = sorted({p.category for p in split_products(catalog, "train") if p.category})
+    with FeatureCache(cache_dir) as cache:
+        train = pair_features(split_products(catalog, "train"), encoder, text_trunk, cache, catalog.image_root, cfg)
+        val = pair_features(split_products(catalog, "val"), encoder, text_trunk, cache, catalog.image_root, cfg)
+        prompts = category_prompts(categories, text_trunk, cache)
+    features_s = time.perf_counter() - start
+    log(f"clip features: {len(train.products)} train and {len(val.products)} val pairs, {len(train.text)} "
+        f"captions, {features_s:.0f}s")
+    history = train_projections(clip, train, val, prompts, TextSide(text_trunk, cfg.unlock_text_layers > 0), cfg, log)
+    best = max(history, key=lambda m: m["score"])
+    text_tower = f"last {cfg.unlock_text_layers} layers tuned" if cfg.unlock_text_layers else "locked"
+    meta = {"trunk_spec": trunk_spec, "image_tower": "locked", "text_tower": text_tower,
+            "train": {**{k: v for k, v in asdict(cfg).items() if k != "trunk_weights"},
+                      "pairs": len(train.products), "captions": len(train.text), "catalog_meta": catalog.meta,
+                      "seconds_features": round(features_s, 1),
+                      "seconds_total": round(time.perf_counter() - start, 1), "cpu": platform.processor() or
+                      platform.machine(), "threads": torch.get_num_threads(), "precision": encoder.precision},
+            "val": best, "history": history}
+    return pc.save_clip(clip, Path(out_dir) / "model", cfg.config, text_folder, meta)
