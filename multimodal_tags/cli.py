@@ -185,7 +185,7 @@ def cmd_tag(a: argparse.Namespace) -> int:
     from .online.tag_job import TagOptions, tag_catalog
 
     extra = [t.strip() for t in (a.extra_tags or "").split(",") if t.strip()]
-    options = TagOptions(batch_size=a.batch_size, tag_source=a.tag_source, extra_tags=extra)
+    options = TagOptions(batch_size=a.batch_size, tag_source=a.tag_source, extra_tags=extra, clip=a.clip)
     if a.engine == "ray":
         from .online.ray_tag import tag_catalog_ray
 
@@ -199,6 +199,23 @@ def cmd_tag(a: argparse.Namespace) -> int:
     if not stats.kept:
         return _no_products(a.catalog)
     print(f"predictions: {a.out}" + (f"; store: {a.store}" if a.store else ""))
+    return 0
+
+
+def cmd_clip_train(a: argparse.Namespace) -> int:
+    from .data.catalog import read_catalog
+    from .features import default_cache_dir
+    from .train.clip_train import ClipTrainConfig, train_clip
+
+    catalog = read_catalog(a.catalog)
+    print(catalog.report.summary())
+    if not catalog.products:
+        return _no_products(a.catalog)
+    cfg = ClipTrainConfig(epochs=a.epochs, batch_size=a.batch_size, attribute_captions=a.attribute_captions,
+                          holdout_keys=tuple(a.holdout_key or ()), unlock_text_layers=a.unlock_text)
+    folder = train_clip(catalog, a.out, a.cache or default_cache_dir(a.catalog), cfg, a.precision)
+    print(f"CLIP saved to {folder}; use it as the image encoder 'mmtags-clip:{folder}' or with "
+          f"`mmtags tag --extra-tags ... --clip mmtags-clip:{folder}`")
     return 0
 
 
@@ -443,6 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-size", type=int, default=TAG_BATCH_SIZE)
     tag_source(sp)
     sp.add_argument("--extra-tags", help="comma-separated tags scored zero-shot by CLIP image-text similarity")
+    sp.add_argument("--clip", help="the CLIP that scores --extra-tags when the model's image encoder has no text "
+                                   "tower: mmtags-clip:FOLDER (from `mmtags clip train`) or open_clip:ARCH@WEIGHTS")
     sp.add_argument("--engine", choices=("local", "ray"), default="local",
                     help="local: this process (or the processes of `accelerate launch`); ray: a pool of Ray actors "
                          "(pip install 'multimodal_tags[ray]'; joins RAY_ADDRESS when set)")
@@ -450,6 +469,20 @@ def build_parser() -> argparse.ArgumentParser:
     reads_features(sp)
     sp.add_argument("--quiet", action="store_true")
     sp.set_defaults(func=cmd_tag)
+
+    cl = sub.add_parser("clip", help="our CLIP (EfficientNet-Lite0 + MiniLM towers, open_clip) for zero-shot tags")
+    csub = cl.add_subparsers(dest="clip_command", required=True)
+    sp = csub.add_parser("train", help="train it on a catalog's photo-name pairs (locked towers, ClipLoss)")
+    sp.add_argument("--catalog", required=True)
+    sp.add_argument("--out", required=True, help="run folder; the CLIP goes to OUT/model")
+    sp.add_argument("--cache", help="feature cache (default: features-cache beside the catalog)")
+    sp.add_argument("--epochs", type=int, default=8)
+    sp.add_argument("--batch-size", type=int, default=1024)
+    sp.add_argument("--attribute-captions", action="store_true", help="pair photos with tag phrases too")
+    sp.add_argument("--holdout-key", action="append", help="a tag key never shown in captions (repeatable)")
+    sp.add_argument("--unlock-text", type=int, default=0, help="also tune the last N layers of the text tower")
+    sp.add_argument("--precision", default="auto", help="encoders' inference precision: auto, fp32, bf16")
+    sp.set_defaults(func=cmd_clip_train)
 
     sp = sub.add_parser("refresh", help="re-tag only new/changed products (and all when the model changed)")
     model_on_catalog(sp)

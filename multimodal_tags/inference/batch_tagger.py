@@ -12,6 +12,8 @@ import torch
 from ..data.feature_cache import FeatureCache
 from ..files import file_sha256
 from ..data.schema import Product
+from ..features.encode import encode_images, load_features
+from ..features.encoders import EncoderSet
 from ..features.settings import RunSettings
 from ..features.source import FeatureSource
 from ..models.tagger import RawPrediction, Tagger
@@ -37,24 +39,41 @@ class BatchTagger:
         self.tag_source = resolve_tag_source(tag_source, self.model.decoder is not None, str(model_dir))
         self.encoders = settings.encoders_for(self.model.cfg)
         self.zero_shot: ZeroShotTags | None = None  # see enable_zero_shot
+        self.zero_shot_encoder = None  # the CLIP image encoder whose text tower scores them
+        self.settings = settings
 
     def enable_zero_shot(self, tags: list[str], calibration: Sequence[Product], image_root: Path,
-                         log: Callable[[str], None] = print) -> None:
-        """Score `tags` by CLIP image-text similarity too; thresholds from `calibration` products that
-        carry labels for them (ZeroShotUnavailable without a CLIP image encoder)."""
-        encoder = self.encoders.image
+                         log: Callable[[str], None] = print, clip: str | None = None) -> None:
+        """Score `tags` by CLIP image-text similarity too, with the model's own CLIP image encoder or the
+        CLIP named by `clip` (an image encoder spec, e.g. mmtags-clip:FOLDER); thresholds from
+        `calibration` products that carry labels for them (ZeroShotUnavailable without a CLIP)."""
+        encoder = EncoderSet(image_spec=clip, precision=self.settings.precision,
+                             allow_random_weights=self.settings.allow_random_weights).image if clip \
+            else self.encoders.image
         if encoder is None:
-            raise ZeroShotUnavailable("zero-shot tags need an image encoder; this model has none")
-        self.zero_shot = ZeroShotTags.build(encoder, tags)
+            raise ZeroShotUnavailable("zero-shot tags need a CLIP image encoder; this model has no image encoder "
+                                      "(pass --clip mmtags-clip:FOLDER)")
+        self.zero_shot, self.zero_shot_encoder = ZeroShotTags.build(encoder, tags), encoder
         labelled = [p for p in calibration if p.image and set(p.tags) & set(tags)]
         if not labelled:
             log("zero-shot tags: no labelled validation products; thresholds are uncalibrated")
             return
-        source = self.features(labelled, image_root)
-        keep = source.has_image.numpy()
+        x, keep = self._clip_vectors(labelled, image_root)
         y = np.array([[t in p.tags for t in tags] for p in labelled])[keep]
-        self.zero_shot.calibrate(source.image.numpy()[keep], y)
+        self.zero_shot.calibrate(x[keep], y)
         log(f"zero-shot tags calibrated on {int(keep.sum())} labelled validation products")
+
+    def _clip_vectors(self, products: Sequence[Product], image_root: Path,
+                      source: FeatureSource | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(CLIP photo vectors, has-photo mask): the model's own features when its image encoder is the
+        CLIP, else the CLIP's vectors through the feature cache."""
+        if self.zero_shot_encoder is self.encoders.image:
+            source = source or self.features(products, image_root)
+            return source.image.numpy(), source.has_image.numpy()
+        with FeatureCache(self.cache_dir) as cache:
+            encode_images(products, self.zero_shot_encoder, cache, image_root, num_workers=0, progress=False)
+            feats = load_features(products, cache, None, self.zero_shot_encoder.cache_key())
+        return feats["image"], feats["has_image"]
 
     def features(self, products: Sequence[Product], image_root: Path) -> FeatureSource:
         """The products' features, encoding what the cache lacks."""
@@ -72,12 +91,12 @@ class BatchTagger:
         source = self.features(products, image_root)
         raw = self.model.predict_raw(source.batch(), generate=self.tag_source != "head")
         rows = prediction_rows(products, self.model.prediction_dicts(raw), self.tag_source, self.model_id)
-        if self.zero_shot is not None and self.encoders.image is not None:
-            self._add_zero_shot(rows, source)
+        if self.zero_shot is not None:
+            self._add_zero_shot(rows, self._clip_vectors(products, image_root, source))
         return rows, raw
 
-    def _add_zero_shot(self, rows: list[dict], source: FeatureSource) -> None:
-        extra_tags = self.zero_shot.predict(source.image.numpy(), source.has_image.numpy())
+    def _add_zero_shot(self, rows: list[dict], clip_vectors: tuple[np.ndarray, np.ndarray]) -> None:
+        extra_tags = self.zero_shot.predict(*clip_vectors)
         for row, extra in zip(rows, extra_tags):
             for tag, sim in extra.items():
                 if tag not in row["tag_scores"]:

@@ -42,6 +42,7 @@ class TagOptions:
     image_root: str | Path | None = None  # None: the catalog's meta, else its folder
     limits: Limits | None = None
     extra_tags: list[str] = field(default_factory=list)  # scored zero-shot by CLIP similarity (tag only)
+    clip: str | None = None  # the CLIP that scores extra_tags (image encoder spec); None: the model's own
 
 
 @dataclass
@@ -220,7 +221,7 @@ def _tag_stream(model_dir, catalog_path: Path, out: Path, store_path, settings: 
     root = image_root_for(catalog_path, options.image_root)
     if options.extra_tags:
         tagger.enable_zero_shot(options.extra_tags, _calibration_products(catalog_path, root, options.limits), root,
-                                settings.log)
+                                settings.log, clip=options.clip)
     stats, t0 = TagStats(), time.perf_counter()
     done, last_id = _resume_point(out, options.batch_size)
     stats.resumed_after = done
