@@ -47,3 +47,12 @@ def test_decoder_threshold_drops_unsure_generated_tags_when_that_raises_micro_f1
     assert tune_decoder_threshold(model, preds, products) == pytest.approx(0.35)
     assert float(model.decoder_threshold) == pytest.approx(0.35)
     assert preds == [{"generated_tags": {"a": 0.9}}, {"generated_tags": {"b": 0.8}}]
+
+
+def test_retrieval_recall_counts_the_rank_of_the_right_item():
+    from multimodal_tags.metrics import retrieval_recall
+
+    sim = [[0.9, 0.1, 0.0],   # right item first
+           [0.8, 0.5, 0.1],   # right item second
+           [0.7, 0.6, 0.2]]   # right item third
+    assert retrieval_recall(sim, (1, 2, 3)) == {1: 1 / 3, 2: 2 / 3, 3: 1.0}

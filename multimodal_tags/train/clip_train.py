@@ -266,7 +266,8 @@ def train_clip(catalog: Catalog, out_dir: str | Path, cache_dir: str | Path, cfg
     text_tower = f"last {cfg.unlock_text_layers} layers tuned" if cfg.unlock_text_layers else "locked"
     meta = {"trunk_spec": trunk_spec, "image_tower": "locked", "text_tower": text_tower,
             "train": {**{k: v for k, v in asdict(cfg).items() if k != "trunk_weights"},
-                      "pairs": len(train.products), "captions": len(train.text), "catalog_meta": catalog.meta,
+                      "pairs": len(train.products), "captions": len(train.text),
+                      "catalog": {k: catalog.meta.get(k) for k in ("source", "benchmark", "text_version")},
                       "seconds_features": round(features_s, 1),
                       "seconds_total": round(time.perf_counter() - start, 1), "cpu": platform.processor() or
                       platform.machine(), "threads": torch.get_num_threads(), "precision": encoder.precision},
