@@ -212,7 +212,8 @@ def cmd_clip_train(a: argparse.Namespace) -> int:
     if not catalog.products:
         return _no_products(a.catalog)
     cfg = ClipTrainConfig(epochs=a.epochs, batch_size=a.batch_size, attribute_captions=a.attribute_captions,
-                          holdout_keys=tuple(a.holdout_key or ()), unlock_text_layers=a.unlock_text)
+                          holdout_keys=tuple(a.holdout_key or ()), unlock_text_layers=a.unlock_text,
+                          unlock_image_stages=a.unlock_image)
     folder = train_clip(catalog, a.out, a.cache or default_cache_dir(a.catalog), cfg, a.precision)
     print(f"CLIP saved to {folder}; use it as the image encoder 'mmtags-clip:{folder}' or with "
           f"`mmtags tag --extra-tags ... --clip mmtags-clip:{folder}`")
@@ -481,6 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--attribute-captions", action="store_true", help="pair photos with tag phrases too")
     sp.add_argument("--holdout-key", action="append", help="a tag key never shown in captions (repeatable)")
     sp.add_argument("--unlock-text", type=int, default=0, help="also tune the last N layers of the text tower")
+    sp.add_argument("--unlock-image", type=int, default=0,
+                    help="also tune the last N stages of the image trunk (+ conv_head), on cached maps")
     sp.add_argument("--precision", default="auto", help="encoders' inference precision: auto, fp32, bf16")
     sp.set_defaults(func=cmd_clip_train)
 

@@ -146,3 +146,23 @@ def test_tag_extra_tags_with_a_separate_clip(clip_run, tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     zero_shot = {t for r in rows for t, src in r["tag_sources"].items() if src == "zero-shot"}
     assert zero_shot and zero_shot <= {"floral print", "v-neck"}
+
+
+def test_unlocked_towers_train_their_last_layers(clip_run, tmp_path):
+    from multimodal_tags.models.encoder_base import state_dict_hash
+
+    text_folder, trunk = _tiny_towers(tmp_path / "tiny-bert")
+    cfg = ClipTrainConfig(config="mmtags-tiny", epochs=2, batch_size=32, lr=3e-3, tower_lr=1e-2, text_folder=str(text_folder),
+                          trunk_weights=trunk, unlock_image_stages=1, unlock_text_layers=1)
+    folder = train_clip(read_catalog(clip_run["catalog"]), tmp_path / "clip", tmp_path / "cache", cfg,
+                        precision="fp32", log=lambda s: None)
+    meta = json.loads((folder / pc.META_FILE).read_text())
+    assert meta["image_tower"].startswith("last 1 stages") and meta["text_tower"].startswith("last 1 layers")
+    assert list((tmp_path / "cache").glob("clip-maps-*.pt"))  # the frozen part ran once, saved for reruns
+    tuned, _, _ = pc.load_clip(folder)
+    original = pc.build_clip("mmtags-tiny", text_folder, trunk)
+    assert state_dict_hash(tuned.visual.trunk.blocks[-1]) != state_dict_hash(original.visual.trunk.blocks[-1])
+    assert state_dict_hash(tuned.visual.trunk.blocks[0]) == state_dict_hash(original.visual.trunk.blocks[0])
+    layers = tuned.text.transformer.encoder.layer, original.text.transformer.encoder.layer
+    assert state_dict_hash(layers[0][-1]) != state_dict_hash(layers[1][-1])
+    assert state_dict_hash(layers[0][0]) == state_dict_hash(layers[1][0])

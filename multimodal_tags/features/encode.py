@@ -96,7 +96,7 @@ def encode_text_items(texts: dict[str, str], encoder: HFTextEncoder, cache: Feat
     return stats
 
 
-class _ImageFiles(Dataset):
+class ImageFiles(Dataset):
     """(image hash, pixels or None, error) for each image to encode; decoding runs in workers."""
 
     def __init__(self, items: list[tuple[str, str]], root: Path, transform, augment_view: int | None = None):
@@ -117,7 +117,7 @@ class _ImageFiles(Dataset):
             return image_hash, None, str(e)
 
 
-def _collate(batch):
+def collate_images(batch):
     return batch  # pixels are stacked after dropping failures
 
 
@@ -145,8 +145,8 @@ def encode_images(products: Sequence[Product], encoder: ImageEncoder, cache: Fea
         return _encode_through_trunk(products, encoder, cache, key, todo, image_root, stats,
                                      batch_size=batch_size, num_workers=num_workers, progress=progress)
     start = time.perf_counter()
-    loader = DataLoader(_ImageFiles([(h, refs[h]) for h in todo], Path(image_root), encoder.transform, augment_view),
-                        batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
+    loader = DataLoader(ImageFiles([(h, refs[h]) for h in todo], Path(image_root), encoder.transform, augment_view),
+                        batch_size=batch_size, num_workers=num_workers, collate_fn=collate_images)
     encoder.eval()
     with tqdm(total=len(todo), desc=f"image {encoder.spec}", unit="img", disable=not progress) as bar:
         for batch in loader:

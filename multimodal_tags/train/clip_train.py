@@ -3,8 +3,8 @@
 Locked-image tuning (LiT) first: both pretrained towers stay frozen and only the two projections and
 the temperature train, on cached tower outputs (the photos' EfficientNet-Lite0 vectors come from the
 feature cache, shared with the `effnet-lite0` encoder; the captions' MiniLM vectors are cached too),
-so an epoch over 35k pairs takes seconds. `train/clip_unlocked.py` then tunes the last blocks of
-each tower. Each photo is paired with its product name and, optionally, two phrases built from its
+so an epoch over 35k pairs takes seconds. Optionally the last layers of the text tower and the last
+stages of the image trunk are tuned too (`unlock_text_layers`, `unlock_image_stages`; train/clip_image_side.py). Each photo is paired with its product name and, optionally, two phrases built from its
 tags ("white, printed, summer" and "white colour, printed pattern, summer season"); tag keys named in
 `holdout_keys` never appear in a caption (open-vocabulary evaluation). The checkpoint with the best
 validation score (mean of zero-shot category accuracy and text->image recall@10) is saved.
@@ -31,6 +31,7 @@ from ..metrics import retrieval_recall
 from ..models import product_clip as pc
 from ..models.text_encoders import packaged_minilm_dir
 from ..models.zero_shot import TEMPLATES, tag_prompts
+from .clip_image_side import ImageSide
 
 
 @dataclass
@@ -44,7 +45,8 @@ class ClipTrainConfig:
     # gave better zero-shot category accuracy and retrieval; docs/clip.md)
     attribute_captions: bool = False
     holdout_keys: tuple[str, ...] = ()  # tag keys kept out of every caption
-    unlock_text_layers: int = 0  # >0: also tune the last N layers of the text tower (open_clip's lock_text_tower)
+    unlock_text_layers: int = 0  # >0: also tune the last N layers of the text tower
+    unlock_image_stages: int = 0  # >0: also tune the last N stages of the EfficientNet trunk (+ conv_head)
     tower_lr: float = 5e-5  # learning rate of unlocked tower layers
     seed: int = 0
     text_folder: str | None = None  # the text tower's BERT folder (None: the packaged MiniLM-L6)
@@ -70,7 +72,7 @@ class PairFeatures:
     """Tower outputs of one split: photo trunk vectors, caption vectors, and which captions each photo has."""
 
     products: list[Product]
-    image: torch.Tensor  # [n, trunk dim]
+    image: torch.Tensor  # [n, trunk dim] trunk vectors, or [n, C, H, W] maps when the trunk's tail is unlocked
     text: torch.Tensor  # [captions, text dim], cached text-tower vectors (stale once the tower is unlocked)
     captions: list[list[int]]  # per product, rows of `text`; the first is the name
     texts: list[str] = field(default_factory=list)  # the captions themselves, row by row
@@ -91,19 +93,31 @@ def text_vectors(texts: Sequence[str], trunk: pc.ClipTextTrunk, cache: FeatureCa
     return torch.from_numpy(vectors)
 
 
-def pair_features(products: list[Product], encoder: pc.ProductClipEncoder, trunk: pc.ClipTextTrunk,
-                  cache: FeatureCache, image_root: Path, cfg: ClipTrainConfig) -> PairFeatures:
-    """Encode (or fetch) the trunk vectors of the products' photos and captions; drops failed photos."""
+def _photo_inputs(products: list[Product], encoder: pc.ProductClipEncoder, image_side: ImageSide,
+                  cache: FeatureCache, image_root: Path) -> tuple[torch.Tensor, np.ndarray]:
+    """(what the image side starts from: trunk vectors, or the unlocked tail's input maps; rows kept)."""
     image_trunk = encoder.trunk_encoder()
+    if image_side.stages:
+        maps, ok = image_side.maps(products, encoder.transform, image_root, cache.folder, image_trunk.cache_key(),
+                                   encoder.autocast)
+        return maps, np.nonzero(ok)[0]
     encode_images(products, image_trunk, cache, image_root, progress=False)
     feats = load_features(products, cache, None, image_trunk.cache_key())
     keep = np.nonzero(feats["has_image"])[0]
+    return torch.from_numpy(feats["image"][keep]), keep
+
+
+def pair_features(products: list[Product], encoder: pc.ProductClipEncoder, trunk: pc.ClipTextTrunk,
+                  cache: FeatureCache, image_root: Path, cfg: ClipTrainConfig,
+                  image_side: ImageSide | None = None) -> PairFeatures:
+    """Encode (or fetch) the photo inputs and caption vectors of the products; drops failed photos."""
+    image, keep = _photo_inputs(products, encoder, image_side or ImageSide(encoder.clip), cache, image_root)
     products = [products[i] for i in keep]
     captions = [product_captions(p, cfg.attribute_captions, cfg.holdout_keys) for p in products]
     texts = list(dict.fromkeys(t for c in captions for t in c))
     row = {t: i for i, t in enumerate(texts)}
-    return PairFeatures(products, torch.from_numpy(feats["image"][keep]), text_vectors(texts, trunk, cache),
-                        [[row[t] for t in c] for c in captions], texts)
+    return PairFeatures(products, image, text_vectors(texts, trunk, cache), [[row[t] for t in c] for c in captions],
+                        texts)
 
 
 def project_text(clip, text_trunk_vectors: torch.Tensor) -> torch.Tensor:
@@ -149,10 +163,10 @@ class Prompts:
 
 
 @torch.no_grad()
-def validate(clip, val: PairFeatures, prompts: Prompts, text_side: TextSide) -> dict[str, float]:
+def validate(clip, val: PairFeatures, prompts: Prompts, text_side: TextSide, image_side: ImageSide) -> dict:
     """Zero-shot category accuracy and name<->photo retrieval on held-out pairs."""
     clip.eval()
-    img = project_image(clip, val.image)
+    img = project_image(clip, image_side.vectors(val.image, list(range(len(val.products)))))
     names = project_text(clip, text_side.vectors(val.text, val.texts, [c[0] for c in val.captions]))
     cls = class_vectors(clip, text_side.vectors(prompts.vectors, prompts.texts, list(range(len(prompts.texts)))),
                         len(TEMPLATES))
@@ -185,10 +199,10 @@ def lock_text_tower(clip, unlocked_layers: int) -> None:
             p.requires_grad = True
 
 
-def _optimizer(clip, cfg: ClipTrainConfig) -> torch.optim.Optimizer:
-    """Projections at `lr`, unlocked text-tower layers at `tower_lr`, the temperature without decay."""
+def _optimizer(clip, cfg: ClipTrainConfig, image_side: ImageSide) -> torch.optim.Optimizer:
+    """Projections at `lr`, unlocked tower layers at `tower_lr`, the temperature without decay."""
     lock_text_tower(clip, cfg.unlock_text_layers)
-    tower = [p for p in clip.text.transformer.parameters() if p.requires_grad]
+    tower = [p for p in clip.text.transformer.parameters() if p.requires_grad] + image_side.parameters()
     params = [*clip.visual.head.parameters(), *clip.text.proj.parameters()]
     groups = [{"params": params, "weight_decay": cfg.weight_decay},
               {"params": [clip.logit_scale], "weight_decay": 0.0}]
@@ -198,14 +212,15 @@ def _optimizer(clip, cfg: ClipTrainConfig) -> torch.optim.Optimizer:
 
 
 def train_projections(clip, train: PairFeatures, val: PairFeatures, prompts: Prompts, text_side: TextSide,
-                      cfg: ClipTrainConfig, log: Callable[[str], None]) -> list[dict]:
-    """Train the projections and the temperature (and unlocked text layers) with open_clip's ClipLoss;
+                      cfg: ClipTrainConfig, log: Callable[[str], None], image_side: ImageSide | None = None) -> list:
+    """Train the projections and the temperature (and unlocked tower layers) with open_clip's ClipLoss;
     keeps the best epoch by validation score."""
     import open_clip
 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    opt = _optimizer(clip, cfg)
+    image_side = image_side or ImageSide(clip)
+    opt = _optimizer(clip, cfg, image_side)
     steps = cfg.epochs * math.ceil(len(train.products) / cfg.batch_size)
     warmup = max(1, steps // 20)  # 5% linear warm-up, then cosine decay
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -218,7 +233,8 @@ def train_projections(clip, train: PairFeatures, val: PairFeatures, prompts: Pro
         for s in range(0, len(order), cfg.batch_size):
             idx = order[s:s + cfg.batch_size]
             text = text_side.vectors(train.text, train.texts, caption[idx].tolist(), grad=True)
-            loss = loss_fn(project_image(clip, train.image[idx]), project_text(clip, text), clip.logit_scale.exp())
+            image = image_side.vectors(train.image, idx.tolist(), grad=True)
+            loss = loss_fn(project_image(clip, image), project_text(clip, text), clip.logit_scale.exp())
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -226,7 +242,8 @@ def train_projections(clip, train: PairFeatures, val: PairFeatures, prompts: Pro
             with torch.no_grad():
                 clip.logit_scale.clamp_(0, math.log(100))
             losses.append(loss.item())
-        metrics = {"epoch": epoch + 1, "loss": float(np.mean(losses)), **validate(clip, val, prompts, text_side)}
+        metrics = {"epoch": epoch + 1, "loss": float(np.mean(losses)),
+                   **validate(clip, val, prompts, text_side, image_side)}
         history.append(metrics)
         log(f"clip epoch {epoch + 1}/{cfg.epochs}: loss {metrics['loss']:.3f}, val zero-shot category "
             f"{metrics['zero_shot_category_acc']:.4f}, t2i R@10 {metrics['t2i_r10']:.4f}")
@@ -249,22 +266,26 @@ def train_clip(catalog: Catalog, out_dir: str | Path, cache_dir: str | Path, cfg
     text_folder = Path(cfg.text_folder) if cfg.text_folder else packaged_minilm_dir()
     clip = pc.build_clip(cfg.config, text_folder, cfg.trunk_weights)
     tokenizer = pc.clip_tokenizer(text_folder, pc.model_config(cfg.config)["text_cfg"].get("context_length", 32))
-    trunk_spec = "effnet-lite0" if cfg.trunk_weights is None else f"{cfg.config}-trunk"
+    image_side = ImageSide(clip, cfg.unlock_image_stages)
+    trunk_spec = ("effnet-lite0" if cfg.trunk_weights is None else f"{cfg.config}-trunk") + \
+        ("-tuned" if cfg.unlock_image_stages else "")  # a name only: the cache key has the weights' hash
     encoder = pc.ProductClipEncoder(f"{pc.SPEC_PREFIX}training", clip, tokenizer, {"trunk_spec": trunk_spec})
     encoder.set_precision(precision)
     text_trunk = pc.ClipTextTrunk(clip, tokenizer).set_precision(precision)
     categories = sorted({p.category for p in split_products(catalog, "train") if p.category})
     with FeatureCache(cache_dir) as cache:
-        train = pair_features(split_products(catalog, "train"), encoder, text_trunk, cache, catalog.image_root, cfg)
-        val = pair_features(split_products(catalog, "val"), encoder, text_trunk, cache, catalog.image_root, cfg)
+        train, val = (pair_features(split_products(catalog, split), encoder, text_trunk, cache, catalog.image_root, cfg,
+                                    image_side) for split in ("train", "val"))
         prompts = category_prompts(categories, text_trunk, cache)
     features_s = time.perf_counter() - start
     log(f"clip features: {len(train.products)} train and {len(val.products)} val pairs, {len(train.text)} "
         f"captions, {features_s:.0f}s")
-    history = train_projections(clip, train, val, prompts, TextSide(text_trunk, cfg.unlock_text_layers > 0), cfg, log)
+    history = train_projections(clip, train, val, prompts, TextSide(text_trunk, cfg.unlock_text_layers > 0), cfg, log,
+                                image_side)
     best = max(history, key=lambda m: m["score"])
     text_tower = f"last {cfg.unlock_text_layers} layers tuned" if cfg.unlock_text_layers else "locked"
-    meta = {"trunk_spec": trunk_spec, "image_tower": "locked", "text_tower": text_tower,
+    image_tower = f"last {cfg.unlock_image_stages} stages + conv_head tuned" if cfg.unlock_image_stages else "locked"
+    meta = {"trunk_spec": trunk_spec, "image_tower": image_tower, "text_tower": text_tower,
             "train": {**{k: v for k, v in asdict(cfg).items() if k != "trunk_weights"},
                       "pairs": len(train.products), "captions": len(train.text),
                       "catalog": {k: catalog.meta.get(k) for k in ("source", "benchmark", "text_version")},
