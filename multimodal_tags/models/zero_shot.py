@@ -1,7 +1,7 @@
 """Zero-shot tags: score tags the model was never trained on by CLIP image-text similarity.
 
-Needs a CLIP image encoder (its text tower embeds a prompt per tag); the image side reuses the
-cached CLIP image vectors. With labelled validation products, each tag gets the similarity
+Needs a CLIP image encoder (its text tower embeds an ensemble of prompts per tag); the image side
+reuses the cached CLIP image vectors. With labelled validation products, each tag gets the similarity
 threshold that maximises its F1 there; without labels, a tag is predicted when a photo is unusually
 similar to it (1.5 standard deviations above the tag's mean over the scored photos), reported as
 uncalibrated.
