@@ -149,7 +149,8 @@ def _without_key(catalog_path: Path, key: str) -> Path:
     for p in catalog.products:
         p.tags = [t for t in p.tags if t.partition(":")[0] != key]
     out = catalog_path.with_name(f"{catalog_path.stem}-without-{key.replace(' ', '-')}.jsonl")
-    write_catalog(catalog.products, out, meta=catalog.meta)
+    meta = dict(catalog.meta, tag_vocab=[t for t in catalog.meta.get("tag_vocab", []) if t.partition(":")[0] != key])
+    write_catalog(catalog.products, out, meta=meta)
     return out
 
 
