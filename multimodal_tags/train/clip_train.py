@@ -4,7 +4,8 @@ Locked-image tuning (LiT) first: both pretrained towers stay frozen and only the
 the temperature train, on cached tower outputs (the photos' EfficientNet-Lite0 vectors come from the
 feature cache, shared with the `effnet-lite0` encoder; the captions' MiniLM vectors are cached too),
 so an epoch over 35k pairs takes seconds. Optionally the last layers of the text tower and the last
-stages of the image trunk are tuned too (`unlock_text_layers`, `unlock_image_stages`; train/clip_image_side.py). Each photo is paired with its product name and, optionally, two phrases built from its
+stages of the image trunk are tuned too (`unlock_text_layers`, `unlock_image_stages`;
+train/clip_image_side.py). Each photo is paired with its product name and, optionally, two phrases built from its
 tags ("white, printed, summer" and "white colour, printed pattern, summer season"); tag keys named in
 `holdout_keys` never appear in a caption (open-vocabulary evaluation). The checkpoint with the best
 validation score (mean of zero-shot category accuracy and text->image recall@10) is saved.
