@@ -29,15 +29,16 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from myntra_benchmark import _catalog, _Log, _markdown, _train_all  # noqa: E402
+from myntra_benchmark import _catalog, _Log, _markdown, _run_dir, _train_all  # noqa: E402
 
 from multimodal_tags.config import TrainConfig  # noqa: E402
 from multimodal_tags.data.catalog import read_catalog, write_catalog  # noqa: E402
 from multimodal_tags.data.feature_cache import FeatureCache  # noqa: E402
-from multimodal_tags.features.encode import encode_images, load_features  # noqa: E402
+from multimodal_tags.features.encode import encode_and_load  # noqa: E402
 from multimodal_tags.metrics import prf, retrieval_recall  # noqa: E402
 from multimodal_tags.models.factory import create_image_encoder  # noqa: E402
 from multimodal_tags.models.presets import get_preset  # noqa: E402
+from multimodal_tags.models.tag_tokenizer import tag_key  # noqa: E402
 from multimodal_tags.models.product_clip import SPEC_PREFIX, WITH_TRUNK  # noqa: E402
 from multimodal_tags.models.zero_shot import ZeroShotTags  # noqa: E402
 from multimodal_tags.train.clip_train import ClipTrainConfig, train_clip  # noqa: E402
@@ -63,8 +64,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def _image_vectors(encoder, products, cache: FeatureCache, root: Path) -> tuple[np.ndarray, np.ndarray]:
     """L2-normalised CLIP photo vectors (through the feature cache) and the has-photo mask."""
-    encode_images(products, encoder, cache, root, progress=False)
-    feats = load_features(products, cache, None, encoder.cache_key())
+    feats = encode_and_load(products, cache, root, image_encoder=encoder)
     x = feats["image"]
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12), feats["has_image"]
 
@@ -90,7 +90,7 @@ def _key_values(products, key: str) -> list[str]:
     for p in products:
         if p.split == "train":
             for t in p.tags:
-                if t.partition(":")[0] == key:
+                if tag_key(t) == key:
                     counts[t] = counts.get(t, 0) + 1
     return sorted(counts, key=lambda t: -counts[t])
 
@@ -147,9 +147,9 @@ def _without_key(catalog_path: Path, key: str) -> Path:
     """The catalog with every tag of `key` removed (the tagger never learns it)."""
     catalog = read_catalog(catalog_path)
     for p in catalog.products:
-        p.tags = [t for t in p.tags if t.partition(":")[0] != key]
+        p.tags = [t for t in p.tags if tag_key(t) != key]
     out = catalog_path.with_name(f"{catalog_path.stem}-without-{key.replace(' ', '-')}.jsonl")
-    meta = dict(catalog.meta, tag_vocab=[t for t in catalog.meta.get("tag_vocab", []) if t.partition(":")[0] != key])
+    meta = dict(catalog.meta, tag_vocab=[t for t in catalog.meta.get("tag_vocab", []) if tag_key(t) != key])
     write_catalog(catalog.products, out, meta=meta)
     return out
 
@@ -172,7 +172,7 @@ def _tagger_jobs(a, out: Path, catalog: Path, cache: Path, clip_dir: Path) -> li
             ("image only, EfficientNet", catalog, image_only),
             (f"fused, CLIP beside EfficientNet, without {HOLDOUT_KEY}", _without_key(catalog, HOLDOUT_KEY),
              dataclasses.replace(fused, image_encoder=beside, image_dim=1280 + dim))]
-    return [{"name": name, "out": str(out), "run_dir": str(out / "runs" / name.replace(", ", "_").replace(" ", "-")),
+    return [{"name": name, "out": str(out), "run_dir": str(_run_dir(out, name)),
              "catalog": str(cat), "cache": str(cache), "cfg": cfg, "tcfg": dataclasses.replace(tcfg),
              "modalities": "both", "finetune": None, "hide_modalities": False} for name, cat, cfg in runs]
 

@@ -12,7 +12,7 @@ import torch
 from ..data.feature_cache import FeatureCache
 from ..files import file_sha256
 from ..data.schema import Product
-from ..features.encode import encode_images, load_features
+from ..features.encode import encode_and_load
 from ..features.encoders import EncoderSet
 from ..features.settings import RunSettings
 from ..features.source import FeatureSource
@@ -71,8 +71,7 @@ class BatchTagger:
             source = source or self.features(products, image_root)
             return source.image.numpy(), source.has_image.numpy()
         with FeatureCache(self.cache_dir) as cache:
-            encode_images(products, self.zero_shot_encoder, cache, image_root, num_workers=0, progress=False)
-            feats = load_features(products, cache, None, self.zero_shot_encoder.cache_key())
+            feats = encode_and_load(products, cache, image_root, image_encoder=self.zero_shot_encoder, num_workers=0)
         return feats["image"], feats["has_image"]
 
     def features(self, products: Sequence[Product], image_root: Path) -> FeatureSource:

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data.schema import Product
+from ..files import replacing
 from ..features.encode import ImageFiles, collate_images
 
 
@@ -77,5 +78,6 @@ class ImageSide:
                     out.append(self.head_input(torch.stack(pixels)).half())
         maps = torch.cat(out)
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"maps": maps, "ok": torch.tensor(ok)}, path)
+        with replacing(path) as f:  # an interrupted run leaves no half-written maps to load next time
+            torch.save({"maps": maps, "ok": torch.tensor(ok)}, f)
         return maps, ok

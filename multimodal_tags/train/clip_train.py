@@ -27,7 +27,7 @@ import torch
 from ..data.catalog import Catalog
 from ..data.feature_cache import FeatureCache
 from ..data.schema import Product
-from ..features.encode import EncodeStats, encode_images, encode_text_items, load_features
+from ..features.encode import EncodeStats, encode_and_load, encode_text_items, register
 from ..metrics import retrieval_recall
 from ..models import product_clip as pc
 from ..models.text_encoders import packaged_minilm_dir
@@ -86,8 +86,7 @@ def split_products(catalog: Catalog, split: str) -> list[Product]:
 def text_vectors(texts: Sequence[str], trunk: pc.ClipTextTrunk, cache: FeatureCache) -> torch.Tensor:
     """Pooled text-tower vectors of `texts` (cached under the text trunk's key)."""
     items = {_text_key(t): t for t in texts}
-    key = trunk.cache_key()
-    cache.register(key, trunk.spec, trunk.dim, trunk.describe())
+    key = register(cache, trunk)
     encode_text_items(items, trunk, cache, key, EncodeStats("text", trunk.spec), batch_size=256, progress=False)
     vectors, found = cache.get(key, [_text_key(t) for t in texts])
     assert found.all(), "every caption was just encoded"
@@ -102,8 +101,7 @@ def _photo_inputs(products: list[Product], encoder: pc.ProductClipEncoder, image
         maps, ok = image_side.maps(products, encoder.transform, image_root, cache.folder, image_trunk.cache_key(),
                                    encoder.autocast)
         return maps, np.nonzero(ok)[0]
-    encode_images(products, image_trunk, cache, image_root, progress=False)
-    feats = load_features(products, cache, None, image_trunk.cache_key())
+    feats = encode_and_load(products, cache, image_root, image_encoder=image_trunk)
     keep = np.nonzero(feats["has_image"])[0]
     return torch.from_numpy(feats["image"][keep]), keep
 
