@@ -165,6 +165,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                     help="train separate text-only and image-only models (default: hide a modality of the fused "
                          "models at inference, which costs no training)")
     ap.add_argument("--jobs", type=int, default=2, help="runs trained at once, in worker processes (1: in this one)")
+    ap.add_argument("--image-size", type=int, help="photo side in pixels (default: the image encoder's own, 224)")
     ap.add_argument("--quick", action="store_true", help="a small subset and 2 epochs, for tests")
     return ap.parse_args(argv)
 
@@ -174,6 +175,8 @@ def _plan(a: argparse.Namespace, out: Path, catalog: Path, cache: Path, log) -> 
     tcfg = TrainConfig(epochs=2 if a.quick else a.epochs, batch_size=64 if a.quick else 256, lr=1e-3, patience=3)
     ft = FinetuneConfig(epochs=a.finetune_epochs, max_products=200 if a.quick else a.finetune_products)
     cfg = get_preset("offline")
+    if a.image_size:
+        cfg = dataclasses.replace(cfg, image_size=a.image_size)
     if a.quick:  # a small lexical table keeps --quick quick
         cfg = dataclasses.replace(cfg, lexical_buckets=1 << 14)
     # the fused models; text-only and image-only rows come from hiding a modality of each fused model at

@@ -73,8 +73,8 @@ def cmd_features(a: argparse.Namespace) -> int:
     if not catalog.products:
         return _no_products(a.catalog)
     cache_dir = Path(a.cache) if a.cache else default_cache_dir(a.catalog)
-    encoders = EncoderSet(a.text_encoder, a.image_encoder, a.max_length, a.precision, a.allow_random_weights,
-                          device=a.device if a.device != "auto" else default_device())
+    encoders = EncoderSet(a.text_encoder, a.image_encoder, a.max_length, a.image_size, a.precision,
+                          a.allow_random_weights, device=a.device if a.device != "auto" else default_device())
     all_stats = []
     with FeatureCache(cache_dir) as cache:
         if encoders.text is not None:
@@ -406,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-size", type=int, default=64)
     sp.add_argument("--workers", type=int, default=1, help="image decoding processes")
     sp.add_argument("--max-length", type=int, default=128, help="text tokens per product")
+    sp.add_argument("--image-size", type=int, help="photo side in pixels (default: the image encoder's own)")
     sp.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16 (part of the cache key)")
     sp.add_argument("--device", default="auto")
     sp.add_argument("--allow-random-weights", action="store_true", help="accept tiny-*/@random encoders")

@@ -32,6 +32,9 @@ class ModelConfig:
     text_dim: int = 384  # width of the text encoder's pooled vector
     text_max_length: int = 128  # tokens per product text seen by the text encoder (part of the cache key)
     image_dim: int = 1280  # width of the image encoder's pooled vector
+    # photo side in pixels the image encoder sees (None: its default, 224 for EfficientNet-Lite0); part of
+    # the cache key. Myntra's photos are 60x80: docs/performance.md measures tag F1 and speed per size.
+    image_size: int | None = None
     lexical_buckets: int = 0  # >0: add a trained hashed word/bigram branch to the text side (see models/lexical.py)
     lexical_dim: int = 128  # width of that branch's vector
     # stack a TF-IDF linear SVM's per-tag scores under the model (models/word_scores.py; needs the lexical

@@ -21,6 +21,7 @@ class EncoderSet:
     text_spec: str = "none"
     image_spec: str = "none"
     text_max_length: int = 128
+    image_size: int | None = None  # photo side in pixels (None: the image encoder's default)
     precision: str = "auto"
     allow_random_weights: bool = False
     device: str | None = None  # None: where the factory puts them (the CPU)
@@ -31,8 +32,8 @@ class EncoderSet:
     @classmethod
     def for_model(cls, cfg: ModelConfig, precision: str = "auto", allow_random_weights: bool = False) -> "EncoderSet":
         """The encoders a model config was trained on."""
-        return cls(cfg.text_encoder, cfg.image_encoder, cfg.text_max_length, precision, allow_random_weights,
-                   text_dim=cfg.text_dim, image_dim=cfg.image_dim)
+        return cls(cfg.text_encoder, cfg.image_encoder, cfg.text_max_length, cfg.image_size, precision,
+                   allow_random_weights, text_dim=cfg.text_dim, image_dim=cfg.image_dim)
 
     @property
     def text(self) -> HFTextEncoder | None:
@@ -48,7 +49,10 @@ class EncoderSet:
         if self.image_spec == "none":
             return None
         if "image" not in self._built:
-            self._built["image"] = self._ready(create_image_encoder(self.image_spec), self.image_dim, "image")
+            encoder = create_image_encoder(self.image_spec)
+            if self.image_size is not None:
+                encoder.set_image_size(self.image_size)
+            self._built["image"] = self._ready(encoder, self.image_dim, "image")
         return self._built["image"]
 
     def _ready(self, encoder, expected_dim: int | None, modality: str):

