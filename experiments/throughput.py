@@ -2,14 +2,18 @@
 
     python experiments/throughput.py --data ../shared/datasets/fashion-myntra --out OUT
 
-(a) naive: one product at a time: its photo decoded, text and photo through the encoders, the tagger,
-    and transformers' own `generate` (TagDecoder.generate_stock: the decoder's rules as a logits
-    processor);
-(b) stock batched: the same models on batches of --batch products, stock `generate`;
+(a) naive: one product at a time: its photo decoded, text and photo through the encoders with their
+    stock preprocessing (timm's default input size, 224 px for EfficientNet-Lite0), the tagger, and
+    transformers' own `generate` (TagDecoder.generate_stock: the decoder's rules as a logits processor);
+(b) stock batched: the same on batches of --batch products;
 (c) the project's path: `BatchTagger.tag` on the same batches, from an empty feature cache (features
-    written to it as `mmtags tag` does), with the project's constrained KV-cache decoding.
-All three give the same tags in float32 (tests; here the share of products with the same tags is
-reported: in bf16, results depend slightly on the batch's shape, and a random tagger has near ties). The preset follows the
+    written to it as `mmtags tag` does), photos at the model's `image_size`, with the project's
+    constrained KV-cache decoding.
+Where the model's photo size is not the stock one, (b) also runs at the model's size ("stock at the
+model's photo size"): the part of the speed that is the smaller photo, not the code. On the same
+inputs the paths give the same tags in float32 (tests); here the share of products with the same
+tags as (c) is reported for the paths that see the same inputs (in bf16, results depend slightly on
+the batch's shape, and a random tagger has near ties). The preset follows the
 device: on a CPU the offline default (MiniLM-L6 + EfficientNet-Lite0 + word scores + a 3-layer GPT-2),
 on a GPU `full` (BERT-base + CLIP ViT-B/32 + GPT-2 small) with random weights, which is fine for
 timing. Unless --model names a trained folder, the tagger's own weights are random (the output says
@@ -24,6 +28,7 @@ import resource
 import shutil
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -32,10 +37,11 @@ from multimodal_tags.data.catalog import read_catalog
 from multimodal_tags.data.images import load_image
 from multimodal_tags.data.importers import myntra, run_import
 from multimodal_tags.data.vocab import build_vocab
-from multimodal_tags.features import RunSettings
+from multimodal_tags.features import EncoderSet, RunSettings
 from multimodal_tags.features.source import FeatureSource
 from multimodal_tags.inference.batch_tagger import BatchTagger
 from multimodal_tags.inference.rows import prediction_rows
+from multimodal_tags.models.factory import create_image_encoder
 from multimodal_tags.models.presets import get_preset
 from multimodal_tags.models.tagger import Tagger, build_tokenizer
 
@@ -52,16 +58,27 @@ def load_products(a) -> tuple[list, Path]:
     return chosen or [p for p in products if p.image][:a.products], root
 
 
-def build_model(products, preset: str, out: Path, given: Path | None) -> Path:
-    """The model folder to time: --model, or the preset with seeded random tagger weights."""
+def build_model(products, preset: str, out: Path, given: Path | None, image_size: int | None) -> Path:
+    """The model folder to time: --model, or the preset (photos at `image_size` if given) with seeded
+    random tagger weights."""
     if given:
         return given
     cfg = get_preset(preset)
+    if image_size:
+        cfg.image_size = image_size
     vocab = build_vocab(products, split=None)
     torch.manual_seed(0)
     model = Tagger(cfg, sorted({p.category for p in products}), vocab,
                    build_tokenizer(cfg, vocab, [p.tags for p in products]))
     return model.save(out / "model")
+
+
+def stock_encoders(encoders: EncoderSet, stock_size: bool) -> SimpleNamespace:
+    """The model's encoders, the image encoder with timm's default preprocessing when `stock_size`."""
+    image = encoders.image
+    if stock_size and encoders.image_size is not None:
+        image = create_image_encoder(encoders.image_spec).to(image.device).set_precision(image.precision)
+    return SimpleNamespace(text=encoders.text, image=image)
 
 
 def stock_batch(tagger: Tagger, encoders, products, root: Path, model_id: str) -> list[dict]:
@@ -121,6 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--products", type=int, default=512, help="products timed in (b) and (c)")
     ap.add_argument("--naive-products", type=int, default=64, help="products timed in (a)")
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--image-size", type=int, help="photo side of the preset's random model (default: the preset's)")
     ap.add_argument("--precision", default="auto", help="encoders: auto (bf16 where the CPU has it), fp32, bf16")
     ap.add_argument("--allow-random-weights", action="store_true", help="tests: tiny random encoders")
     a = ap.parse_args(argv)
@@ -130,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
     preset = a.preset or ("full" if device == "cuda" else "offline")
     a.out.mkdir(parents=True, exist_ok=True)
     products, root = load_products(a)
-    model_dir = build_model(products, preset, a.out, a.model)
+    model_dir = build_model(products, preset, a.out, a.model, a.image_size)
     settings = RunSettings(precision=a.precision, allow_random_weights=a.allow_random_weights, progress=False,
                            log=lambda s: None)
     return run(a, device, preset, products, root, model_dir, settings)
@@ -143,29 +161,49 @@ def run(a, device: str, preset: str, products, root: Path, model_dir: Path, sett
     tagger, encoders = project.model.to(device).eval(), project.encoders
     for enc in (encoders.text, encoders.image):
         enc.to(device)
+    stock = stock_encoders(encoders, stock_size=True)
+    same_size = stock.image is encoders.image
+
+    def through(enc):
+        return lambda batch: stock_batch(tagger, enc, batch, root, project.model_id)
+
     with torch.no_grad():
-        stock_batch(tagger, encoders, products[:2], root, project.model_id)  # warm-up: first calls allocate
-        naive_rows, naive = timed(lambda b: stock_batch(tagger, encoders, b, root, project.model_id),
-                                  products[:a.naive_products], 1)
-        stock_rows, stock = timed(lambda b: stock_batch(tagger, encoders, b, root, project.model_id), products, a.batch)
+        for enc in {id(stock): stock, id(encoders): encoders}.values():
+            through(enc)(products[:2])  # warm-up: first calls allocate
+        naive_rows, naive = timed(through(stock), products[:a.naive_products], 1)
+        stock_rows, stock_rate = timed(through(stock), products, a.batch)
+        sized_rows, sized = (stock_rows, stock_rate) if same_size else timed(through(encoders), products, a.batch)
         project_rows, ours = timed(lambda b: project.tag(b, root), products, a.batch)
         flops = flops_per_product(tagger, encoders, products[:8], root, project.model_id)
+        stock_flops = flops if same_size else flops_per_product(tagger, stock, products[:8], root, project.model_id)
     rate = matmul_rate(device)
     results = {"device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
                "preset": preset, "tagger_weights": str(a.model) if a.model else "random (timing only)",
                "products": len(products), "naive_products": min(a.naive_products, len(products)), "batch": a.batch,
-               "naive_per_s": round(naive, 2), "stock_per_s": round(stock, 2), "project_per_s": round(ours, 2),
-               "project_vs_naive": round(ours / naive, 2), "project_vs_stock": round(ours / stock, 2),
-               "gflop_per_product": round(flops / 1e9, 3), "matmul_gflop_s": round(rate / 1e9, 1),
-               "project_peak_fraction": round(ours * flops / rate, 4),
+               "image_size": _input_side(encoders.image), "stock_image_size": _input_side(stock.image),
+               "naive_per_s": round(naive, 2), "stock_per_s": round(stock_rate, 2),
+               "stock_at_model_size_per_s": round(sized, 2), "project_per_s": round(ours, 2),
+               "project_vs_naive": round(ours / naive, 2), "project_vs_stock": round(ours / stock_rate, 2),
+               "project_vs_stock_at_model_size": round(ours / sized, 2),
+               "gflop_per_product": round(flops / 1e9, 3), "stock_gflop_per_product": round(stock_flops / 1e9, 3),
+               "matmul_gflop_s": round(rate / 1e9, 1), "project_peak_fraction": round(ours * flops / rate, 4),
                "peak_memory_mb": _peak_memory_mb(device),
                "precision": encoders.text.precision,
-               "same_tags_naive_project": round(agreement(naive_rows, project_rows), 4),
-               "same_tags_stock_project": round(agreement(stock_rows, project_rows), 4)}
+               # tags compared only between paths that see the same photo size
+               "same_tags_naive_project": round(agreement(naive_rows, project_rows), 4) if same_size else None,
+               "same_tags_stock_project": round(agreement(sized_rows, project_rows), 4)}
     (a.out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     (a.out / "results.md").write_text(table(results) + "\n", encoding="utf-8")
     print(table(results))
     return results
+
+
+def _input_side(encoder) -> int | None:
+    """The photo side the encoder's preprocessing produces (None where it cannot tell)."""
+    for step in getattr(encoder.transform, "transforms", []):
+        if type(step).__name__ == "CenterCrop":
+            return int(step.size[0] if isinstance(step.size, (tuple, list)) else step.size)
+    return None
 
 
 def _peak_memory_mb(device: str) -> float:
@@ -175,15 +213,22 @@ def _peak_memory_mb(device: str) -> float:
 
 
 def table(r: dict) -> str:
+    same_naive = "n/a (other photo size)" if r["same_tags_naive_project"] is None else f"{r['same_tags_naive_project']:.2%}"
+    rows = [f"| (a) naive: one at a time, stock generate, {r['stock_image_size']} px | {r['naive_per_s']} | "
+            f"{r['project_vs_naive']}x |",
+            f"| (b) stock, batches of {r['batch']}, stock generate, {r['stock_image_size']} px | {r['stock_per_s']} | "
+            f"{r['project_vs_stock']}x |"]
+    if r["image_size"] != r["stock_image_size"]:
+        rows.append(f"| (b) stock at the model's photo size, {r['image_size']} px | {r['stock_at_model_size_per_s']} | "
+                    f"{r['project_vs_stock_at_model_size']}x |")
+    rows.append(f"| (c) project (`BatchTagger`, cold cache), {r['image_size']} px | {r['project_per_s']} | 1x |")
     return "\n".join([
         f"device: {r['device']}; preset {r['preset']}; tagger weights {r['tagger_weights']}; "
-        f"{r['gflop_per_product']} GFLOP per product; matmul {r['matmul_gflop_s']} GFLOP/s; peak memory "
-        f"{r['peak_memory_mb']} MB; encoders in {r['precision']}; products with the same tags as (c): "
-        f"(a) {r['same_tags_naive_project']:.2%}, (b) {r['same_tags_stock_project']:.2%}", "",
-        "| path | products/s | project / it |", "|---|---|---|",
-        f"| (a) naive: one at a time, stock generate | {r['naive_per_s']} | {r['project_vs_naive']}x |",
-        f"| (b) stock, batches of {r['batch']}, stock generate | {r['stock_per_s']} | {r['project_vs_stock']}x |",
-        f"| (c) project (`BatchTagger`, cold cache) | {r['project_per_s']} | 1x |",
+        f"{r['gflop_per_product']} GFLOP per product ({r['stock_gflop_per_product']} stock); matmul "
+        f"{r['matmul_gflop_s']} GFLOP/s; peak memory {r['peak_memory_mb']} MB; encoders in {r['precision']}; "
+        f"products with the same tags as (c): (a) {same_naive}, (b) at the model's photo size "
+        f"{r['same_tags_stock_project']:.2%}", "",
+        "| path | products/s | project / it |", "|---|---|---|", *rows,
         "", f"(c) uses {100 * r['project_peak_fraction']:.2f}% of the measured matmul rate."])
 
 

@@ -134,3 +134,21 @@ def test_a_copied_encoder_folder_keeps_its_cache_key(tmp_path):
         b.model.embeddings.word_embeddings.weight.add_(1.0)
     del b._weights_id  # other weights, other key
     assert a.cache_key() != b.cache_key()
+
+
+def test_image_size_resizes_through_timm_preprocessing_and_keys_the_cache(tiny_image):
+    from multimodal_tags.config import ModelConfig
+    from multimodal_tags.features import EncoderSet
+
+    spec = "timm:test_efficientnet@random"
+    stock = create_image_encoder(spec)
+    small = EncoderSet(image_spec=spec, image_size=64, precision="fp32", allow_random_weights=True).image
+    photo = Image.new("RGB", (60, 80), (200, 30, 30))
+    assert stock.transform(photo).shape[-2:] == (160, 160)  # timm's default for this test model
+    assert small.transform(photo).shape[-2:] == (64, 64)
+    assert small.encode([photo]).pooled.shape == (1, small.dim)
+    assert small.cache_key() != stock.set_precision("fp32").cache_key()  # other pixels, other vectors
+    cfg = ModelConfig(image_encoder=spec, image_dim=small.dim, image_size=96)
+    assert EncoderSet.for_model(cfg, "fp32", allow_random_weights=True).image.transform(photo).shape[-2:] == (96, 96)
+    with pytest.raises(ValueError, match="fixed input size"):
+        tiny_image.set_image_size(64)  # a ViT's position table has one size
