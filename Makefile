@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # A venv left half-made by an interrupted set-up (python but no working pip) is made again.
 $(STAMP): pyproject.toml
 	$(BIN)/python -m pip --version >/dev/null 2>&1 || (rm -rf $(VENV) && $(PYTHON) -m venv $(VENV))
-	$(BIN)/python -m pip install --disable-pip-version-check -q -e ".[offline,test,load,ray]"
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e ".[offline,test,load,ray,onnx]"
 	touch $(STAMP)
 
 setup: $(STAMP)
