@@ -125,39 +125,40 @@ class TagDecoder(nn.Module):
     def generate(self, fused: torch.Tensor, max_steps: int | None = None,
                  tag_bias: torch.Tensor | None = None) -> list[list[tuple[str, float]]]:
         """Greedy constrained decoding for a batch; returns, per product, (tag, probability) in order.
-        tag_bias: the per-tag scores the decoder was trained with, if any."""
+        tag_bias: the per-tag scores the decoder was trained with, if any. A row that has emitted EOS
+        leaves the batch (and its KV cache): later steps compute only the rows still writing."""
         tok = self.tokenizer
         b, dev = fused.shape[0], fused.device
         max_steps = max_steps or (self.cfg.max_tags if self.closed else self.cfg.max_tags * OPEN_TOKENS_PER_TAG)
-        prefix = self.mapper(fused)
         bos = self.gpt.transformer.wte(torch.full((b, 1), tok.BOS, device=dev))
-        out = self.gpt(inputs_embeds=torch.cat([prefix, bos], dim=1), use_cache=True)
-        cache = out.cache
-        bias = self._vocab_bias(tag_bias)
-        bias = torch.zeros((), device=dev) if bias is None else bias
+        out = self.gpt(inputs_embeds=torch.cat([self.mapper(fused), bos], dim=1), use_cache=True)
+        cache, bias = out.cache, self._vocab_bias(tag_bias)
+        bias = torch.zeros((1, 1), device=dev) if bias is None else bias
         logits = out.logits[:, -1].float() + bias
-        vocab = logits.shape[-1]
-        used = torch.zeros(b, vocab, dtype=torch.bool, device=dev)
+        used = torch.zeros(b, logits.shape[-1], dtype=torch.bool, device=dev)
         used_keys = torch.zeros(b, (len(tok.keys) + 1) if self.closed else 1, dtype=torch.bool, device=dev)
-        done = torch.zeros(b, dtype=torch.bool, device=dev)
-        ids, probs = [], []
-        for _ in range(max_steps):
-            p = torch.softmax(self._constrain(logits, used, used_keys), dim=-1)
+        ids = torch.full((b, max_steps), tok.EOS, dtype=torch.long, device=dev)
+        probs = torch.zeros(b, max_steps, device=dev)
+        rows = torch.arange(b, device=dev)  # the products still writing, as rows of the full batch
+        for step in range(max_steps):
+            p = torch.softmax(self._constrain(logits, used[rows], used_keys[rows]), dim=-1)
             nxt = p.argmax(-1)
-            nxt = torch.where(done, torch.full_like(nxt, tok.EOS), nxt)
-            ids.append(nxt)
-            probs.append(p.gather(1, nxt[:, None])[:, 0])
-            done |= nxt == tok.EOS
-            if done.all():
+            ids[rows, step], probs[rows, step] = nxt, p.gather(1, nxt[:, None])[:, 0]
+            going = nxt != tok.EOS
+            if not going.any():
                 break
-            used[torch.arange(b, device=dev), nxt] = True
+            if not going.all():  # finished rows leave the batch
+                keep = going.nonzero()[:, 0]
+                cache.batch_select_indices(keep)
+                rows, nxt = rows[keep], nxt[keep]
+                bias = bias if bias.shape[0] == 1 else bias[keep]
+            used[rows, nxt] = True
             if self.closed:
                 k = self.key_of_token[nxt]
-                used_keys[torch.arange(b, device=dev)[k >= 0], k[k >= 0]] = True
+                used_keys[rows[k >= 0], k[k >= 0]] = True
             out = self.gpt(input_ids=nxt[:, None], cache=cache, use_cache=True)  # one new token per step
             cache, logits = out.cache, out.logits[:, -1].float() + bias
-        ids_t, probs_t = torch.stack(ids, 1).tolist(), torch.stack(probs, 1).tolist()
-        return [self._pairs(seq, pr) for seq, pr in zip(ids_t, probs_t)]
+        return [self._pairs(seq, pr) for seq, pr in zip(ids.tolist(), probs.tolist())]
 
     @torch.no_grad()
     def generate_stock(self, fused: torch.Tensor, max_steps: int | None = None,
