@@ -185,7 +185,8 @@ def cmd_tag(a: argparse.Namespace) -> int:
     from .online.tag_job import TagOptions, tag_catalog
 
     extra = [t.strip() for t in (a.extra_tags or "").split(",") if t.strip()]
-    options = TagOptions(batch_size=a.batch_size, tag_source=a.tag_source, extra_tags=extra, clip=a.clip)
+    options = TagOptions(batch_size=a.batch_size, tag_source=a.tag_source, extra_tags=extra, clip=a.clip,
+                         decode_workers=a.decode_workers)
     if a.engine == "ray":
         from .online.ray_tag import tag_catalog_ray
 
@@ -468,6 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="local: this process (or the processes of `accelerate launch`); ray: a pool of Ray actors "
                          "(pip install 'multimodal_tags[ray]'; joins RAY_ADDRESS when set)")
     sp.add_argument("--workers", type=int, default=2, help="ray: actors in the pool (a GPU each where there are GPUs)")
+    sp.add_argument("--decode-workers", type=int, default=1,
+                    help="processes decoding the photos of the next batches while one is tagged (0: none)")
     reads_features(sp)
     sp.add_argument("--quiet", action="store_true")
     sp.set_defaults(func=cmd_tag)

@@ -480,3 +480,24 @@ def test_ray_tagging_on_two_cpus_merges_into_what_one_process_writes(trained, tm
     assert not parts.exists()
     with TagStore(tmp_path / "ray.db") as store:
         assert all(store.get(r["id"]) for r in rows)
+
+
+def test_photos_decoded_ahead_in_workers_give_the_same_rows(trained, tmp_path):
+    """tag_stream with decoding processes (bounded queue) writes what batch-by-batch tagging writes, a photo
+    that stopped decoding after the catalog was read included."""
+    from multimodal_tags.data.catalog import read_catalog
+    from multimodal_tags.inference.batch_tagger import BatchTagger
+    from multimodal_tags.online.tag_job import batches
+
+    catalog, _ = _catalog_copy(trained, tmp_path)
+    products = read_catalog(catalog).products[:60]
+    root = tmp_path / "photos"
+    shutil.copytree(read_catalog(catalog).image_root, root)
+    (root / products[7].image).write_bytes(b"not a jpeg any more")
+    settings = RunSettings(allow_random_weights=True, progress=False, log=lambda s: None)
+    model = trained / "run" / "model"
+    plain = [BatchTagger(model, tmp_path / "c0", settings).tag(b, root) for b in batches(products, 16)]
+    streamed = list(BatchTagger(model, tmp_path / "c1", settings).tag_stream(batches(products, 16), root, workers=2))
+    assert [b for b, _ in streamed] == list(batches(products, 16))
+    assert [rows for _, rows in streamed] == plain
+    assert plain[0][7]["modality_weights"]["image"] == 0.0  # the broken photo counted as missing

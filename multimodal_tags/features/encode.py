@@ -6,6 +6,7 @@ one, so an interrupted run loses at most the batch in flight.
 """
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from ..data.images import ImageError, load_image
 from ..data.schema import Product
 from ..models.image_encoders import ImageEncoder
 from ..models.text_encoders import HFTextEncoder
+from .prefetch import Decoded
 
 
 @dataclass
@@ -124,9 +126,10 @@ def collate_images(batch):
 @torch.no_grad()
 def encode_images(products: Sequence[Product], encoder: ImageEncoder, cache: FeatureCache, image_root: Path,
                   batch_size: int = 64, num_workers: int = 1, progress: bool = True,
-                  augment_view: int | None = None) -> EncodeStats:
+                  augment_view: int | None = None, decoded: Decoded | None = None) -> EncodeStats:
     """Encode every product photo the cache lacks. A photo that fails to load is reported, not fatal.
-    With `augment_view`, encode that augmented view of each photo instead (its own cache key)."""
+    With `augment_view`, encode that augmented view of each photo instead (its own cache key). `decoded`:
+    photos already preprocessed by hash (features/prefetch.py); the rest are read here."""
     stats = EncodeStats("image", encoder.spec)
     key = register(cache, encoder)
     if augment_view is not None:
@@ -145,11 +148,13 @@ def encode_images(products: Sequence[Product], encoder: ImageEncoder, cache: Fea
         return _encode_through_trunk(products, encoder, cache, key, todo, image_root, stats,
                                      batch_size=batch_size, num_workers=num_workers, progress=progress)
     start = time.perf_counter()
-    loader = DataLoader(ImageFiles([(h, refs[h]) for h in todo], Path(image_root), encoder.transform, augment_view),
-                        batch_size=batch_size, num_workers=num_workers, collate_fn=collate_images)
+    ready = [(h, *decoded[h]) for h in todo if h in decoded] if decoded else []
+    to_read = [h for h in todo if not decoded or h not in decoded]
+    loader = DataLoader(ImageFiles([(h, refs[h]) for h in to_read], Path(image_root), encoder.transform, augment_view),
+                        batch_size=batch_size, num_workers=num_workers if to_read else 0, collate_fn=collate_images)
     encoder.eval()
     with tqdm(total=len(todo), desc=f"image {encoder.spec}", unit="img", disable=not progress) as bar:
-        for batch in loader:
+        for batch in itertools.chain((ready[s:s + batch_size] for s in range(0, len(ready), batch_size)), loader):
             ok = [(h, x) for h, x, err in batch if err is None]
             stats.failed += [(owners[h], err) for h, x, err in batch if err is not None]
             if ok:
@@ -183,9 +188,9 @@ def _encode_through_trunk(products: Sequence[Product], encoder, cache: FeatureCa
 
 def encode_and_load(products: Sequence[Product], cache: FeatureCache, image_root: Path,
                     text_encoder: HFTextEncoder | None = None, image_encoder: ImageEncoder | None = None,
-                    num_workers: int = 1, log=None) -> dict[str, np.ndarray]:
+                    num_workers: int = 1, log=None, decoded: Decoded | None = None) -> dict[str, np.ndarray]:
     """Encode what the cache lacks for these encoders, then return the products' vectors (see
-    `load_features`); `log` gets each modality's summary line."""
+    `load_features`); `log` gets each modality's summary line; `decoded`: photos already preprocessed."""
     keys: dict[str, str] = {}
     if text_encoder is not None:
         stats = encode_texts(products, text_encoder, cache, progress=False)
@@ -193,7 +198,8 @@ def encode_and_load(products: Sequence[Product], cache: FeatureCache, image_root
         if log:
             log("  " + stats.summary())
     if image_encoder is not None:
-        stats = encode_images(products, image_encoder, cache, image_root, num_workers=num_workers, progress=False)
+        stats = encode_images(products, image_encoder, cache, image_root, num_workers=num_workers, progress=False,
+                              decoded=decoded)
         keys["image"] = image_encoder.cache_key()
         if log:
             log("  " + stats.summary())

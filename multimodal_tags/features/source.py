@@ -24,6 +24,7 @@ from ..models.lexical import product_lexical_matrix
 from ..models.tagger import Batch
 from .encode import encode_and_load
 from .encoders import EncoderSet
+from .prefetch import Decoded
 
 MODALITIES = ("both", "text", "image")
 FEATURE_FIELDS = ("text", "image", "has_text", "has_image")
@@ -44,9 +45,12 @@ class FeatureSource(Dataset):
 
     @classmethod
     def encode(cls, products: Sequence[Product], encoders: EncoderSet, cache: FeatureCache, image_root: Path,
-               cfg: ModelConfig, num_workers: int = 1, log: Callable[[str], None] | None = None) -> "FeatureSource":
-        """Encode what the cache lacks for these products, then hold their vectors."""
-        vectors = encode_and_load(products, cache, image_root, encoders.text, encoders.image, num_workers, log)
+               cfg: ModelConfig, num_workers: int = 1, log: Callable[[str], None] | None = None,
+               decoded: Decoded | None = None) -> "FeatureSource":
+        """Encode what the cache lacks for these products (`decoded`: photos already preprocessed, by
+        hash), then hold their vectors."""
+        vectors = encode_and_load(products, cache, image_root, encoders.text, encoders.image, num_workers, log,
+                                  decoded)
         return cls(products, vectors, cfg)
 
     @property

@@ -3,7 +3,7 @@ then the Tagger, then output rows. Used by `mmtags tag`, `mmtags refresh` and an
 products one batch at a time."""
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +14,7 @@ from ..files import file_sha256
 from ..data.schema import Product
 from ..features.encode import encode_and_load
 from ..features.encoders import EncoderSet
+from ..features.prefetch import Decoded, PhotoPrefetch, pipelined
 from ..features.settings import RunSettings
 from ..features.source import FeatureSource
 from ..models.tagger import RawPrediction, Tagger
@@ -74,20 +75,47 @@ class BatchTagger:
             feats = encode_and_load(products, cache, image_root, image_encoder=self.zero_shot_encoder, num_workers=0)
         return feats["image"], feats["has_image"]
 
-    def features(self, products: Sequence[Product], image_root: Path) -> FeatureSource:
-        """The products' features, encoding what the cache lacks."""
-        with FeatureCache(self.cache_dir) as cache:  # small batches: decode photos in-process
-            return FeatureSource.encode(products, self.encoders, cache, image_root, self.model.cfg, num_workers=0)
+    def features(self, products: Sequence[Product], image_root: Path, decoded: Decoded | None = None) -> FeatureSource:
+        """The products' features, encoding what the cache lacks (`decoded`: photos already preprocessed)."""
+        with FeatureCache(self.cache_dir) as cache:  # photos not in `decoded` are decoded in-process
+            return FeatureSource.encode(products, self.encoders, cache, image_root, self.model.cfg, num_workers=0,
+                                        decoded=decoded)
 
-    def tag(self, products: Sequence[Product], image_root: Path) -> list[dict]:
+    def tag(self, products: Sequence[Product], image_root: Path, decoded: Decoded | None = None) -> list[dict]:
         """Output rows (id, category, tags with scores and sources, modality weights, model id, content
         hash) for a batch of products."""
-        return self.tag_raw(products, image_root)[0]
+        return self.tag_raw(products, image_root, decoded)[0]
+
+    def tag_stream(self, batches: Iterable[list[Product]], image_root: Path, workers: int = 1,
+                   ahead: int = 2) -> Iterator[tuple[list[Product], list[dict]]]:
+        """(batch, its rows) for each batch in order, with the photos the cache lacks decoded by `workers`
+        processes up to `ahead` batches before their batch is tagged (workers=0: in this process)."""
+        if workers <= 0 or self.encoders.image is None or hasattr(self.encoders.image, "trunk_encoder"):
+            return ((batch, self.tag(batch, image_root)) for batch in batches)
+        photos = PhotoPrefetch(self.encoders.image.transform, image_root, workers)
+
+        def start(batch):
+            return photos.submit(self._photos_to_encode(batch))
+
+        def finish(batch, futures):
+            return batch, self.tag(batch, image_root, photos.result(futures))
+
+        def stream():
+            with photos:
+                yield from pipelined(batches, start, finish, ahead)
+        return stream()
+
+    def _photos_to_encode(self, products: Sequence[Product]) -> list[tuple[str, str]]:
+        """(hash, reference) of the products' photos that the feature cache lacks."""
+        refs = {p.image_hash: p.image for p in products if p.image and p.image_hash}
+        with FeatureCache(self.cache_dir) as cache:
+            return [(h, refs[h]) for h in cache.missing(self.encoders.image.cache_key(), refs)]
 
     @torch.no_grad()
-    def tag_raw(self, products: Sequence[Product], image_root: Path) -> tuple[list[dict], RawPrediction]:
+    def tag_raw(self, products: Sequence[Product], image_root: Path,
+                decoded: Decoded | None = None) -> tuple[list[dict], RawPrediction]:
         """Output rows and the scores behind them (before thresholds)."""
-        source = self.features(products, image_root)
+        source = self.features(products, image_root, decoded)
         raw = self.model.predict_raw(source.batch(), generate=self.tag_source != "head")
         rows = prediction_rows(products, self.model.prediction_dicts(raw), self.tag_source, self.model_id)
         if self.zero_shot is not None:

@@ -43,6 +43,7 @@ class TagOptions:
     limits: Limits | None = None
     extra_tags: list[str] = field(default_factory=list)  # scored zero-shot by CLIP similarity (tag only)
     clip: str | None = None  # the CLIP that scores extra_tags (image encoder spec); None: the model's own
+    decode_workers: int = 1  # processes decoding the photos of the next batches (0: in this process)
 
 
 @dataclass
@@ -128,17 +129,14 @@ def _calibration_products(catalog_path: Path, root: Path, limits: Limits | None)
 
 @dataclass
 class _BatchWriter:
-    """Tags a batch and writes it: one fsynced write to the output, then the store."""
+    """Writes a tagged batch: one fsynced write to the output, then the store."""
 
-    tagger: BatchTagger
-    root: Path
     out: BinaryIO
     store: TagStore | None
     stats: TagStats
     bar: tqdm
 
-    def __call__(self, batch: list[Product]) -> None:
-        rows = self.tagger.tag(batch, self.root)
+    def __call__(self, batch: list[Product], rows: list[dict]) -> None:
         self.out.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8"))
         self.out.flush()
         os.fsync(self.out.fileno())
@@ -236,10 +234,11 @@ def _tag_stream(model_dir, catalog_path: Path, out: Path, store_path, settings: 
     try:
         with open(out, "ab") as f_out, open(rejects_path or f"{out}.rejects.jsonl", "w", encoding="utf-8") as f_rej, \
                 tqdm(desc="tag", unit="product", disable=not settings.progress) as bar:
-            write = _BatchWriter(tagger, root, f_out, store, stats, bar)
+            write = _BatchWriter(f_out, store, stats, bar)
             products = shard.select(iter_catalog(catalog_path, root, options.limits, report, seen=seen))
-            run_batches(_products_after(products, report, f_rej, (done, last_id, out), resumed), options.batch_size,
-                        write)
+            todo = batches(_products_after(products, report, f_rej, (done, last_id, out), resumed), options.batch_size)
+            for batch, rows in tagger.tag_stream(todo, root, options.decode_workers):
+                write(batch, rows)
     finally:
         seen.close()
         if store is not None:
