@@ -36,13 +36,13 @@ def image_speed(catalog: Path, size: int, precision: str, n: int = 512) -> float
         return encode_images(products, encoders.image, cache, cat.image_root, progress=False).per_second
 
 
-def _jobs(a, out: Path, catalog: Path, cache: Path, log) -> list[dict]:
-    args = bench._parse(["--out", str(out), "--no-finetune", "--epochs", str(a.epochs)] + (["--quick"] if a.quick else []))
-    _, [template], _ = bench._plan(args, out, catalog, cache, log)
+def _jobs(a, sizes: list[int], catalog: Path, cache: Path, log) -> list[dict]:
+    args = bench._parse(["--out", str(a.out), "--no-finetune", "--epochs", str(a.epochs)] + (["--quick"] if a.quick else []))
+    _, [template], _ = bench._plan(args, a.out, catalog, cache, log)
     jobs = []
-    for size in a.sizes:
+    for size in sizes:
         name = f"fused, frozen, {size}px"
-        jobs.append({**template, "name": name, "run_dir": str(bench._run_dir(out, name)),
+        jobs.append({**template, "name": name, "run_dir": str(bench._run_dir(a.out, name)),
                      "cfg": dataclasses.replace(template["cfg"], image_size=size)})
     return jobs
 
@@ -52,6 +52,14 @@ def _scores(result: dict) -> dict:
     return {"test_acc": test["category_accuracy"], "test_tag_f1": test["tags_micro_f1"],
             "image_only_acc": image["category_accuracy"], "image_only_tag_f1": image["tags_micro_f1"],
             "train_min": result["seconds"] / 60}
+
+
+def _trained_before(out: Path) -> dict[int, dict]:
+    """Scores of the sizes an earlier run into `out` trained (its results.json), without their speeds."""
+    if not (out / "results.json").exists():
+        return {}
+    sizes = json.loads((out / "results.json").read_text())["sizes"]
+    return {int(size): {k: v for k, v in row.items() if not k.startswith("photos_per_s")} for size, row in sizes.items()}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -69,10 +77,12 @@ def main(argv: list[str] | None = None) -> dict:
         catalog = bench._catalog(Path(a.data), a.out, a.quick, log)
         speed = {size: {p: image_speed(catalog, size, p) for p in ("fp32", "auto")} for size in a.sizes}
         log(f"photo encoding speed (photos/s): {speed}")
-        jobs = _jobs(a, a.out, catalog, a.cache or a.out / "features-cache", log)
-        trained = bench._train_all(jobs, 2, catalog, log)
-        rows = {size: {**_scores(r), "photos_per_s_fp32": speed[size]["fp32"], "photos_per_s_auto": speed[size]["auto"]}
-                for size, r in zip(a.sizes, trained)}
+        scores = _trained_before(a.out)
+        todo = [size for size in a.sizes if size not in scores]
+        jobs = _jobs(a, todo, catalog, a.cache or a.out / "features-cache", log)
+        scores |= {size: _scores(r) for size, r in zip(todo, bench._train_all(jobs, 2, catalog, log) if jobs else [])}
+        rows = {size: {**scores[size], "photos_per_s_fp32": speed[size]["fp32"], "photos_per_s_auto": speed[size]["auto"]}
+                for size in a.sizes}
         results = {"sizes": rows, "baseline": a.sizes[0], "minutes": (time.perf_counter() - t0) / 60}
         (a.out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
         md = table(results)

@@ -152,3 +152,15 @@ def test_image_size_resizes_through_timm_preprocessing_and_keys_the_cache(tiny_i
     assert EncoderSet.for_model(cfg, "fp32", allow_random_weights=True).image.transform(photo).shape[-2:] == (96, 96)
     with pytest.raises(ValueError, match="fixed input size"):
         tiny_image.set_image_size(64)  # a ViT's position table has one size
+
+
+def test_mmtags_precision_says_what_auto_means(monkeypatch):
+    from multimodal_tags.models.encoder_base import resolve_precision
+    from multimodal_tags.train.loop import mixed_precision
+
+    monkeypatch.setenv("MMTAGS_PRECISION", "fp32")  # a CPU with bf16 run as one without
+    assert resolve_precision("auto") == "fp32" and mixed_precision("auto") == "no"
+    assert resolve_precision("bf16") == "bf16"  # an explicit choice still wins
+    monkeypatch.setenv("MMTAGS_PRECISION", "fp8")
+    with pytest.raises(ValueError, match="fp8"):
+        resolve_precision("auto")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +33,11 @@ def state_dict_hash(module: nn.Module) -> str:
 
 def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
     """'auto' -> 'bf16' where the hardware runs it natively (CUDA with bf16, CPUs with AVX512-BF16 or
-    AMX; `experiments/feature_throughput.py` measures speed and cosine against fp32), else 'fp32'."""
+    AMX; `experiments/feature_throughput.py` measures speed and cosine against fp32), else 'fp32'.
+    The environment variable MMTAGS_PRECISION, when set, is what 'auto' means (MMTAGS_PRECISION=fp32:
+    run as on a CPU without bf16, everywhere 'auto' is asked, training included)."""
+    if precision == "auto" and os.environ.get("MMTAGS_PRECISION"):
+        precision = os.environ["MMTAGS_PRECISION"]
     if precision != "auto":
         if precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision {precision!r} is not one of auto, fp32, bf16, fp16")
