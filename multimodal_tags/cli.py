@@ -73,7 +73,7 @@ def cmd_features(a: argparse.Namespace) -> int:
     if not catalog.products:
         return _no_products(a.catalog)
     cache_dir = Path(a.cache) if a.cache else default_cache_dir(a.catalog)
-    encoders = EncoderSet(a.text_encoder, a.image_encoder, a.max_length, a.image_size, a.precision,
+    encoders = EncoderSet(a.text_encoder, a.image_encoder, a.max_length, a.image_size or None, a.precision,
                           a.allow_random_weights, device=a.device if a.device != "auto" else default_device())
     all_stats = []
     with FeatureCache(cache_dir) as cache:
@@ -357,6 +357,7 @@ def cmd_cache(a: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .inference.rows import DEFAULT_TAG_SOURCE
     from .models.factory import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER
+    from .models.presets import get_preset
     from .online.tag_job import TAG_BATCH_SIZE
 
     p = argparse.ArgumentParser(prog="mmtags", description="Tag e-commerce products from their text and photos.")
@@ -406,8 +407,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--image-root")
     sp.add_argument("--batch-size", type=int, default=64)
     sp.add_argument("--workers", type=int, default=1, help="image decoding processes")
-    sp.add_argument("--max-length", type=int, default=128, help="text tokens per product")
-    sp.add_argument("--image-size", type=int, help="photo side in pixels (default: the image encoder's own)")
+    offline = get_preset("offline")  # the features `mmtags train` reads by default
+    sp.add_argument("--max-length", type=int, default=offline.text_max_length, help="text tokens per product")
+    sp.add_argument("--image-size", type=int, default=offline.image_size,
+                    help=f"photo side in pixels (default {offline.image_size}, the offline preset's; 0: the image "
+                         f"encoder's own)")
     sp.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16 (part of the cache key)")
     sp.add_argument("--device", default="auto")
     sp.add_argument("--allow-random-weights", action="store_true", help="accept tiny-*/@random encoders")
