@@ -29,7 +29,7 @@ from multimodal_tags.config import TrainConfig
 from multimodal_tags.data.catalog import read_catalog, read_meta, write_catalog
 from multimodal_tags.data.importers import myntra, run_import
 from multimodal_tags.models.presets import get_preset
-from multimodal_tags.train.finetune_text import FinetuneConfig
+from multimodal_tags.train.finetune_text import FinetuneConfig, finetuned_config
 from multimodal_tags.features import RunSettings, encode_catalog
 from multimodal_tags.inference import score_split
 from multimodal_tags.models.tagger import Tagger
@@ -203,16 +203,22 @@ def _plan(a: argparse.Namespace, out: Path, catalog: Path, cache: Path, log) -> 
     return runs, jobs, reused
 
 
-def _prefill(catalog: Path, job: dict, log) -> None:
-    """Fill the cache for the frozen encoders, and fit the word-score SVMs both runs share, once, here,
-    rather than in every worker at once."""
-    cfg, tcfg, cache = job["cfg"], job["tcfg"], Path(job["cache"])
+def _prefill(catalog: Path, jobs: list[dict], log) -> None:
+    """With every core, before the runs split them: fill the cache for the frozen encoders, fit the
+    word-score SVMs the runs share, and fine-tune the text encoder of a fine-tuning run and encode with
+    it (the run then finds both done)."""
+    cfg, tcfg, cache = jobs[0]["cfg"], jobs[0]["tcfg"], Path(jobs[0]["cache"])
     products = read_catalog(catalog)
     source = encode_catalog(products, cfg, cache, RunSettings(log=log))
     if cfg.word_scores:
         data = split_datasets(products, source, cfg, tcfg.max_train_products)
         fit_or_load_word_scores(data.train, cfg.lexical_buckets, tcfg, cache, log,
                                 len(data.labels.categories) if cfg.word_score_categories else 0)
+    for job in jobs:
+        if job["finetune"] is not None:
+            tuned = finetuned_config(products, job["cfg"], job["finetune"], Path(job["run_dir"]) / "text_encoder",
+                                     job["tcfg"].max_train_products, log)
+            encode_catalog(products, dataclasses.replace(tuned, image_encoder="none"), cache, RunSettings(log=log))
 
 
 def _train_all(jobs: list[dict], n_jobs: int, catalog: Path, log) -> list[dict]:
@@ -221,7 +227,7 @@ def _train_all(jobs: list[dict], n_jobs: int, catalog: Path, log) -> list[dict]:
         job["threads"] = max(1, (os.cpu_count() or 1) // max(parallel, 1))
     if parallel <= 1:
         return [_run(job) for job in jobs]
-    _prefill(catalog, jobs[0], log)
+    _prefill(catalog, jobs, log)
     # Two single-threaded trainings on 2 cores finish sooner than one after the other with two threads
     # each (the small matrices of the heads and GPT-2 scale poorly).
     os.environ["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent),
