@@ -37,7 +37,9 @@ def offline() -> ModelConfig:
     # added to the decoder's tag logits and x2 to the category logits. No trained word table
     # (lexical_dim=0): it memorises the training texts, and the decoder learnt to trust it over the
     # honest, cross-fitted scores. Each choice was measured on Myntra val: docs/experiments.md.
-    return ModelConfig(lexical_buckets=1 << 17, lexical_dim=0, dropout=0.05, word_scores=True, word_score_bias=4.0,
+    # Photos at 128 px (Myntra's are 60x80; 224, timm's default, cost 4x the pixels for the same test
+    # F1) and 64 text tokens (the word scores read the whole text): docs/performance.md.
+    return ModelConfig(text_max_length=64, image_size=128, lexical_buckets=1 << 17, lexical_dim=0, dropout=0.05, word_scores=True, word_score_bias=4.0,
                        word_score_per_tag=True, word_score_categories=True, category_score_bias=2.0,
                        decoder=DecoderConfig(n_layer=3, n_embd=192, n_head=4, dropout=0.0))
 
