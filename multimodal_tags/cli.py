@@ -473,8 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="local: this process (or the processes of `accelerate launch`); ray: a pool of Ray actors "
                          "(pip install 'multimodal_tags[ray]'; joins RAY_ADDRESS when set)")
     sp.add_argument("--workers", type=int, default=2, help="ray: actors in the pool (a GPU each where there are GPUs)")
-    sp.add_argument("--decode-workers", type=int, default=1,
-                    help="processes decoding the photos of the next batches while one is tagged (0: none)")
+    sp.add_argument("--decode-workers", type=int,
+                    help="processes decoding the photos of the next batches while one is tagged (0: none; "
+                         "default: none on 2 cores or fewer, else 1, up to 8 feeding a GPU)")
     reads_features(sp)
     sp.add_argument("--quiet", action="store_true")
     sp.set_defaults(func=cmd_tag)

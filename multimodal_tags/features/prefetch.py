@@ -9,6 +9,7 @@ the tensor steps (to tensor, normalise) run in the caller on each photo.
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -41,6 +42,16 @@ def decode_photos(items: list[tuple[str, str]], root: str, pil_steps: Compose) -
         except ImageError as e:
             out.append((image_hash, None, str(e)))
     return out
+
+
+def default_workers(device: str = "cpu") -> int:
+    """Decoding processes worth starting: none on a CPU of 2 cores or fewer (a worker there takes a core
+    from the encoders: measured 6% slower on 2 cores, docs/performance.md), else one, or up to 8 feeding a
+    GPU (not measured)."""
+    cores = os.cpu_count() or 1
+    if device != "cpu":
+        return max(1, min(8, cores - 1))
+    return 0 if cores <= 2 else 1
 
 
 class PhotoPrefetch:

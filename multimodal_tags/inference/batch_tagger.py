@@ -14,7 +14,7 @@ from ..files import file_sha256
 from ..data.schema import Product
 from ..features.encode import encode_and_load
 from ..features.encoders import EncoderSet
-from ..features.prefetch import Decoded, PhotoPrefetch, pipelined
+from ..features.prefetch import Decoded, PhotoPrefetch, default_workers, pipelined
 from ..features.settings import RunSettings
 from ..features.source import FeatureSource
 from ..models.tagger import RawPrediction, Tagger
@@ -86,10 +86,13 @@ class BatchTagger:
         hash) for a batch of products."""
         return self.tag_raw(products, image_root, decoded)[0]
 
-    def tag_stream(self, batches: Iterable[list[Product]], image_root: Path, workers: int = 1,
+    def tag_stream(self, batches: Iterable[list[Product]], image_root: Path, workers: int | None = None,
                    ahead: int = 2) -> Iterator[tuple[list[Product], list[dict]]]:
         """(batch, its rows) for each batch in order, with the photos the cache lacks decoded by `workers`
-        processes up to `ahead` batches before their batch is tagged (workers=0: in this process)."""
+        processes up to `ahead` batches before their batch is tagged (0: in this process; None: as many as
+        the machine has cores to spare, prefetch.default_workers)."""
+        if workers is None:
+            workers = default_workers(self.encoders.image.device.type if self.encoders.image is not None else "cpu")
         if workers <= 0 or self.encoders.image is None or hasattr(self.encoders.image, "trunk_encoder"):
             return ((batch, self.tag(batch, image_root)) for batch in batches)
         photos = PhotoPrefetch(self.encoders.image.transform, image_root, workers)

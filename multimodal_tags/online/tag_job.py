@@ -43,7 +43,7 @@ class TagOptions:
     limits: Limits | None = None
     extra_tags: list[str] = field(default_factory=list)  # scored zero-shot by CLIP similarity (tag only)
     clip: str | None = None  # the CLIP that scores extra_tags (image encoder spec); None: the model's own
-    decode_workers: int = 1  # processes decoding the photos of the next batches (0: in this process)
+    decode_workers: int | None = None  # processes decoding the next batches' photos (0: none; None: by cores)
 
 
 @dataclass
