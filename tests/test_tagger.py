@@ -332,5 +332,7 @@ def test_generate_equals_transformers_generate_with_the_same_rules(vocabulary):
     assert any(len(g) > 1 for g in ours) or vocabulary == "open"
     if vocabulary == "closed":  # rows finish at different steps: the early-exit path is exercised
         assert len({len(g) for g in ours}) > 1
+    kept = model.decoder.generate(out["fused"], tag_bias=out["tag_bias"], early_exit=False)
+    assert [[t for t, _ in g] for g in kept] == [[t for t, _ in g] for g in ours]
     for g1, g2 in zip(ours, stock):
         assert all(abs(p1 - p2) < 1e-5 for (_, p1), (_, p2) in zip(g1, g2))

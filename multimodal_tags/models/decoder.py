@@ -122,11 +122,12 @@ class TagDecoder(nn.Module):
         return logits
 
     @torch.no_grad()
-    def generate(self, fused: torch.Tensor, max_steps: int | None = None,
-                 tag_bias: torch.Tensor | None = None) -> list[list[tuple[str, float]]]:
+    def generate(self, fused: torch.Tensor, max_steps: int | None = None, tag_bias: torch.Tensor | None = None,
+                 early_exit: bool = True) -> list[list[tuple[str, float]]]:
         """Greedy constrained decoding for a batch; returns, per product, (tag, probability) in order.
-        tag_bias: the per-tag scores the decoder was trained with, if any. A row that has emitted EOS
-        leaves the batch (and its KV cache): later steps compute only the rows still writing."""
+        tag_bias: the per-tag scores the decoder was trained with, if any. With `early_exit`, a row that
+        has emitted EOS leaves the batch (and its KV cache): later steps compute only the rows still
+        writing (the same tags; experiments/decode_speed.py times both)."""
         tok = self.tokenizer
         b, dev = fused.shape[0], fused.device
         max_steps = max_steps or (self.cfg.max_tags if self.closed else self.cfg.max_tags * OPEN_TOKENS_PER_TAG)
@@ -140,14 +141,16 @@ class TagDecoder(nn.Module):
         ids = torch.full((b, max_steps), tok.EOS, dtype=torch.long, device=dev)
         probs = torch.zeros(b, max_steps, device=dev)
         rows = torch.arange(b, device=dev)  # the products still writing, as rows of the full batch
+        finished = torch.zeros(b, dtype=torch.bool, device=dev)  # without early exit: rows kept on EOS
         for step in range(max_steps):
             p = torch.softmax(self._constrain(logits, used[rows], used_keys[rows]), dim=-1)
-            nxt = p.argmax(-1)
+            nxt = p.argmax(-1).masked_fill(finished[rows], tok.EOS)
             ids[rows, step], probs[rows, step] = nxt, p.gather(1, nxt[:, None])[:, 0]
             going = nxt != tok.EOS
+            finished[rows] |= ~going
             if not going.any():
                 break
-            if not going.all():  # finished rows leave the batch
+            if early_exit and not going.all():  # finished rows leave the batch
                 keep = going.nonzero()[:, 0]
                 cache.batch_select_indices(keep)
                 rows, nxt = rows[keep], nxt[keep]
