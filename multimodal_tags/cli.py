@@ -406,7 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--cache", help="cache folder (default: features-cache beside the catalog)")
     sp.add_argument("--image-root")
     sp.add_argument("--batch-size", type=int, default=64)
-    sp.add_argument("--workers", type=int, default=1, help="image decoding processes")
+    sp.add_argument("--workers", type=int,
+                    help="photo decoding processes (default: none on 2 cores or fewer, where one measured slower)")
     offline = get_preset("offline")  # the features `mmtags train` reads by default
     sp.add_argument("--max-length", type=int, default=offline.text_max_length, help="text tokens per product")
     sp.add_argument("--image-size", type=int, default=offline.image_size,

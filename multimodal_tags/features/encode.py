@@ -23,7 +23,7 @@ from ..data.images import ImageError, load_image
 from ..data.schema import Product
 from ..models.image_encoders import ImageEncoder
 from ..models.text_encoders import HFTextEncoder
-from .prefetch import Decoded
+from .prefetch import Decoded, default_workers
 
 
 @dataclass
@@ -125,11 +125,12 @@ def collate_images(batch):
 
 @torch.no_grad()
 def encode_images(products: Sequence[Product], encoder: ImageEncoder, cache: FeatureCache, image_root: Path,
-                  batch_size: int = 64, num_workers: int = 1, progress: bool = True,
+                  batch_size: int = 64, num_workers: int | None = None, progress: bool = True,
                   augment_view: int | None = None, decoded: Decoded | None = None) -> EncodeStats:
     """Encode every product photo the cache lacks. A photo that fails to load is reported, not fatal.
     With `augment_view`, encode that augmented view of each photo instead (its own cache key). `decoded`:
-    photos already preprocessed by hash (features/prefetch.py); the rest are read here."""
+    photos already preprocessed by hash (features/prefetch.py); the rest are read here, by `num_workers`
+    decoding processes (None: prefetch.default_workers, none on 2 cores)."""
     stats = EncodeStats("image", encoder.spec)
     key = register(cache, encoder)
     if augment_view is not None:
@@ -148,6 +149,7 @@ def encode_images(products: Sequence[Product], encoder: ImageEncoder, cache: Fea
         return _encode_through_trunk(products, encoder, cache, key, todo, image_root, stats,
                                      batch_size=batch_size, num_workers=num_workers, progress=progress)
     start = time.perf_counter()
+    num_workers = default_workers(encoder.device.type) if num_workers is None else num_workers
     ready = [(h, *decoded[h]) for h in todo if h in decoded] if decoded else []
     to_read = [h for h in todo if not decoded or h not in decoded]
     loader = DataLoader(ImageFiles([(h, refs[h]) for h in to_read], Path(image_root), encoder.transform, augment_view),
@@ -188,7 +190,7 @@ def _encode_through_trunk(products: Sequence[Product], encoder, cache: FeatureCa
 
 def encode_and_load(products: Sequence[Product], cache: FeatureCache, image_root: Path,
                     text_encoder: HFTextEncoder | None = None, image_encoder: ImageEncoder | None = None,
-                    num_workers: int = 1, log=None, decoded: Decoded | None = None) -> dict[str, np.ndarray]:
+                    num_workers: int | None = None, log=None, decoded: Decoded | None = None) -> dict[str, np.ndarray]:
     """Encode what the cache lacks for these encoders, then return the products' vectors (see
     `load_features`); `log` gets each modality's summary line; `decoded`: photos already preprocessed."""
     keys: dict[str, str] = {}

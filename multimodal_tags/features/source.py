@@ -45,7 +45,7 @@ class FeatureSource(Dataset):
 
     @classmethod
     def encode(cls, products: Sequence[Product], encoders: EncoderSet, cache: FeatureCache, image_root: Path,
-               cfg: ModelConfig, num_workers: int = 1, log: Callable[[str], None] | None = None,
+               cfg: ModelConfig, num_workers: int | None = None, log: Callable[[str], None] | None = None,
                decoded: Decoded | None = None) -> "FeatureSource":
         """Encode what the cache lacks for these products (`decoded`: photos already preprocessed, by
         hash), then hold their vectors."""
