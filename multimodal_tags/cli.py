@@ -60,6 +60,19 @@ def cmd_validate(a: argparse.Namespace) -> int:
     return 0 if catalog.products else _no_products(a.catalog)
 
 
+def _feature_sizes(a: argparse.Namespace) -> tuple[int, int | None]:
+    """Text tokens and photo side for `mmtags features`: as given, else what training with the offline preset
+    reads (its sizes where its encoders are named, a model config's defaults otherwise)."""
+    from .config import ModelConfig
+    from .models.presets import get_preset
+
+    offline, default = get_preset("offline"), ModelConfig()
+    max_length = a.max_length or (offline if a.text_encoder == offline.text_encoder else default).text_max_length
+    if a.image_size is not None:
+        return max_length, a.image_size or None
+    return max_length, (offline if a.image_encoder == offline.image_encoder else default).image_size
+
+
 def cmd_features(a: argparse.Namespace) -> int:
     from .data.catalog import MAX_ISSUES_SHOWN, read_catalog
     from .data.feature_cache import FeatureCache
@@ -73,7 +86,8 @@ def cmd_features(a: argparse.Namespace) -> int:
     if not catalog.products:
         return _no_products(a.catalog)
     cache_dir = Path(a.cache) if a.cache else default_cache_dir(a.catalog)
-    encoders = EncoderSet(a.text_encoder, a.image_encoder, a.max_length, a.image_size or None, a.precision,
+    max_length, image_size = _feature_sizes(a)
+    encoders = EncoderSet(a.text_encoder, a.image_encoder, max_length, image_size, a.precision,
                           a.allow_random_weights, device=a.device if a.device != "auto" else default_device())
     all_stats = []
     with FeatureCache(cache_dir) as cache:
@@ -357,7 +371,6 @@ def cmd_cache(a: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .inference.rows import DEFAULT_TAG_SOURCE
     from .models.factory import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER
-    from .models.presets import get_preset
     from .online.tag_job import TAG_BATCH_SIZE
 
     p = argparse.ArgumentParser(prog="mmtags", description="Tag e-commerce products from their text and photos.")
@@ -408,11 +421,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-size", type=int, default=64)
     sp.add_argument("--workers", type=int,
                     help="photo decoding processes (default: none on 2 cores or fewer, where one measured slower)")
-    offline = get_preset("offline")  # the features `mmtags train` reads by default
-    sp.add_argument("--max-length", type=int, default=offline.text_max_length, help="text tokens per product")
-    sp.add_argument("--image-size", type=int, default=offline.image_size,
-                    help=f"photo side in pixels (default {offline.image_size}, the offline preset's; 0: the image "
-                         f"encoder's own)")
+    sp.add_argument("--max-length", type=int, help="text tokens per product (default: the offline preset's "
+                                                   "with its encoder, else 128)")
+    sp.add_argument("--image-size", type=int, help="photo side in pixels (default: the offline preset's with its "
+                                                   "encoder, else the encoder's own; 0: the encoder's own)")
     sp.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16 (part of the cache key)")
     sp.add_argument("--device", default="auto")
     sp.add_argument("--allow-random-weights", action="store_true", help="accept tiny-*/@random encoders")
