@@ -46,7 +46,7 @@ def decode_photos(items: list[tuple[str, str]], root: str, pil_steps: Compose) -
 
 def default_workers(device: str = "cpu") -> int:
     """Decoding processes worth starting: none on a CPU of 2 cores or fewer (a worker there takes a core
-    from the encoders: measured 6% slower on 2 cores, docs/performance.md), else one, or up to 8 feeding a
+    from the encoders: measured 6-20% slower on 2 cores, docs/performance.md), else one, or up to 8 feeding a
     GPU (not measured)."""
     cores = os.cpu_count() or 1
     if device != "cpu":
