@@ -77,10 +77,10 @@ def build_model(products, preset: str, out: Path, given: Path | None, image_size
     return model.save(out / "model")
 
 
-def stock_encoders(encoders: EncoderSet, stock_size: bool) -> SimpleNamespace:
-    """The model's encoders, the image encoder with timm's default preprocessing when `stock_size`."""
+def stock_encoders(encoders: EncoderSet) -> SimpleNamespace:
+    """The model's encoders, the image encoder with timm's default preprocessing (its stock photo size)."""
     image = encoders.image
-    if stock_size and encoders.image_size is not None:
+    if encoders.image_size is not None:
         image = create_image_encoder(encoders.image_spec).to(image.device).set_precision(image.precision)
     return SimpleNamespace(text=encoders.text, image=image)
 
@@ -177,7 +177,7 @@ def run(a, device: str, preset: str, products, root: Path, model_dir: Path, sett
     tagger, encoders = project.model.to(device).eval(), project.encoders
     for enc in (encoders.text, encoders.image):
         enc.to(device)
-    stock = stock_encoders(encoders, stock_size=True)
+    stock = stock_encoders(encoders)
     same_size = stock.image is encoders.image
 
     def through(enc):
