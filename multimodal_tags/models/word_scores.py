@@ -55,6 +55,7 @@ def fit_svms(x, y: np.ndarray, c: float = 1.0, n_jobs: int = 1) -> tuple[np.ndar
     """One linear SVM per column of the multi-hot `y`: weights [n_tags, n_features], intercepts [n_tags]."""
     from joblib import Parallel, delayed
 
+    x = x.astype(np.float64)  # liblinear's type: converted once here, not once per tag inside LinearSVC.fit
     fitted = Parallel(n_jobs=n_jobs)(delayed(_fit_one)(x, y[:, j], c) for j in range(y.shape[1]))
     return np.stack([w for w, _ in fitted]), np.array([b for _, b in fitted], dtype=np.float32)
 
