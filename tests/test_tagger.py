@@ -129,6 +129,46 @@ def test_kv_cached_generation_equals_full_recompute_and_respects_constraints():
         assert all(0 < p <= 1 for _, p in pairs)
 
 
+def test_length_grouped_teacher_forcing_is_the_padded_batch_loss_and_gradient():
+    """Rows of similar length go through GPT-2 in groups: the loss and every gradient are those of one
+    batch padded to its longest row (what the decoder computed before grouping)."""
+    torch.manual_seed(0)
+    tags = [f"k{i % 6}:v{i}" for i in range(60)]
+    tok = TagTokenizer.fit(tags, [tags[i:i + 6] for i in range(0, 60, 6)])
+    decoder = TagDecoder(16, tok, DecoderConfig(prefix_length=3, n_layer=2, n_embd=32, n_head=2, max_tags=24,
+                                                dropout=0.0))
+    n_tags = [1, 2, 2, 3, 5, 8, 8, 9, 12, 20, 20, 24] * 4  # lengths 4 to 25 tags apart, as on Myntra
+    seqs = [tok.encode([tags[(7 * r + j) % 60] for j in range(k)]) for r, k in enumerate(n_tags)]
+    width = max(len(s) for s in seqs)
+    target = torch.full((len(seqs), width + 3), tok.PAD)  # padded beyond the longest, as datasets pad
+    for r, s in enumerate(seqs):
+        target[r, :len(s)] = torch.tensor(s)
+    fused, bias = torch.randn(len(seqs), 16), torch.randn(len(seqs), len(tags))
+
+    def padded_batch_loss():
+        t = target[:, :width]
+        labels = t[:, 1:].masked_fill(t[:, 1:] == tok.PAD, -100)
+        logits = decoder._teacher_forced_logits(decoder.mapper(fused), t[:, :-1], bias)
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                                 ignore_index=-100)
+
+    from multimodal_tags.models.decoder import length_groups
+
+    groups = length_groups((target != tok.PAD).sum(1), 3, call_cost=8)
+    assert len(groups) > 1 and sorted(torch.cat(groups).tolist()) == list(range(len(seqs)))
+    results = []
+    for loss_fn in (padded_batch_loss, lambda: decoder(fused, target, tag_bias=bias)):
+        decoder.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        results.append((loss.item(), [p.grad.clone() for p in decoder.parameters() if p.grad is not None]))
+    (ref_loss, ref_grads), (loss, grads) = results
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
+    assert len(grads) == len(ref_grads)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
+
+
 def test_save_load_gives_identical_predictions(tmp_path):
     cfg = shrink(get_preset("offline"))
     tok = build_tokenizer(cfg, VOCAB, TRAIN_TAGS)

