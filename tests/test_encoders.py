@@ -164,3 +164,27 @@ def test_mmtags_precision_says_what_auto_means(monkeypatch):
     monkeypatch.setenv("MMTAGS_PRECISION", "fp8")
     with pytest.raises(ValueError, match="fp8"):
         resolve_precision("auto")
+
+
+def test_fp32_cpu_text_vectors_go_through_onnx_runtime_only_where_they_agree_with_torch(monkeypatch, capsys):
+    pytest.importorskip("onnxruntime")
+    from multimodal_tags.models import onnx_text, text_encoders
+
+    texts = ["red cotton shirt", "a much longer text about a blue ceramic mug with a handle", "蓝色马克杯"]
+    monkeypatch.setenv("MMTAGS_ONNX", "0")
+    reference = create_text_encoder("tiny-bert").set_precision("fp32").encode(texts).pooled
+    monkeypatch.setenv("MMTAGS_ONNX", "auto")
+    encoder = create_text_encoder("tiny-bert").set_precision("fp32")
+    vectors = encoder.encode(texts).pooled
+    assert isinstance(encoder._onnx, onnx_text.OrtTextRunner)  # exported on the first batch, and kept
+    torch.testing.assert_close(vectors, reference, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(encoder.encode(texts[::-1]).pooled, reference.flip(0), rtol=1e-4, atol=1e-5)
+    assert encoder.encode(texts, return_tokens=True).tokens is not None  # token states: torch, as before
+    encoder.train()
+    assert encoder._onnx is None  # weights may change in training: the export is dropped
+    assert not onnx_text.onnx_wanted("bf16", torch.device("cpu"))  # only fp32 runs there
+
+    monkeypatch.setattr(text_encoders, "MIN_COSINE", 1.5)  # no runner can agree: torch computes
+    doubtful = create_text_encoder("tiny-bert").set_precision("fp32")
+    torch.testing.assert_close(doubtful.encode(texts).pooled, reference)
+    assert doubtful._onnx is False and "using torch" in capsys.readouterr().out

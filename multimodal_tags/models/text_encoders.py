@@ -2,7 +2,8 @@
 
 Pooled vector = mean of the last hidden states over real tokens (sentence-transformers' pooling for
 MiniLM, and a sound default for any BERT); token states are returned when asked. Models trained with an
-instruction prefix (e5: "query: ") get it in front of every text.
+instruction prefix (e5: "query: ") get it in front of every text. In fp32 on a CPU, `encode` runs the
+pooled vectors through ONNX Runtime where it is installed and agrees with torch (models/onnx_text.py).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerFast
 
 from .encoder_base import Encoder, EncoderOutput, WeightsUnavailable
+from .onnx_text import MIN_COSINE, OrtTextRunner, onnx_wanted
 
 
 class HFTextEncoder(Encoder):
@@ -63,9 +65,31 @@ class HFTextEncoder(Encoder):
         """Tokenize and encode a list of strings (eval mode, no gradients)."""
         self.eval()
         batch = {k: v.to(self.device) for k, v in self.tokenize(texts).items()}
+        if not return_tokens and self._onnx_ready(batch):
+            return EncoderOutput(self._onnx(batch["input_ids"], batch["attention_mask"]))
         with self.autocast():
             out = self(batch["input_ids"], batch["attention_mask"], return_tokens=return_tokens)
         return _as_float(out)
+
+    def _onnx_ready(self, batch: dict[str, torch.Tensor]) -> bool:
+        """Whether ONNX Runtime computes this encoder's vectors: exported on the first fp32 CPU batch, and
+        kept only if it agrees with torch on that batch."""
+        if getattr(self, "_onnx", None) is not None:
+            return True
+        if getattr(self, "_onnx", None) is False or not onnx_wanted(self.precision, self.device):
+            return False
+        runner = OrtTextRunner(self, batch)
+        cosine = runner.agrees(self(batch["input_ids"], batch["attention_mask"]).pooled,
+                               batch["input_ids"], batch["attention_mask"])
+        if cosine < MIN_COSINE:
+            print(f"{self.spec}: ONNX Runtime's vectors differ from torch's (cosine {cosine:.6f}); using torch")
+        self._onnx = runner if cosine >= MIN_COSINE else False
+        return self._onnx is not False
+
+    def train(self, mode: bool = True) -> "HFTextEncoder":
+        if mode:  # weights may change: a later encode exports them again
+            self._onnx = None
+        return super().train(mode)
 
 
 def _as_float(out: EncoderOutput) -> EncoderOutput:
