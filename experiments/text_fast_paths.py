@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -107,7 +106,6 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--n", type=int, default=512)
     ap.add_argument("--lengths", type=int, nargs="+", default=[128, 64])
     a = ap.parse_args(argv)
-    os.environ["MMTAGS_ONNX"] = "0"  # the torch paths are torch's; ONNX Runtime's are built below
     a.out.mkdir(parents=True, exist_ok=True)
     products = read_catalog(a.catalog).products
     texts = [p.text for p in products if p.text]

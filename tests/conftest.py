@@ -7,9 +7,6 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# ONNX Runtime for fp32 text vectors is tested on purpose (test_encoders.py); elsewhere each new encoder
-# would export itself once, which only costs a test suite time on a CPU without bf16
-os.environ.setdefault("MMTAGS_ONNX", "0")
 
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402

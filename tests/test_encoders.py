@@ -171,9 +171,9 @@ def test_fp32_cpu_text_vectors_go_through_onnx_runtime_only_where_they_agree_wit
     from multimodal_tags.models import onnx_text, text_encoders
 
     texts = ["red cotton shirt", "a much longer text about a blue ceramic mug with a handle", "蓝色马克杯"]
-    monkeypatch.setenv("MMTAGS_ONNX", "0")
+    monkeypatch.delenv("MMTAGS_ONNX", raising=False)  # off unless asked for
     reference = create_text_encoder("tiny-bert").set_precision("fp32").encode(texts).pooled
-    monkeypatch.setenv("MMTAGS_ONNX", "auto")
+    monkeypatch.setenv("MMTAGS_ONNX", "1")
     encoder = create_text_encoder("tiny-bert").set_precision("fp32")
     vectors = encoder.encode(texts).pooled
     assert isinstance(encoder._onnx, onnx_text.OrtTextRunner)  # exported on the first batch, and kept

@@ -1,11 +1,11 @@
 """ONNX Runtime for a text encoder's fp32 inference on a CPU: the same function, computed faster.
 
-On a CPU without bf16, encoding texts is most of the feature job. ONNX Runtime runs MiniLM-L6's float32
-graph 1.1-1.25x faster than torch here (docs/performance.md, experiments/text_fast_paths.py), with the
-same vectors up to float rounding. `OrtTextRunner` exports the encoder (transformer + mean pooling) once
-per process and runs it; the first batch is also run by torch, and the runner is used only if every vector
-agrees within cosine `MIN_COSINE`, else it steps aside with a message. Int8 paths are not offered: none kept
-cosine 0.999. `MMTAGS_ONNX=0` turns it off; without the `onnx` extra it is simply not used.
+Opt-in: `MMTAGS_ONNX=1` (with the `onnx` extra installed). On this 2-core AMD EPYC, on a quiet machine,
+ONNX Runtime ran MiniLM-L6's float32 graph at 0.92x torch's speed (docs/performance.md), so it is off by
+default; an earlier reading of 1.25x was taken beside another job. On other CPUs it may win: measure first.
+`OrtTextRunner` exports the encoder (transformer + mean pooling) once per process and runs it; the first
+batch is also run by torch, and the runner is used only if every vector agrees within cosine `MIN_COSINE`,
+else it steps aside with a message. Int8 paths are not offered: none kept cosine 0.999.
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ MIN_COSINE = 0.99999  # fp32 in both: only float rounding may differ
 
 
 def onnx_wanted(precision: str, device: torch.device) -> bool:
-    """Whether fp32 CPU inference should go through ONNX Runtime: installed, and not turned off."""
-    if precision != "fp32" or device.type != "cpu" or os.environ.get("MMTAGS_ONNX", "auto") == "0":
+    """Whether fp32 CPU inference should go through ONNX Runtime: asked for (MMTAGS_ONNX=1) and installed."""
+    if precision != "fp32" or device.type != "cpu" or os.environ.get("MMTAGS_ONNX", "0") != "1":
         return False
     return find_spec("onnx") is not None and find_spec("onnxruntime") is not None  # the exporter needs onnx
 

@@ -2,8 +2,8 @@
 
 Pooled vector = mean of the last hidden states over real tokens (sentence-transformers' pooling for
 MiniLM, and a sound default for any BERT); token states are returned when asked. Models trained with an
-instruction prefix (e5: "query: ") get it in front of every text. In fp32 on a CPU, `encode` runs the
-pooled vectors through ONNX Runtime where it is installed and agrees with torch (models/onnx_text.py).
+instruction prefix (e5: "query: ") get it in front of every text. With MMTAGS_ONNX=1, fp32 CPU `encode`
+runs the pooled vectors through ONNX Runtime where it agrees with torch (models/onnx_text.py; opt-in).
 """
 from __future__ import annotations
 
