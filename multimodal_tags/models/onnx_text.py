@@ -1,4 +1,4 @@
-"""ONNX Runtime for a text encoder's fp32 inference on a CPU: the same function, computed faster.
+"""ONNX Runtime for a text encoder's fp32 inference on a CPU: the same function, through another runtime.
 
 Opt-in: `MMTAGS_ONNX=1` (with the `onnx` extra installed). On this 2-core AMD EPYC, on a quiet machine,
 ONNX Runtime ran MiniLM-L6's float32 graph at 0.92x torch's speed (docs/performance.md), so it is off by
