@@ -153,7 +153,7 @@ def test_unlocked_towers_train_their_last_layers(clip_run, tmp_path):
 
     text_folder, trunk = _tiny_towers(tmp_path / "tiny-bert")
     cfg = ClipTrainConfig(config="mmtags-tiny", epochs=2, batch_size=32, lr=3e-3, tower_lr=1e-2, text_folder=str(text_folder),
-                          trunk_weights=trunk, unlock_image_stages=1, unlock_text_layers=1)
+                          trunk_weights=trunk, unlock_image_stages=1, unlock_text_layers=1, image_size=48)
     folder = train_clip(read_catalog(clip_run["catalog"]), tmp_path / "clip", tmp_path / "cache", cfg,
                         precision="fp32", log=lambda s: None)
     meta = json.loads((folder / pc.META_FILE).read_text())
@@ -166,3 +166,9 @@ def test_unlocked_towers_train_their_last_layers(clip_run, tmp_path):
     layers = tuned.text.transformer.encoder.layer, original.text.transformer.encoder.layer
     assert state_dict_hash(layers[0][-1]) != state_dict_hash(layers[1][-1])
     assert state_dict_hash(layers[0][0]) == state_dict_hash(layers[1][0])
+    # trained at 48 px, the folder says so and the loaded encoder preprocesses at 48 px
+    assert json.loads((folder / "open_clip_config.json").read_text())["model_cfg"]["vision_cfg"]["image_size"] == 48
+    from PIL import Image
+
+    encoder = pc.load_product_clip(f"mmtags-clip:{folder}")
+    assert encoder.transform(Image.new("RGB", (60, 80))).shape == (3, 48, 48)

@@ -93,7 +93,7 @@ def cmd_clip_train(a: argparse.Namespace) -> int:
         return no_products(a.catalog)
     cfg = ClipTrainConfig(epochs=a.epochs, batch_size=a.batch_size, attribute_captions=a.attribute_captions,
                           holdout_keys=tuple(a.holdout_key or ()), unlock_text_layers=a.unlock_text,
-                          unlock_image_stages=a.unlock_image)
+                          unlock_image_stages=a.unlock_image, tower_lr=a.tower_lr, image_size=a.image_size)
     folder = train_clip(catalog, a.out, a.cache or default_cache_dir(a.catalog), cfg, a.precision)
     print(f"CLIP saved to {folder}; use it as the image encoder 'mmtags-clip:{folder}' or with "
           f"`mmtags tag --extra-tags ... --clip mmtags-clip:{folder}`")
@@ -196,6 +196,8 @@ def _add_clip(sub) -> None:
     sp.add_argument("--unlock-text", type=int, default=0, help="also tune the last N layers of the text tower")
     sp.add_argument("--unlock-image", type=int, default=0,
                     help="also tune the last N stages of the image trunk (+ conv_head), on cached maps")
+    sp.add_argument("--tower-lr", type=float, default=5e-5, help="learning rate of the unlocked tower layers")
+    sp.add_argument("--image-size", type=int, help="photo side in pixels for the image tower (default: the config's)")
     sp.add_argument("--precision", default="auto", help="encoders' inference precision: auto, fp32, bf16")
     sp.set_defaults(func=cmd_clip_train)
 

@@ -65,16 +65,19 @@ def _tower_overrides(cfg: dict, text_folder: Path, text_pretrained: bool) -> dic
 
 
 def build_clip(name: str = DEFAULT_CONFIG, text_folder: str | Path | None = None,
-               image_trunk_weights: dict[str, torch.Tensor] | None = None):
+               image_trunk_weights: dict[str, torch.Tensor] | None = None, image_size: int | None = None):
     """A new CLIP from config `name` through `open_clip.create_model`, its towers pretrained: the text
     tower from `text_folder` (default: the packaged MiniLM-L6), the image trunk from
-    `image_trunk_weights` (default: the packaged EfficientNet-Lite0). Projections start random."""
+    `image_trunk_weights` (default: the packaged EfficientNet-Lite0). Projections start random.
+    `image_size` overrides the config's photo side (a convolutional trunk takes any size)."""
     import open_clip
 
     cfg = model_config(name)
     folder = Path(text_folder) if text_folder else packaged_minilm_dir()
-    model = open_clip.create_model(name, pretrained=None, pretrained_image=False, pretrained_text=True,
-                                   **_tower_overrides(cfg, folder, text_pretrained=True))
+    overrides = _tower_overrides(cfg, folder, text_pretrained=True)
+    if image_size:
+        overrides["vision_cfg"]["image_size"] = image_size
+    model = open_clip.create_model(name, pretrained=None, pretrained_image=False, pretrained_text=True, **overrides)
     if image_trunk_weights is None:
         image_trunk_weights = packaged_efficientnet_lite0().model.state_dict()
     model.visual.trunk.load_state_dict(image_trunk_weights)
@@ -99,6 +102,7 @@ def save_clip(model, folder: str | Path, name: str, text_folder: str | Path, met
             shutil.copy2(Path(text_folder) / f, folder / f)
     cfg = model_config(name)
     cfg.update(_tower_overrides(cfg, folder.resolve(), text_pretrained=False))
+    cfg["vision_cfg"]["image_size"] = _trained_size(model) or cfg["vision_cfg"]["image_size"]
     trunk = model.visual.trunk
     preprocess = {"size": list(model.visual.image_size), "mean": list(trunk.pretrained_cfg.get("mean", (0.5,) * 3)),
                   "std": list(trunk.pretrained_cfg.get("std", (0.5,) * 3)), "interpolation": "bicubic",
@@ -125,13 +129,20 @@ def load_clip(folder: str | Path):
     return model.eval(), clip_tokenizer(folder, cfg["text_cfg"].get("context_length", 32)), meta
 
 
+def _trained_size(clip_model) -> int | None:
+    """The photo side the image tower was trained at (open_clip's `image_size`; None: the trunk's default)."""
+    size = getattr(clip_model.visual, "image_size", None)
+    side = size[0] if isinstance(size, (tuple, list)) else size
+    return int(side) if side else None
+
+
 class ProductClipEncoder(OpenClipImageEncoder):
     """Image encoder = our CLIP's image tower; its text tower scores zero-shot tags. With `with_trunk`,
     the vector is the trunk's pooled vector and the CLIP vector side by side."""
 
     def __init__(self, spec: str, clip_model, tokenizer, meta: dict, with_trunk: bool = False):
         trunk = clip_model.visual.trunk
-        super().__init__(spec, clip_model, timm_transform(trunk), tokenizer=tokenizer)
+        super().__init__(spec, clip_model, timm_transform(trunk, _trained_size(clip_model)), tokenizer=tokenizer)
         self.meta, self.with_trunk = meta, with_trunk
         if with_trunk:
             self.dim += int(trunk.num_features)

@@ -7,6 +7,7 @@ stage, kept in float16 and saved beside the feature cache), and only the tail (t
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,8 +23,8 @@ from ..features.encode import ImageFiles, collate_images
 class ImageSide:
     """Trunk vectors of photos for the loss (before the projection)."""
 
-    def __init__(self, clip, stages: int = 0):
-        self.trunk, self.stages = clip.visual.trunk, stages
+    def __init__(self, clip, stages: int = 0, autocast=contextlib.nullcontext):
+        self.trunk, self.stages, self.autocast = clip.visual.trunk, stages, autocast
         if stages and not all(hasattr(self.trunk, a) for a in ("conv_stem", "bn1", "blocks", "conv_head", "bn2")):
             raise ValueError(f"unlocking image stages needs an EfficientNet-style timm trunk, not "
                              f"{type(self.trunk).__name__}")
@@ -54,8 +55,9 @@ class ImageSide:
         if not self.stages:
             return cached[rows]
         self.trunk.eval()  # frozen batch-norm statistics
-        with torch.set_grad_enabled(grad):
-            return torch.cat([self.tail(cached[rows[s:s + chunk]].float()) for s in range(0, len(rows), chunk)])
+        with torch.set_grad_enabled(grad), self.autocast():
+            return torch.cat([self.tail(cached[rows[s:s + chunk]].float()).float()
+                              for s in range(0, len(rows), chunk)])
 
     @torch.no_grad()
     def maps(self, products: Sequence[Product], transform, image_root: Path, folder: Path, trunk_key: str,

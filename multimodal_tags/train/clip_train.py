@@ -49,6 +49,7 @@ class ClipTrainConfig:
     unlock_text_layers: int = 0  # >0: also tune the last N layers of the text tower
     unlock_image_stages: int = 0  # >0: also tune the last N stages of the EfficientNet trunk (+ conv_head)
     tower_lr: float = 5e-5  # learning rate of unlocked tower layers
+    image_size: int | None = None  # photo side for the image tower (None: the config's, 224)
     seed: int = 0
     text_folder: str | None = None  # the text tower's BERT folder (None: the packaged MiniLM-L6)
     trunk_weights: dict | None = field(default=None, repr=False)  # image trunk weights (None: EfficientNet-Lite0)
@@ -154,29 +155,44 @@ class TextSide:
 
 @dataclass
 class Prompts:
-    """Zero-shot class prompts: [classes x templates] texts and their cached text-tower vectors."""
+    """Zero-shot class prompts: [classes x templates] texts and their cached text-tower vectors. The
+    classes are categories, or the `key:value` tags of one tag `key`."""
 
     classes: list[str]
     texts: list[str]
     vectors: torch.Tensor
+    key: str | None = None
+
+    def gold(self, p: Product) -> int:
+        """The product's class index (-1: none of these classes)."""
+        label = p.category if self.key is None else next((t for t in p.tags if t.partition(":")[0] == self.key), None)
+        return self.classes.index(label) if label in self.classes else -1
+
+    def accuracy(self, clip, text_side: "TextSide", img: torch.Tensor, products: list[Product]) -> float:
+        """Zero-shot accuracy over the products that have one of the classes."""
+        cls = class_vectors(clip, text_side.vectors(self.vectors, self.texts, list(range(len(self.texts)))),
+                            len(TEMPLATES))
+        gold = np.array([self.gold(p) for p in products])
+        pred = (img @ cls.T).argmax(1).numpy()
+        return float((pred == gold)[gold >= 0].mean())
 
 
 @torch.no_grad()
-def validate(clip, val: PairFeatures, prompts: Prompts, text_side: TextSide, image_side: ImageSide) -> dict:
-    """Zero-shot category accuracy and name<->photo retrieval on held-out pairs."""
+def validate(clip, val: PairFeatures, prompts: Prompts, text_side: TextSide, image_side: ImageSide,
+             colours: Prompts | None = None) -> dict:
+    """Zero-shot category (and colour) accuracy and name<->photo retrieval on held-out pairs; the
+    selection score is their mean."""
     clip.eval()
     img = project_image(clip, image_side.vectors(val.image, list(range(len(val.products)))))
     names = project_text(clip, text_side.vectors(val.text, val.texts, [c[0] for c in val.captions]))
-    cls = class_vectors(clip, text_side.vectors(prompts.vectors, prompts.texts, list(range(len(prompts.texts)))),
-                        len(TEMPLATES))
-    categories = prompts.classes
-    gold = np.array([categories.index(p.category) if p.category in categories else -1 for p in val.products])
-    pred = (img @ cls.T).argmax(1).numpy()
     t2i = retrieval_recall((names @ img.T).numpy())
     i2t = retrieval_recall((img @ names.T).numpy())
-    acc = float((pred == gold)[gold >= 0].mean())
-    return {"zero_shot_category_acc": acc, "t2i_r1": t2i[1], "t2i_r10": t2i[10], "i2t_r1": i2t[1],
-            "i2t_r10": i2t[10], "score": (acc + t2i[10]) / 2}
+    out = {"zero_shot_category_acc": prompts.accuracy(clip, text_side, img, val.products), "t2i_r1": t2i[1],
+           "t2i_r10": t2i[10], "i2t_r1": i2t[1], "i2t_r10": i2t[10]}
+    if colours is not None:
+        out["zero_shot_colour_acc"] = colours.accuracy(clip, text_side, img, val.products)
+    scored = [v for k, v in out.items() if k.startswith("zero_shot")] + [t2i[10]]
+    return {**out, "score": float(np.mean(scored))}
 
 
 def _sample_captions(captions: list[list[int]], rng: np.random.Generator) -> np.ndarray:
@@ -211,7 +227,8 @@ def _optimizer(clip, cfg: ClipTrainConfig, image_side: ImageSide) -> torch.optim
 
 
 def train_projections(clip, train: PairFeatures, val: PairFeatures, prompts: Prompts, text_side: TextSide,
-                      cfg: ClipTrainConfig, log: Callable[[str], None], image_side: ImageSide | None = None) -> list:
+                      cfg: ClipTrainConfig, log: Callable[[str], None], image_side: ImageSide | None = None,
+                      colours: Prompts | None = None) -> list:
     """Train the projections and the temperature (and unlocked tower layers) with open_clip's ClipLoss;
     keeps the best epoch by validation score."""
     import open_clip
@@ -242,19 +259,25 @@ def train_projections(clip, train: PairFeatures, val: PairFeatures, prompts: Pro
                 clip.logit_scale.clamp_(0, math.log(100))
             losses.append(loss.item())
         metrics = {"epoch": epoch + 1, "loss": float(np.mean(losses)),
-                   **validate(clip, val, prompts, text_side, image_side)}
+                   **validate(clip, val, prompts, text_side, image_side, colours)}
         history.append(metrics)
         log(f"clip epoch {epoch + 1}/{cfg.epochs}: loss {metrics['loss']:.3f}, val zero-shot category "
-            f"{metrics['zero_shot_category_acc']:.4f}, t2i R@10 {metrics['t2i_r10']:.4f}")
+            f"{metrics['zero_shot_category_acc']:.4f}, colour {metrics.get('zero_shot_colour_acc', float('nan')):.4f}"
+            f", t2i R@10 {metrics['t2i_r10']:.4f}")
         if metrics["score"] > best[0]:
             best = (metrics["score"], copy.deepcopy(clip.state_dict()))
     clip.load_state_dict(best[1])
     return history
 
 
-def category_prompts(categories: list[str], trunk: pc.ClipTextTrunk, cache: FeatureCache) -> Prompts:
-    texts = [p for c in categories for p in tag_prompts(c)]
-    return Prompts(categories, texts, text_vectors(texts, trunk, cache))
+def class_prompts(classes: list[str], trunk: pc.ClipTextTrunk, cache: FeatureCache, key: str | None = None) -> Prompts:
+    """Prompt ensembles of categories (key None) or of one key's `key:value` tags."""
+    texts = [p for c in classes for p in tag_prompts(c)]
+    return Prompts(classes, texts, text_vectors(texts, trunk, cache), key)
+
+
+def _key_tags(products: list[Product], key: str) -> list[str]:
+    return sorted({t for p in products for t in p.tags if t.partition(":")[0] == key})
 
 
 def train_clip(catalog: Catalog, out_dir: str | Path, cache_dir: str | Path, cfg: ClipTrainConfig | None = None,
@@ -263,24 +286,26 @@ def train_clip(catalog: Catalog, out_dir: str | Path, cache_dir: str | Path, cfg
     cfg = cfg or ClipTrainConfig()
     start = time.perf_counter()
     text_folder = Path(cfg.text_folder) if cfg.text_folder else packaged_minilm_dir()
-    clip = pc.build_clip(cfg.config, text_folder, cfg.trunk_weights)
+    clip = pc.build_clip(cfg.config, text_folder, cfg.trunk_weights, cfg.image_size)
     tokenizer = pc.clip_tokenizer(text_folder, pc.model_config(cfg.config)["text_cfg"].get("context_length", 32))
-    image_side = ImageSide(clip, cfg.unlock_image_stages)
     trunk_spec = ("effnet-lite0" if cfg.trunk_weights is None else f"{cfg.config}-trunk") + \
         ("-tuned" if cfg.unlock_image_stages else "")  # a name only: the cache key has the weights' hash
     encoder = pc.ProductClipEncoder(f"{pc.SPEC_PREFIX}training", clip, tokenizer, {"trunk_spec": trunk_spec})
     encoder.set_precision(precision)
+    image_side = ImageSide(clip, cfg.unlock_image_stages, encoder.autocast)
     text_trunk = pc.ClipTextTrunk(clip, tokenizer).set_precision(precision)
-    categories = sorted({p.category for p in split_products(catalog, "train") if p.category})
+    train_products = split_products(catalog, "train")
+    categories = sorted({p.category for p in train_products if p.category})
     with FeatureCache(cache_dir) as cache:
         train, val = (pair_features(split_products(catalog, split), encoder, text_trunk, cache, catalog.image_root, cfg,
                                     image_side) for split in ("train", "val"))
-        prompts = category_prompts(categories, text_trunk, cache)
+        prompts = class_prompts(categories, text_trunk, cache)
+        colours = class_prompts(_key_tags(train_products, "colour"), text_trunk, cache, "colour")
     features_s = time.perf_counter() - start
     log(f"clip features: {len(train.products)} train and {len(val.products)} val pairs, {len(train.text)} "
         f"captions, {features_s:.0f}s")
     history = train_projections(clip, train, val, prompts, TextSide(text_trunk, cfg.unlock_text_layers > 0), cfg, log,
-                                image_side)
+                                image_side, colours)
     best = max(history, key=lambda m: m["score"])
     text_tower = f"last {cfg.unlock_text_layers} layers tuned" if cfg.unlock_text_layers else "locked"
     image_tower = f"last {cfg.unlock_image_stages} stages + conv_head tuned" if cfg.unlock_image_stages else "locked"
