@@ -55,6 +55,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--clip-epochs", type=int, default=8)
     ap.add_argument("--unlock-text", type=int, default=0, help="also tune the last N text-tower layers")
     ap.add_argument("--unlock-image", type=int, default=0, help="also tune the last N image-trunk stages")
+    ap.add_argument("--image-size", type=int, help="photo side for the image tower (default: the config's, 224)")
+    ap.add_argument("--tower-lr", type=float, default=5e-5, help="learning rate of unlocked tower layers")
     ap.add_argument("--attribute-captions", action="store_true", help="pair photos with tag phrases too")
     ap.add_argument("--tagger-epochs", type=int, default=8)
     ap.add_argument("--no-tagger", action="store_true", help="skip the four tagger trainings (CLIP metrics only)")
@@ -208,7 +210,7 @@ def tagger_metrics(a, out: Path, catalog: Path, cache: Path, clip_dir: Path, zer
 def _train(a, catalog: Path, out: Path, cache: Path, log) -> tuple[Path, float]:
     cfg = ClipTrainConfig(epochs=2 if a.quick else a.clip_epochs, batch_size=64 if a.quick else 1024,
                           holdout_keys=(HOLDOUT_KEY,), unlock_text_layers=a.unlock_text,
-                          unlock_image_stages=a.unlock_image,
+                          unlock_image_stages=a.unlock_image, image_size=a.image_size, tower_lr=a.tower_lr,
                           attribute_captions=a.attribute_captions)
     t0 = time.perf_counter()
     folder = train_clip(read_catalog(catalog), out / "clip", cache, cfg, log=log)
