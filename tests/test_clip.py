@@ -79,6 +79,8 @@ def test_tiny_clip_trains_and_its_loss_falls(clip_run):
     losses = [h["loss"] for h in meta["history"]]
     assert len(losses) == 4 and losses[-1] < losses[0]
     assert meta["image_tower"] == "locked" and meta["val"]["epoch"] in range(1, 5)
+    # the synthetic photos are drawn in their colour: validation scores zero-shot colour and selects on it
+    assert 0.0 <= meta["val"]["zero_shot_colour_acc"] <= 1.0
 
 
 def test_captions_keep_held_out_keys_out():

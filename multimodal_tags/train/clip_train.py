@@ -8,7 +8,9 @@ stages of the image trunk are tuned too (`unlock_text_layers`, `unlock_image_sta
 train/clip_image_side.py). Each photo is paired with its product name and, optionally, two phrases built from its
 tags ("white, printed, summer" and "white colour, printed pattern, summer season"); tag keys named in
 `holdout_keys` never appear in a caption (open-vocabulary evaluation). The checkpoint with the best
-validation score (mean of zero-shot category accuracy and text->image recall@10) is saved.
+validation score (mean of zero-shot category accuracy, zero-shot colour accuracy where the catalog
+has `colour:` tags, and text->image recall@10) is saved. `image_size` trains the image tower at another
+photo side than the config's (saved with the model, used when it is loaded).
 """
 from __future__ import annotations
 
@@ -300,7 +302,8 @@ def train_clip(catalog: Catalog, out_dir: str | Path, cache_dir: str | Path, cfg
         train, val = (pair_features(split_products(catalog, split), encoder, text_trunk, cache, catalog.image_root, cfg,
                                     image_side) for split in ("train", "val"))
         prompts = class_prompts(categories, text_trunk, cache)
-        colours = class_prompts(_key_tags(train_products, "colour"), text_trunk, cache, "colour")
+        colour_tags = _key_tags(train_products, "colour")
+        colours = class_prompts(colour_tags, text_trunk, cache, "colour") if colour_tags else None
     features_s = time.perf_counter() - start
     log(f"clip features: {len(train.products)} train and {len(val.products)} val pairs, {len(train.text)} "
         f"captions, {features_s:.0f}s")
