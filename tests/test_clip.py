@@ -174,3 +174,20 @@ def test_unlocked_towers_train_their_last_layers(clip_run, tmp_path):
 
     encoder = pc.load_product_clip(f"mmtags-clip:{folder}")
     assert encoder.transform(Image.new("RGB", (60, 80))).shape == (3, 48, 48)
+
+
+def test_colour_histogram_ignores_the_white_background(tmp_path):
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
+    from clip_ceiling import colour_histogram
+
+    photo = Image.new("RGB", (60, 80), (255, 255, 255))
+    photo.paste((200, 20, 20), (20, 20, 40, 60))  # a red product on white
+    photo.save(tmp_path / "p.jpg", quality=95)
+    h = colour_histogram(tmp_path / "p.jpg")
+    assert h.shape == (512,) and int(np.argmax(h)) == 6 * 64 + 0 * 8 + 0  # the red cell
+    assert h[-1] < 0.2  # white pixels are left out
