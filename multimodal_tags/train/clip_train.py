@@ -32,6 +32,7 @@ from ..data.schema import Product
 from ..features.encode import EncodeStats, encode_and_load, encode_text_items, register
 from ..metrics import retrieval_recall
 from ..models import product_clip as pc
+from ..models.tag_tokenizer import tag_key
 from ..models.text_encoders import packaged_minilm_dir
 from ..models.zero_shot import TEMPLATES, tag_prompts
 from .clip_image_side import ImageSide
@@ -167,7 +168,7 @@ class Prompts:
 
     def gold(self, p: Product) -> int:
         """The product's class index (-1: none of these classes)."""
-        label = p.category if self.key is None else next((t for t in p.tags if t.partition(":")[0] == self.key), None)
+        label = p.category if self.key is None else next((t for t in p.tags if tag_key(t) == self.key), None)
         return self.classes.index(label) if label in self.classes else -1
 
     def accuracy(self, clip, text_side: "TextSide", img: torch.Tensor, products: list[Product]) -> float:
@@ -279,7 +280,7 @@ def class_prompts(classes: list[str], trunk: pc.ClipTextTrunk, cache: FeatureCac
 
 
 def _key_tags(products: list[Product], key: str) -> list[str]:
-    return sorted({t for p in products for t in p.tags if t.partition(":")[0] == key})
+    return sorted({t for p in products for t in p.tags if tag_key(t) == key})
 
 
 def train_clip(catalog: Catalog, out_dir: str | Path, cache_dir: str | Path, cfg: ClipTrainConfig | None = None,
@@ -299,8 +300,8 @@ def train_clip(catalog: Catalog, out_dir: str | Path, cache_dir: str | Path, cfg
     train_products = split_products(catalog, "train")
     categories = sorted({p.category for p in train_products if p.category})
     with FeatureCache(cache_dir) as cache:
-        train, val = (pair_features(split_products(catalog, split), encoder, text_trunk, cache, catalog.image_root, cfg,
-                                    image_side) for split in ("train", "val"))
+        train, val = (pair_features(products, encoder, text_trunk, cache, catalog.image_root, cfg, image_side)
+                      for products in (train_products, split_products(catalog, "val")))
         prompts = class_prompts(categories, text_trunk, cache)
         colour_tags = _key_tags(train_products, "colour")
         colours = class_prompts(colour_tags, text_trunk, cache, "colour") if colour_tags else None
