@@ -33,7 +33,7 @@ from multimodal_tags.train.finetune_text import FinetuneConfig, finetuned_config
 from multimodal_tags.features import RunSettings, encode_catalog
 from multimodal_tags.inference import score_split
 from multimodal_tags.models.tagger import Tagger
-from multimodal_tags.train.job import split_datasets, split_indices, train_tagger
+from multimodal_tags.train.job import copies_maker, split_datasets, split_indices, train_tagger
 from multimodal_tags.train.word_scores import fit_or_load_word_scores
 
 REPO = Path(__file__).resolve().parent.parent
@@ -166,13 +166,17 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                          "models at inference, which costs no training)")
     ap.add_argument("--jobs", type=int, default=2, help="runs trained at once, in worker processes (1: in this one)")
     ap.add_argument("--image-size", type=int, help="photo side in pixels (default: the image encoder's own, 224)")
+    ap.add_argument("--masked-copies", type=float, default=0.4,
+                    help="share of train products with a masked-text copy (TrainConfig.masked_copies; 0: none)")
+    ap.add_argument("--word-score-folds", type=int, default=5, help="cross-fitting folds of the word-score SVMs")
     ap.add_argument("--quick", action="store_true", help="a small subset and 2 epochs, for tests")
     return ap.parse_args(argv)
 
 
 def _plan(a: argparse.Namespace, out: Path, catalog: Path, cache: Path, log) -> tuple[list, list[dict], dict]:
     """(runs, jobs to train, results of runs reused): each run is (name, modalities, fine-tuning)."""
-    tcfg = TrainConfig(epochs=2 if a.quick else a.epochs, batch_size=64 if a.quick else 256, lr=1e-3, patience=3)
+    tcfg = TrainConfig(epochs=2 if a.quick else a.epochs, batch_size=64 if a.quick else 256, lr=1e-3, patience=3,
+                       masked_copies=a.masked_copies, word_score_folds=a.word_score_folds)
     ft = FinetuneConfig(epochs=a.finetune_epochs, max_products=200 if a.quick else a.finetune_products)
     cfg = get_preset("offline")
     if a.image_size:
@@ -208,17 +212,22 @@ def _prefill(catalog: Path, jobs: list[dict], log) -> None:
     word-score SVMs the runs share, and fine-tune the text encoder of a fine-tuning run and encode with
     it (the run then finds both done)."""
     cfg, tcfg, cache = jobs[0]["cfg"], jobs[0]["tcfg"], Path(jobs[0]["cache"])
-    products = read_catalog(catalog)
-    source = encode_catalog(products, cfg, cache, RunSettings(log=log))
-    if cfg.word_scores:
-        data = split_datasets(products, source, cfg, tcfg.max_train_products)
+    products, settings = read_catalog(catalog), RunSettings(log=log)
+    source = encode_catalog(products, cfg, cache, settings)
+    if cfg.word_scores:  # masked copies included: the runs make the same copies, so they find these SVMs
+        data = split_datasets(products, source, cfg, tcfg.max_train_products,
+                              copies_for=copies_maker(products, cfg, tcfg, cache, settings))
         fit_or_load_word_scores(data.train, cfg.lexical_buckets, tcfg, cache, log,
                                 len(data.labels.categories) if cfg.word_score_categories else 0)
     for job in jobs:
         if job["finetune"] is not None:
             tuned = finetuned_config(products, job["cfg"], job["finetune"], Path(job["run_dir"]) / "text_encoder",
                                      job["tcfg"].max_train_products, log)
-            encode_catalog(products, dataclasses.replace(tuned, image_encoder="none"), cache, RunSettings(log=log))
+            text_only = dataclasses.replace(tuned, image_encoder="none")
+            tuned_source = encode_catalog(products, text_only, cache, settings)
+            copies = copies_maker(products, text_only, tcfg, cache, settings)
+            if copies is not None:  # the masked copies' texts through the tuned encoder too
+                copies(tuned_source.subset(split_indices(products, tcfg.max_train_products)["train"]))
 
 
 def _train_all(jobs: list[dict], n_jobs: int, catalog: Path, log) -> list[dict]:

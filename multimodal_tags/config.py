@@ -47,6 +47,10 @@ class ModelConfig:
     # `category_score_bias` x them is added to the category logits (0: features only)
     word_score_categories: bool = False
     category_score_bias: float = 0.0
+    # a photo head (models/heads.py PhotoHead): tag and category logits from the photo vector alone, trained
+    # on their own loss and added, x a learned weight per tag / category, to the decoder's tag logits and
+    # the category logits, so the photo's evidence reaches each tag directly when the words are silent
+    photo_scores: bool = False
     fusion: str = "gated"  # "concat" (baseline) or "gated" (exposes per-product modality weights)
     dim: int = 512  # fused vector width
     dropout: float = 0.1  # inside fusion and heads
@@ -82,9 +86,13 @@ class TrainConfig:
     decoder_weight: float = 1.0
     adversary_weight: float = 0.1
     price_weight: float = 0.1
+    photo_weight: float = 1.0  # the photo head's loss (ModelConfig.photo_scores)
     feature_noise: float = 0.0  # augmentation on cached features: Gaussian noise, relative to feature scale
     text_views: int = 0  # augmented views per train text (word dropout/swaps), encoded once and cached
     image_views: int = 0  # augmented views per train photo (crop, flip, jitter), encoded once and cached
+    # share of train products that get one extra copy whose text is silent about some of their own labels
+    # (train/masked_copies.py): the model learns to find in the photo what the words no longer say
+    masked_copies: float = 0.0
     word_score_folds: int = 5  # cross-fitting folds of the word-score SVMs (ModelConfig.word_scores)
     # their regularisation (LinearSVC C); `experiments/linear_baseline.py --c` compares values (docs/experiments.md)
     word_score_c: float = 2.0

@@ -46,7 +46,8 @@ def test_every_preset_trains_and_every_parameter_gets_a_finite_gradient(preset, 
     b = batch(cfg=cfg, tokenizer=tok)
     out = model(b, drop_modalities=True)
     losses = model.losses(b, out, TrainConfig(l1=1e-4))
-    assert set(losses) == {"category", "tags", "decoder", "adversary", "price", "total"}
+    assert set(losses) == {"category", "tags", "decoder", "adversary", "price", "total"} | (
+        {"photo"} if cfg.photo_scores else set())
     losses["total"].backward()
     for name, p in model.named_parameters():
         assert p.grad is not None, name

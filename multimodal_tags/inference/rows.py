@@ -35,16 +35,26 @@ def chosen_tags(pred: dict, source: str) -> dict[str, float]:
     return {t: max(head.get(t, 0.0), gen.get(t, 0.0)) for t in {**head, **gen}}
 
 
+def required_fill(pred: dict, tags: dict[str, float]) -> dict[str, float]:
+    """The tags that answer the keys this product must answer (`pred["required"]`, from the model) and
+    `tags` leaves unanswered: each such key's most probable value, with its score."""
+    answered = {t.split(":", 1)[0] for t in tags}
+    return {tag: score for key, (tag, score) in pred.get("required", {}).items() if key not in answered}
+
+
 def prediction_row(product: Product, pred: dict, source: str, model_id: str = "") -> dict:
     """One output row: what `../shared/bench/myntra_eval.py` reads (id, category, tags) plus scores,
-    where each tag came from, the modality weights, the model id and the content hash."""
+    where each tag came from ("head", "decoder", "both", or "filled": a required key the chosen tags left
+    unanswered), the modality weights, the model id and the content hash."""
     tags = chosen_tags(pred, source)
+    filled = required_fill(pred, tags)
+    tags |= filled
     head, gen = pred.get("head_tags", {}), pred.get("generated_tags", {})
     return {"id": product.id, "category": pred["category"], "category_score": round(pred["category_score"], 5),
             "tags": sorted(tags, key=lambda t: -tags[t]),
             "tag_scores": {t: round(s, 5) for t, s in sorted(tags.items(), key=lambda kv: -kv[1])},
-            "tag_sources": {t: "both" if (t in head and t in gen) else "head" if t in head else "decoder"
-                            for t in tags},
+            "tag_sources": {t: "filled" if t in filled else "both" if (t in head and t in gen)
+                            else "head" if t in head else "decoder" for t in tags},
             "category_top": pred.get("category_top"), "modality_weights": pred.get("modality_weights"),
             "model_id": model_id, "content_hash": product.content_hash}
 

@@ -13,6 +13,8 @@ Image specs:
     mmtags-clip:FOLDER        our CLIP trained with `mmtags clip train` (EfficientNet-Lite0 + MiniLM towers,
                               models/product_clip.py): an image encoder with a text tower, offline
     tiny-clip                 2-layer random CLIP, tests only
+    ANY_IMAGE_SPEC+colour     that encoder's vector followed by a colour histogram of the product's pixels
+                              (models/colour_descriptor.py): e.g. effnet-lite0+colour
 
 Random weights come only from specs that say so ('tiny-*', '@random'); anything else that cannot
 load real weights raises WeightsUnavailable with what was looked for and how to supply it.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .colour_descriptor import SUFFIX as COLOUR_SUFFIX, ColourDescribed
 from .e5_convert import packaged_e5_dir
 from .encoder_base import Encoder, WeightsUnavailable
 from .image_encoders import ImageEncoder, load_open_clip, load_timm, packaged_efficientnet_lite0, tiny_clip
@@ -50,6 +53,7 @@ _PREFIXES = {
     "open_clip:": "open_clip CLIP: open_clip:ViT-B-32@openai, open_clip:ViT-B-32@/path/weights, @random",
     "timm:": "timm model: timm:resnet50@/path/weights.safetensors, or @random",
     PRODUCT_CLIP: "our CLIP (EfficientNet-Lite0 + MiniLM towers), trained by `mmtags clip train`: mmtags-clip:FOLDER",
+    COLOUR_SUFFIX: "any image spec + a colour histogram of the product's pixels: effnet-lite0+colour",
 }
 
 
@@ -64,7 +68,8 @@ def list_encoders() -> dict[str, dict[str, str]]:
     """Named encoders and spec patterns, for `mmtags encoders`."""
     return {"text": {k: d for k, (_, d) in _TEXT.items()} | {"hf:...": _PREFIXES["hf:"]},
             "image": {k: d for k, (_, d) in _IMAGE.items()}
-            | {f"{p}...": _PREFIXES[p] for p in ("open_clip:", "timm:", PRODUCT_CLIP)}}
+            | {f"{p}...": _PREFIXES[p] for p in ("open_clip:", "timm:", PRODUCT_CLIP)}
+            | {f"...{COLOUR_SUFFIX}": _PREFIXES[COLOUR_SUFFIX]}}
 
 
 def _split_weights(rest: str) -> tuple[str, str | None]:
@@ -83,6 +88,8 @@ def create_text_encoder(spec: str, max_length: int = 128) -> HFTextEncoder:
 
 def create_image_encoder(spec: str) -> ImageEncoder:
     """Build an image encoder from its spec string (see module docstring)."""
+    if spec.endswith(COLOUR_SUFFIX):
+        return ColourDescribed(create_image_encoder(spec[:-len(COLOUR_SUFFIX)]))
     if spec in _IMAGE:
         return _IMAGE[spec][0](spec)
     if spec.startswith("open_clip:"):

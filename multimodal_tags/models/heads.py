@@ -94,3 +94,46 @@ def tune_thresholds(probs: np.ndarray, targets: np.ndarray, grid: np.ndarray | N
         f1 = 2 * (p & y).sum(0) / np.maximum(p.sum(0) + y.sum(0), 1)
         out[j] = grid[int(np.argmax(f1))]
     return out
+
+
+class PhotoHead(nn.Module):
+    """Tag and category logits from the photo's vector alone: the photo's own evidence, which the tagger
+    adds (x a learned weight per tag and per category) to the decoder's tag logits and to the category
+    logits, as the word scores add the text's. Per tag, not one global weight: the photo can lead on
+    colour while the words lead on fabric."""
+
+    def __init__(self, image_dim: int, n_tags: int, n_categories: int, dropout: float = 0.1, init_weight: float = 0.5):
+        super().__init__()
+        self.n_tags = n_tags
+        self.norm, self.drop = nn.LayerNorm(image_dim), nn.Dropout(dropout)
+        self.linear = nn.Linear(image_dim, n_tags + n_categories)
+        self.tag_weight = nn.Parameter(torch.full((n_tags,), init_weight))
+        self.category_weight = nn.Parameter(torch.full((n_categories,), init_weight))
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tag logits [b, n_tags], category logits [b, n_categories])."""
+        logits = self.linear(self.drop(self.norm(image)))
+        return logits[:, :self.n_tags], logits[:, self.n_tags:]
+
+    def biases(self, tag_logits: torch.Tensor, category_logits: torch.Tensor,
+               has_image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the photo adds to the decoder's tag logits and to the category logits: its logits, cut
+        off from their gradient (the head learns from its own loss, as a stacked model), x the learned
+        weights; zero where the photo is missing or hidden."""
+        shown = has_image.float()[:, None]
+        return (tag_logits.detach().float() * self.tag_weight * shown,
+                category_logits.detach().float() * self.category_weight * shown)
+
+
+def photo_loss(tag_logits: torch.Tensor, category_logits: torch.Tensor, tags: torch.Tensor | None,
+               category: torch.Tensor | None, has_image: torch.Tensor) -> torch.Tensor | None:
+    """BCE on tags plus cross-entropy on the category, over the products that have a photo."""
+    rows = has_image.bool()
+    if not rows.any():
+        return None
+    loss = tag_logits.new_zeros((), dtype=torch.float32)
+    if tags is not None:
+        loss = loss + F.binary_cross_entropy_with_logits(tag_logits[rows].float(), tags[rows])
+    if category is not None and (category[rows] >= 0).any():
+        loss = loss + F.cross_entropy(category_logits[rows].float(), category[rows], ignore_index=-1)
+    return loss

@@ -11,6 +11,7 @@ import copy
 from collections.abc import Callable
 
 from ..config import DecoderConfig, ModelConfig
+from .colour_descriptor import DIM as COLOUR_DIM
 
 _PRESETS: dict[str, Callable[[], ModelConfig]] = {}
 
@@ -39,7 +40,11 @@ def offline() -> ModelConfig:
     # honest, cross-fitted scores. Each choice was measured on Myntra val: docs/experiments.md.
     # Photos at 128 px (Myntra's are 60x80; 224, timm's default, cost 4x the pixels for the same test
     # F1) and 64 text tokens (the word scores read the whole text): docs/performance.md.
-    return ModelConfig(text_max_length=64, image_size=128, lexical_buckets=1 << 17, lexical_dim=0, dropout=0.05, word_scores=True, word_score_bias=4.0,
+    # The photo speaks for itself where the words are silent (docs/implicit.md): a colour histogram of
+    # the product's pixels beside the CNN vector, and a photo head whose per-tag logits reach the decoder.
+    return ModelConfig(text_max_length=64, image_encoder="effnet-lite0+colour", image_dim=1280 + COLOUR_DIM,
+                       image_size=128, photo_scores=True,
+                       lexical_buckets=1 << 17, lexical_dim=0, dropout=0.05, word_scores=True, word_score_bias=4.0,
                        word_score_per_tag=True, word_score_categories=True, category_score_bias=2.0,
                        decoder=DecoderConfig(n_layer=3, n_embd=192, n_head=4, dropout=0.0))
 

@@ -184,3 +184,30 @@ def save_tokenizer(tokenizer, folder: Path) -> None:
 def load_tokenizer(folder: Path):
     d = json.loads((Path(folder) / "tag_tokenizer.json").read_text(encoding="utf-8"))
     return TagTokenizer.from_dict(d) if d["kind"] == "closed" else TextTagTokenizer.load(Path(folder), d)
+
+
+#: A key is required for a category when at least this share of its training products carry it.
+REQUIRED_SHARE = 0.95
+ALL_CATEGORIES = "*"
+
+
+def required_keys(categories: Sequence[str | None], tag_lists: Sequence[Sequence[str]],
+                  share: float = REQUIRED_SHARE, min_products: int = 20) -> dict[str, list[str]]:
+    """Keys nearly every product carries: {"*": keys of nearly all products, category: further keys of
+    nearly all of that category's products (categories with `min_products` or more)}. A tagger answers
+    these keys for every product (its best value, with its score) instead of staying silent."""
+    def frequent(lists: list[Sequence[str]]) -> set[str]:
+        counts = Counter(k for tags in lists for k in {tag_key(t) for t in tags if ":" in t})
+        return {k for k, c in counts.items() if c >= share * len(lists)}
+
+    everywhere = frequent(list(tag_lists)) if tag_lists else set()
+    out = {ALL_CATEGORIES: sorted(everywhere)}
+    by_category: dict[str, list[Sequence[str]]] = {}
+    for c, tags in zip(categories, tag_lists):
+        if c:
+            by_category.setdefault(c, []).append(tags)
+    for c, lists in sorted(by_category.items()):
+        extra = frequent(lists) - everywhere if len(lists) >= min_products else set()
+        if extra:
+            out[c] = sorted(extra)
+    return out

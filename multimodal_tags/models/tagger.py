@@ -23,8 +23,8 @@ from ..files import swap_in_folder, temp_path
 from .decoder import TagDecoder
 from .fusion import create_fusion, modality_dropout
 from .lexical import LexicalEncoder
-from .heads import AdversaryHead, CategoryHead, TagHead, tag_loss
-from .tag_tokenizer import TagTokenizer, TextTagTokenizer, load_tokenizer, save_tokenizer
+from .heads import AdversaryHead, CategoryHead, PhotoHead, TagHead, photo_loss, tag_loss
+from .tag_tokenizer import ALL_CATEGORIES, TagTokenizer, TextTagTokenizer, load_tokenizer, save_tokenizer, tag_key
 from .word_scores import PACKED, PRUNE_BELOW, WordScores, pack_table, unpack_table
 
 FORMAT = "mmtags-model/3"  # 2: lexical IDF table and the decoder threshold are saved; 3: word scores packed
@@ -64,9 +64,12 @@ class RawPrediction:
 
 class Tagger(nn.Module):
     def __init__(self, cfg: ModelConfig, categories: list[str], tags: list[str], tokenizer=None,
-                 adversary_classes: list[str] | None = None):
+                 adversary_classes: list[str] | None = None, required: dict[str, list[str]] | None = None):
         super().__init__()
         self.cfg, self.categories, self.tags = cfg, list(categories), list(tags)
+        # keys answered for every product (tag_tokenizer.required_keys): {"*" or category: [key, ...]}
+        self.required = {c: list(keys) for c, keys in (required or {}).items()}
+        self._key_columns = {k: torch.tensor(cols) for k, cols in _columns_by_key(self.tags).items()}
         self.lexical = LexicalEncoder(cfg.lexical_buckets, cfg.lexical_dim) if cfg.lexical_buckets else None
         if cfg.word_scores and self.lexical is None:
             raise ValueError("word_scores reads the lexical branch's words: set lexical_buckets > 0 as well")
@@ -90,35 +93,28 @@ class Tagger(nn.Module):
         self.adversary_classes = list(adversary_classes or [])
         self.adversary = AdversaryHead(cfg.dim, len(self.adversary_classes)) if self.adversary_classes else None
         self.price_head = nn.Linear(cfg.dim, 1) if cfg.price_field else None
+        self.photo_head = (PhotoHead(cfg.image_dim, len(self.tags), len(self.categories), cfg.dropout)
+                           if cfg.photo_scores else None)
 
     # ---- forward and losses -------------------------------------------------------------------------
     def forward(self, batch: Batch, drop_modalities: bool = False) -> dict[str, torch.Tensor]:
         has_text, has_image = batch.has_text.bool(), batch.has_image.bool()
         if drop_modalities and self.training:
             has_text, has_image = modality_dropout(has_text, has_image, self.cfg.modality_dropout)
-        text, tag_bias, category_bias = batch.text, None, None
-        if self.lexical is not None:
-            if batch.lexical_ids is None:
-                raise ValueError("this model has a lexical text branch: the batch needs lexical_ids")
-            weights = self.lexical.tfidf(batch.lexical_ids)
-            text = torch.cat([text, self.lexical(batch.lexical_ids, weights)], dim=-1)
-            if self.word_scores is not None:
-                scores = (batch.word_scores if batch.word_scores is not None  # cross-fitted, in training
-                          else self.word_scores(batch.lexical_ids, weights))
-                scores = scores.float() * has_text[:, None]  # no word evidence when the text is hidden or dropped
-                text = torch.cat([text, scores.to(text.dtype)], dim=-1)
-                n_tags = len(self.tags)
-                tag_bias = self.cfg.word_score_bias * scores[:, :n_tags]
-                if self.word_score_delta is not None:
-                    tag_bias = tag_bias * (1 + self.word_score_delta)
-                if self.cfg.word_score_categories and self.cfg.category_score_bias:
-                    category_bias = self.cfg.category_score_bias * scores[:, n_tags:]
+        text, tag_bias, category_bias = self._word_evidence(batch, has_text)
+        out: dict[str, torch.Tensor] = {}
+        if self.photo_head is not None:  # the photo's own evidence, per tag and per category
+            out["photo_tag_logits"], out["photo_category_logits"] = self.photo_head(batch.image)
+            photo_tags, photo_categories = self.photo_head.biases(out["photo_tag_logits"],
+                                                                  out["photo_category_logits"], has_image)
+            tag_bias = photo_tags if tag_bias is None else tag_bias + photo_tags
+            category_bias = photo_categories if category_bias is None else category_bias + photo_categories
         fusion = self.fusion(text, batch.image, has_text, has_image)
         category_logits = self.category_head(fusion.fused)
         if category_bias is not None:
             category_logits = category_logits + category_bias.to(category_logits.dtype)
-        out = {"fused": fusion.fused, "modality_weights": fusion.weights, "tag_bias": tag_bias,
-               "category_logits": category_logits, "tag_logits": self.tag_head(fusion.fused)}
+        out |= {"fused": fusion.fused, "modality_weights": fusion.weights, "tag_bias": tag_bias,
+                "category_logits": category_logits, "tag_logits": self.tag_head(fusion.fused)}
         # Everything that needs gradients is computed inside forward, so DistributedDataParallel sees it.
         if self.training and self.decoder is not None and batch.decoder_ids is not None:
             out["decoder_loss"] = self.decoder(fusion.fused, batch.decoder_ids, tag_bias=tag_bias)
@@ -127,6 +123,30 @@ class Tagger(nn.Module):
         if self.price_head is not None:
             out["price"] = self.price_head(fusion.fused)[:, 0]
         return out
+
+    def _word_evidence(self, batch: Batch, has_text: torch.Tensor):
+        """(text features with the lexical branch and word scores appended, the word scores' bias on the
+        decoder's tag logits, their bias on the category logits); no word evidence where the text is hidden."""
+        text, tag_bias, category_bias = batch.text, None, None
+        if self.lexical is None:
+            return text, tag_bias, category_bias
+        if batch.lexical_ids is None:
+            raise ValueError("this model has a lexical text branch: the batch needs lexical_ids")
+        weights = self.lexical.tfidf(batch.lexical_ids)
+        text = torch.cat([text, self.lexical(batch.lexical_ids, weights)], dim=-1)
+        if self.word_scores is None:
+            return text, tag_bias, category_bias
+        scores = (batch.word_scores if batch.word_scores is not None  # cross-fitted, in training
+                  else self.word_scores(batch.lexical_ids, weights))
+        scores = scores.float() * has_text[:, None]
+        text = torch.cat([text, scores.to(text.dtype)], dim=-1)
+        n_tags = len(self.tags)
+        tag_bias = self.cfg.word_score_bias * scores[:, :n_tags]
+        if self.word_score_delta is not None:
+            tag_bias = tag_bias * (1 + self.word_score_delta)
+        if self.cfg.word_score_categories and self.cfg.category_score_bias:
+            category_bias = self.cfg.category_score_bias * scores[:, n_tags:]
+        return text, tag_bias, category_bias
 
     def losses(self, batch: Batch, out: dict[str, torch.Tensor], weights) -> dict[str, torch.Tensor]:
         """Per-objective losses (only those whose labels the batch has) and their weighted total."""
@@ -138,13 +158,18 @@ class Tagger(nn.Module):
             losses["tags"] = tag_loss(out["tag_logits"].float(), batch.tags, self.cfg.tag_loss)
         if "decoder_loss" in out:
             losses["decoder"] = out["decoder_loss"]
+        if "photo_tag_logits" in out:
+            photo = photo_loss(out["photo_tag_logits"], out["photo_category_logits"], batch.tags, batch.category,
+                               batch.has_image)
+            if photo is not None:
+                losses["photo"] = photo
         if "adversary_logits" in out and batch.adversary is not None and (batch.adversary >= 0).any():
             losses["adversary"] = F.cross_entropy(out["adversary_logits"].float(), batch.adversary, ignore_index=-1)
         if "price" in out and batch.price is not None and torch.isfinite(batch.price).any():
             ok = torch.isfinite(batch.price)
             losses["price"] = F.mse_loss(out["price"][ok].float(), batch.price[ok])
         w = {"category": weights.category_weight, "tags": weights.tag_weight, "decoder": weights.decoder_weight,
-             "adversary": weights.adversary_weight, "price": weights.price_weight}
+             "adversary": weights.adversary_weight, "price": weights.price_weight, "photo": weights.photo_weight}
         losses["total"] = sum(w[k] * v for k, v in losses.items())
         if weights.l1 > 0:  # sparse heads: L1 on the weights that read the fused vector
             losses["total"] = losses["total"] + weights.l1 * sum(
@@ -188,8 +213,22 @@ class Tagger(nn.Module):
                                          "image": float(raw.modality_weights[n, 1])}}
             if raw.generated is not None:
                 pred["generated_tags"] = {t: float(p) for t, p in raw.generated[n].items() if p >= floor}
+            if self.required:
+                pred["required"] = self.required_answers(pred["category"], tag_p[n])
             preds.append(pred)
         return preds
+
+    def required_answers(self, category: str, tag_probs: torch.Tensor) -> dict[str, list]:
+        """{key: [its most probable tag, the head's probability]} for every key this category must answer:
+        what a prediction row reports where its tags say nothing of that key (inference/rows.py)."""
+        keys = dict.fromkeys([*self.required.get(ALL_CATEGORIES, []), *self.required.get(category, [])])
+        out = {}
+        for key in keys:
+            cols = self._key_columns.get(key)
+            if cols is not None:
+                j = int(cols[int(tag_probs[cols].argmax())])
+                out[key] = [self.tags[j], float(tag_probs[j])]
+        return out
 
     def no_decay_parameters(self) -> set[str]:
         """Names of the parameters weight decay would only hurt: biases and norms (vectors), and GPT-2's
@@ -212,7 +251,7 @@ class Tagger(nn.Module):
         tmp = temp_path(folder)
         tmp.mkdir(parents=True, exist_ok=True)
         meta = {"format": FORMAT, "model": to_dict(self.cfg), "categories": self.categories, "tags": self.tags,
-                "adversary_classes": self.adversary_classes}
+                "adversary_classes": self.adversary_classes, "required_keys": self.required}
         (tmp / "config.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False), encoding="utf-8")
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(_pack(_untie(state), word_score_prune), str(tmp / "model.safetensors"))
@@ -227,7 +266,8 @@ class Tagger(nn.Module):
         folder = Path(folder)
         cfg, meta = _read_config(folder)
         tokenizer = load_tokenizer(folder) if (folder / "tag_tokenizer.json").exists() else None
-        model = cls(cfg, meta["categories"], meta["tags"], tokenizer, meta.get("adversary_classes"))
+        model = cls(cfg, meta["categories"], meta["tags"], tokenizer, meta.get("adversary_classes"),
+                    meta.get("required_keys"))
         weights = folder / "model.safetensors"
         try:
             state = load_file(str(weights), device=map_location)
@@ -267,6 +307,15 @@ def _read_config(folder: Path) -> tuple[ModelConfig, dict]:
         if spec.startswith("hf:./"):
             setattr(cfg, side, f"hf:{(folder / spec[len('hf:./'):]).resolve()}")
     return cfg, meta
+
+
+def _columns_by_key(tags: list[str]) -> dict[str, list[int]]:
+    """The tag columns of each `key:value` key."""
+    out: dict[str, list[int]] = {}
+    for j, t in enumerate(tags):
+        if ":" in t:
+            out.setdefault(tag_key(t), []).append(j)
+    return out
 
 
 def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

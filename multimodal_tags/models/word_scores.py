@@ -61,19 +61,29 @@ def fit_svms(x, y: np.ndarray, c: float = 1.0, n_jobs: int = 1) -> tuple[np.ndar
 
 
 def cross_fitted_scores(ids: np.ndarray, y: np.ndarray, buckets: int, folds: int = 5, c: float = 1.0,
-                        seed: int = 0, n_jobs: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                        seed: int = 0, n_jobs: int = 1, extra_ids: np.ndarray | None = None,
+                        extra_of: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Scores of the training products, each from SVMs that never saw it (`folds`-fold), and the
-    weights and intercepts of the SVMs fitted on all of them (which score every other product)."""
+    weights and intercepts of the SVMs fitted on all of them (which score every other product).
+
+    `extra_ids` are further texts of training products (`extra_of`: the row of each one's product),
+    such as copies with label words masked: each is scored by the SVMs of its product's held-out fold,
+    which never saw that product; their scores follow the products' in the returned scores."""
     n = ids.shape[0]
     order = np.random.default_rng(seed).permutation(n)
     scores = np.zeros(y.shape, dtype=np.float32)
+    extra_of = np.zeros(0, dtype=np.int64) if extra_of is None else np.asarray(extra_of)
+    extra_scores = np.zeros((len(extra_of), y.shape[1]), dtype=np.float32)
     for held in np.array_split(order, folds):
         fit_rows = np.setdiff1d(order, held)
         idf = smooth_idf(ids[fit_rows], buckets)
         w, b = fit_svms(tfidf_csr(ids[fit_rows], idf), y[fit_rows], c, n_jobs)
         scores[held] = tfidf_csr(ids[held], idf) @ w.T + b
+        extras = np.isin(extra_of, held)
+        if extras.any():
+            extra_scores[extras] = tfidf_csr(extra_ids[extras], idf) @ w.T + b
     w, b = fit_svms(tfidf_csr(ids, smooth_idf(ids, buckets)), y, c, n_jobs)
-    return scores, w, b
+    return np.concatenate([scores, extra_scores]), w, b
 
 
 class WordScores(nn.Module):

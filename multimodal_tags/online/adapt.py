@@ -146,7 +146,7 @@ def prepare_adapt_data(model: Tagger, catalog: Catalog, judged: list[Product], c
                        settings: RunSettings, options: AdaptOptions) -> AdaptData:
     """Features and labels of the judged products, a replay sample of the train split, and val."""
     cfg = model.cfg
-    labels = LabelSpace(model.categories, model.tags, model.tokenizer, model.adversary_classes)
+    labels = LabelSpace(model.categories, model.tags, model.tokenizer, model.adversary_classes, model.required)
     catalog_source = encode_catalog(catalog, cfg, cache_dir, settings)
     idx = split_indices(catalog)
     train_split = FeatureDataset(catalog_source.subset(idx["train"]), labels, cfg)

@@ -12,6 +12,7 @@ from ..config import ModelConfig
 from ..data.schema import Product
 from ..features.source import FeatureSource
 from ..inference.thresholds import tag_matrix
+from ..models.tag_tokenizer import required_keys
 from ..models.tagger import build_tokenizer, decoder_targets, price_target
 
 LABEL_FIELDS = ("decoder_ids", "adversary", "price")
@@ -25,6 +26,7 @@ class LabelSpace:
     tags: list[str]
     tokenizer: object
     adversary_classes: list[str]
+    required: dict[str, list[str]]  # keys answered for every product (tag_tokenizer.required_keys)
 
 
 def build_label_space(train: Sequence[Product], vocab: Sequence[str] | None, cfg: ModelConfig) -> LabelSpace:
@@ -33,16 +35,24 @@ def build_label_space(train: Sequence[Product], vocab: Sequence[str] | None, cfg
     tags = list(vocab) if vocab is not None else sorted({t for p in train for t in p.tags})
     adversary = sorted({str(p.extra.get(cfg.adversary_field)) for p in train
                         if cfg.adversary_field and p.extra.get(cfg.adversary_field) is not None})
-    return LabelSpace(categories, tags, build_tokenizer(cfg, tags, [p.tags for p in train]), adversary)
+    return LabelSpace(categories, tags, build_tokenizer(cfg, tags, [p.tags for p in train]), adversary,
+                      required_keys([p.category for p in train], [p.tags for p in train]))
 
 
 class FeatureDataset(Dataset):
     """The features of `source` and the labels of its products; with `views` ([n, V, dim] augmented
-    vectors per modality), each item draws the clean vector or one of its views."""
+    vectors per modality of the original rows), each item draws the clean vector or one of its views.
+    `copy_of`: the last len(copy_of) rows are masked copies (train/masked_copies.py) of these rows."""
 
     def __init__(self, source: FeatureSource, labels: LabelSpace, cfg: ModelConfig,
-                 views: dict[str, np.ndarray] | None = None):
+                 views: dict[str, np.ndarray] | None = None, copy_of: np.ndarray | None = None):
         self.features, products = source, source.products
+        self.copy_of = np.zeros(0, dtype=np.int64) if copy_of is None else np.asarray(copy_of)
+        if len(self.copy_of) and views:
+            if "text" in views:
+                raise ValueError("augmented text views and masked copies cannot be combined: set text_views=0 "
+                                 "or masked_copies=0")
+            views = {k: np.concatenate([v, v[self.copy_of]]) for k, v in views.items()}  # same photo
         self.views = {k: torch.from_numpy(v) for k, v in (views or {}).items()}
         cat_index = {c: i for i, c in enumerate(labels.categories)}
         self.category = torch.tensor([cat_index.get(p.category, -1) for p in products], dtype=torch.long)
@@ -58,6 +68,11 @@ class FeatureDataset(Dataset):
     @property
     def products(self) -> list[Product]:
         return self.features.products
+
+    @property
+    def n_original(self) -> int:
+        """Rows before the masked copies."""
+        return len(self.features) - len(self.copy_of)
 
     @property
     def lexical_ids(self) -> torch.Tensor | None:

@@ -36,6 +36,7 @@ from ..run_info import LINEAGE_FILE, write_run_info
 from .data import FeatureDataset, LabelSpace, build_label_space
 from .finetune_text import FinetuneConfig, bundle_text_encoder, finetuned_config
 from .loop import fit
+from .masked_copies import masked_copies
 from .report import write_report
 from .word_scores import prepare_word_scores
 
@@ -62,13 +63,16 @@ def split_indices(catalog: Catalog, max_train: int | None = None) -> dict[str, l
 
 
 def split_datasets(catalog: Catalog, source: FeatureSource, cfg: ModelConfig, max_train: int | None = None,
-                   views_for=None) -> SplitData:
+                   views_for=None, copies_for=None) -> SplitData:
     """Train/val/test datasets over the catalog's features; `views_for(train_products)` supplies
-    augmented train views."""
+    augmented train views, `copies_for(train_source)` masked copies (see `copies_maker`)."""
     idx = split_indices(catalog, max_train)
     labels = build_label_space([catalog.products[i] for i in idx["train"]], catalog.meta.get("tag_vocab"), cfg)
     train_views = views_for([catalog.products[i] for i in idx["train"]]) if views_for else None
-    train = FeatureDataset(source.subset(idx["train"]), labels, cfg, train_views)
+    train_source, copy_of = source.subset(idx["train"]), None
+    if copies_for is not None:
+        train_source, copy_of = copies_for(train_source)
+    train = FeatureDataset(train_source, labels, cfg, train_views, copy_of)
     val = FeatureDataset(source.subset(idx["val"]), labels, cfg)
     test = FeatureDataset(source.subset(idx["test"]), labels, cfg) if idx["test"] else None
     return SplitData(labels, train, val, test)
@@ -92,6 +96,14 @@ def prepare_views(products, cfg: ModelConfig, tcfg: TrainConfig, cache_dir: str 
     return views
 
 
+def copies_maker(catalog: Catalog, cfg: ModelConfig, tcfg: TrainConfig, cache_dir: Path, settings: RunSettings):
+    """The `copies_for` of `split_datasets` that the train config asks for (None: no masked copies)."""
+    if tcfg.masked_copies <= 0:
+        return None
+    return lambda train: masked_copies(train, tcfg.masked_copies, tcfg.seed, settings.encoders_for(cfg), cache_dir,
+                                       catalog.image_root, cfg, settings.log)
+
+
 def prepare_data(catalog: Catalog, cfg: ModelConfig, tcfg: TrainConfig, cache_dir: Path, settings: RunSettings,
                  modalities: str = "both") -> SplitData:
     """Features of the whole catalog (one process encodes under `accelerate launch`), split."""
@@ -101,7 +113,8 @@ def prepare_data(catalog: Catalog, cfg: ModelConfig, tcfg: TrainConfig, cache_di
     with PartialState().main_process_first():
         data = split_datasets(catalog, source, cfg, tcfg.max_train_products,
                               views_for=lambda train: prepare_views(train, cfg, tcfg, cache_dir, catalog.image_root,
-                                                                    settings))
+                                                                    settings),
+                              copies_for=copies_maker(catalog, cfg, tcfg, cache_dir, settings))
     settings.log(f"train {len(data.train)}, val {len(data.val)}, test {len(data.test) if data.test else 0}; "
                  f"{len(data.labels.categories)} categories, {len(data.labels.tags)} tags")
     return data
@@ -112,9 +125,9 @@ def build_model(cfg: ModelConfig, tcfg: TrainConfig, data: SplitData, cache_dir:
     """A fresh Tagger for the label space, its IDF fitted and its word-score SVMs fitted (or read)."""
     set_seed(tcfg.seed)  # the initial weights depend on the seed alone, not on what ran before in this process
     labels = data.labels
-    model = Tagger(cfg, labels.categories, labels.tags, labels.tokenizer, labels.adversary_classes)
+    model = Tagger(cfg, labels.categories, labels.tags, labels.tokenizer, labels.adversary_classes, labels.required)
     if model.lexical is not None:
-        model.lexical.fit_idf(data.train.lexical_ids)
+        model.lexical.fit_idf(data.train.lexical_ids[:data.train.n_original])  # as the SVMs: originals only
     with PartialState().main_process_first():  # one process fits (or reads) the word-score SVMs
         prepare_word_scores(model, data.train, tcfg, cache_dir, log)
     return model

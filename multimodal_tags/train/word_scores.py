@@ -24,9 +24,9 @@ from ..models.word_scores import cross_fitted_scores
 from .data import FeatureDataset
 
 
-def _key(ids: np.ndarray, y: np.ndarray, tcfg: TrainConfig) -> str:
+def _key(ids: np.ndarray, y: np.ndarray, tcfg: TrainConfig, *extra: np.ndarray) -> str:
     h = hashlib.sha256()
-    for a in (ids, y):
+    for a in (ids, y, *extra):
         h.update(str(a.shape).encode())
         h.update(np.ascontiguousarray(a).tobytes())
     h.update(f"folds={tcfg.word_score_folds} c={tcfg.word_score_c} seed={tcfg.seed}".encode())
@@ -37,14 +37,18 @@ def fit_or_load_word_scores(train: FeatureDataset, buckets: int, tcfg: TrainConf
                             log: Callable[[str], None] = print, n_categories: int = 0) -> dict[str, np.ndarray]:
     """The train split's cross-fitted scores and the SVMs fitted on all of it ("scores", "weights",
     "intercepts"), computed or read from `cache_dir/word_scores/`: one column per tag, then, with
-    `n_categories`, one per category."""
-    ids = train.lexical_ids.numpy()
-    y = train.tags.numpy().astype(np.int64)  # LinearSVC wants plain integer labels
+    `n_categories`, one per category. Masked copies of train products (train/masked_copies.py) are
+    scored, not fitted on: by the SVMs of their product's held-out fold."""
+    n = train.n_original
+    all_ids = train.lexical_ids.numpy()
+    ids, extra_ids, extra_of = all_ids[:n], all_ids[n:], train.copy_of
+    y = train.tags.numpy()[:n].astype(np.int64)  # LinearSVC wants plain integer labels
     if n_categories:  # one-vs-rest columns per category (a product of unknown category is negative for all)
-        category = train.category.numpy()
+        category = train.category.numpy()[:n]
         onehot = (category[:, None] == np.arange(n_categories)[None, :]).astype(np.int64)
         y = np.concatenate([y, onehot], axis=1)
-    path = Path(cache_dir) / "word_scores" / f"{_key(ids, y, tcfg)}.safetensors"
+    extras = (extra_ids, extra_of) if len(extra_of) else ()
+    path = Path(cache_dir) / "word_scores" / f"{_key(ids, y, tcfg, *extras)}.safetensors"
     if path.exists():
         fitted = load_file(str(path))
         log(f"word scores: cached ({path.name})")
@@ -52,13 +56,14 @@ def fit_or_load_word_scores(train: FeatureDataset, buckets: int, tcfg: TrainConf
         t0 = time.perf_counter()
         scores, weights, intercepts = cross_fitted_scores(
             ids, y, buckets, tcfg.word_score_folds, tcfg.word_score_c, tcfg.seed,
-            n_jobs=max(1, torch.get_num_threads()))
+            n_jobs=max(1, torch.get_num_threads()), extra_ids=extra_ids, extra_of=extra_of)
         fitted = {"scores": scores, "weights": weights, "intercepts": intercepts}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = temp_path(path)
         save_file(fitted, str(tmp))
         os.replace(tmp, path)  # atomic: a concurrent reader sees the whole file or none
         log(f"word scores: {y.shape[1]} SVMs x {tcfg.word_score_folds + 1} fits on {len(y)} products "
+            f"(+{len(extra_of)} masked copies scored) "
             f"in {time.perf_counter() - t0:.0f}s")
     return fitted
 

@@ -1,0 +1,132 @@
+"""Implicit attributes: a trained model scored on test texts that no longer state the answer.
+
+    python experiments/implicit_benchmark.py --data ../shared/datasets/fashion-myntra --model MODEL --out OUT [--cache DIR]
+
+Myntra's names state most labels ("Nike Men Blue Polo Tshirts"), so a model can score well while
+reading only words. This scores MODEL (a model folder, e.g. the benchmark's OUT/model) on the test
+split five ways:
+
+- `full`: the texts as they are;
+- `masked_colour`: every colour name of the data set removed from title and description;
+- `masked_category`: every word of every category name, singular and plural, removed;
+- `masked_all`: both, plus gender words and the words of the product's own tag values;
+- `photo_only`: the model with its text hidden (and `photo_only_model`: a dedicated image-only model,
+  with `--image-model DIR`).
+
+The masking rule (multimodal_tags/data/masking.py): a word list is every word of every name
+(lower-cased, in its singular and plural forms: +s, +es, less a final s / es; function words such as
+"and" and "of" left out); every whole-word occurrence of a listed word is removed, case-insensitive,
+and the white space left behind collapsed. Colour names are the values of the `colour:` tags of the
+whole catalog; category names are all of its categories; gender words are `GENDER_WORDS`.
+
+Tags are the model's own output rows (the decoder's tags where it has one, with the keys it must
+answer filled, as `mmtags tag` writes them). OUT/results.json has one entry per variant with
+`category_acc`, `micro_f1`, `macro_f1`, `colour_f1`, `colour_given_share` (the share of products given
+any colour tag) and `f1_by_key`; OUT/<variant>_predictions.jsonl holds the rows.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from myntra_benchmark import _catalog, _markdown  # noqa: E402
+
+from multimodal_tags.data.catalog import read_catalog  # noqa: E402
+from multimodal_tags.data.feature_cache import FeatureCache  # noqa: E402
+from multimodal_tags.data.masking import (GENDER_WORDS, category_words, colour_words,  # noqa: E402
+                                          mask_products)
+from multimodal_tags.features import RunSettings  # noqa: E402
+from multimodal_tags.features.source import FeatureSource  # noqa: E402
+from multimodal_tags.inference.predict import predict_source  # noqa: E402
+from multimodal_tags.inference.rows import prediction_rows, resolve_tag_source, score_rows  # noqa: E402
+from multimodal_tags.models.tagger import Tagger  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+VARIANTS = ("full", "masked_colour", "masked_category", "masked_all", "photo_only")
+DOC_KEYS = ("colour", "gender", "usage", "pattern", "sleeve length")
+
+
+def masked_variants(products: list, everything: list) -> dict[str, list]:
+    """The test products as they are and under each mask (word lists from `everything`, the catalog)."""
+    colours = colour_words(p.tags for p in everything)
+    categories = category_words(p.category for p in everything)
+    return {"full": products, "masked_colour": mask_products(products, colours),
+            "masked_category": mask_products(products, categories),
+            "masked_all": mask_products(products, colours | categories | GENDER_WORDS, own_tags=True),
+            "photo_only": products}
+
+
+def summary(products: list, rows: list[dict]) -> dict:
+    """The benchmark's numbers for one variant's output rows."""
+    m = score_rows(products, rows)
+    by_key = m["f1_by_key"]
+    given = sum(any(t.startswith("colour:") for t in r["tags"]) for r in rows)
+    return {"products": len(rows), "category_acc": m["category_accuracy"], "micro_f1": m["tags_micro_f1"],
+            "macro_f1": m["tags_macro_f1"], "colour_f1": by_key.get("colour", 0.0),
+            "colour_given_share": given / max(len(rows), 1),
+            "micro_precision": m["tags_micro_precision"], "micro_recall": m["tags_micro_recall"],
+            "f1_by_key": by_key}
+
+
+def score_variant(model: Tagger, products: list, image_root: Path, cache_dir: Path, hide_text: bool,
+                  settings: RunSettings) -> tuple[dict, list[dict]]:
+    """Encode (what the cache lacks), predict and score one variant's products."""
+    with FeatureCache(cache_dir) as cache:
+        source = FeatureSource.encode(products, settings.encoders_for(model.cfg), cache, image_root, model.cfg,
+                                      log=settings.log)
+    if hide_text:
+        source = source.hide("image")
+    rows = prediction_rows(products, predict_source(model, source),
+                           resolve_tag_source("auto", model.decoder is not None))
+    return summary(products, rows), rows
+
+
+def _parse(argv):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(REPO.parent / "shared" / "datasets" / "fashion-myntra"))
+    ap.add_argument("--model", required=True, help="a model folder (the benchmark's OUT/model)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--cache", help="feature cache (default OUT/features-cache)")
+    ap.add_argument("--catalog", help="an imported catalog (default: import --data into OUT)")
+    ap.add_argument("--image-model", help="a dedicated image-only model folder, scored as photo_only_model")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--quick", action="store_true", help="the benchmark's small subset (tests)")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    a = _parse(argv)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = RunSettings(progress=False)
+    catalog = read_catalog(a.catalog or _catalog(Path(a.data), out, a.quick, print))
+    cache_dir = Path(a.cache or out / "features-cache")
+    test = [p for p in catalog.products if p.split == a.split]
+    jobs = [(v, a.model, v == "photo_only", products)
+            for v, products in masked_variants(test, catalog.products).items()]
+    if a.image_model:
+        jobs.append(("photo_only_model", a.image_model, True, test))
+    results, t0 = {}, time.perf_counter()
+    for name, model_dir, hide_text, products in jobs:
+        model = Tagger.load(model_dir)
+        results[name], rows = score_variant(model, products, catalog.image_root, cache_dir, hide_text, settings)
+        with open(out / f"{name}_predictions.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        print(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in results[name].items()
+                                      if isinstance(v, float)), flush=True)
+    results["model"], results["minutes"] = str(a.model), (time.perf_counter() - t0) / 60
+    (out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    table = [{"test texts": n, **{k: results[n][k] for k in ("category_acc", "micro_f1", "macro_f1", "colour_f1",
+                                                             "colour_given_share")},
+              **{f"F1 {k}": results[n]["f1_by_key"].get(k, 0.0) for k in DOC_KEYS}}
+             for n in results if isinstance(results[n], dict)]
+    print(_markdown(table))
+    return results
+
+
+if __name__ == "__main__":
+    main()

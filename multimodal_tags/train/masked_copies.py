@@ -1,0 +1,57 @@
+"""Label-word masking in training: extra train rows whose text is silent about some of their labels.
+
+A share of the train products (`TrainConfig.masked_copies`) gets one copy each, with the words of some
+of its own labels removed from its text (data/masking.label_word_view): same photo, same labels. The
+copies are encoded like any product (the photo is a cache hit), appended after the originals, and
+their word scores come from the same cross-fitted SVMs applied to the *masked* text
+(train/word_scores.py), so the decoder learns what absent word evidence looks like and turns to the
+photo, instead of trusting scores that the words it was trained on always supplied.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import ModelConfig
+from ..data.augment import view_seed
+from ..data.feature_cache import FeatureCache
+from ..data.masking import label_word_view
+from ..features.encoders import EncoderSet
+from ..features.source import FEATURE_FIELDS, FeatureSource
+
+COPY_SUFFIX = "#masked"
+
+
+def concat_sources(first: FeatureSource, second: FeatureSource) -> FeatureSource:
+    """The products of `first` then `second`, with their features (no word scores)."""
+    out = FeatureSource.__new__(FeatureSource)
+    out.products, out.cfg = first.products + second.products, first.cfg
+    for name in FEATURE_FIELDS:
+        setattr(out, name, torch.cat([getattr(first, name), getattr(second, name)]))
+    out._lexical_ids, out.word_scores = None, None
+    return out
+
+
+def masked_copies(train: FeatureSource, share: float, seed: int, encoders: EncoderSet, cache_dir: str | Path,
+                  image_root: Path, cfg: ModelConfig,
+                  log: Callable[[str], None] = print) -> tuple[FeatureSource, np.ndarray]:
+    """(the train rows followed by masked copies of a seeded `share` of them, the original row of each
+    copy). A share of 0 returns `train` and no copies."""
+    n = len(train)
+    count = min(n, round(share * n))
+    if count <= 0:
+        return train, np.zeros(0, dtype=np.int64)
+    picks = np.sort(np.random.default_rng(seed).choice(n, count, replace=False))
+    copies = []
+    for i in picks:
+        p = train.products[int(i)]
+        view = label_word_view(p, view_seed(p.text_hash, seed))
+        view.id = p.id + COPY_SUFFIX
+        copies.append(view)
+    with FeatureCache(cache_dir) as cache:
+        copy_source = FeatureSource.encode(copies, encoders, cache, image_root, cfg, log=log)
+    log(f"masked copies: {count} train products with some of their label words removed from the text")
+    return concat_sources(train, copy_source), picks
