@@ -22,7 +22,9 @@ whole catalog; category names are all of its categories; gender words are `GENDE
 Tags are the model's own output rows (the decoder's tags where it has one, with the keys it must
 answer filled, as `mmtags tag` writes them). OUT/results.json has one entry per variant with
 `category_acc`, `micro_f1`, `macro_f1`, `colour_f1`, `colour_given_share` (the share of products given
-any colour tag) and `f1_by_key`; OUT/<variant>_predictions.jsonl holds the rows.
+any colour tag) and `f1_by_key`, and `without_filling`: the same with the required keys left unanswered
+where the model's tags say nothing of them (the lever measured alone); OUT/<variant>_predictions.jsonl
+holds the rows.
 """
 from __future__ import annotations
 
@@ -72,6 +74,11 @@ def summary(products: list, rows: list[dict]) -> dict:
             "f1_by_key": by_key}
 
 
+def unfilled(rows: list[dict]) -> list[dict]:
+    """The rows without their "filled" tags: what the model says with no key forced to an answer."""
+    return [{**r, "tags": [t for t in r["tags"] if r["tag_sources"].get(t) != "filled"]} for r in rows]
+
+
 def score_variant(model: Tagger, products: list, image_root: Path, cache_dir: Path, hide_text: bool,
                   settings: RunSettings) -> tuple[dict, list[dict]]:
     """Encode (what the cache lacks), predict and score one variant's products."""
@@ -82,7 +89,13 @@ def score_variant(model: Tagger, products: list, image_root: Path, cache_dir: Pa
         source = source.hide("image")
     rows = prediction_rows(products, predict_source(model, source),
                            resolve_tag_source("auto", model.decoder is not None))
-    return summary(products, rows), rows
+    return {**summary(products, rows), "without_filling": summary(products, unfilled(rows))}, rows
+
+
+def _table_row(name: str, r: dict) -> dict:
+    return {"test texts": name, **{k: r[k] for k in ("category_acc", "micro_f1", "macro_f1", "colour_f1",
+                                                   "colour_given_share")},
+            **{f"F1 {k}": r["f1_by_key"].get(k, 0.0) for k in DOC_KEYS}}
 
 
 def _parse(argv):
@@ -120,10 +133,9 @@ def main(argv: list[str] | None = None) -> dict:
                                       if isinstance(v, float)), flush=True)
     results["model"], results["minutes"] = str(a.model), (time.perf_counter() - t0) / 60
     (out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
-    table = [{"test texts": n, **{k: results[n][k] for k in ("category_acc", "micro_f1", "macro_f1", "colour_f1",
-                                                             "colour_given_share")},
-              **{f"F1 {k}": results[n]["f1_by_key"].get(k, 0.0) for k in DOC_KEYS}}
-             for n in results if isinstance(results[n], dict)]
+    table = [_table_row(n, results[n]) for n in results if isinstance(results[n], dict)]
+    table += [_table_row(f"{n}, no filling", results[n]["without_filling"]) for n in results
+              if isinstance(results[n], dict)]
     print(_markdown(table))
     return results
 

@@ -82,11 +82,26 @@ def test_myntra_benchmark_quick(tmp_path):
 
     result = myntra_benchmark.main(["--data", str(root), "--out", str(tmp_path / "bench"), "--quick"])
     models = {r["model"] for r in result["rows"]}
-    assert models == {"fused, frozen", "text only, frozen (photo hidden)", "image only, frozen (text hidden)",
-                      "fused, fine-tuned text"}
+    tuned = "fine-tuned text and image"
+    assert models == {f"fused, {tuned}", f"text only, {tuned} (photo hidden)", f"image only, {tuned} (text hidden)"}
     assert {r["tags from"] for r in result["rows"]} == {"tag head", "GPT-2"}
     preds = (tmp_path / "bench" / "test_predictions.jsonl").read_text().splitlines()
     assert len(preds) == 150 and (tmp_path / "bench" / "model" / "model.safetensors").exists()
+
+    import implicit_benchmark  # the masked-text benchmark on the model just trained
+
+    implicit = implicit_benchmark.main(["--data", str(root), "--model", str(tmp_path / "bench" / "model"),
+                                        "--out", str(tmp_path / "implicit"), "--quick",
+                                        "--catalog", str(tmp_path / "bench" / "catalog-quick.jsonl"),
+                                        "--cache", str(tmp_path / "bench" / "features-cache")])
+    on_disk = json.loads((tmp_path / "implicit" / "results.json").read_text())
+    for variant in ("full", "masked_colour", "masked_category", "masked_all", "photo_only"):
+        assert {"category_acc", "micro_f1", "macro_f1", "colour_f1", "colour_given_share"} <= set(on_disk[variant])
+        assert implicit[variant]["products"] == 150
+    # colour is a key every Myntra product carries: it is always answered, with or without colour words
+    assert on_disk["masked_colour"]["colour_given_share"] == 1.0
+    masked = [json.loads(x) for x in (tmp_path / "implicit" / "masked_colour_predictions.jsonl").open()]
+    assert any(src == "filled" for r in masked for src in r["tag_sources"].values())
 
 
 def test_product1m_imports_every_listing():

@@ -38,7 +38,8 @@ def test_training_writes_a_complete_run_folder(shop, tmp_path):
     assert set(result["metrics"]["test"]) == {"decoder", "head", "both"}
     row = json.loads((run / "test_predictions.jsonl").read_text().splitlines()[0])
     assert {"id", "category", "tags", "tag_scores", "tag_sources", "modality_weights", "content_hash"} <= set(row)
-    assert set(row["tag_sources"].values()) <= {"decoder", "both"}  # "both": the tag head agreed
+    # "both": the tag head agreed; "filled": a key every product carries, answered by the head
+    assert set(row["tag_sources"].values()) <= {"decoder", "both", "filled"}
     assert json.loads((run / "run.json").read_text())["settings"]["seed"] == 3
 
 

@@ -65,6 +65,9 @@ class ColourDescribed(ImageEncoder):
         self._sync()
         return self
 
+    def cache_id(self) -> str:
+        return self.base.cache_id() + SUFFIX
+
     def preprocessing_id(self) -> str:
         return self.base.preprocessing_id() + f"|colour-hist-{BINS}"
 

@@ -82,6 +82,12 @@ class TimmImageEncoder(ImageEncoder):
         self.random_weights = random_weights
         self.dim = int(model.num_features)  # channels_last above: oneDNN's fast CNN layout on CPU
 
+    def cache_id(self) -> str:
+        # a weights file is named by its weights (in the key anyway), not its path: a tuned trunk copied
+        # into a model folder reuses the vectors computed during training
+        name, _, weights = self.spec.partition("@")
+        return f"{name}@file" if name.startswith("timm:") and weights not in ("", "random") else self.spec
+
     def set_image_size(self, size: int) -> "TimmImageEncoder":
         """timm's own preprocessing for this model (interpolation, crop, statistics) at another input size."""
         self.transform = timm_transform(self.model, size)

@@ -306,6 +306,8 @@ def _read_config(folder: Path) -> tuple[ModelConfig, dict]:
         spec = getattr(cfg, side)
         if spec.startswith("hf:./"):
             setattr(cfg, side, f"hf:{(folder / spec[len('hf:./'):]).resolve()}")
+        elif "@./" in spec:  # a bundled weights file: "timm:ARCH@./image_encoder.safetensors"
+            setattr(cfg, side, spec.replace("@./", f"@{folder.resolve()}/", 1))
     return cfg, meta
 
 

@@ -23,8 +23,9 @@ from ..features.encode import ImageFiles, collate_images
 class ImageSide:
     """Trunk vectors of photos for the loss (before the projection)."""
 
-    def __init__(self, clip, stages: int = 0, autocast=contextlib.nullcontext):
-        self.trunk, self.stages, self.autocast = clip.visual.trunk, stages, autocast
+    def __init__(self, trunk, stages: int = 0, autocast=contextlib.nullcontext):
+        """`trunk`: a timm EfficientNet-style model (our CLIP's `clip.visual.trunk`, or a plain image encoder's)."""
+        self.trunk, self.stages, self.autocast = trunk, stages, autocast
         if stages and not all(hasattr(self.trunk, a) for a in ("conv_stem", "bn1", "blocks", "conv_head", "bn2")):
             raise ValueError(f"unlocking image stages needs an EfficientNet-style timm trunk, not "
                              f"{type(self.trunk).__name__}")
@@ -61,10 +62,10 @@ class ImageSide:
 
     @torch.no_grad()
     def maps(self, products: Sequence[Product], transform, image_root: Path, folder: Path, trunk_key: str,
-             precision_ctx) -> tuple[torch.Tensor, list[bool]]:
+             precision_ctx, prefix: str = "clip-maps") -> tuple[torch.Tensor, list[bool]]:
         """(float16 tail-input maps of the photos that load, loaded mask), saved under `folder` by content."""
         ident = hashlib.sha256("|".join([trunk_key, str(self.stages), *(p.image_hash for p in products)]).encode())
-        path = Path(folder) / f"clip-maps-{ident.hexdigest()[:20]}.pt"
+        path = Path(folder) / f"{prefix}-{ident.hexdigest()[:20]}.pt"
         if path.is_file():
             saved = torch.load(path, weights_only=True)
             return saved["maps"], saved["ok"].tolist()

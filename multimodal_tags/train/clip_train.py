@@ -114,7 +114,7 @@ def pair_features(products: list[Product], encoder: pc.ProductClipEncoder, trunk
                   cache: FeatureCache, image_root: Path, cfg: ClipTrainConfig,
                   image_side: ImageSide | None = None) -> PairFeatures:
     """Encode (or fetch) the photo inputs and caption vectors of the products; drops failed photos."""
-    image, keep = _photo_inputs(products, encoder, image_side or ImageSide(encoder.clip), cache, image_root)
+    image, keep = _photo_inputs(products, encoder, image_side or ImageSide(encoder.clip.visual.trunk), cache, image_root)
     products = [products[i] for i in keep]
     captions = [product_captions(p, cfg.attribute_captions, cfg.holdout_keys) for p in products]
     texts = list(dict.fromkeys(t for c in captions for t in c))
@@ -238,7 +238,7 @@ def train_projections(clip, train: PairFeatures, val: PairFeatures, prompts: Pro
 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    image_side = image_side or ImageSide(clip)
+    image_side = image_side or ImageSide(clip.visual.trunk)
     opt = _optimizer(clip, cfg, image_side)
     steps = cfg.epochs * math.ceil(len(train.products) / cfg.batch_size)
     warmup = max(1, steps // 20)  # 5% linear warm-up, then cosine decay
@@ -295,7 +295,7 @@ def train_clip(catalog: Catalog, out_dir: str | Path, cache_dir: str | Path, cfg
         ("-tuned" if cfg.unlock_image_stages else "")  # a name only: the cache key has the weights' hash
     encoder = pc.ProductClipEncoder(f"{pc.SPEC_PREFIX}training", clip, tokenizer, {"trunk_spec": trunk_spec})
     encoder.set_precision(precision)
-    image_side = ImageSide(clip, cfg.unlock_image_stages, encoder.autocast)
+    image_side = ImageSide(clip.visual.trunk, cfg.unlock_image_stages, encoder.autocast)
     text_trunk = pc.ClipTextTrunk(clip, tokenizer).set_precision(precision)
     train_products = split_products(catalog, "train")
     categories = sorted({p.category for p in train_products if p.category})

@@ -34,6 +34,7 @@ from ..models.tagger import Tagger
 from ..files import write_json_atomic
 from ..run_info import LINEAGE_FILE, write_run_info
 from .data import FeatureDataset, LabelSpace, build_label_space
+from .finetune_image import ImageFinetuneConfig, bundle_image_encoder, finetuned_image_config
 from .finetune_text import FinetuneConfig, bundle_text_encoder, finetuned_config
 from .loop import fit
 from .masked_copies import masked_copies
@@ -168,11 +169,13 @@ def score_and_write(best: Tagger, data: SplitData, run_dir: Path, model_id: str,
 
 def train_tagger(catalog_path: str | Path, run_dir: str | Path, cfg: ModelConfig, tcfg: TrainConfig,
                  settings: RunSettings | None = None, resume: bool = False, modalities: str = "both",
-                 finetune: FinetuneConfig | None = None, stop_after_epoch: int | None = None) -> dict:
+                 finetune: FinetuneConfig | None = None, stop_after_epoch: int | None = None,
+                 finetune_image: ImageFinetuneConfig | None = None) -> dict:
     """Train and evaluate one model; returns {"metrics": {split: {source: ...}}, "state": trainer state}.
 
     With `finetune`, the text encoder is first fine-tuned end to end on the train split (saved in
-    `run_dir/text_encoder/`, reused on --resume), and the heads then train on its features."""
+    `run_dir/text_encoder/`, reused on --resume), and the heads then train on its features; with
+    `finetune_image`, the last stages of the image trunk likewise (`run_dir/image_encoder/`)."""
     settings, run_dir, t_start = settings or RunSettings(), Path(run_dir), time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
     catalog = read_catalog(catalog_path)
@@ -180,7 +183,11 @@ def train_tagger(catalog_path: str | Path, run_dir: str | Path, cfg: ModelConfig
     if finetune is not None:
         cfg = finetuned_config(catalog, cfg, finetune, run_dir / "text_encoder", tcfg.max_train_products,
                                settings.log)
-    save_yaml(run_dir / "config.yaml", model=cfg, train=tcfg, finetune=finetune or {})
+    if finetune_image is not None:
+        cfg = finetuned_image_config(catalog, cfg, finetune_image, run_dir / "image_encoder",
+                                     tcfg.max_train_products, settings.log)
+    save_yaml(run_dir / "config.yaml", model=cfg, train=tcfg, finetune=finetune or {},
+              finetune_image=finetune_image or {})
     cache_dir = settings.cache_for(catalog_path)
     data = prepare_data(catalog, cfg, tcfg, cache_dir, settings, modalities)
     model = build_model(cfg, tcfg, data, cache_dir, settings.log)
@@ -192,6 +199,8 @@ def train_tagger(catalog_path: str | Path, run_dir: str | Path, cfg: ModelConfig
     best, val_preds = finish_model(run_dir, data.val, settings.log)
     if finetune is not None:  # the model folder carries its fine-tuned text encoder: it stays self-contained
         bundle_text_encoder(run_dir / "text_encoder", run_dir / "model")
+    if finetune_image is not None:
+        bundle_image_encoder(run_dir / "image_encoder", run_dir / "model")
     write_json_atomic(run_dir / "model" / LINEAGE_FILE, {"catalog": str(Path(catalog_path).resolve()), "parent": None})
     metrics = score_and_write(best, data, run_dir, f"{run_dir.name}@epoch{state['best_epoch']}", val_preds)
     write_run_info(run_dir, {"job": "train", "catalog": str(catalog_path), "modalities": modalities,
