@@ -36,7 +36,7 @@ from multimodal_tags.train.finetune_text import FinetuneConfig, finetuned_config
 from multimodal_tags.features import RunSettings, encode_catalog
 from multimodal_tags.inference import score_split
 from multimodal_tags.models.tagger import Tagger
-from multimodal_tags.train.job import copies_maker, split_datasets, train_tagger
+from multimodal_tags.train.job import copies_maker, split_datasets, split_indices, train_tagger
 from multimodal_tags.train.word_scores import fit_or_load_word_scores
 
 REPO = Path(__file__).resolve().parent.parent
