@@ -34,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from myntra_benchmark import _catalog, _markdown  # noqa: E402
 
@@ -107,6 +109,9 @@ def _parse(argv):
     ap.add_argument("--catalog", help="an imported catalog (default: import --data into OUT)")
     ap.add_argument("--image-model", help="a dedicated image-only model folder, scored as photo_only_model")
     ap.add_argument("--split", default="test")
+    ap.add_argument("--without-photo-head", action="store_true",
+                    help="an ablation at inference: the photo head's logits no longer reach the decoder and the "
+                         "category (its learned weights set to 0)")
     ap.add_argument("--quick", action="store_true", help="the benchmark's small subset (tests)")
     return ap.parse_args(argv)
 
@@ -126,6 +131,10 @@ def main(argv: list[str] | None = None) -> dict:
     results, t0 = {}, time.perf_counter()
     for name, model_dir, hide_text, products in jobs:
         model = Tagger.load(model_dir)
+        if a.without_photo_head and model.photo_head is not None:
+            with torch.no_grad():
+                model.photo_head.tag_weight.zero_()
+                model.photo_head.category_weight.zero_()
         results[name], rows = score_variant(model, products, catalog.image_root, cache_dir, hide_text, settings)
         with open(out / f"{name}_predictions.jsonl", "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)

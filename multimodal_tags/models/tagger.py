@@ -60,6 +60,8 @@ class RawPrediction:
     fused: torch.Tensor  # [b, dim] the fused product vector
     modality_weights: torch.Tensor  # [b, 2] text, image
     generated: list[dict[str, float]] | None  # per product: generated tag -> probability (no floor)
+    # [b, n_tags] the photo head's probabilities, NaN where the product shows no photo (models with one)
+    photo_tag_probs: torch.Tensor | None = None
 
 
 class Tagger(nn.Module):
@@ -187,9 +189,13 @@ class Tagger(nn.Module):
         decode = None if self.decoder is None else (self.decoder.generate_stock if stock_generate
                                                     else self.decoder.generate)
         generated = decode(out["fused"], tag_bias=out["tag_bias"]) if (generate and decode) else None
+        photo = None
+        if "photo_tag_logits" in out:
+            photo = torch.sigmoid(out["photo_tag_logits"].float())
+            photo[~batch.has_image.bool()] = float("nan")
         return RawPrediction(torch.softmax(out["category_logits"].float(), -1), torch.sigmoid(out["tag_logits"].float()),
                              out["fused"].float(), out["modality_weights"].float(),
-                             None if generated is None else [dict(g) for g in generated])
+                             None if generated is None else [dict(g) for g in generated], photo)
 
     @torch.no_grad()
     def predict(self, batch: Batch, generate: bool = True, top_k: int = 5) -> list[dict]:
@@ -213,14 +219,17 @@ class Tagger(nn.Module):
                                          "image": float(raw.modality_weights[n, 1])}}
             if raw.generated is not None:
                 pred["generated_tags"] = {t: float(p) for t, p in raw.generated[n].items() if p >= floor}
-            if self.required:
-                pred["required"] = self.required_answers(pred["category"], tag_p[n])
+            if self.required:  # the photo head where there is a photo: the best judge of what words leave out
+                photo = None if raw.photo_tag_probs is None else raw.photo_tag_probs[n]
+                shown = photo is not None and not bool(torch.isnan(photo).any())
+                pred["required"] = self.required_answers(pred["category"], photo if shown else tag_p[n])
             preds.append(pred)
         return preds
 
     def required_answers(self, category: str, tag_probs: torch.Tensor) -> dict[str, list]:
-        """{key: [its most probable tag, the head's probability]} for every key this category must answer:
-        what a prediction row reports where its tags say nothing of that key (inference/rows.py)."""
+        """{key: [its most probable tag, that probability]} for every key this category must answer, by
+        `tag_probs` (the photo head's where the product has a photo, else the tag head's): what a
+        prediction row reports where its tags say nothing of that key (inference/rows.py)."""
         keys = dict.fromkeys([*self.required.get(ALL_CATEGORIES, []), *self.required.get(category, [])])
         out = {}
         for key in keys:
