@@ -44,6 +44,7 @@ from multimodal_tags.data.feature_cache import FeatureCache  # noqa: E402
 from multimodal_tags.data.masking import (GENDER_WORDS, category_words, colour_words,  # noqa: E402
                                           mask_products)
 from multimodal_tags.features import RunSettings  # noqa: E402
+from multimodal_tags.features.encoders import EncoderSet  # noqa: E402
 from multimodal_tags.features.source import FeatureSource  # noqa: E402
 from multimodal_tags.inference.predict import predict_source  # noqa: E402
 from multimodal_tags.inference.rows import prediction_rows, resolve_tag_source, score_rows  # noqa: E402
@@ -81,17 +82,26 @@ def unfilled(rows: list[dict]) -> list[dict]:
     return [{**r, "tags": [t for t in r["tags"] if r["tag_sources"].get(t) != "filled"]} for r in rows]
 
 
-def score_variant(model: Tagger, products: list, image_root: Path, cache_dir: Path, hide_text: bool,
-                  settings: RunSettings) -> tuple[dict, list[dict]]:
+def score_variant(model: Tagger, encoders: EncoderSet, products: list, image_root: Path, cache_dir: Path,
+                  hide_text: bool, log) -> tuple[dict, list[dict]]:
     """Encode (what the cache lacks), predict and score one variant's products."""
     with FeatureCache(cache_dir) as cache:
-        source = FeatureSource.encode(products, settings.encoders_for(model.cfg), cache, image_root, model.cfg,
-                                      log=settings.log)
+        source = FeatureSource.encode(products, encoders, cache, image_root, model.cfg, log=log)
     if hide_text:
         source = source.hide("image")
     rows = prediction_rows(products, predict_source(model, source),
                            resolve_tag_source("auto", model.decoder is not None))
     return {**summary(products, rows), "without_filling": summary(products, unfilled(rows))}, rows
+
+
+def load_model(model_dir: str, settings: RunSettings, without_photo_head: bool) -> tuple[Tagger, EncoderSet]:
+    """A model folder and its encoders (built on first use), its photo head cut off for the ablation."""
+    model = Tagger.load(model_dir)
+    if without_photo_head and model.photo_head is not None:
+        with torch.no_grad():
+            model.photo_head.tag_weight.zero_()
+            model.photo_head.category_weight.zero_()
+    return model, settings.encoders_for(model.cfg)
 
 
 def _table_row(name: str, r: dict) -> dict:
@@ -128,14 +138,13 @@ def main(argv: list[str] | None = None) -> dict:
             for v, products in masked_variants(test, catalog.products).items()]
     if a.image_model:
         jobs.append(("photo_only_model", a.image_model, True, test))
-    results, t0 = {}, time.perf_counter()
+    results, loaded, t0 = {}, {}, time.perf_counter()
     for name, model_dir, hide_text, products in jobs:
-        model = Tagger.load(model_dir)
-        if a.without_photo_head and model.photo_head is not None:
-            with torch.no_grad():
-                model.photo_head.tag_weight.zero_()
-                model.photo_head.category_weight.zero_()
-        results[name], rows = score_variant(model, products, catalog.image_root, cache_dir, hide_text, settings)
+        if model_dir not in loaded:  # each model and its encoders loaded once, for all its variants
+            loaded[model_dir] = load_model(model_dir, settings, a.without_photo_head)
+        model, encoders = loaded[model_dir]
+        results[name], rows = score_variant(model, encoders, products, catalog.image_root, cache_dir, hide_text,
+                                            settings.log)
         with open(out / f"{name}_predictions.jsonl", "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         print(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in results[name].items()

@@ -31,12 +31,12 @@ from multimodal_tags.config import TrainConfig
 from multimodal_tags.data.catalog import read_catalog, read_meta, write_catalog
 from multimodal_tags.data.importers import myntra, run_import
 from multimodal_tags.models.presets import get_preset
-from multimodal_tags.train.finetune_image import ImageFinetuneConfig, finetuned_image_config
-from multimodal_tags.train.finetune_text import FinetuneConfig, finetuned_config
+from multimodal_tags.train.finetune_image import ImageFinetuneConfig
+from multimodal_tags.train.finetune_text import FinetuneConfig
 from multimodal_tags.features import RunSettings, encode_catalog
 from multimodal_tags.inference import score_split
 from multimodal_tags.models.tagger import Tagger
-from multimodal_tags.train.job import copies_maker, split_datasets, split_indices, train_tagger
+from multimodal_tags.train.job import copies_maker, split_datasets, split_indices, train_tagger, tuned_config
 from multimodal_tags.train.word_scores import fit_or_load_word_scores
 
 REPO = Path(__file__).resolve().parent.parent
@@ -218,24 +218,15 @@ def _plan(a: argparse.Namespace, out: Path, catalog: Path, cache: Path, log) -> 
     return runs, jobs, reused
 
 
-def _tuned_config(products, job: dict, log):
-    """The model config of a run once its encoders are tuned (tuning them, or finding them tuned)."""
-    cfg, max_train = job["cfg"], job["tcfg"].max_train_products
-    if job["finetune_image"] is not None:
-        cfg = finetuned_image_config(products, cfg, job["finetune_image"], Path(job["run_dir"]) / "image_encoder",
-                                     max_train, log)
-    if job["finetune"] is not None:
-        cfg = finetuned_config(products, cfg, job["finetune"], Path(job["run_dir"]) / "text_encoder", max_train, log)
-    return cfg
-
-
 def _prefill(catalog: Path, jobs: list[dict], log) -> None:
     """With every core, before the runs split them: tune each run's encoders, encode the catalog and its
     masked copies with them, and fit the word-score SVMs the runs share (the runs then find all of it
     done; the SVMs read only words, so every run finds the same ones)."""
     products, settings = read_catalog(catalog), RunSettings(log=log)
     for job in jobs:
-        cfg, tcfg, cache = _tuned_config(products, job, log), job["tcfg"], Path(job["cache"])
+        tcfg, cache = job["tcfg"], Path(job["cache"])
+        cfg = tuned_config(products, job["cfg"], Path(job["run_dir"]), tcfg.max_train_products, log,
+                           job["finetune"], job["finetune_image"])
         source = encode_catalog(products, cfg, cache, settings)
         data = split_datasets(products, source, cfg, tcfg.max_train_products,
                               copies_for=copies_maker(products, cfg, tcfg, cache, settings))

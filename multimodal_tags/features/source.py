@@ -83,6 +83,16 @@ class FeatureSource(Dataset):
         out.word_scores = None
         return out
 
+    def concat(self, other: "FeatureSource") -> "FeatureSource":
+        """The products of this source, then those of `other`, with their features (word scores are not
+        carried over)."""
+        out = FeatureSource.__new__(FeatureSource)
+        out.products, out.cfg = self.products + other.products, self.cfg
+        for name in FEATURE_FIELDS:
+            setattr(out, name, torch.cat([getattr(self, name), getattr(other, name)]))
+        out._lexical_ids, out.word_scores = None, None
+        return out
+
     def hide(self, modalities: str) -> "FeatureSource":
         """The source showing only `modalities` ("both": itself; "text" or "image": a copy with the other
         modality marked absent everywhere, for text-only / image-only ablations)."""

@@ -130,12 +130,6 @@ class AdaptData:
     replayed: int
 
 
-def _concat(a: FeatureSource, b: FeatureSource) -> FeatureSource:
-    """One source with the products of a, then b."""
-    vectors = {k: torch.cat([getattr(a, k), getattr(b, k)]).numpy() for k in ("text", "image", "has_text", "has_image")}
-    return FeatureSource(a.products + b.products, vectors, a.cfg)
-
-
 @torch.no_grad()
 def _table_scores(model: Tagger, source: FeatureSource) -> torch.Tensor:
     ids = source.lexical_ids
@@ -157,7 +151,7 @@ def prepare_adapt_data(model: Tagger, catalog: Catalog, judged: list[Product], c
                               replace=False))
     judged_source = encode_catalog(Catalog(fit_part + held, catalog.report, catalog.image_root, catalog.meta),
                                    cfg, cache_dir, settings)
-    mixed = _concat(judged_source.subset(range(len(fit_part))), train_split.features.subset(pick.tolist()))
+    mixed = judged_source.subset(range(len(fit_part))).concat(train_split.features.subset(pick.tolist()))
     if model.word_scores is not None:  # judged: the model's table (out of sample); replayed: cross-fitted
         n_categories = len(model.categories) if cfg.word_score_categories else 0
         crossfit = fit_or_load_word_scores(train_split, cfg.lexical_buckets, TrainConfig(), cache_dir,

@@ -167,6 +167,18 @@ def score_and_write(best: Tagger, data: SplitData, run_dir: Path, model_id: str,
     return metrics
 
 
+def tuned_config(catalog: Catalog, cfg: ModelConfig, run_dir: Path, max_train: int | None,
+                 log: Callable[[str], None], finetune: FinetuneConfig | None = None,
+                 finetune_image: ImageFinetuneConfig | None = None) -> ModelConfig:
+    """The config once its encoders are tuned as asked (tuned into `run_dir/text_encoder/` and
+    `run_dir/image_encoder/`, or found there already tuned for the same settings and train split)."""
+    if finetune is not None:
+        cfg = finetuned_config(catalog, cfg, finetune, run_dir / "text_encoder", max_train, log)
+    if finetune_image is not None:
+        cfg = finetuned_image_config(catalog, cfg, finetune_image, run_dir / "image_encoder", max_train, log)
+    return cfg
+
+
 def train_tagger(catalog_path: str | Path, run_dir: str | Path, cfg: ModelConfig, tcfg: TrainConfig,
                  settings: RunSettings | None = None, resume: bool = False, modalities: str = "both",
                  finetune: FinetuneConfig | None = None, stop_after_epoch: int | None = None,
@@ -180,12 +192,7 @@ def train_tagger(catalog_path: str | Path, run_dir: str | Path, cfg: ModelConfig
     run_dir.mkdir(parents=True, exist_ok=True)
     catalog = read_catalog(catalog_path)
     settings.log(catalog.report.summary())
-    if finetune is not None:
-        cfg = finetuned_config(catalog, cfg, finetune, run_dir / "text_encoder", tcfg.max_train_products,
-                               settings.log)
-    if finetune_image is not None:
-        cfg = finetuned_image_config(catalog, cfg, finetune_image, run_dir / "image_encoder",
-                                     tcfg.max_train_products, settings.log)
+    cfg = tuned_config(catalog, cfg, run_dir, tcfg.max_train_products, settings.log, finetune, finetune_image)
     save_yaml(run_dir / "config.yaml", model=cfg, train=tcfg, finetune=finetune or {},
               finetune_image=finetune_image or {})
     cache_dir = settings.cache_for(catalog_path)

@@ -13,26 +13,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..config import ModelConfig
 from ..data.augment import view_seed
 from ..data.feature_cache import FeatureCache
 from ..data.masking import label_word_view
 from ..features.encoders import EncoderSet
-from ..features.source import FEATURE_FIELDS, FeatureSource
+from ..features.source import FeatureSource
 
 COPY_SUFFIX = "#masked"
-
-
-def concat_sources(first: FeatureSource, second: FeatureSource) -> FeatureSource:
-    """The products of `first` then `second`, with their features (no word scores)."""
-    out = FeatureSource.__new__(FeatureSource)
-    out.products, out.cfg = first.products + second.products, first.cfg
-    for name in FEATURE_FIELDS:
-        setattr(out, name, torch.cat([getattr(first, name), getattr(second, name)]))
-    out._lexical_ids, out.word_scores = None, None
-    return out
 
 
 def masked_copies(train: FeatureSource, share: float, seed: int, encoders: EncoderSet, cache_dir: str | Path,
@@ -54,4 +43,4 @@ def masked_copies(train: FeatureSource, share: float, seed: int, encoders: Encod
     with FeatureCache(cache_dir) as cache:
         copy_source = FeatureSource.encode(copies, encoders, cache, image_root, cfg, log=log)
     log(f"masked copies: {count} train products with some of their label words removed from the text")
-    return concat_sources(train, copy_source), picks
+    return train.concat(copy_source), picks
