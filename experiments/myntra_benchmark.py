@@ -173,10 +173,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--image-size", type=int, help="photo side in pixels (default: the image encoder's own, 224)")
     ap.add_argument("--masked-copies", type=float, default=0.4,
                     help="share of train products with a masked-text copy (TrainConfig.masked_copies; 0: none)")
-    ap.add_argument("--image-finetune-epochs", type=int, default=4,
+    ap.add_argument("--image-finetune-epochs", type=int, default=3,
                     help="epochs of tuning the image trunk's last stages in the fine-tuned run (0: keep it frozen)")
     ap.add_argument("--image-finetune-stages", type=int, default=2, help="trunk stages tuned (+ conv_head)")
-    ap.add_argument("--word-score-folds", type=int, default=5, help="cross-fitting folds of the word-score SVMs")
+    ap.add_argument("--word-score-folds", type=int, default=4, help="cross-fitting folds of the word-score SVMs")
     ap.add_argument("--quick", action="store_true", help="a small subset and 2 epochs, for tests")
     return ap.parse_args(argv)
 
