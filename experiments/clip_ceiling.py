@@ -14,20 +14,19 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from myntra_benchmark import _markdown  # noqa: E402
 
-from multimodal_tags.data.catalog import read_catalog  # noqa: E402
-from multimodal_tags.data.feature_cache import FeatureCache  # noqa: E402
-from multimodal_tags.features.encode import encode_and_load  # noqa: E402
-from multimodal_tags.models.factory import create_image_encoder  # noqa: E402
-from multimodal_tags.models.product_clip import SPEC_PREFIX, WITH_TRUNK  # noqa: E402
+from multimodal_tags.data.catalog import read_catalog
+from multimodal_tags.data.feature_cache import FeatureCache
+from multimodal_tags.features.encode import encode_and_load
+from multimodal_tags.models.factory import create_image_encoder
+from multimodal_tags.models.product_clip import SPEC_PREFIX, WITH_TRUNK
+
+from experiments.common import markdown_table
 
 
 def _parse(argv):
@@ -92,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["colour_histogram_probe_acc"] = probe(ht[yt != ""], yt[yt != ""], hv[yv != ""], yv[yv != ""], c=2.0,
                                                   standardise=False)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(_markdown([{"metric": k, "value": v} for k, v in results.items() if isinstance(v, float)]))
+    print(markdown_table([{"metric": k, "value": v} for k, v in results.items() if isinstance(v, float)]))
     return results
 
 

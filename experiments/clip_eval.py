@@ -21,34 +21,33 @@ import argparse
 import dataclasses
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from myntra_benchmark import _catalog, _Log, _markdown, _run_dir, _train_all  # noqa: E402
 
-from multimodal_tags.config import TrainConfig  # noqa: E402
-from multimodal_tags.data.catalog import read_catalog, write_catalog  # noqa: E402
-from multimodal_tags.data.feature_cache import FeatureCache  # noqa: E402
-from multimodal_tags.features.encode import encode_and_load  # noqa: E402
-from multimodal_tags.metrics import prf, retrieval_recall  # noqa: E402
-from multimodal_tags.models.factory import create_image_encoder  # noqa: E402
-from multimodal_tags.models.presets import get_preset  # noqa: E402
-from multimodal_tags.models.tag_tokenizer import tag_key  # noqa: E402
-from multimodal_tags.models.product_clip import SPEC_PREFIX, WITH_TRUNK  # noqa: E402
-from multimodal_tags.models.zero_shot import ZeroShotTags  # noqa: E402
-from multimodal_tags.train.clip_train import ClipTrainConfig, train_clip  # noqa: E402
+from multimodal_tags.data.catalog import read_catalog, write_catalog
+from multimodal_tags.data.feature_cache import FeatureCache
+from multimodal_tags.features.encode import encode_and_load
+from multimodal_tags.metrics import prf, retrieval_recall
+from multimodal_tags.models.factory import create_image_encoder
+from multimodal_tags.models.presets import get_preset
+from multimodal_tags.models.tag_tokenizer import tag_key
+from multimodal_tags.models.product_clip import SPEC_PREFIX, WITH_TRUNK
+from multimodal_tags.models.zero_shot import ZeroShotTags
+from multimodal_tags.train.clip_train import ClipTrainConfig, train_clip
+
+from experiments.common import MYNTRA, Log, bench_train_config, markdown_table, myntra_catalog, run_dir
+from experiments.runs import train_all
 
 HOLDOUT_KEY = "print or pattern type"
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fashion-myntra"))
+    ap.add_argument("--data", default=str(MYNTRA))
     ap.add_argument("--out", required=True)
     ap.add_argument("--cache", help="feature cache (default OUT/features-cache); a Myntra benchmark cache is reused")
     ap.add_argument("--clip", help="evaluate this trained CLIP folder instead of training one into OUT/clip")
@@ -166,17 +165,17 @@ def _tagger_jobs(a, out: Path, catalog: Path, cache: Path, clip_dir: Path) -> li
         fused = dataclasses.replace(fused, lexical_buckets=1 << 14)
     image_only = dataclasses.replace(fused, text_encoder="none", word_scores=False, word_score_categories=False,
                                      word_score_per_tag=False, category_score_bias=0.0, lexical_buckets=0)
-    tcfg = TrainConfig(epochs=2 if a.quick else a.tagger_epochs, batch_size=64 if a.quick else 256, lr=1e-3,
-                       patience=3)
+    tcfg = bench_train_config(a.quick, a.tagger_epochs)
     runs = [("fused, CLIP beside EfficientNet", catalog, dataclasses.replace(fused, image_encoder=beside,
                                                                              image_dim=1280 + dim)),
             ("image only, CLIP", catalog, dataclasses.replace(image_only, image_encoder=clip, image_dim=dim)),
             ("image only, EfficientNet", catalog, image_only),
             (f"fused, CLIP beside EfficientNet, without {HOLDOUT_KEY}", _without_key(catalog, HOLDOUT_KEY),
              dataclasses.replace(fused, image_encoder=beside, image_dim=1280 + dim))]
-    return [{"name": name, "out": str(out), "run_dir": str(_run_dir(out, name)),
+    return [{"name": name, "out": str(out), "run_dir": str(run_dir(out, name)),
              "catalog": str(cat), "cache": str(cache), "cfg": cfg, "tcfg": dataclasses.replace(tcfg),
-             "modalities": "both", "finetune": None, "hide_modalities": False} for name, cat, cfg in runs]
+             "modalities": "both", "finetune": None, "finetune_image": None,
+             "hide_modalities": False} for name, cat, cfg in runs]
 
 
 def _combined(run_dir: Path, catalog_path: Path, zero_shot: dict[str, list[str]]) -> dict:
@@ -192,7 +191,7 @@ def _combined(run_dir: Path, catalog_path: Path, zero_shot: dict[str, list[str]]
 def tagger_metrics(a, out: Path, catalog: Path, cache: Path, clip_dir: Path, zero_shot: dict, log) -> tuple:
     """Train the four taggers (two at a time); (results, table rows)."""
     jobs = _tagger_jobs(a, out, catalog, cache, clip_dir)
-    done = dict(zip([j["name"] for j in jobs], _train_all(jobs, 2, catalog, log)))
+    done = dict(zip([j["name"] for j in jobs], train_all(jobs, 2, catalog, log)))
     rows = [{"model": name, "val tag F1": r["metrics"]["val"]["decoder"]["tags_micro_f1"],
              "test acc": r["metrics"]["test"]["decoder"]["category_accuracy"],
              "test tag F1": r["metrics"]["test"]["decoder"]["tags_micro_f1"], "train min": r["seconds"] / 60}
@@ -221,9 +220,9 @@ def main(argv: list[str] | None = None) -> dict:
     a = _parse(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    with _Log(out) as log:
+    with Log(out) as log:
         t0 = time.perf_counter()
-        catalog = _catalog(Path(a.data), out, a.quick, log)
+        catalog = myntra_catalog(Path(a.data), out, a.quick, log)
         cache = Path(a.cache or out / "features-cache")
         clip_dir, seconds = (Path(a.clip), None) if a.clip else _train(a, catalog, out, cache, log)
         results = {"clip": str(clip_dir), "clip_train_min": None if seconds is None else seconds / 60,
@@ -236,8 +235,8 @@ def main(argv: list[str] | None = None) -> dict:
             results.update(tagger)
         results["total_min"] = (time.perf_counter() - t0) / 60
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        md = _markdown([{"metric": k, "value": v} for k, v in results.items() if isinstance(v, float)])
-        (out / "results.md").write_text(md + ("\n\n" + _markdown(rows) if rows else "") + "\n")
+        md = markdown_table([{"metric": k, "value": v} for k, v in results.items() if isinstance(v, float)])
+        (out / "results.md").write_text(md + ("\n\n" + markdown_table(rows) if rows else "") + "\n")
         print(md)
         return results
 

@@ -1,5 +1,4 @@
-"""Helpers of experiments/feedback_simulation.py: find the benchmark's catalog and cache beside its model
-folder, and train a model that has never seen one tag (the "new tag" case).
+"""Helper of experiments/feedback_simulation.py: train a model that has never seen one tag (the "new tag" case).
 
     python experiments/feedback_model.py --model MODEL_DIR --out OUT --tag "sleeve length:short sleeves"
 
@@ -12,35 +11,12 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from multimodal_tags.config import TrainConfig
 from multimodal_tags.data.catalog import read_catalog, write_catalog
-from multimodal_tags.data.importers import myntra, run_import
 from multimodal_tags.features import RunSettings
 from multimodal_tags.models.tagger import Tagger
 from multimodal_tags.train.job import train_tagger
 
-# the benchmark's training settings (experiments/myntra_benchmark.py)
-BENCH_TRAIN = TrainConfig(epochs=8, batch_size=256, lr=1e-3, patience=3)
-
-
-def benchmark_catalog(model_dir: Path, data: Path | None, out: Path, log=print) -> Path:
-    """The catalog the model was trained on: the benchmark's, beside its model folder; else imported
-    from `data` into OUT."""
-    beside = model_dir.resolve().parent / "catalog.jsonl"
-    if beside.exists():
-        return beside
-    if data is None:
-        raise SystemExit(f"no catalog beside {model_dir}: pass --data ../shared/datasets/fashion-myntra")
-    path = out / "catalog.jsonl"
-    if not path.exists():
-        log(run_import(myntra.read(data), path).report.summary())
-    return path
-
-
-def default_cache(model_dir: Path, catalog: Path) -> Path:
-    """The feature cache the benchmark filled (features-cache beside its model), else beside the catalog."""
-    beside = model_dir.resolve().parent / "features-cache"
-    return beside if beside.exists() else catalog.resolve().parent / "features-cache"
+from experiments.common import bench_train_config, benchmark_catalog, default_cache
 
 
 def without_tag(catalog: Path, tag: str, out: Path) -> Path:
@@ -64,7 +40,7 @@ def train_without_tag(model_dir: Path, catalog: Path, tag: str, out: Path, cache
     if (run / "model" / "config.json").exists():
         return run / "model"
     cfg = Tagger.load(model_dir).cfg  # its text encoder resolved inside MODEL_DIR
-    train_tagger(without_tag(catalog, tag, out), run, cfg, BENCH_TRAIN,
+    train_tagger(without_tag(catalog, tag, out), run, cfg, bench_train_config(),
                  RunSettings(cache_dir=cache, progress=False, log=log), resume=True)
     return run / "model"
 

@@ -7,7 +7,7 @@ proposes against the true labels: accepts right tags, rejects wrong ones, adds m
 --noise, a fraction of judgements is flipped: accept <-> reject, an add left out). After 500, 1,000,
 2,000 and all 4,379 judged products it reports test tag micro-F1 and the acceptance rate of proposed
 test tags (judged by a noise-free reviewer) for: the model before feedback, after immediate
-adaptation (online/calibration.py, seconds) and after `adapt` (fine-tuned heads and decoder); and
+adaptation (feedback/calibration.py, seconds) and after `adapt` (fine-tuned heads and decoder); and
 the same with 10% of judgements flipped. The "new tag" case trains a model that never saw one
 frequent tag (experiments/feedback_model.py) and teaches it the tag through `add` events alone.
 Writes OUT/results.json, OUT/results.md and OUT/feedback_curves.png.
@@ -23,17 +23,18 @@ import random
 import time
 from pathlib import Path
 
-from feedback_model import benchmark_catalog, default_cache, train_without_tag
-
 from multimodal_tags.data.catalog import read_catalog
 from multimodal_tags.features import RunSettings
 from multimodal_tags.files import remove_sqlite
 from multimodal_tags.inference.batch_tagger import BatchTagger
 from multimodal_tags.metrics import paired_f1_difference, prf
-from multimodal_tags.online.adapt import AdaptOptions, adapt_model
-from multimodal_tags.online.events import FeedbackEvent
-from multimodal_tags.online.feedback import FeedbackStore
-from multimodal_tags.online.learner import LearningTagger, to_scores
+from multimodal_tags.feedback.adapt import AdaptOptions, adapt_model
+from multimodal_tags.feedback.events import FeedbackEvent
+from multimodal_tags.feedback.feedback_store import FeedbackStore
+from multimodal_tags.feedback.learner import LearningTagger, to_scores
+
+from experiments.common import benchmark_catalog, default_cache
+from experiments.feedback_model import train_without_tag
 
 STEPS = (500, 1000, 2000, 4379)
 HEADLINE = 2000  # the scalar results are after this many judged products
@@ -110,7 +111,7 @@ def send(fb: FeedbackStore, products, rows, rng, noise: float, model_id: str, st
     return result.stored
 
 
-def _fresh_store(path: Path) -> FeedbackStore:
+def fresh_store(path: Path) -> FeedbackStore:
     remove_sqlite(path)
     return FeedbackStore(path)
 
@@ -128,7 +129,7 @@ def run_stream(model_dir: Path, catalog: Path, cache: Path, out: Path, noise: fl
                scored: dict, adapt_at: set[int], log) -> list[dict]:
     """One reviewer's stream: feedback after each step, immediate adaptation, and `adapt` at `adapt_at`."""
     name = f"noise{noise:g}"
-    fb = _fresh_store(out / f"store-{name}.db")
+    fb = fresh_store(out / f"store-{name}.db")
     settings = RunSettings(cache_dir=cache, progress=False, log=lambda s: None)
     learner = LearningTagger(BatchTagger(model_dir, cache, settings), fb, split["root"])
     val, test = split["val"], split["test"]
@@ -161,7 +162,7 @@ def new_tag_case(model_dir: Path, cache: Path, out: Path, tag: str, split: dict,
         raise SystemExit(f"{model_dir} knows {tag!r} already: the new-tag case needs a model trained without it")
     val, test = split["val"], split["test"]
     scored = Scored.splits(tagger, split, out)
-    fb = _fresh_store(out / "store-new-tag.db")
+    fb = fresh_store(out / "store-new-tag.db")
     learner = LearningTagger(tagger, fb, split["root"])
     fb.tags.write(scored["val"].rows, {}, val)
     learner.remember(val, scored["val"].scores)
@@ -193,7 +194,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def _split(catalog: Path) -> dict:
+def split_ids(catalog: Path) -> dict:
     cat = read_catalog(catalog)
     val = [p for p in cat.products if p.split == "val"]
     random.Random(0).shuffle(val)  # the reviewer's stream
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     catalog = benchmark_catalog(a.model, a.data, a.out, log)
     cache = a.cache or default_cache(a.model, catalog)
-    split = _split(catalog)
+    split = split_ids(catalog)
     tagger = BatchTagger(a.model, cache, RunSettings(cache_dir=cache, progress=False, log=lambda s: None))
     scored = Scored.splits(tagger, split, a.out)
     before = {"f1": f1(split["test"], scored["test"].rows), "acceptance": acceptance(split["test"], scored["test"].rows)}

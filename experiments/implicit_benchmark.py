@@ -30,27 +30,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from myntra_benchmark import _catalog, _markdown  # noqa: E402
 
-from multimodal_tags.data.catalog import read_catalog  # noqa: E402
-from multimodal_tags.data.feature_cache import FeatureCache  # noqa: E402
-from multimodal_tags.data.masking import (GENDER_WORDS, category_words, colour_words,  # noqa: E402
+from multimodal_tags.data.catalog import read_catalog
+from multimodal_tags.data.feature_cache import FeatureCache
+from multimodal_tags.data.masking import (GENDER_WORDS, category_words, colour_words,
                                           mask_products)
-from multimodal_tags.features import RunSettings  # noqa: E402
-from multimodal_tags.features.encoders import EncoderSet  # noqa: E402
-from multimodal_tags.features.source import FeatureSource  # noqa: E402
-from multimodal_tags.inference.predict import predict_source  # noqa: E402
-from multimodal_tags.inference.rows import prediction_rows, resolve_tag_source, score_rows  # noqa: E402
-from multimodal_tags.models.tagger import Tagger  # noqa: E402
+from multimodal_tags.features import RunSettings
+from multimodal_tags.features.encoders import EncoderSet
+from multimodal_tags.features.source import FeatureSource
+from multimodal_tags.inference.predict import predict_source
+from multimodal_tags.inference.rows import prediction_rows, resolve_tag_source, score_rows
+from multimodal_tags.models.tagger import Tagger
 
-REPO = Path(__file__).resolve().parent.parent
+from experiments.common import MYNTRA, markdown_table, myntra_catalog
+
 VARIANTS = ("full", "masked_colour", "masked_category", "masked_all", "photo_only")
 DOC_KEYS = ("colour", "gender", "usage", "pattern", "sleeve length")
 
@@ -112,7 +110,7 @@ def _table_row(name: str, r: dict) -> dict:
 
 def _parse(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(REPO.parent / "shared" / "datasets" / "fashion-myntra"))
+    ap.add_argument("--data", default=str(MYNTRA))
     ap.add_argument("--model", required=True, help="a model folder (the benchmark's OUT/model)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--cache", help="feature cache (default OUT/features-cache)")
@@ -131,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = RunSettings(progress=False)
-    catalog = read_catalog(a.catalog or _catalog(Path(a.data), out, a.quick, print))
+    catalog = read_catalog(a.catalog or myntra_catalog(Path(a.data), out, a.quick))
     cache_dir = Path(a.cache or out / "features-cache")
     test = [p for p in catalog.products if p.split == a.split]
     jobs = [(v, a.model, v == "photo_only", products)
@@ -154,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     table = [_table_row(n, results[n]) for n in results if isinstance(results[n], dict)]
     table += [_table_row(f"{n}, no filling", results[n]["without_filling"]) for n in results
               if isinstance(results[n], dict)]
-    print(_markdown(table))
+    print(markdown_table(table))
     return results
 
 

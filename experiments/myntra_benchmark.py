@@ -18,60 +18,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import multiprocessing
-import os
 import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from multimodal_tags.config import TrainConfig
-from multimodal_tags.data.catalog import read_catalog, read_meta, write_catalog
-from multimodal_tags.data.importers import myntra, run_import
+from multimodal_tags.models.encoder_base import resolve_precision
 from multimodal_tags.models.presets import get_preset
 from multimodal_tags.train.finetune_image import ImageFinetuneConfig
 from multimodal_tags.train.finetune_text import FinetuneConfig
-from multimodal_tags.features import RunSettings, encode_catalog
-from multimodal_tags.inference import score_split
-from multimodal_tags.models.tagger import Tagger
-from multimodal_tags.train.job import copies_maker, split_datasets, split_indices, train_tagger, tuned_config
-from multimodal_tags.train.word_scores import fit_or_load_word_scores
 
-REPO = Path(__file__).resolve().parent.parent
-EVALUATOR = REPO.parent / "shared" / "bench" / "myntra_eval.py"
-
-
-def _stale(catalog: Path) -> bool:
-    """Missing, or imported before the importer's current product text."""
-    return not catalog.exists() or read_meta(catalog).get("text_version") != myntra.TEXT_VERSION
-
-
-def _catalog(data: Path, out: Path, quick: bool, log) -> Path:
-    """Import once (reused on reruns, unless the importer's text has changed since); --quick keeps a
-    small, fixed subset of every split."""
-    full = out / "catalog.jsonl"
-    if _stale(full):
-        result = run_import(myntra.read(data), full)
-        log(result.report.summary())
-    if not quick:
-        return full
-    small = out / "catalog-quick.jsonl"
-    if _stale(small):
-        catalog = read_catalog(full)
-        limits = {"train": 600, "val": 150, "test": 150}
-        keep, seen = [], {s: 0 for s in limits}
-        for p in catalog.products:
-            if p.split in limits and seen[p.split] < limits[p.split]:
-                keep.append(p)
-                seen[p.split] += 1
-        write_catalog(keep, small, meta=catalog.meta)
-    return small
-
-
-def _run_dir(out: Path, name: str) -> Path:
-    return out / "runs" / name.replace(", ", "_").replace(" ", "-")
+from experiments.common import (EVALUATOR, MYNTRA, Log, bench_train_config, markdown_table, myntra_catalog, run_dir,
+                                run_facts)
+from experiments.runs import train_all
 
 
 def _row(name: str, metrics: dict, seconds: float | None) -> list[dict]:
@@ -88,74 +48,9 @@ def _row(name: str, metrics: dict, seconds: float | None) -> list[dict]:
     return rows
 
 
-def _masked_metrics(run_dir: Path, catalog: Path, cache: Path) -> dict[str, dict]:
-    """Metrics of a trained fused model shown one modality only (the other hidden at inference), for
-    "text" and "image"."""
-    model = Tagger.load(run_dir / "model")
-    cat = read_catalog(catalog)
-    source = encode_catalog(cat, model.cfg, cache, RunSettings(log=lambda s: None))
-    idx = split_indices(cat)
-    out = {}
-    for only in ("text", "image"):
-        shown = source.hide(only)
-        out[only] = {split: score_split(model, shown.subset(idx[split]), f"{run_dir.name}/{only}-only")[0]
-                     for split in ("val", "test")}
-    return out
-
-
-class _Log:
-    """Lines to the console and to OUT/benchmark.log (appended), each with an optional prefix."""
-
-    def __init__(self, out: Path, prefix: str = ""):
-        self.file, self.prefix = open(out / "benchmark.log", "a", encoding="utf-8"), prefix
-
-    def __call__(self, s: str) -> None:
-        line = self.prefix + s
-        print(line, flush=True)
-        self.file.write(line + "\n")
-        self.file.flush()
-
-    def __enter__(self) -> "_Log":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.file.close()
-
-
-def _run(job: dict) -> dict:
-    """Train (and, for the frozen fused model, evaluate with a modality hidden) one benchmark run; runs in
-    a worker process when runs go in parallel, each on its share of the cores."""
-    import torch
-
-    torch.set_num_threads(job["threads"])
-    run_dir = Path(job["run_dir"])
-    with _Log(Path(job["out"]), f"[{job['name']}] ") as log:
-        t0 = time.perf_counter()
-        result = train_tagger(job["catalog"], run_dir, job["cfg"], job["tcfg"],
-                              RunSettings(cache_dir=job["cache"], log=log), modalities=job["modalities"],
-                              finetune=job["finetune"], finetune_image=job["finetune_image"])
-        seconds = time.perf_counter() - t0
-        masked = None
-        if job["hide_modalities"]:
-            t1 = time.perf_counter()
-            masked = _masked_metrics(run_dir, Path(job["catalog"]), Path(job["cache"]))
-            log(f"evaluated with one modality hidden in {time.perf_counter() - t1:.0f}s")
-    return {"metrics": result["metrics"], "seconds": seconds, "masked": masked}
-
-
-def _markdown(rows: list[dict]) -> str:
-    cols = list(rows[0])
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        out.append("| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) and c != "train min" else
-                                    f"{r[c]:.1f}" if c == "train min" and r[c] is not None else
-                                    "-" if r[c] is None else str(r[c]) for c in cols) + " |")
-    return "\n".join(out)
-
-
-def _parse(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(REPO.parent / "shared" / "datasets" / "fashion-myntra"))
+    ap.add_argument("--data", default=str(MYNTRA))
     ap.add_argument("--out", required=True)
     ap.add_argument("--cache", help="feature cache (default OUT/features-cache)")
     ap.add_argument("--epochs", type=int, default=8)
@@ -181,10 +76,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def _plan(a: argparse.Namespace, out: Path, catalog: Path, cache: Path, log) -> tuple[list, list[dict], dict]:
+def plan_runs(a: argparse.Namespace, out: Path, catalog: Path, cache: Path, log) -> tuple[list, list[dict], dict]:
     """(runs, jobs to train, results of runs reused): each run is (name, modalities, fine-tuning)."""
-    tcfg = TrainConfig(epochs=2 if a.quick else a.epochs, batch_size=64 if a.quick else 256, lr=1e-3, patience=3,
-                       masked_copies=a.masked_copies, word_score_folds=a.word_score_folds)
+    tcfg = bench_train_config(a.quick, a.epochs, masked_copies=a.masked_copies, word_score_folds=a.word_score_folds)
     ft = FinetuneConfig(epochs=a.finetune_epochs, max_products=200 if a.quick else a.finetune_products)
     ft_image = (ImageFinetuneConfig(stages=a.image_finetune_stages, epochs=1 if a.quick else a.image_finetune_epochs)
                 if a.image_finetune_epochs > 0 else None)
@@ -203,51 +97,19 @@ def _plan(a: argparse.Namespace, out: Path, catalog: Path, cache: Path, log) -> 
     jobs, reused = [], {}
     for name, modalities, finetunes in runs:
         finetune, finetune_image = finetunes or (None, None)
-        run_dir = _run_dir(out, name)
-        if a.reuse_runs and (run_dir / "metrics.json").exists():
-            log(f"== {name}: reusing the finished run in {run_dir} (no ablation rows)")
-            seconds = json.loads((run_dir / "run.json").read_text())["settings"].get("seconds") or 0.0
-            reused[name] = {"metrics": json.loads((run_dir / "metrics.json").read_text()), "seconds": seconds,
+        folder = run_dir(out, name)
+        if a.reuse_runs and (folder / "metrics.json").exists():
+            log(f"== {name}: reusing the finished run in {folder} (no ablation rows)")
+            seconds = json.loads((folder / "run.json").read_text())["settings"].get("seconds") or 0.0
+            reused[name] = {"metrics": json.loads((folder / "metrics.json").read_text()), "seconds": seconds,
                             "masked": None}
             continue
-        log(f"== {name} -> {run_dir}")
-        jobs.append({"name": name, "out": str(out), "run_dir": str(run_dir), "catalog": str(catalog),
+        log(f"== {name} -> {folder}")
+        jobs.append({"name": name, "out": str(out), "run_dir": str(folder), "catalog": str(catalog),
                      "cache": str(cache), "cfg": dataclasses.replace(cfg), "tcfg": dataclasses.replace(tcfg),
                      "modalities": modalities, "finetune": finetune, "finetune_image": finetune_image,
                      "hide_modalities": not a.train_ablations and modalities == "both"})
     return runs, jobs, reused
-
-
-def _prefill(catalog: Path, jobs: list[dict], log) -> None:
-    """With every core, before the runs split them: tune each run's encoders, encode the catalog and its
-    masked copies with them, and fit the word-score SVMs the runs share (the runs then find all of it
-    done; the SVMs read only words, so every run finds the same ones)."""
-    products, settings = read_catalog(catalog), RunSettings(log=log)
-    for job in jobs:
-        tcfg, cache = job["tcfg"], Path(job["cache"])
-        cfg = tuned_config(products, job["cfg"], Path(job["run_dir"]), tcfg.max_train_products, log,
-                           job["finetune"], job["finetune_image"])
-        source = encode_catalog(products, cfg, cache, settings)
-        data = split_datasets(products, source, cfg, tcfg.max_train_products,
-                              copies_for=copies_maker(products, cfg, tcfg, cache, settings))
-        if cfg.word_scores:
-            fit_or_load_word_scores(data.train, cfg.lexical_buckets, tcfg, cache, log,
-                                    len(data.labels.categories) if cfg.word_score_categories else 0)
-
-
-def _train_all(jobs: list[dict], n_jobs: int, catalog: Path, log) -> list[dict]:
-    parallel = min(n_jobs, len(jobs))
-    for job in jobs:  # split the cores between the runs that go at once
-        job["threads"] = max(1, (os.cpu_count() or 1) // max(parallel, 1))
-    if parallel <= 1:
-        return [_run(job) for job in jobs]
-    _prefill(catalog, jobs, log)
-    # Two single-threaded trainings on 2 cores finish sooner than one after the other with two threads
-    # each (the small matrices of the heads and GPT-2 scale poorly).
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent),
-                                                os.environ.get("PYTHONPATH", "")])  # workers import this file
-    with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(_run, jobs))
 
 
 def _table(runs: list, results: dict, out: Path) -> tuple[list[dict], tuple]:
@@ -258,7 +120,7 @@ def _table(runs: list, results: dict, out: Path) -> tuple[list[dict], tuple]:
         table += _row(name, r["metrics"], r["seconds"])
         if modalities == "both":
             fused.append((r["metrics"]["val"]["decoder"]["category_accuracy"]
-                          + r["metrics"]["val"]["decoder"]["tags_micro_f1"], _run_dir(out, name), name))
+                          + r["metrics"]["val"]["decoder"]["tags_micro_f1"], run_dir(out, name), name))
         for only, hidden in (("text", "photo"), ("image", "text")):
             if r["masked"]:
                 table += _row(f"{name.replace('fused', only + ' only')} ({hidden} hidden)", r["masked"][only], None)
@@ -266,25 +128,26 @@ def _table(runs: list, results: dict, out: Path) -> tuple[list[dict], tuple]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    a = _parse(argv)
+    a = parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    with _Log(out) as log:
+    with Log(out) as log:
         t_start = time.perf_counter()
-        catalog = _catalog(Path(a.data), out, a.quick, log)
-        runs, jobs, results = _plan(a, out, catalog, Path(a.cache or out / "features-cache"), log)
-        results.update({job["name"]: r for job, r in zip(jobs, _train_all(jobs, a.jobs, catalog, log))})
+        catalog = myntra_catalog(Path(a.data), out, a.quick, log)
+        runs, jobs, results = plan_runs(a, out, catalog, Path(a.cache or out / "features-cache"), log)
+        results.update({job["name"]: r for job, r in zip(jobs, train_all(jobs, a.jobs, catalog, log))})
         table, (_, best_dir, best_name) = _table(runs, results, out)
         if (out / "model").exists():
             shutil.rmtree(out / "model")
         shutil.copytree(best_dir / "model", out / "model")
         shutil.copy(best_dir / "test_predictions_decoder.jsonl", out / "test_predictions.jsonl")
         total = time.perf_counter() - t_start
-        md = _markdown(table)
+        md = markdown_table(table, {"train min": 1})
         (out / "results.md").write_text(f"# Myntra benchmark v1\n\n{md}\n\nBest fused model: {best_name} "
                                         f"(copied to model/). Total {total / 60:.1f} min.\n", encoding="utf-8")
-        (out / "results.json").write_text(json.dumps({"rows": table, "best": best_name, "minutes": total / 60},
-                                                     indent=1), encoding="utf-8")
+        facts = run_facts(resolve_precision("auto"))
+        (out / "results.json").write_text(json.dumps({"rows": table, "best": best_name, "minutes": total / 60,
+                                                      "run": facts}, indent=1), encoding="utf-8")
         log(md)
         log(f"best fused model: {best_name}; total {total / 60:.1f} min")
         if EVALUATOR.exists() and not a.quick:

@@ -8,7 +8,7 @@ On fashion-myntra (the benchmark's catalog beside MODEL_DIR), reviewer A rejects
 true labels (accept right, reject wrong, add missed). Both judge the same first --judged validation
 products; their events go to one feedback store under their own user ids. The acceptance rate of each
 reviewer is then measured on the test products, judged the same way: before (the model's shared tags)
-and after personalisation (online/personal.py: the tags each one sees, from their own judgements).
+and after personalisation (personal/ranking.py: the tags each one sees, from their own judgements).
 Writes OUT/results.json and OUT/results.md.
 """
 from __future__ import annotations
@@ -17,14 +17,14 @@ import argparse
 import json
 from pathlib import Path
 
-from feedback_model import benchmark_catalog, default_cache
-from feedback_simulation import Scored, _fresh_store, _split
-
 from multimodal_tags.features import RunSettings
 from multimodal_tags.inference.batch_tagger import BatchTagger
 from multimodal_tags.models.tag_tokenizer import tag_key
-from multimodal_tags.online.events import FeedbackEvent
-from multimodal_tags.online.personal import key_rates, personal_view
+from multimodal_tags.feedback.events import FeedbackEvent
+from multimodal_tags.personal.ranking import key_rates, personal_view
+
+from experiments.common import benchmark_catalog, default_cache
+from experiments.feedback_simulation import Scored, fresh_store, split_ids
 
 HABIT_KEYS = ("season", "usage")
 REVIEWERS = {"A": "reject", "B": "accept"}  # what each does with every season: and usage: tag
@@ -54,11 +54,11 @@ def main(argv: list[str] | None = None) -> dict:
     a.out.mkdir(parents=True, exist_ok=True)
     catalog = benchmark_catalog(a.model, a.data, a.out)
     cache = a.cache or default_cache(a.model, catalog)
-    split = _split(catalog)
+    split = split_ids(catalog)
     tagger = BatchTagger(a.model, cache, RunSettings(cache_dir=cache, progress=False, log=lambda s: None))
     scored = Scored.splits(tagger, split, a.out)
     val, test = split["val"][:a.judged], split["test"]
-    fb = _fresh_store(a.out / "store-reviewers.db")
+    fb = fresh_store(a.out / "store-reviewers.db")
     fb.tags.write(scored["val"].rows[:a.judged], {}, val)
     for user, habit in REVIEWERS.items():
         events = [FeedbackEvent(event_id=f"{user}-{i}-{j}", user=user, product=p.id, tag=t, action=act)

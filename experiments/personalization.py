@@ -30,7 +30,7 @@ from multimodal_tags.data.importers import generic, run_import
 from multimodal_tags.features import RunSettings
 from multimodal_tags.files import remove_sqlite
 from multimodal_tags.inference.batch_tagger import BatchTagger
-from multimodal_tags.online.profiles import ProfileSettings, match_score
+from multimodal_tags.personal.profiles import ProfileSettings, match_score
 
 HM_ATTRIBUTES = ("product_type_name", "product_group_name", "graphical_appearance_name", "colour_group_name",
                  "perceived_colour_master_name", "department_name", "index_name", "section_name",
@@ -94,8 +94,8 @@ def leave_one_out(bought: dict[str, list[str]], articles: list[str], seed: int =
 def profile_scores(cases: list[dict], bought: dict[str, list[str]], tags: dict[str, list[str]], out: Path,
                    name: str) -> list[np.ndarray]:
     """Candidate scores from each customer's profile over `tags` (histories only; no held-out article)."""
-    from multimodal_tags.online.profiles import Profiles
-    from multimodal_tags.online.store import TagStore
+    from multimodal_tags.personal.profiles import Profiles
+    from multimodal_tags.tagging.tag_store import TagStore
 
     held = {c["customer"]: c["held"] for c in cases}
     path = out / f"profiles-{name}.db"

@@ -27,12 +27,14 @@ from pathlib import Path
 import numpy as np
 
 from multimodal_tags.config import DecoderConfig, ModelConfig, TrainConfig
-from multimodal_tags.data.catalog import read_catalog, write_catalog
+from multimodal_tags.data.catalog import read_catalog
 from multimodal_tags.data.importers import product1m, run_import
 from multimodal_tags.data.vocab import canonical_text
 from multimodal_tags.features import RunSettings, encode_catalog
 from multimodal_tags.metrics import paired_f1_difference, prf
 from multimodal_tags.train.job import train_tagger
+
+from experiments.common import quick_subset
 
 
 def model_config(text_encoder: str, word_scores: bool = True) -> ModelConfig:
@@ -102,15 +104,6 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def quick_catalog(full: Path) -> Path:
-    """The first 600 train, 150 val and 150 test listings of the catalog, beside it."""
-    catalog, limits = read_catalog(full), {"train": 600, "val": 150, "test": 150}
-    keep = [p for s, n in limits.items() for p in [p for p in catalog.products if p.split == s][:n]]
-    small = full.with_name("catalog-quick.jsonl")
-    write_catalog(keep, small, catalog.meta)
-    return small
-
-
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True, help="the product1m-zh folder")
@@ -127,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = run_import(product1m.read(a.data), catalog_path).report
     print(report.summary())
     if a.quick:
-        catalog_path, a.epochs = quick_catalog(catalog_path), 2
+        catalog_path, a.epochs = quick_subset(catalog_path, catalog_path.with_name("catalog-quick.jsonl")), 2
     settings = RunSettings(cache_dir=a.cache or a.out / "features-cache", progress=False)
     cfg = model_config(a.text_encoder, word_scores=not a.no_word_scores)
     tcfg = TrainConfig(epochs=a.epochs, batch_size=64, lr=1e-3, patience=8)

@@ -18,12 +18,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import myntra_benchmark as bench
-
 from multimodal_tags.data.catalog import Catalog, read_catalog
 from multimodal_tags.data.feature_cache import FeatureCache
 from multimodal_tags.data.images import load_image
 from multimodal_tags.features import EncoderSet, encode_images
+
+from experiments.common import MYNTRA, Log, myntra_catalog, run_dir
+from experiments.myntra_benchmark import parse_args, plan_runs
+from experiments.runs import train_all
 
 
 def image_speed(cat: Catalog, size: int, precision: str, n: int = 512) -> float:
@@ -36,12 +38,12 @@ def image_speed(cat: Catalog, size: int, precision: str, n: int = 512) -> float:
 
 
 def _jobs(a, sizes: list[int], catalog: Path, cache: Path, log) -> list[dict]:
-    args = bench._parse(["--out", str(a.out), "--no-finetune", "--epochs", str(a.epochs)] + (["--quick"] if a.quick else []))
-    _, [template], _ = bench._plan(args, a.out, catalog, cache, log)
+    args = parse_args(["--out", str(a.out), "--no-finetune", "--epochs", str(a.epochs)] + (["--quick"] if a.quick else []))
+    _, [template], _ = plan_runs(args, a.out, catalog, cache, log)
     jobs = []
     for size in sizes:
         name = f"fused, frozen, {size}px"
-        jobs.append({**template, "name": name, "run_dir": str(bench._run_dir(a.out, name)),
+        jobs.append({**template, "name": name, "run_dir": str(run_dir(a.out, name)),
                      "cfg": dataclasses.replace(template["cfg"], image_size=size)})
     return jobs
 
@@ -63,7 +65,7 @@ def _trained_before(out: Path) -> dict[int, dict]:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(bench.REPO.parent / "shared" / "datasets" / "fashion-myntra"))
+    ap.add_argument("--data", default=str(MYNTRA))
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--cache", type=Path, help="feature cache (default OUT/features-cache)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[224, 160, 128, 96])
@@ -71,16 +73,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quick", action="store_true", help="a small subset and 2 epochs, for tests")
     a = ap.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
-    with bench._Log(a.out) as log:
+    with Log(a.out) as log:
         t0 = time.perf_counter()
-        catalog = bench._catalog(Path(a.data), a.out, a.quick, log)
+        catalog = myntra_catalog(Path(a.data), a.out, a.quick, log)
         products = read_catalog(catalog)  # read once for every size and precision
         speed = {size: {p: image_speed(products, size, p) for p in ("fp32", "auto")} for size in a.sizes}
         log(f"photo encoding speed (photos/s): {speed}")
         scores = _trained_before(a.out)
         todo = [size for size in a.sizes if size not in scores]
         jobs = _jobs(a, todo, catalog, a.cache or a.out / "features-cache", log)
-        scores |= {size: _scores(r) for size, r in zip(todo, bench._train_all(jobs, 2, catalog, log) if jobs else [])}
+        scores |= {size: _scores(r) for size, r in zip(todo, train_all(jobs, 2, catalog, log) if jobs else [])}
         rows = {size: {**scores[size], "photos_per_s_fp32": speed[size]["fp32"], "photos_per_s_auto": speed[size]["auto"]}
                 for size in a.sizes}
         results = {"sizes": rows, "baseline": a.sizes[0], "minutes": (time.perf_counter() - t0) / 60}

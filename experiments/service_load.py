@@ -31,7 +31,7 @@ from multimodal_tags.data.synthetic import SYNTHETIC_MAPPING, SYNTHETIC_TAG_COLU
 from multimodal_tags.features import RunSettings
 from multimodal_tags.files import remove_sqlite
 from multimodal_tags.models.presets import get_preset
-from multimodal_tags.online.feedback import FeedbackStore
+from multimodal_tags.feedback.feedback_store import FeedbackStore
 from multimodal_tags.train.job import train_tagger
 
 HERE = Path(__file__).resolve().parent
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
     if a.model is None:
         model, catalog = small_model(a.out)
     else:
-        from multimodal_tags.online.adapt import training_catalog
+        from multimodal_tags.feedback.adapt import training_catalog
         model, catalog = a.model, a.catalog or training_catalog(a.model, None)
     products, image_root = load_products(catalog, a.out, a.products)
     store = a.out / "service.db"

@@ -47,7 +47,7 @@ from multimodal_tags.inference.rows import prediction_rows
 from multimodal_tags.models.factory import create_image_encoder
 from multimodal_tags.models.presets import get_preset
 from multimodal_tags.models.tagger import Tagger, build_tokenizer
-from multimodal_tags.online.tag_job import batches
+from multimodal_tags.tagging.tag_job import batches
 
 
 def load_products(a) -> tuple[list, Path]:

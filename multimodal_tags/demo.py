@@ -27,7 +27,7 @@ from .metrics import tagging_report
 from .models.factory import DEFAULT_IMAGE_ENCODER, multilingual_text_encoder
 from .models.knn import KNNTagger, fuse
 from .models.presets import get_preset
-from .online.tag_job import tag_catalog
+from .tagging.tag_job import tag_catalog
 from .run_info import write_run_info
 from .train.job import train_tagger
 

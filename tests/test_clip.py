@@ -177,13 +177,10 @@ def test_unlocked_towers_train_their_last_layers(clip_run, tmp_path):
 
 
 def test_colour_histogram_ignores_the_white_background(tmp_path):
-    import sys
-    from pathlib import Path
 
     from PIL import Image
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
-    from clip_ceiling import colour_histogram
+    from experiments.clip_ceiling import colour_histogram
 
     photo = Image.new("RGB", (60, 80), (255, 255, 255))
     photo.paste((200, 20, 20), (20, 20, 40, 60))  # a red product on white

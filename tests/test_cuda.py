@@ -14,7 +14,7 @@ from multimodal_tags.config import TrainConfig
 from multimodal_tags.eval.evaluate import evaluate_model
 from multimodal_tags.features import RunSettings
 from multimodal_tags.models.presets import get_preset
-from multimodal_tags.online.tag_job import tag_catalog
+from multimodal_tags.tagging.tag_job import tag_catalog
 from multimodal_tags.train.job import train_tagger
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -7,12 +7,12 @@ import pytest
 from conftest import SETTINGS, write_jsonl
 from multimodal_tags.cli import main
 from multimodal_tags.inference.batch_tagger import BatchTagger
-from multimodal_tags.online.adapt import AdaptOptions, adapt_model, promoted_model
-from multimodal_tags.online.calibration import NEVER, Scores, TagRule, fit_calibration
-from multimodal_tags.online.events import FeedbackEvent, parse_event
-from multimodal_tags.online.feedback import FeedbackStore
-from multimodal_tags.online.learner import LearningTagger
-from multimodal_tags.online.store import TagStore
+from multimodal_tags.feedback.adapt import AdaptOptions, adapt_model, promoted_model
+from multimodal_tags.feedback.calibration import NEVER, Scores, TagRule, fit_calibration
+from multimodal_tags.feedback.events import FeedbackEvent, parse_event
+from multimodal_tags.feedback.feedback_store import FeedbackStore
+from multimodal_tags.feedback.learner import LearningTagger
+from multimodal_tags.tagging.tag_store import TagStore
 
 def store_copy(shop, tmp_path):
     path = tmp_path / "tags.db"
@@ -70,7 +70,7 @@ def test_import_stores_good_rows_refuses_bad_ones_by_row_and_is_idempotent(shop,
     assert "stored 0, duplicates 1" in capsys.readouterr().out
     with FeedbackStore(store) as fb:
         assert fb.count() == 1
-        from multimodal_tags.online.profiles import Profiles
+        from multimodal_tags.personal.profiles import Profiles
         assert Profiles(fb.tags).raw("u")["colour:red"] == pytest.approx(-0.5, abs=1e-3)  # counted once
         changed = fb.add([FeedbackEvent(event_id="a", user="u", product=pid, tag="colour:red", action="accept")])
         assert changed.stored == 0 and "stored before with other content" in changed.refused[0][1]
@@ -171,7 +171,7 @@ def test_adapt_writes_a_child_with_its_lineage_and_promotes_only_a_model_that_is
 
 
 def test_the_rate_of_wrong_judgements_is_estimated_from_confident_proposals():
-    from multimodal_tags.online.adapt import judgement_error_rate
+    from multimodal_tags.feedback.adapt import judgement_error_rate
 
     rng = np.random.default_rng(0)
     p = rng.uniform(0.9, 1.0, 5000)

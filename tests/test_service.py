@@ -148,8 +148,8 @@ def test_fuzzed_requests_never_get_a_5xx(fuzz_app):
 def test_a_promoted_model_is_swapped_in_without_dropping_requests(shop, tmp_path):
     import shutil
 
-    from multimodal_tags.online.adapt import PROMOTED_KEY
-    from multimodal_tags.online.store import TagStore
+    from multimodal_tags.feedback.adapt import PROMOTED_KEY
+    from multimodal_tags.tagging.tag_store import TagStore
 
     cfg = _config(shop, tmp_path, watch_s=0.0)
     child = tmp_path / "child-model"

@@ -1,15 +1,11 @@
 """experiments/throughput.py end to end on the synthetic shop with tiny models."""
 import json
-import sys
-from pathlib import Path
 
 from conftest import synthetic_catalog
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
-
 
 def test_throughput_times_three_paths_that_give_the_same_tags(tmp_path):
-    import throughput
+    from experiments import throughput
 
     catalog = synthetic_catalog(tmp_path, 60)
     result = throughput.main(["--catalog", str(catalog), "--out", str(tmp_path / "out"), "--preset", "tiny",

@@ -5,7 +5,6 @@ import shutil
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -132,8 +131,7 @@ def test_a_finetuned_encoder_is_reused_only_for_the_same_texts_and_settings(shop
 
 
 def test_cross_validation_experiment(shop, tmp_path):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
-    import cross_validation
+    from experiments import cross_validation
 
     summary = cross_validation.main(["--catalog", str(shop), "--out", str(tmp_path / "cv"), "--folds", "3",
                                      "--preset", "tiny", "--epochs", "1", "--batch-size", "16",
@@ -185,8 +183,7 @@ def test_training_depends_on_the_seed_alone(shop, tmp_path):
 
 
 def test_linear_baseline_experiment(shop, tmp_path):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
-    import linear_baseline
+    from experiments import linear_baseline
 
     report = linear_baseline.main(["--catalog", str(shop), "--out", str(tmp_path / "lin"), "--buckets", "4096"])
     rows = [json.loads(line) for line in (tmp_path / "lin" / "test_predictions.jsonl").read_text().splitlines()]

@@ -59,14 +59,14 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_tag(a: argparse.Namespace) -> int:
-    from ..online.shards import current_shard
-    from ..online.tag_job import TagOptions, tag_catalog
+    from ..tagging.shards import current_shard
+    from ..tagging.tag_job import TagOptions, tag_catalog
 
     extra = [t.strip() for t in (a.extra_tags or "").split(",") if t.strip()]
     options = TagOptions(batch_size=a.batch_size, tag_source=a.tag_source, extra_tags=extra, clip=a.clip,
                          decode_workers=a.decode_workers)
     if a.engine == "ray":
-        from ..online.ray_tag import tag_catalog_ray
+        from ..tagging.ray_tag import tag_catalog_ray
 
         stats = tag_catalog_ray(a.model, Path(a.catalog), Path(a.out), a.store, run_settings(a), options, a.rejects,
                                 workers=a.workers)
@@ -158,7 +158,7 @@ def _add_evaluate(sub) -> None:
 
 
 def _add_tag(sub) -> None:
-    from ..online.tag_job import TAG_BATCH_SIZE
+    from ..tagging.tag_job import TAG_BATCH_SIZE
 
     sp = sub.add_parser("tag", help="tag a whole catalog (streaming, resumable) into JSONL and optionally a store")
     add_model_on_catalog(sp)

@@ -11,8 +11,8 @@ from .common import (EXIT_FAILED, add_model_on_catalog, add_reads_features, add_
 
 
 def cmd_refresh(a: argparse.Namespace) -> int:
-    from ..online.refresh import refresh
-    from ..online.tag_job import TagOptions
+    from ..tagging.refresh import refresh
+    from ..tagging.tag_job import TagOptions
 
     stats = refresh(a.model, a.catalog, a.store, run_settings(a), TagOptions(a.batch_size, a.tag_source))
     print(stats.summary() + f" in {stats.seconds:.1f}s")
@@ -21,8 +21,8 @@ def cmd_refresh(a: argparse.Namespace) -> int:
 
 
 def cmd_feedback_import(a: argparse.Namespace) -> int:
-    from ..online.feedback import FeedbackStore, import_events
-    from ..online.profiles import Profiles, sync_feedback
+    from ..feedback.feedback_store import FeedbackStore, import_events
+    from ..personal.profiles import Profiles, sync_feedback
 
     result = import_events(a.store, a.events)
     with FeedbackStore(a.store) as fb:  # the judges' profiles follow their judgements
@@ -32,7 +32,7 @@ def cmd_feedback_import(a: argparse.Namespace) -> int:
 
 
 def cmd_interactions_import(a: argparse.Namespace) -> int:
-    from ..online.profiles import import_interactions
+    from ..personal.profiles import import_interactions
 
     result = import_interactions(a.store, a.interactions)
     return report_import(result, a.interactions, result.summary().replace("stored", "counted"))
@@ -40,7 +40,7 @@ def cmd_interactions_import(a: argparse.Namespace) -> int:
 
 
 def cmd_feedback_stats(a: argparse.Namespace) -> int:
-    from ..online.feedback import FeedbackStore
+    from ..feedback.feedback_store import FeedbackStore
 
     with FeedbackStore(a.store) as fb:
         stats = fb.stats(bucket_s=a.bucket_hours * 3600)
@@ -57,7 +57,7 @@ def cmd_feedback_stats(a: argparse.Namespace) -> int:
 
 
 def cmd_adapt(a: argparse.Namespace) -> int:
-    from ..online.adapt import AdaptOptions, adapt_model
+    from ..feedback.adapt import AdaptOptions, adapt_model
 
     options = AdaptOptions(catalog=a.catalog, replay=a.replay, epochs=a.epochs, lr=a.lr, holdout=a.holdout,
                            tolerance=a.tolerance, promote=a.promote, tag_source=a.tag_source)
@@ -78,8 +78,8 @@ def cmd_adapt(a: argparse.Namespace) -> int:
 
 
 def cmd_tags(a: argparse.Namespace) -> int:
-    from ..online.profiles import Profiles, ranked_tags
-    from ..online.store import TagStore
+    from ..personal.profiles import Profiles, ranked_tags
+    from ..tagging.tag_store import TagStore
 
     with TagStore(a.store) as store:
         row = store.get(a.product)
@@ -93,8 +93,8 @@ def cmd_tags(a: argparse.Namespace) -> int:
 
 
 def cmd_recommend(a: argparse.Namespace) -> int:
-    from ..online.profiles import Profiles, recommend
-    from ..online.store import TagStore
+    from ..personal.profiles import Profiles, recommend
+    from ..tagging.tag_store import TagStore
 
     with TagStore(a.store) as store:
         for item in recommend(store, Profiles(store), a.user, a.k):
@@ -123,7 +123,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
 
 def _add_refresh(sub) -> None:
-    from ..online.tag_job import TAG_BATCH_SIZE
+    from ..tagging.tag_job import TAG_BATCH_SIZE
 
     sp = sub.add_parser("refresh", help="re-tag only new/changed products (and all when the model changed)")
     add_model_on_catalog(sp)

@@ -12,7 +12,7 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from ..data.catalog import read_catalog
-from ..features.catalog import encode_catalog
+from ..features.catalog_features import encode_catalog
 from ..features.settings import RunSettings
 from ..inference.predict import predict_source
 from ..inference.rows import DEFAULT_TAG_SOURCE, prediction_rows, resolve_tag_source, score_rows

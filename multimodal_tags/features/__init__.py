@@ -1,6 +1,6 @@
 """The feature layer: encoders built once (EncoderSet), the content-hashed cache filled with what it
 lacks (encode), and products handed out as ready batches (FeatureSource)."""
-from .catalog import encode_catalog
+from .catalog_features import encode_catalog
 from .encode import EncodeStats, encode_images, encode_texts, load_features
 from .encoders import EncoderSet
 from .settings import RunSettings, default_cache_dir

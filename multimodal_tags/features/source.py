@@ -41,7 +41,7 @@ class FeatureSource(Dataset):
         self.has_text = torch.from_numpy(vectors.get("has_text", np.zeros(n, bool)))
         self.has_image = torch.from_numpy(vectors.get("has_image", np.zeros(n, bool)))
         self._lexical_ids: torch.Tensor | None = None
-        self.word_scores: torch.Tensor | None = None  # cross-fitted, training only (train/word_scores.py)
+        self.word_scores: torch.Tensor | None = None  # cross-fitted, training only (train/fit_word_scores.py)
 
     @classmethod
     def encode(cls, products: Sequence[Product], encoders: EncoderSet, cache: FeatureCache, image_root: Path,

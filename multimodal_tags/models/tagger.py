@@ -182,7 +182,7 @@ class Tagger(nn.Module):
     @torch.no_grad()
     def predict_raw(self, batch: Batch, generate: bool = True, stock_generate: bool = False) -> RawPrediction:
         """Every score the model has for a batch, before thresholds: what `predict` reports from, and
-        what feedback calibrates (online/calibration.py). `stock_generate`: decode with transformers'
+        what feedback calibrates (feedback/calibration.py). `stock_generate`: decode with transformers'
         own `generate` (TagDecoder.generate_stock, the reference path; same tags)."""
         self.eval()
         out = self(batch)

@@ -2,7 +2,7 @@
 
     POST /tag                 a product as JSON (photo: a path inside the image root), or multipart
                               with `product` (JSON) and `photo` (the file); returns its tags
-    POST /feedback            one event or a list (online/events.py); stored before the reply
+    POST /feedback            one event or a list (feedback/events.py); stored before the reply
     GET  /products/{id}/tags  the stored tags of a product
     GET  /stats               acceptance rate (overall, per tag key, over time), batching, model
     GET  /health              liveness and the model in use
@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field
 from ..data.images import ImageError, decode_image
 from ..data.schema import Product
 from ..data.validate import Limits, validate_row
-from ..online.events import FeedbackEvent, Interaction
+from ..feedback.events import FeedbackEvent, Interaction
 from .batching import TagBatcher
 from .limits import BodyLimit
 from .runtime import ModelThread, ServiceConfig, StoreThread

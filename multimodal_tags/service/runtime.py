@@ -18,11 +18,11 @@ from pathlib import Path
 from ..data.schema import Product
 from ..features.settings import RunSettings
 from ..inference.batch_tagger import BatchTagger
-from ..online.adapt import PROMOTED_KEY
-from ..online.feedback import AddResult, FeedbackStore
-from ..online.calibration import fit_calibration
-from ..online.learner import LearningTagger
-from ..online.profiles import Profiles, add_interactions, feedback_key, ranked_tags, recommend
+from ..feedback.adapt import PROMOTED_KEY
+from ..feedback.feedback_store import AddResult, FeedbackStore
+from ..feedback.calibration import fit_calibration
+from ..feedback.learner import LearningTagger
+from ..personal.profiles import Profiles, add_interactions, feedback_key, ranked_tags, recommend
 
 
 @dataclass

@@ -23,7 +23,7 @@ from accelerate.utils import set_seed
 from ..config import ModelConfig, TrainConfig, save_yaml
 from ..data.catalog import Catalog, read_catalog
 from ..data.feature_cache import FeatureCache
-from ..features.catalog import encode_catalog
+from ..features.catalog_features import encode_catalog
 from ..features.encode import encode_images, encode_text_views, load_views
 from ..features.settings import RunSettings
 from ..features.source import FeatureSource
@@ -39,7 +39,7 @@ from .finetune_text import FinetuneConfig, bundle_text_encoder, finetuned_config
 from .loop import fit
 from .masked_copies import masked_copies
 from .report import write_report
-from .word_scores import prepare_word_scores
+from .fit_word_scores import prepare_word_scores
 
 SPLITS = ("train", "val", "test")
 

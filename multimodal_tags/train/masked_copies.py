@@ -4,7 +4,7 @@ A share of the train products (`TrainConfig.masked_copies`) gets one copy each, 
 of its own labels removed from its text (data/masking.label_word_view): same photo, same labels. The
 copies are encoded like any product (the photo is a cache hit), appended after the originals, and
 their word scores come from the same cross-fitted SVMs applied to the *masked* text
-(train/word_scores.py), so the decoder learns what absent word evidence looks like and turns to the
+(train/fit_word_scores.py), so the decoder learns what absent word evidence looks like and turns to the
 photo, instead of trusting scores that the words it was trained on always supplied.
 """
 from __future__ import annotations

@@ -23,7 +23,7 @@ from ..data.schema import Product
 from ..features.settings import RunSettings
 from ..files import replacing
 from ..inference.batch_tagger import BatchTagger
-from .store import TagStore
+from .tag_store import TagStore
 from .tag_job import TagStats, _write_issues, batches, sync_store
 
 PART_SIZE = 50_000  # products per part file: the unit of resume

@@ -18,7 +18,7 @@ from ..data.readers import check_catalog_file
 from ..data.schema import Product
 from ..features.settings import RunSettings
 from ..inference.batch_tagger import BatchTagger
-from .store import TagStore
+from .tag_store import TagStore
 from .tag_job import TagOptions, run_batches
 
 KINDS = ("new", "changed", "retagged", "unchanged")

@@ -1,5 +1,5 @@
 """A tagger that learns from feedback at once: the model's rows, adjusted by a Calibration re-fitted from
-the feedback store (online/calibration.py), kept in the store so a restart starts adapted."""
+the feedback store (feedback/calibration.py), kept in the store so a restart starts adapted."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -9,7 +9,7 @@ from ..data.schema import Product
 from ..inference.batch_tagger import BatchTagger
 from ..models.tagger import RawPrediction
 from .calibration import NEVER, Calibration, Scores, TagRule, apply_judgements, fit_calibration
-from .feedback import FeedbackStore
+from .feedback_store import FeedbackStore
 
 SCORE_BATCH = 256
 

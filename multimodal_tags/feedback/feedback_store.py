@@ -18,7 +18,7 @@ from typing import Any
 from ..models.tag_tokenizer import tag_key
 from .calibration import Calibration
 from .events import FeedbackEvent, read_events
-from .store import TagStore
+from ..tagging.tag_store import TagStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS feedback (

@@ -27,7 +27,7 @@ from ..features.settings import RunSettings
 from ..inference.batch_tagger import BatchTagger
 from ..inference.rows import DEFAULT_TAG_SOURCE
 from .shards import Shard, current_shard, gather_counts, merge_shards, wait_for_everyone
-from .store import TagStore
+from .tag_store import TagStore
 
 TAG_BATCH_SIZE = 256  # products per forward pass and per output write (a rerun resumes at a whole batch)
 CALIBRATION_PRODUCTS = 5000  # labelled val products read to calibrate zero-shot tags: enough, bounded memory
@@ -181,7 +181,7 @@ def tag_catalog(model_dir: str | Path, catalog_path: str | Path, out_path: str |
                 options: TagOptions | None = None, rejects_path: str | Path | None = None) -> TagStats:
     """Tag every valid product of the catalog into `out_path` (JSONL), and into the store if given.
     `options.extra_tags` are scored zero-shot by CLIP similarity, calibrated on the catalog's val products.
-    Under `accelerate launch` the processes share the catalog (online/shards.py): the output is the same."""
+    Under `accelerate launch` the processes share the catalog (tagging/shards.py): the output is the same."""
     settings, options = settings or RunSettings(), options or TagOptions()
     catalog_path, out = Path(catalog_path), Path(out_path)
     check_catalog_file(catalog_path)  # before anything is written

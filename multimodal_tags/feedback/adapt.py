@@ -27,7 +27,7 @@ import torch
 from ..config import TrainConfig
 from ..data.catalog import Catalog, read_catalog
 from ..data.schema import Product
-from ..features.catalog import encode_catalog
+from ..features.catalog_features import encode_catalog
 from ..features.settings import RunSettings
 from ..features.source import FeatureSource
 from ..files import write_json_atomic
@@ -41,9 +41,9 @@ from ..train.data import FeatureDataset, LabelSpace
 from ..train.finetune_text import bundle_text_encoder
 from ..train.job import split_indices
 from ..train.loop import fit
-from ..train.word_scores import fit_or_load_word_scores
-from .feedback import FeedbackStore
-from .store import TagStore
+from ..train.fit_word_scores import fit_or_load_word_scores
+from .feedback_store import FeedbackStore
+from ..tagging.tag_store import TagStore
 
 PROMOTED_KEY = "promoted_model"
 TRAINABLE = ("tag_head.", "decoder.")

@@ -21,9 +21,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .events import Interaction, parse_interaction, read_events
-from .feedback import AddResult, import_rows
-from .store import TagStore
+from ..feedback.events import Interaction, parse_interaction, read_events
+from ..feedback.feedback_store import AddResult, import_rows
+from ..tagging.tag_store import TagStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS profile (

@@ -1,0 +1,1 @@
+"""Personalisation: user profiles from interactions and a per-user ranking of tags."""
