@@ -11,6 +11,7 @@ from pathlib import Path
 from multimodal_tags.config import TrainConfig
 from multimodal_tags.data.catalog import read_catalog, read_meta, write_catalog
 from multimodal_tags.data.importers import myntra, run_import
+from multimodal_tags.models.encoder_base import resolve_precision
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -120,8 +121,19 @@ def _commit() -> str | None:
         return None
 
 
-def run_facts(precision: str | None = None) -> dict:
-    """What a results file records about its run: machine, cores, precision, commit and date."""
-    return {"machine": f"{platform.machine()} {platform.processor() or platform.system()}".strip(),
-            "cores": os.cpu_count(), "precision": precision, "commit": _commit(),
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_facts(precision: str = "auto") -> dict:
+    """What a results file records about its run: machine, cores, precision (resolved on this machine),
+    commit and date."""
+    return {"machine": _cpu_name(),
+            "cores": os.cpu_count(), "precision": resolve_precision(precision), "commit": _commit(),
             "date": datetime.date.today().isoformat()}

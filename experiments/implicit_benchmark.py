@@ -47,7 +47,7 @@ from multimodal_tags.inference.predict import predict_source
 from multimodal_tags.inference.rows import prediction_rows, resolve_tag_source, score_rows
 from multimodal_tags.models.tagger import Tagger
 
-from experiments.common import MYNTRA, markdown_table, myntra_catalog
+from experiments.common import MYNTRA, markdown_table, myntra_catalog, run_facts
 
 VARIANTS = ("full", "masked_colour", "masked_category", "masked_all", "photo_only")
 DOC_KEYS = ("colour", "gender", "usage", "pattern", "sleeve length")
@@ -108,6 +108,14 @@ def _table_row(name: str, r: dict) -> dict:
             **{f"F1 {k}": r["f1_by_key"].get(k, 0.0) for k in DOC_KEYS}}
 
 
+def implicit_table(results: dict) -> str:
+    """The markdown table of a results.json: each variant, then without filling (docs/implicit.md)."""
+    variants = [n for n in results if isinstance(results[n], dict) and "f1_by_key" in results[n]]
+    rows = [row for n in variants for row in (_table_row(n, results[n]),
+                                              _table_row(f"{n}, no filling", results[n]["without_filling"]))]
+    return markdown_table(rows, {"colour_given_share": 3})
+
+
 def _parse(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(MYNTRA))
@@ -148,11 +156,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in results[name].items()
                                       if isinstance(v, float)), flush=True)
     results["model"], results["minutes"] = str(a.model), (time.perf_counter() - t0) / 60
+    results["run"] = run_facts(settings.precision)
     (out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
-    table = [_table_row(n, results[n]) for n in results if isinstance(results[n], dict)]
-    table += [_table_row(f"{n}, no filling", results[n]["without_filling"]) for n in results
-              if isinstance(results[n], dict)]
-    print(markdown_table(table))
+    print(implicit_table(results))
     return results
 
 

@@ -24,7 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-from multimodal_tags.models.encoder_base import resolve_precision
 from multimodal_tags.models.presets import get_preset
 from multimodal_tags.train.finetune_image import ImageFinetuneConfig
 from multimodal_tags.train.finetune_text import FinetuneConfig
@@ -145,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
         md = markdown_table(table, {"train min": 1})
         (out / "results.md").write_text(f"# Myntra benchmark v1\n\n{md}\n\nBest fused model: {best_name} "
                                         f"(copied to model/). Total {total / 60:.1f} min.\n", encoding="utf-8")
-        facts = run_facts(resolve_precision("auto"))
+        facts = run_facts()
         (out / "results.json").write_text(json.dumps({"rows": table, "best": best_name, "minutes": total / 60,
                                                       "run": facts}, indent=1), encoding="utf-8")
         log(md)

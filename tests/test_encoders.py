@@ -188,3 +188,32 @@ def test_fp32_cpu_text_vectors_go_through_onnx_runtime_only_where_they_agree_wit
     doubtful = create_text_encoder("tiny-bert").set_precision("fp32")
     torch.testing.assert_close(doubtful.encode(texts).pooled, reference)
     assert doubtful._onnx is False and "using torch" in capsys.readouterr().out
+
+
+def _named(kind: str) -> list[str]:
+    return [spec for spec in list_encoders()[kind] if "..." not in spec]  # "hf:..." etc. are patterns
+
+
+@pytest.mark.parametrize("spec", _named("text"))
+def test_every_named_text_encoder_builds_and_encodes(spec):
+    """As timm's test_models loops over list_models(): each listed encoder, built from its spec."""
+    try:
+        enc = create_text_encoder(spec)
+    except WeightsUnavailable as e:  # a packaged encoder whose package is not installed here
+        pytest.skip(str(e))
+    out = enc.encode(["red cotton t-shirt", "蓝色连衣裙"])
+    assert out.pooled.shape == (2, enc.dim) and torch.isfinite(out.pooled).all()
+    assert enc.random_weights == spec.startswith("tiny-")
+
+
+@pytest.mark.parametrize("spec", _named("image") + ["effnet-lite0+colour"])
+def test_every_named_image_encoder_builds_and_encodes(spec):
+    from PIL import Image
+
+    try:
+        enc = create_image_encoder(spec)
+    except WeightsUnavailable as e:
+        pytest.skip(str(e))
+    out = enc.encode([Image.new("RGB", (60, 80), (200, 30, 30)), Image.new("RGB", (300, 200), "white")])
+    assert out.pooled.shape == (2, enc.dim) and torch.isfinite(out.pooled).all()
+    assert enc.random_weights == spec.startswith("tiny-")
