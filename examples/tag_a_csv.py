@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from multimodal_tags import (BatchTagger, RunSettings, TrainConfig, get_importer, get_preset, read_catalog,
+from multimodal_tags import (BatchTagger, RunConfig, TrainConfig, get_importer, get_preset, read_catalog,
                              run_import, train_tagger)
 from multimodal_tags.data.synthetic import make_synthetic_export
 
@@ -38,7 +38,7 @@ def main(argv: list[str]) -> list[dict]:
     print(result.report.summary())
 
     # 2. Train: the run folder gets the model, its metrics and a report.
-    settings = RunSettings(cache_dir=out / "cache", allow_random_weights=True)  # tiny: random encoders
+    settings = RunConfig(cache_dir=out / "cache", allow_random_weights=True)  # tiny: random encoders
     trained = train_tagger(out / "catalog.jsonl", out / "run", get_preset("tiny"),
                            TrainConfig(epochs=3, batch_size=16), settings)
     print("test metrics:", {k: round(v, 3) for k, v in trained["metrics"]["test"]["head"].items()

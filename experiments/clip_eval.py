@@ -33,6 +33,7 @@ from multimodal_tags.data.feature_cache import FeatureCache
 from multimodal_tags.features.encode import encode_and_load
 from multimodal_tags.metrics import prf, retrieval_recall
 from multimodal_tags.models.factory import create_image_encoder
+from multimodal_tags.config import WordScoreConfig
 from multimodal_tags.models.presets import get_preset
 from multimodal_tags.models.tag_tokenizer import tag_key
 from multimodal_tags.models.product_clip import SPEC_PREFIX, WITH_TRUNK
@@ -163,8 +164,8 @@ def _tagger_jobs(a, out: Path, catalog: Path, cache: Path, clip_dir: Path) -> li
     fused = get_preset("offline")
     if a.quick:
         fused = dataclasses.replace(fused, lexical_buckets=1 << 14)
-    image_only = dataclasses.replace(fused, text_encoder="none", word_scores=False, word_score_categories=False,
-                                     word_score_per_tag=False, category_score_bias=0.0, lexical_buckets=0)
+    image_only = dataclasses.replace(fused, text_encoder="none", word_scores=WordScoreConfig(),
+                                     lexical_buckets=0)
     tcfg = bench_train_config(a.quick, a.tagger_epochs)
     runs = [("fused, CLIP beside EfficientNet", catalog, dataclasses.replace(fused, image_encoder=beside,
                                                                              image_dim=1280 + dim)),

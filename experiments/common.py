@@ -2,6 +2,7 @@
 table writer, the benchmark's training settings, and the run facts every results file records."""
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import platform
@@ -12,19 +13,28 @@ from multimodal_tags.config import TrainConfig
 from multimodal_tags.data.catalog import read_catalog, read_meta, write_catalog
 from multimodal_tags.data.importers import myntra, run_import
 from multimodal_tags.models.encoder_base import resolve_precision
+from multimodal_tags.train.recipe import Recipe, load_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 MYNTRA = SHARED / "datasets" / "fashion-myntra"
 EVALUATOR = SHARED / "bench" / "myntra_eval.py"
+RECIPES = REPO / "configs"  # the committed recipes (multimodal_tags/train/recipe.py)
 QUICK_LIMITS = {"train": 600, "val": 150, "test": 150}
 
 
-def bench_train_config(quick: bool = False, epochs: int = 8, **overrides) -> TrainConfig:
+def bench_recipe() -> Recipe:
+    """The Myntra benchmark's recipe, configs/myntra-bench.yaml."""
+    return load_recipe(RECIPES / "myntra-bench.yaml")
+
+
+def bench_train_config(quick: bool = False, epochs: int | None = None, **overrides) -> TrainConfig:
     """The Myntra benchmark's training settings (every experiment that trains "the benchmark's model"
-    uses these); `quick` is the tests' small version."""
-    return TrainConfig(epochs=2 if quick else epochs, batch_size=64 if quick else 256, lr=1e-3, patience=3,
-                       **overrides)
+    uses these; `overrides` replace fields); `quick` is the tests' small version (2 epochs, batches of 64)."""
+    tcfg = dataclasses.replace(bench_recipe().train, **{k: v for k, v in overrides.items() if v is not None})
+    if quick:
+        return dataclasses.replace(tcfg, epochs=2, batch_size=64)
+    return dataclasses.replace(tcfg, epochs=epochs or tcfg.epochs)
 
 
 def _stale(catalog: Path) -> bool:

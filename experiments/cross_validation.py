@@ -17,7 +17,7 @@ from pathlib import Path
 
 from multimodal_tags.config import TrainConfig
 from multimodal_tags.data.catalog import read_catalog, write_catalog
-from multimodal_tags.features import RunSettings, default_cache_dir
+from multimodal_tags.features import RunConfig, default_cache_dir
 from multimodal_tags.models.presets import get_preset
 from multimodal_tags.train.job import train_tagger
 
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
         write_catalog(fold_products, fold_catalog, meta=meta)
         result = train_tagger(fold_catalog, out / f"fold{f}", get_preset(a.preset),
                               TrainConfig(epochs=a.epochs, batch_size=a.batch_size, patience=3),
-                              RunSettings(cache_dir=cache, allow_random_weights=a.allow_random_weights,
+                              RunConfig(cache_dir=cache, allow_random_weights=a.allow_random_weights,
                                           log=lambda s: None), modalities=a.modalities)
         per_fold.append(result["metrics"]["val"])
         print(f"fold {f}: " + ", ".join(f"{src} {m}={result['metrics']['val'][src][m]:.4f}"

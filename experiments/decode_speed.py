@@ -18,7 +18,7 @@ import torch
 
 from multimodal_tags.data.catalog import read_catalog
 from multimodal_tags.data.feature_cache import FeatureCache
-from multimodal_tags.features import FeatureSource, RunSettings
+from multimodal_tags.features import FeatureSource, RunConfig
 from multimodal_tags.models.tagger import Tagger
 
 
@@ -27,7 +27,7 @@ def fused_batches(model: Tagger, catalog: Path, cache: Path, n: int, size: int) 
     cat = read_catalog(catalog)
     products = [p for p in cat.products if p.split == "test"][:n]
     with FeatureCache(cache) as fc:
-        source = FeatureSource.encode(products, RunSettings().encoders_for(model.cfg), fc, cat.image_root, model.cfg)
+        source = FeatureSource.encode(products, RunConfig().encoders_for(model.cfg), fc, cat.image_root, model.cfg)
     out = []
     with torch.no_grad():
         for s in range(0, len(products), size):

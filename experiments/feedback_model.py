@@ -12,7 +12,7 @@ import dataclasses
 from pathlib import Path
 
 from multimodal_tags.data.catalog import read_catalog, write_catalog
-from multimodal_tags.features import RunSettings
+from multimodal_tags.features import RunConfig
 from multimodal_tags.models.tagger import Tagger
 from multimodal_tags.train.job import train_tagger
 
@@ -41,7 +41,7 @@ def train_without_tag(model_dir: Path, catalog: Path, tag: str, out: Path, cache
         return run / "model"
     cfg = Tagger.load(model_dir).cfg  # its text encoder resolved inside MODEL_DIR
     train_tagger(without_tag(catalog, tag, out), run, cfg, bench_train_config(),
-                 RunSettings(cache_dir=cache, progress=False, log=log), resume=True)
+                 RunConfig(cache_dir=cache, progress=False, log=log), resume=True)
     return run / "model"
 
 

@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 
 from multimodal_tags.data.catalog import read_catalog
-from multimodal_tags.features import RunSettings
+from multimodal_tags.features import RunConfig
 from multimodal_tags.files import remove_sqlite
 from multimodal_tags.inference.batch_tagger import BatchTagger
 from multimodal_tags.metrics import paired_f1_difference, prf
-from multimodal_tags.feedback.adapt import AdaptOptions, adapt_model
+from multimodal_tags.feedback.adapt import AdaptConfig, adapt_model
 from multimodal_tags.feedback.events import FeedbackEvent
 from multimodal_tags.feedback.feedback_store import FeedbackStore
 from multimodal_tags.feedback.learner import LearningTagger, to_scores
@@ -118,7 +118,7 @@ def fresh_store(path: Path) -> FeedbackStore:
 
 def _evaluate_adapted(model_dir: Path, test, cache: Path, image_root: Path, before: list[dict]) -> dict:
     """Test F1 and acceptance of an adapted model, and its F1 difference to `before` (paired bootstrap)."""
-    tagger = BatchTagger(model_dir, cache, RunSettings(cache_dir=cache, progress=False))
+    tagger = BatchTagger(model_dir, cache, RunConfig(cache_dir=cache, progress=False))
     rows = [r for i in range(0, len(test), BATCH) for r in tagger.tag(test[i:i + BATCH], image_root)]
     gold = [set(p.tags) for p in test]
     diff = paired_f1_difference(gold, [set(r["tags"]) for r in before], [set(r["tags"]) for r in rows])
@@ -130,7 +130,7 @@ def run_stream(model_dir: Path, catalog: Path, cache: Path, out: Path, noise: fl
     """One reviewer's stream: feedback after each step, immediate adaptation, and `adapt` at `adapt_at`."""
     name = f"noise{noise:g}"
     fb = fresh_store(out / f"store-{name}.db")
-    settings = RunSettings(cache_dir=cache, progress=False, log=lambda s: None)
+    settings = RunConfig(cache_dir=cache, progress=False, log=lambda s: None)
     learner = LearningTagger(BatchTagger(model_dir, cache, settings), fb, split["root"])
     val, test = split["val"], split["test"]
     fb.tags.write(scored["val"].rows, {}, val)  # the store knows the products the reviewer judges
@@ -145,7 +145,7 @@ def run_stream(model_dir: Path, catalog: Path, cache: Path, out: Path, noise: fl
                  "rules": len(cal.rules), "f1_immediate": f1(test, rows), "acceptance_immediate": acceptance(test, rows)}
         if n in adapt_at:
             lineage = adapt_model(model_dir, fb.tags.path, out / f"adapted-{name}-{n}", settings,
-                                  AdaptOptions(catalog=catalog))
+                                  AdaptConfig(catalog=catalog))
             entry.update(_evaluate_adapted(out / f"adapted-{name}-{n}", test, cache, split["root"],
                                            scored["test"].rows))
             entry["adapt_gate_passed"], entry["adapt_s"] = lineage["gate"]["passed"], lineage["seconds"]
@@ -157,7 +157,7 @@ def run_stream(model_dir: Path, catalog: Path, cache: Path, out: Path, noise: fl
 
 def new_tag_case(model_dir: Path, cache: Path, out: Path, tag: str, split: dict, log) -> dict[int, float]:
     """Test F1 of `tag`, unknown to the model, after each count of `add` events for it."""
-    tagger = BatchTagger(model_dir, cache, RunSettings(cache_dir=cache, progress=False, log=lambda s: None))
+    tagger = BatchTagger(model_dir, cache, RunConfig(cache_dir=cache, progress=False, log=lambda s: None))
     if tag in tagger.model.tags:
         raise SystemExit(f"{model_dir} knows {tag!r} already: the new-tag case needs a model trained without it")
     val, test = split["val"], split["test"]
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
     catalog = benchmark_catalog(a.model, a.data, a.out, log)
     cache = a.cache or default_cache(a.model, catalog)
     split = split_ids(catalog)
-    tagger = BatchTagger(a.model, cache, RunSettings(cache_dir=cache, progress=False, log=lambda s: None))
+    tagger = BatchTagger(a.model, cache, RunConfig(cache_dir=cache, progress=False, log=lambda s: None))
     scored = Scored.splits(tagger, split, a.out)
     before = {"f1": f1(split["test"], scored["test"].rows), "acceptance": acceptance(split["test"], scored["test"].rows)}
     log(f"before feedback: test tag micro-F1 {before['f1']:.4f}, acceptance {before['acceptance']:.4f}")

@@ -40,7 +40,7 @@ from multimodal_tags.data.catalog import read_catalog
 from multimodal_tags.data.feature_cache import FeatureCache
 from multimodal_tags.data.masking import (GENDER_WORDS, category_words, colour_words,
                                           mask_products)
-from multimodal_tags.features import RunSettings
+from multimodal_tags.features import RunConfig
 from multimodal_tags.features.encoders import EncoderSet
 from multimodal_tags.features.source import FeatureSource
 from multimodal_tags.inference.predict import predict_source
@@ -92,7 +92,7 @@ def score_variant(model: Tagger, encoders: EncoderSet, products: list, image_roo
     return {**summary(products, rows), "without_filling": summary(products, unfilled(rows))}, rows
 
 
-def load_model(model_dir: str, settings: RunSettings, without_photo_head: bool) -> tuple[Tagger, EncoderSet]:
+def load_model(model_dir: str, settings: RunConfig, without_photo_head: bool) -> tuple[Tagger, EncoderSet]:
     """A model folder and its encoders (built on first use), its photo head cut off for the ablation."""
     model = Tagger.load(model_dir)
     if without_photo_head and model.photo_head is not None:
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
     a = _parse(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = RunSettings(progress=False)
+    settings = RunConfig(progress=False)
     catalog = read_catalog(a.catalog or myntra_catalog(Path(a.data), out, a.quick))
     cache_dir = Path(a.cache or out / "features-cache")
     test = [p for p in catalog.products if p.split == a.split]

@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 
 from multimodal_tags.eval.evaluate import evaluate_model
-from multimodal_tags.features import RunSettings
+from multimodal_tags.features import RunConfig
 from multimodal_tags.models import word_scores
 from multimodal_tags.models.tagger import Tagger
 
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="also: the first --prune with the bundled text encoder stored in float16")
     a = ap.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
-    settings = RunSettings(cache_dir=a.cache, progress=False, log=lambda s: None)
+    settings = RunConfig(cache_dir=a.cache, progress=False, log=lambda s: None)
     models = {"dense": a.model} | {f"packed {p:g}": resave(a.model, a.out / f"packed-{p:g}", p) for p in a.prune}
     if a.half_encoder:
         p = a.prune[0]

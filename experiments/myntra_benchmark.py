@@ -24,12 +24,11 @@ import sys
 import time
 from pathlib import Path
 
-from multimodal_tags.models.presets import get_preset
 from multimodal_tags.train.finetune_image import ImageFinetuneConfig
 from multimodal_tags.train.finetune_text import FinetuneConfig
+from multimodal_tags.train.recipe import load_recipe
 
-from experiments.common import (EVALUATOR, MYNTRA, Log, bench_train_config, markdown_table, myntra_catalog, run_dir,
-                                run_facts)
+from experiments.common import EVALUATOR, MYNTRA, RECIPES, Log, markdown_table, myntra_catalog, run_dir, run_facts
 from experiments.runs import train_all
 
 
@@ -52,12 +51,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--data", default=str(MYNTRA))
     ap.add_argument("--out", required=True)
     ap.add_argument("--cache", help="feature cache (default OUT/features-cache)")
-    ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--finetune-epochs", type=int, default=1)
+    ap.add_argument("--recipe", default=str(RECIPES / "myntra-bench.yaml"),
+                    help="model and training settings; the flags below override it")
+    ap.add_argument("--epochs", type=int)
+    ap.add_argument("--finetune-epochs", type=int, help="epochs of fine-tuning the text encoder")
     ap.add_argument("--no-finetune", action="store_true", help="train the frozen model alone (no tuned encoders)")
     ap.add_argument("--frozen", action="store_true",
                     help="also train the fused model on frozen encoders, for comparison (its own features: ~10 min)")
-    ap.add_argument("--finetune-products", type=int, default=16000,
+    ap.add_argument("--finetune-products", type=int,
                     help="train products the text encoder is fine-tuned on (time budget: ~95/s on 2 cores)")
     ap.add_argument("--reuse-runs", action="store_true", help="keep runs that already finished (metrics.json)")
     ap.add_argument("--train-ablations", action="store_true",
@@ -65,23 +66,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "models at inference, which costs no training)")
     ap.add_argument("--jobs", type=int, default=2, help="runs trained at once, in worker processes (1: in this one)")
     ap.add_argument("--image-size", type=int, help="photo side in pixels (default: the image encoder's own, 224)")
-    ap.add_argument("--masked-copies", type=float, default=0.4,
+    ap.add_argument("--masked-copies", type=float,
                     help="share of train products with a masked-text copy (TrainConfig.masked_copies; 0: none)")
-    ap.add_argument("--image-finetune-epochs", type=int, default=3,
+    ap.add_argument("--image-finetune-epochs", type=int,
                     help="epochs of tuning the image trunk's last stages in the fine-tuned run (0: keep it frozen)")
-    ap.add_argument("--image-finetune-stages", type=int, default=2, help="trunk stages tuned (+ conv_head)")
-    ap.add_argument("--word-score-folds", type=int, default=4, help="cross-fitting folds of the word-score SVMs")
+    ap.add_argument("--image-finetune-stages", type=int, help="trunk stages tuned (+ conv_head)")
+    ap.add_argument("--word-score-folds", type=int, help="cross-fitting folds of the word-score SVMs")
     ap.add_argument("--quick", action="store_true", help="a small subset and 2 epochs, for tests")
     return ap.parse_args(argv)
 
 
+def _given(**fields) -> dict:
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _settings(a: argparse.Namespace) -> tuple:
+    """(model config, train config, text fine-tuning, image fine-tuning) of the recipe, flags applied."""
+    recipe = load_recipe(a.recipe)
+    tcfg = dataclasses.replace(recipe.train, **_given(epochs=a.epochs, masked_copies=a.masked_copies,
+                                                      word_score_folds=a.word_score_folds))
+    ft = dataclasses.replace(recipe.finetune_text or FinetuneConfig(),
+                             **_given(epochs=a.finetune_epochs, max_products=a.finetune_products))
+    ft_image = dataclasses.replace(recipe.finetune_image or ImageFinetuneConfig(),
+                                   **_given(epochs=a.image_finetune_epochs, stages=a.image_finetune_stages))
+    if a.quick:  # the tests' version: a small subset, 2 epochs, one epoch of image tuning
+        tcfg = dataclasses.replace(tcfg, epochs=2, batch_size=64)
+        ft, ft_image = dataclasses.replace(ft, max_products=200), dataclasses.replace(ft_image, epochs=1)
+    if ft_image.epochs == 0 or (recipe.finetune_image is None and a.image_finetune_epochs is None):
+        ft_image = None  # the image trunk stays frozen
+    return recipe.model, tcfg, ft, ft_image
+
+
 def plan_runs(a: argparse.Namespace, out: Path, catalog: Path, cache: Path, log) -> tuple[list, list[dict], dict]:
     """(runs, jobs to train, results of runs reused): each run is (name, modalities, fine-tuning)."""
-    tcfg = bench_train_config(a.quick, a.epochs, masked_copies=a.masked_copies, word_score_folds=a.word_score_folds)
-    ft = FinetuneConfig(epochs=a.finetune_epochs, max_products=200 if a.quick else a.finetune_products)
-    ft_image = (ImageFinetuneConfig(stages=a.image_finetune_stages, epochs=1 if a.quick else a.image_finetune_epochs)
-                if a.image_finetune_epochs > 0 else None)
-    cfg = get_preset("offline")
+    cfg, tcfg, ft, ft_image = _settings(a)
     if a.image_size:
         cfg = dataclasses.replace(cfg, image_size=a.image_size)
     if a.quick:  # a small lexical table keeps --quick quick

@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from multimodal_tags.features import RunSettings
+from multimodal_tags.features import RunConfig
 from multimodal_tags.inference.batch_tagger import BatchTagger
 from multimodal_tags.models.tag_tokenizer import tag_key
 from multimodal_tags.feedback.events import FeedbackEvent
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     catalog = benchmark_catalog(a.model, a.data, a.out)
     cache = a.cache or default_cache(a.model, catalog)
     split = split_ids(catalog)
-    tagger = BatchTagger(a.model, cache, RunSettings(cache_dir=cache, progress=False, log=lambda s: None))
+    tagger = BatchTagger(a.model, cache, RunConfig(cache_dir=cache, progress=False, log=lambda s: None))
     scored = Scored.splits(tagger, split, a.out)
     val, test = split["val"][:a.judged], split["test"]
     fb = fresh_store(a.out / "store-reviewers.db")

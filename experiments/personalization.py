@@ -27,10 +27,10 @@ import numpy as np
 
 from multimodal_tags.data.catalog import read_catalog
 from multimodal_tags.data.importers import generic, run_import
-from multimodal_tags.features import RunSettings
+from multimodal_tags.features import RunConfig
 from multimodal_tags.files import remove_sqlite
 from multimodal_tags.inference.batch_tagger import BatchTagger
-from multimodal_tags.personal.profiles import ProfileSettings, match_score
+from multimodal_tags.personal.profiles import ProfileConfig, match_score
 
 HM_ATTRIBUTES = ("product_type_name", "product_group_name", "graphical_appearance_name", "colour_group_name",
                  "perceived_colour_master_name", "department_name", "index_name", "section_name",
@@ -53,7 +53,7 @@ def import_articles(data: Path, out: Path) -> Path:
 def model_tags(model: Path, catalog: Path, cache: Path, out: Path) -> tuple[dict[str, list[str]], dict[str, np.ndarray]]:
     """The model's tags (with its predicted category as `category:...`) and text vectors of every article."""
     cat = read_catalog(catalog)
-    tagger = BatchTagger(model, cache, RunSettings(cache_dir=cache, progress=False, log=lambda s: None))
+    tagger = BatchTagger(model, cache, RunConfig(cache_dir=cache, progress=False, log=lambda s: None))
     tags, vectors = {}, {}
     for i in range(0, len(cat.products), 256):
         batch = cat.products[i:i + 256]
@@ -103,7 +103,7 @@ def profile_scores(cases: list[dict], bought: dict[str, list[str]], tags: dict[s
     n_docs, df = len(tags), Counter(t for ts in tags.values() for t in set(ts))
     idf = {t: math.log(n_docs / c) for t, c in df.items()}
     with TagStore(path) as store:
-        profiles = Profiles(store, ProfileSettings(shrinkage=2.0))
+        profiles = Profiles(store, ProfileConfig(shrinkage=2.0))
         profiles.add_many((f"{customer}:{a}", customer, "purchase", tags.get(a, []), 0.0)
                           for customer, items in bought.items() for a in items if a != held.get(customer))
         return [np.array([match_score(tags.get(a, []), profiles.affinities(c["customer"], now=0.0), idf)

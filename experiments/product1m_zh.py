@@ -19,6 +19,7 @@ run folder OUT/run (model, predictions). `--quick` runs the same on 600/150/150 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from collections import Counter, defaultdict
@@ -26,25 +27,23 @@ from pathlib import Path
 
 import numpy as np
 
-from multimodal_tags.config import DecoderConfig, ModelConfig, TrainConfig
+from multimodal_tags.config import ModelConfig, WordScoreConfig
 from multimodal_tags.data.catalog import read_catalog
 from multimodal_tags.data.importers import product1m, run_import
 from multimodal_tags.data.vocab import canonical_text
-from multimodal_tags.features import RunSettings, encode_catalog
+from multimodal_tags.features import RunConfig, encode_catalog
 from multimodal_tags.metrics import paired_f1_difference, prf
 from multimodal_tags.train.job import train_tagger
+from multimodal_tags.train.recipe import Recipe, load_recipe
 
-from experiments.common import quick_subset
+from experiments.common import RECIPES, quick_subset
 
 
-def model_config(text_encoder: str, word_scores: bool = True) -> ModelConfig:
-    """Text only: the multilingual encoder + word scores (closed-set helpers for the head), and an
-    open-vocabulary GPT-2 decoder from scratch that writes the names as text."""
-    return ModelConfig(text_encoder=text_encoder, image_encoder="none", text_dim=384, text_max_length=64,
-                       lexical_buckets=(1 << 17) if word_scores else 0, lexical_dim=0, word_scores=word_scores,
-                       word_score_categories=word_scores, category_score_bias=2.0 if word_scores else 0.0,
-                       dropout=0.05, modality_dropout=0.0, tag_decoder="open",
-                       decoder=DecoderConfig(n_layer=3, n_embd=192, n_head=4, dropout=0.0, max_tags=12))
+def model_config(recipe: Recipe, text_encoder: str | None, word_scores: bool = True) -> ModelConfig:
+    """The recipe's model (text only: the multilingual encoder + word scores, and an open-vocabulary GPT-2
+    decoder from scratch that writes the names as text), with another text encoder or without word scores."""
+    cfg = dataclasses.replace(recipe.model, text_encoder=text_encoder or recipe.model.text_encoder)
+    return cfg if word_scores else dataclasses.replace(cfg, lexical_buckets=0, word_scores=WordScoreConfig())
 
 
 def gold_names(products) -> dict[str, list[str]]:
@@ -109,8 +108,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--data", type=Path, required=True, help="the product1m-zh folder")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--cache", type=Path, help="feature cache (default: OUT/features-cache)")
-    ap.add_argument("--text-encoder", default="e5-small")
-    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--recipe", type=Path, default=RECIPES / "product1m-zh.yaml", help="model and training settings")
+    ap.add_argument("--text-encoder", help="another text encoder spec (default: the recipe's, e5-small)")
+    ap.add_argument("--epochs", type=int, help="default: the recipe's")
     ap.add_argument("--no-word-scores", action="store_true", help="the text encoder's vector alone (an ablation)")
     ap.add_argument("--quick", action="store_true", help="a small subset and 2 epochs (tests)")
     a = ap.parse_args(argv)
@@ -121,9 +121,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(report.summary())
     if a.quick:
         catalog_path, a.epochs = quick_subset(catalog_path, catalog_path.with_name("catalog-quick.jsonl")), 2
-    settings = RunSettings(cache_dir=a.cache or a.out / "features-cache", progress=False)
-    cfg = model_config(a.text_encoder, word_scores=not a.no_word_scores)
-    tcfg = TrainConfig(epochs=a.epochs, batch_size=64, lr=1e-3, patience=8)
+    settings = RunConfig(cache_dir=a.cache or a.out / "features-cache", progress=False)
+    recipe = load_recipe(a.recipe)
+    cfg = model_config(recipe, a.text_encoder, word_scores=not a.no_word_scores)
+    tcfg = dataclasses.replace(recipe.train, epochs=a.epochs or recipe.train.epochs)
     trained = train_tagger(catalog_path, a.out / "run", cfg, tcfg, settings)
 
     catalog = read_catalog(catalog_path)
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
                "baseline_micro_f1_normalised": methods[baseline_name]["micro_f1_normalised"],
                "baseline": baseline_name, "f1_minus_baseline_90ci": {k: round(v, 4) for k, v in difference.items()},
                "methods": methods,
-               "encoder": cfg.text_encoder, "word_scores": cfg.word_scores,
+               "encoder": cfg.text_encoder, "word_scores": cfg.word_scores.enabled,
                "tag_tokenizer": "BPE over characters, trained on the train names (open vocabulary)",
                "split_sizes": {s: len(v) for s, v in split.items()},
                "test_names_unseen_in_train": round(_unseen_share(split["train"], gold), 4),

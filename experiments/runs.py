@@ -10,7 +10,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from multimodal_tags.data.catalog import read_catalog
-from multimodal_tags.features import RunSettings, encode_catalog
+from multimodal_tags.features import RunConfig, encode_catalog
 from multimodal_tags.inference import score_split
 from multimodal_tags.models.tagger import Tagger
 from multimodal_tags.train.fit_word_scores import fit_or_load_word_scores
@@ -24,7 +24,7 @@ def masked_metrics(run_dir: Path, catalog: Path, cache: Path) -> dict[str, dict]
     "text" and "image"."""
     model = Tagger.load(run_dir / "model")
     cat = read_catalog(catalog)
-    source = encode_catalog(cat, model.cfg, cache, RunSettings(log=lambda s: None))
+    source = encode_catalog(cat, model.cfg, cache, RunConfig(log=lambda s: None))
     idx = split_indices(cat)
     out = {}
     for only in ("text", "image"):
@@ -44,7 +44,7 @@ def run_job(job: dict) -> dict:
     with Log(Path(job["out"]), f"[{job['name']}] ") as log:
         t0 = time.perf_counter()
         result = train_tagger(job["catalog"], run_dir, job["cfg"], job["tcfg"],
-                              RunSettings(cache_dir=job["cache"], log=log), modalities=job["modalities"],
+                              RunConfig(cache_dir=job["cache"], log=log), modalities=job["modalities"],
                               finetune=job["finetune"], finetune_image=job["finetune_image"])
         seconds = time.perf_counter() - t0
         masked = None
@@ -59,7 +59,7 @@ def prefill(catalog: Path, jobs: list[dict], log) -> None:
     """With every core, before the runs split them: tune each run's encoders, encode the catalog and its
     masked copies with them, and fit the word-score SVMs the runs share (the runs then find all of it
     done; the SVMs read only words, so every run finds the same ones)."""
-    products, settings = read_catalog(catalog), RunSettings(log=log)
+    products, settings = read_catalog(catalog), RunConfig(log=log)
     for job in jobs:
         tcfg, cache = job["tcfg"], Path(job["cache"])
         cfg = tuned_config(products, job["cfg"], Path(job["run_dir"]), tcfg.max_train_products, log,
@@ -67,9 +67,9 @@ def prefill(catalog: Path, jobs: list[dict], log) -> None:
         source = encode_catalog(products, cfg, cache, settings)
         data = split_datasets(products, source, cfg, tcfg.max_train_products,
                               copies_for=copies_maker(products, cfg, tcfg, cache, settings))
-        if cfg.word_scores:
+        if cfg.word_scores.enabled:
             fit_or_load_word_scores(data.train, cfg.lexical_buckets, tcfg, cache, log,
-                                    len(data.labels.categories) if cfg.word_score_categories else 0)
+                                    len(data.labels.categories) if cfg.word_scores.categories else 0)
 
 
 def train_all(jobs: list[dict], n_jobs: int, catalog: Path, log) -> list[dict]:

@@ -28,7 +28,7 @@ from multimodal_tags.config import TrainConfig
 from multimodal_tags.data.catalog import read_catalog
 from multimodal_tags.data.importers import generic, run_import
 from multimodal_tags.data.synthetic import SYNTHETIC_MAPPING, SYNTHETIC_TAG_COLUMNS, make_synthetic_export
-from multimodal_tags.features import RunSettings
+from multimodal_tags.features import RunConfig
 from multimodal_tags.files import remove_sqlite
 from multimodal_tags.models.presets import get_preset
 from multimodal_tags.feedback.feedback_store import FeedbackStore
@@ -46,7 +46,7 @@ def small_model(out: Path) -> tuple[Path, Path]:
     model = out / "shop" / "run" / "model"
     if not (model / "config.json").exists():
         train_tagger(catalog, out / "shop" / "run", get_preset("offline"), TrainConfig(epochs=8, batch_size=32, lr=2e-3),
-                     RunSettings(progress=False))
+                     RunConfig(progress=False))
     return model, catalog
 
 

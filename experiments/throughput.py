@@ -39,7 +39,7 @@ from multimodal_tags.data.catalog import read_catalog
 from multimodal_tags.data.images import load_image
 from multimodal_tags.data.importers import myntra, run_import
 from multimodal_tags.data.vocab import build_vocab
-from multimodal_tags.features import EncoderSet, RunSettings
+from multimodal_tags.features import EncoderSet, RunConfig
 from multimodal_tags.features.prefetch import default_workers
 from multimodal_tags.features.source import FeatureSource
 from multimodal_tags.inference.batch_tagger import BatchTagger
@@ -164,12 +164,12 @@ def main(argv: list[str] | None = None) -> dict:
     a.out.mkdir(parents=True, exist_ok=True)
     products, root = load_products(a)
     model_dir = build_model(products, preset, a.out, a.model, a.image_size)
-    settings = RunSettings(precision=a.precision, allow_random_weights=a.allow_random_weights, progress=False,
+    settings = RunConfig(precision=a.precision, allow_random_weights=a.allow_random_weights, progress=False,
                            log=lambda s: None)
     return run(a, device, preset, products, root, model_dir, settings)
 
 
-def run(a, device: str, preset: str, products, root: Path, model_dir: Path, settings: RunSettings) -> dict:
+def run(a, device: str, preset: str, products, root: Path, model_dir: Path, settings: RunConfig) -> dict:
     cache = a.out / "cold-cache"
     for folder in (cache, cache.with_name("cold-cache-2")):
         shutil.rmtree(folder, ignore_errors=True)

@@ -8,7 +8,7 @@ The names a user needs, importable from the package (each loads its module on fi
 - catalogs: `Product`, `read_catalog`, `write_catalog`, `get_importer`, `run_import`
 - encoders and models: `list_encoders`, `create_text_encoder`, `create_image_encoder`, `list_presets`,
   `get_preset`, `ModelConfig`, `TrainConfig`, `Tagger`
-- jobs: `RunSettings`, `train_tagger`, `evaluate_model`, `tag_catalog`, `BatchTagger`
+- jobs: `RunConfig`, `train_tagger`, `evaluate_model`, `tag_catalog`, `BatchTagger`
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ _EXPORTS = {
     "list_encoders": "models.factory", "create_text_encoder": "models.factory",
     "create_image_encoder": "models.factory", "list_presets": "models.presets", "get_preset": "models.presets",
     "ModelConfig": "config", "TrainConfig": "config", "Tagger": "models.tagger",
-    "RunSettings": "features.settings", "train_tagger": "train.job", "evaluate_model": "eval.evaluate",
+    "RunConfig": "features.settings", "train_tagger": "train.job", "evaluate_model": "eval.evaluate",
     "tag_catalog": "tagging.tag_job", "BatchTagger": "inference.batch_tagger",
 }
 __all__ = sorted(_EXPORTS)

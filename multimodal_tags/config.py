@@ -26,6 +26,19 @@ class DecoderConfig:
 
 
 @dataclass
+class WordScoreConfig:
+    """Stacked TF-IDF linear SVM scores (models/word_scores.py; they read the lexical branch's words)."""
+
+    enabled: bool = False  # one SVM per tag: its scores join the text features
+    bias: float = 1.0  # x the tag scores, added to the decoder's tag logits
+    per_tag: bool = False  # learn a per-tag correction of `bias`: bias x (1 + delta_tag), delta weight-decayed to 0
+    # one SVM per category too (one-vs-rest): scores join the text features, and `category_bias` x them is
+    # added to the category logits (0: features only)
+    categories: bool = False
+    category_bias: float = 0.0
+
+
+@dataclass
 class ModelConfig:
     text_encoder: str = "minilm-l6"  # spec (see models/factory.py); "none" for image-only
     image_encoder: str = "effnet-lite0"  # spec; "none" for text-only
@@ -37,16 +50,7 @@ class ModelConfig:
     image_size: int | None = None
     lexical_buckets: int = 0  # >0: add a trained hashed word/bigram branch to the text side (see models/lexical.py)
     lexical_dim: int = 128  # width of that branch's vector
-    # stack a TF-IDF linear SVM's per-tag scores under the model (models/word_scores.py; needs the lexical
-    # branch): they join the text features, and `word_score_bias` x them is added to the decoder's tag logits
-    word_scores: bool = False
-    word_score_bias: float = 1.0
-    # learn a per-tag correction of word_score_bias: bias x (1 + delta_tag), delta weight-decayed to 0
-    word_score_per_tag: bool = False
-    # the same for the category: one SVM per category, scores join the text features, and
-    # `category_score_bias` x them is added to the category logits (0: features only)
-    word_score_categories: bool = False
-    category_score_bias: float = 0.0
+    word_scores: WordScoreConfig = field(default_factory=WordScoreConfig)  # needs lexical_buckets > 0
     # a photo head (models/heads.py PhotoHead): tag and category logits from the photo vector alone, trained
     # on their own loss and added, x a learned weight per tag / category, to the decoder's tag logits and
     # the category logits, so the photo's evidence reaches each tag directly when the words are silent
@@ -100,14 +104,37 @@ class TrainConfig:
     max_train_products: int | None = None  # quick runs
 
 
+_NESTED = {"decoder": DecoderConfig, "word_scores": WordScoreConfig}
+# the flat ModelConfig fields of model folders saved before WordScoreConfig -> its fields
+_FLAT_WORD_SCORES = {"word_score_bias": "bias", "word_score_per_tag": "per_tag", "word_score_categories": "categories",
+                     "category_score_bias": "category_bias"}
+
+
+def _nest_word_scores(d: dict[str, Any]) -> dict[str, Any]:
+    """A ModelConfig dict with the word-score fields in one `word_scores` section (older files had them flat)."""
+    if isinstance(d.get("word_scores", {}), dict) and not set(_FLAT_WORD_SCORES) & set(d):
+        return d
+    d = dict(d)
+    flag = d.pop("word_scores", False)
+    section = dict(flag) if isinstance(flag, dict) else {"enabled": bool(flag)}
+    section |= {new: d.pop(old) for old, new in _FLAT_WORD_SCORES.items() if old in d}
+    return d | {"word_scores": section}
+
+
+def dataclass_from_dict(cls, d: dict[str, Any]):
+    """`cls` (a config dataclass) from a dict: nested sections become their own configs, unknown fields are
+    refused by name."""
+    return _from_dict(cls, d)
+
+
 def _from_dict(cls, d: dict[str, Any]):
     kwargs = {}
     for f in fields(cls):
         if f.name not in d:
             continue
         v = d[f.name]
-        if f.name == "decoder" and isinstance(v, dict):
-            v = _from_dict(DecoderConfig, v)
+        if f.name in _NESTED and isinstance(v, dict):
+            v = _from_dict(_NESTED[f.name], v)
         kwargs[f.name] = v
     unknown = set(d) - {f.name for f in fields(cls)}
     if unknown:
@@ -116,7 +143,8 @@ def _from_dict(cls, d: dict[str, Any]):
 
 
 def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
-    return _from_dict(ModelConfig, d)
+    """A ModelConfig from its dict (config.json, YAML), unknown fields refused."""
+    return _from_dict(ModelConfig, _nest_word_scores(d))
 
 
 def train_config_from_dict(d: dict[str, Any]) -> TrainConfig:
@@ -130,8 +158,3 @@ def to_dict(cfg) -> dict[str, Any]:
 def save_yaml(path: str | Path, **sections) -> None:
     Path(path).write_text(yaml.safe_dump({k: to_dict(v) for k, v in sections.items()}, sort_keys=False),
                           encoding="utf-8")
-
-
-def load_yaml(path: str | Path) -> tuple[ModelConfig, TrainConfig]:
-    d = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    return model_config_from_dict(d.get("model", {})), train_config_from_dict(d.get("train", {}))

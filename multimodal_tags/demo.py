@@ -22,7 +22,7 @@ from .data.synthetic import DEFAULT_SEED, SYNTHETIC_MAPPING, SYNTHETIC_TAG_COLUM
 from .eval.gallery import write_gallery
 from .features.encode import encode_images, encode_texts, load_features
 from .features.encoders import EncoderSet
-from .features.settings import RunSettings
+from .features.settings import RunConfig
 from .metrics import tagging_report
 from .models.factory import DEFAULT_IMAGE_ENCODER, multilingual_text_encoder
 from .models.knn import KNNTagger, fuse
@@ -35,7 +35,7 @@ DEMO_LEXICAL_BUCKETS = 1 << 14  # a small shop needs a small word table
 
 
 @dataclass
-class DemoOptions:
+class DemoConfig:
     """What the demo builds and trains."""
 
     n_products: int = 600
@@ -69,7 +69,7 @@ def _import_shop(out: Path, n_products: int, log) -> tuple[Path, str]:
     return catalog_path, result.report.summary()
 
 
-def _encode(catalog: Catalog, encoders: EncoderSet, cache_dir: Path, settings: RunSettings) -> dict[str, np.ndarray]:
+def _encode(catalog: Catalog, encoders: EncoderSet, cache_dir: Path, settings: RunConfig) -> dict[str, np.ndarray]:
     """Every product's text and photo vectors, through the feature cache."""
     with FeatureCache(cache_dir) as cache:
         for stats in (encode_texts(catalog.products, encoders.text, cache, progress=settings.progress),
@@ -102,7 +102,7 @@ def _knn_baselines(catalog: Catalog, feats: dict[str, np.ndarray], k: int) -> tu
     return metrics, predictions
 
 
-def _train(catalog_path: Path, out: Path, encoders: EncoderSet, epochs: int, settings: RunSettings) -> dict:
+def _train(catalog_path: Path, out: Path, encoders: EncoderSet, epochs: int, settings: RunConfig) -> dict:
     """The tagger (offline preset; tiny with random encoders) trained on the shop; its test metrics."""
     te, ie = encoders.text, encoders.image
     cfg = dataclasses.replace(get_preset("offline" if not te.random_weights else "tiny"),
@@ -131,7 +131,7 @@ def _by_language(catalog: Catalog, predictions: Path) -> tuple[dict[str, dict], 
     return metrics, shown
 
 
-def _write_report(out: Path, options: DemoOptions, metrics: dict, import_summary: str,
+def _write_report(out: Path, options: DemoConfig, metrics: dict, import_summary: str,
                   languages: tuple[dict, list[str]]) -> list[str]:
     """report.md: every model in one table, the tagger per language, Chinese products as tagged;
     returns the main table's lines."""
@@ -155,9 +155,9 @@ def _write_report(out: Path, options: DemoOptions, metrics: dict, import_summary
     return table
 
 
-def run_demo(out: str | Path, options: DemoOptions | None = None, settings: RunSettings | None = None) -> dict:
+def run_demo(out: str | Path, options: DemoConfig | None = None, settings: RunConfig | None = None) -> dict:
     """Run the demo end to end into `out`; return the metrics of each model."""
-    options, settings = options or DemoOptions(), settings or RunSettings()
+    options, settings = options or DemoConfig(), settings or RunConfig()
     out, log, t0 = Path(out), settings.log, time.perf_counter()
     if options.text_encoder == "auto":
         options = dataclasses.replace(options, text_encoder=multilingual_text_encoder())

@@ -76,13 +76,13 @@ def synthetic_catalog(root: Path, n: int) -> Path:
 
 from multimodal_tags.config import TrainConfig  # noqa: E402
 from multimodal_tags.data.catalog import read_catalog  # noqa: E402
-from multimodal_tags.features import RunSettings  # noqa: E402
+from multimodal_tags.features import RunConfig  # noqa: E402
 from multimodal_tags.inference.batch_tagger import BatchTagger  # noqa: E402
 from multimodal_tags.models.presets import get_preset  # noqa: E402
 from multimodal_tags.tagging.tag_store import TagStore  # noqa: E402
 from multimodal_tags.train.job import train_tagger  # noqa: E402
 
-SETTINGS = RunSettings(allow_random_weights=True, progress=False, log=lambda s: None)
+SETTINGS = RunConfig(allow_random_weights=True, progress=False, log=lambda s: None)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 from multimodal_tags.cli import main
 
@@ -45,8 +46,9 @@ def test_encoders_listing(capsys):
 
 def test_demo_end_to_end_with_tiny_encoders(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--products", "60", "--text-encoder", "tiny-bert",
-                 "--image-encoder", "tiny-clip", "--allow-random-weights", "--quiet", "--epochs", "2"]) == 0
+    recipe = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"  # what `make demo` reads
+    assert main(["demo", "--config", str(recipe), "--out", str(out), "--products", "60",
+                 "--text-encoder", "tiny-bert", "--image-encoder", "tiny-clip", "--allow-random-weights", "--quiet", "--epochs", "2"]) == 0
     log = capsys.readouterr().out
     assert "read 62 rows, kept 61, rejected 1" in log and "not-there.jpg" in log
     metrics = json.loads((out / "metrics.json").read_text())
@@ -80,10 +82,15 @@ def test_train_then_evaluate_cli(tmp_path, capsys):
     from conftest import synthetic_catalog
 
     synthetic_catalog(tmp_path, 60)
+    (tmp_path / "recipe.yaml").write_text("preset: tiny\ntrain: {epochs: 2, batch_size: 16}\n")
     assert main(["train", "--catalog", str(tmp_path / "catalog.jsonl"), "--run-dir", str(tmp_path / "run"),
-                 "--preset", "tiny", "--epochs", "2", "--batch-size", "16", "--allow-random-weights",
-                 "--lexical-buckets", "256"]) == 0
+                 "--config", str(tmp_path / "recipe.yaml"), "--allow-random-weights",
+                 "--lexical-buckets", "256"]) == 0  # a flag overrides the recipe
     assert "tags from decoder" in capsys.readouterr().out
+    from multimodal_tags.train.recipe import load_recipe
+
+    ran = load_recipe(tmp_path / "run" / "config.yaml")  # the run folder's record is a recipe too
+    assert ran.train.epochs == 2 and ran.train.batch_size == 16 and ran.model.lexical_buckets == 256
     assert main(["evaluate", "--model", str(tmp_path / "run" / "model"), "--catalog", str(tmp_path / "catalog.jsonl"),
                  "--out", str(tmp_path / "eval"), "--split", "val", "--tag-source", "head",
                  "--allow-random-weights"]) == 0

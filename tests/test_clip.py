@@ -15,7 +15,7 @@ from multimodal_tags.cli import main
 from multimodal_tags.config import TrainConfig
 from multimodal_tags.data.catalog import read_catalog
 from multimodal_tags.data.feature_cache import FeatureCache
-from multimodal_tags.features import RunSettings
+from multimodal_tags.features import RunConfig
 from multimodal_tags.features.encode import encode_images, load_features
 from multimodal_tags.models import product_clip as pc
 from multimodal_tags.models.presets import get_preset
@@ -24,7 +24,7 @@ from multimodal_tags.models.zero_shot import ZeroShotTags, tag_prompts
 from multimodal_tags.train.clip_train import ClipTrainConfig, product_captions, train_clip
 from multimodal_tags.train.job import train_tagger
 
-QUIET = RunSettings(allow_random_weights=True, progress=False, log=lambda s: None)
+QUIET = RunConfig(allow_random_weights=True, progress=False, log=lambda s: None)
 
 
 def _tiny_towers(folder):

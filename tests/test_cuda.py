@@ -12,7 +12,7 @@ import torch
 from conftest import synthetic_catalog
 from multimodal_tags.config import TrainConfig
 from multimodal_tags.eval.evaluate import evaluate_model
-from multimodal_tags.features import RunSettings
+from multimodal_tags.features import RunConfig
 from multimodal_tags.models.presets import get_preset
 from multimodal_tags.tagging.tag_job import tag_catalog
 from multimodal_tags.train.job import train_tagger
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 def test_train_evaluate_and_tag_on_cuda(tmp_path):
     catalog = synthetic_catalog(tmp_path, 240)
-    settings = RunSettings(cache_dir=tmp_path / "cache", allow_random_weights=True, progress=False,
+    settings = RunConfig(cache_dir=tmp_path / "cache", allow_random_weights=True, progress=False,
                            log=lambda s: None)
     result = train_tagger(catalog, tmp_path / "run", get_preset("tiny"), TrainConfig(epochs=3, batch_size=32, lr=3e-3),
                           settings)

@@ -7,7 +7,7 @@ import pytest
 from conftest import SETTINGS, write_jsonl
 from multimodal_tags.cli import main
 from multimodal_tags.inference.batch_tagger import BatchTagger
-from multimodal_tags.feedback.adapt import AdaptOptions, adapt_model, promoted_model
+from multimodal_tags.feedback.adapt import AdaptConfig, adapt_model, promoted_model
 from multimodal_tags.feedback.calibration import NEVER, Scores, TagRule, fit_calibration
 from multimodal_tags.feedback.events import FeedbackEvent, parse_event
 from multimodal_tags.feedback.feedback_store import FeedbackStore
@@ -155,7 +155,7 @@ def test_adapt_writes_a_child_with_its_lineage_and_promotes_only_a_model_that_is
     store = store_copy(shop, tmp_path)
     with FeedbackStore(store) as fb:
         _truthful_feedback(fb, shop["val"], [fb.tags.get(p.id) for p in shop["val"]])
-    options = AdaptOptions(epochs=1, promote=True, tolerance=1.0)  # a gate anything passes
+    options = AdaptConfig(epochs=1, promote=True, tolerance=1.0)  # a gate anything passes
     lineage = adapt_model(shop["model"], store, tmp_path / "m2", SETTINGS, options)
     assert lineage["promoted"] and promoted_model(store) == (tmp_path / "m2").resolve()
     saved = json.loads((tmp_path / "m2" / "lineage.json").read_text())
@@ -163,7 +163,7 @@ def test_adapt_writes_a_child_with_its_lineage_and_promotes_only_a_model_that_is
     assert BatchTagger(tmp_path / "m2", shop["root"] / "features-cache", SETTINGS).tag(shop["val"][:2],
                                                                                        shop["image_root"])
     # a child that is worse on the gate is refused: a learning rate that wrecks the heads
-    worse = adapt_model(shop["model"], store, tmp_path / "m3", SETTINGS, AdaptOptions(epochs=2, lr=5.0, promote=True))
+    worse = adapt_model(shop["model"], store, tmp_path / "m3", SETTINGS, AdaptConfig(epochs=2, lr=5.0, promote=True))
     assert not worse["gate"]["passed"] and not worse["promoted"]
     assert promoted_model(store) == (tmp_path / "m2").resolve()
     assert main(["adapt", "--model", str(shop["model"]), "--store", str(store), "--out", str(tmp_path / "m4"),

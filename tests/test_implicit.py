@@ -10,7 +10,7 @@ from multimodal_tags.config import TrainConfig
 from multimodal_tags.data.masking import (GENDER_WORDS, WordMask, category_words, colour_words, label_word_view,
                                           mask_products, word_forms)
 from multimodal_tags.data.schema import Product
-from multimodal_tags.features import RunSettings
+from multimodal_tags.features import RunConfig
 from multimodal_tags.inference.rows import prediction_row
 from multimodal_tags.models.colour_descriptor import DIM, colour_histogram
 from multimodal_tags.models.factory import create_image_encoder
@@ -110,7 +110,7 @@ def test_training_with_masked_copies_and_the_photo_head(shop, tmp_path):
     cfg.photo_scores = True
     tcfg = TrainConfig(epochs=2, batch_size=16, lr=3e-3, seed=1, masked_copies=0.5)
     logs = []
-    settings = RunSettings(allow_random_weights=True, log=logs.append)
+    settings = RunConfig(allow_random_weights=True, log=logs.append)
     result = train_tagger(shop, tmp_path / "run", cfg, tcfg, settings)
     assert any("masked copies: " in line for line in logs)
     assert result["metrics"]["test"]["decoder"]["products"] > 0
@@ -126,7 +126,7 @@ def test_no_photo_or_no_text_still_gets_tags_and_required_keys(shop, tmp_path):
 
     cfg = get_preset("tiny")
     cfg.photo_scores = True
-    settings = RunSettings(allow_random_weights=True, log=lambda s: None, progress=False)
+    settings = RunConfig(allow_random_weights=True, log=lambda s: None, progress=False)
     train_tagger(shop, tmp_path / "run", cfg, TrainConfig(epochs=1, batch_size=16, seed=1), settings)
     catalog = read_catalog(shop)
     test = [p for p in catalog.products if p.split == "test"][:4]
@@ -150,7 +150,7 @@ def test_tuned_image_trunk_is_bundled_and_tags_new_products(shop, tmp_path):
 
     cfg = get_preset("tiny")
     cfg.image_encoder, cfg.image_dim, cfg.image_size, cfg.photo_scores = "timm:test_efficientnet@random+colour", 256 + DIM, 48, True
-    settings = RunSettings(allow_random_weights=True, log=lambda s: None, progress=False)
+    settings = RunConfig(allow_random_weights=True, log=lambda s: None, progress=False)
     tune = ImageFinetuneConfig(stages=1, epochs=1, batch_size=16)
     train_tagger(shop, tmp_path / "run", cfg, TrainConfig(epochs=1, batch_size=16, seed=1), settings,
                  finetune_image=tune)

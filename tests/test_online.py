@@ -17,8 +17,8 @@ from multimodal_tags.cli import main
 from multimodal_tags.config import TrainConfig
 from multimodal_tags.models.presets import get_preset
 from multimodal_tags.tagging.tag_store import TagStore
-from multimodal_tags.features import RunSettings
-from multimodal_tags.tagging.tag_job import TagOptions
+from multimodal_tags.features import RunConfig
+from multimodal_tags.tagging.tag_job import TagConfig
 from multimodal_tags.train.job import train_tagger
 
 TINY = ["--allow-random-weights", "--batch-size", "24"]
@@ -31,7 +31,7 @@ def trained(tmp_path_factory):
     synthetic_catalog(root, 600)
     train_tagger(root / "catalog.jsonl", root / "run", get_preset("tiny"),
                  TrainConfig(epochs=2, batch_size=32, max_train_products=200),
-                 RunSettings(allow_random_weights=True, log=lambda s: None))
+                 RunConfig(allow_random_weights=True, log=lambda s: None))
     return root
 
 
@@ -84,7 +84,7 @@ def test_tag_rows_are_the_inference_path_rows(trained, tmp_path, source):
     assert _tag(trained, catalog, out, "--tag-source", source) == 0
     model_dir = trained / "run" / "model"
     model, products = Tagger.load(model_dir), read_catalog(catalog)
-    settings = RunSettings(cache_dir=tmp_path / "cache", allow_random_weights=True, log=lambda s: None)
+    settings = RunConfig(cache_dir=tmp_path / "cache", allow_random_weights=True, log=lambda s: None)
     features = encode_catalog(products, model.cfg, tmp_path / "cache", settings)
     chosen = resolve_tag_source(source, model.decoder is not None)
     preds = predict_source(model, features, batch_size=int(TINY[-1]), generate=chosen != "head")
@@ -134,8 +134,8 @@ def test_refresh_does_only_what_changed(trained, tmp_path, capsys):
 
     catalog, rows = _catalog_copy(trained, tmp_path)
     db, model = tmp_path / "tags.db", trained / "run" / "model"
-    kw = dict(settings=RunSettings(cache_dir=tmp_path / "cache", allow_random_weights=True, log=lambda s: None),
-              options=TagOptions(batch_size=24))
+    kw = dict(settings=RunConfig(cache_dir=tmp_path / "cache", allow_random_weights=True, log=lambda s: None),
+              options=TagConfig(batch_size=24))
     first = refresh(model, catalog, db, **kw)
     assert first.counts["new"] == 600 and first.work == 600
     again = refresh(model, catalog, db, **kw)
@@ -494,7 +494,7 @@ def test_photos_decoded_ahead_in_workers_give_the_same_rows(trained, tmp_path):
     root = tmp_path / "photos"
     shutil.copytree(read_catalog(catalog).image_root, root)
     (root / products[7].image).write_bytes(b"not a jpeg any more")
-    settings = RunSettings(allow_random_weights=True, progress=False, log=lambda s: None)
+    settings = RunConfig(allow_random_weights=True, progress=False, log=lambda s: None)
     model = trained / "run" / "model"
     plain = [BatchTagger(model, tmp_path / "c0", settings).tag(b, root) for b in batches(products, 16)]
     streamed = list(BatchTagger(model, tmp_path / "c1", settings).tag_stream(batches(products, 16), root, workers=2))

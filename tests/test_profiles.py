@@ -4,7 +4,7 @@ the leave-one-out split of experiments/personalization.py."""
 import numpy as np
 import pytest
 
-from multimodal_tags.personal.profiles import DAY, ProfileSettings, Profiles, match_score, rank_tags
+from multimodal_tags.personal.profiles import DAY, ProfileConfig, Profiles, match_score, rank_tags
 from multimodal_tags.tagging.tag_store import TagStore
 
 T0 = 1_800_000_000.0
@@ -13,7 +13,7 @@ T0 = 1_800_000_000.0
 @pytest.fixture
 def profiles(tmp_path):
     with TagStore(tmp_path / "tags.db") as store:
-        yield Profiles(store, ProfileSettings(half_life_days=10, shrinkage=2))
+        yield Profiles(store, ProfileConfig(half_life_days=10, shrinkage=2))
 
 
 def test_a_users_profile_moves_towards_the_tags_of_what_they_bought(profiles):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from multimodal_tags.config import TrainConfig
+from multimodal_tags.config import TrainConfig, WordScoreConfig
 from multimodal_tags.models.decoder import DecoderConfig, TagDecoder
 from multimodal_tags.models.fusion import ConcatFusion, GatedFusion, modality_dropout
 from multimodal_tags.models.heads import asymmetric_loss, tune_thresholds
@@ -281,7 +281,7 @@ def test_word_scores_are_cross_fitted_and_the_saved_table_reproduces_the_svms():
 
 def test_word_scores_feed_the_model_and_steer_the_decoder_but_not_when_text_is_hidden():
     cfg = shrink(get_preset("tiny"))
-    assert cfg.word_scores
+    assert cfg.word_scores.enabled
     tok = build_tokenizer(cfg, VOCAB, TRAIN_TAGS)
     model = Tagger(cfg, ["a", "b", "c"], VOCAB, tok).eval()
     b = batch(cfg=cfg, tokenizer=tok)
@@ -300,8 +300,8 @@ def test_word_scores_feed_the_model_and_steer_the_decoder_but_not_when_text_is_h
 
 
 def test_category_word_scores_steer_the_category_and_need_no_trained_word_table():
-    cfg = dataclasses.replace(shrink(get_preset("tiny")), lexical_dim=0, word_score_categories=True,
-                              category_score_bias=1.0)
+    cfg = dataclasses.replace(shrink(get_preset("tiny")), lexical_dim=0,
+                              word_scores=WordScoreConfig(enabled=True, categories=True, category_bias=1.0))
     tok = build_tokenizer(cfg, VOCAB, TRAIN_TAGS)
     model = Tagger(cfg, ["a", "b", "c"], VOCAB, tok).eval()
     assert model.word_scores.weight.shape[1] == len(VOCAB) + 3  # a column per tag, then per category
@@ -318,7 +318,7 @@ def test_category_word_scores_steer_the_category_and_need_no_trained_word_table(
     b.word_scores[:, len(VOCAB)] = 50.0
     assert (model(b)["category_logits"][:-1].argmax(-1) == 0).all()
     with pytest.raises(ValueError, match="word_scores"):
-        Tagger(dataclasses.replace(cfg, word_scores=False), ["a"], VOCAB, tok)
+        Tagger(dataclasses.replace(cfg, word_scores=WordScoreConfig(categories=True)), ["a"], VOCAB, tok)
 
 
 def test_word_score_table_is_saved_pruned_and_sparse(tmp_path):

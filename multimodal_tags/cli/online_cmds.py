@@ -12,9 +12,9 @@ from .common import (EXIT_FAILED, add_model_on_catalog, add_reads_features, add_
 
 def cmd_refresh(a: argparse.Namespace) -> int:
     from ..tagging.refresh import refresh
-    from ..tagging.tag_job import TagOptions
+    from ..tagging.tag_job import TagConfig
 
-    stats = refresh(a.model, a.catalog, a.store, run_settings(a), TagOptions(a.batch_size, a.tag_source))
+    stats = refresh(a.model, a.catalog, a.store, run_settings(a), TagConfig(a.batch_size, a.tag_source))
     print(stats.summary() + f" in {stats.seconds:.1f}s")
     return 0 if stats.kept else no_products(a.catalog)
 
@@ -57,9 +57,9 @@ def cmd_feedback_stats(a: argparse.Namespace) -> int:
 
 
 def cmd_adapt(a: argparse.Namespace) -> int:
-    from ..feedback.adapt import AdaptOptions, adapt_model
+    from ..feedback.adapt import AdaptConfig, adapt_model
 
-    options = AdaptOptions(catalog=a.catalog, replay=a.replay, epochs=a.epochs, lr=a.lr, holdout=a.holdout,
+    options = AdaptConfig(catalog=a.catalog, replay=a.replay, epochs=a.epochs, lr=a.lr, holdout=a.holdout,
                            tolerance=a.tolerance, promote=a.promote, tag_source=a.tag_source)
     lineage = adapt_model(a.model, a.store, a.out, run_settings(a), options)
     for name in ("feedback_holdout", "val"):

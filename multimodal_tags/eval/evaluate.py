@@ -13,7 +13,7 @@ from accelerate import Accelerator
 
 from ..data.catalog import read_catalog
 from ..features.catalog_features import encode_catalog
-from ..features.settings import RunSettings
+from ..features.settings import RunConfig
 from ..inference.predict import predict_source
 from ..inference.rows import DEFAULT_TAG_SOURCE, prediction_rows, resolve_tag_source, score_rows
 from ..models.encoder_base import default_device
@@ -26,9 +26,9 @@ def _quiet(line: str) -> None:
 
 
 def evaluate_model(model_dir: str | Path, catalog_path: str | Path, out_dir: str | Path, split: str = "test",
-                   tag_source: str = DEFAULT_TAG_SOURCE, settings: RunSettings | None = None) -> dict | None:
+                   tag_source: str = DEFAULT_TAG_SOURCE, settings: RunConfig | None = None) -> dict | None:
     """Evaluate; returns the metrics on the main process (None on the others)."""
-    settings = settings or RunSettings()
+    settings = settings or RunConfig()
     accelerator = Accelerator(cpu=default_device() == "cpu")
     log = settings.log if accelerator.is_main_process else _quiet
     model = Tagger.load(model_dir)

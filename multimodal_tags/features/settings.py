@@ -18,7 +18,7 @@ def default_cache_dir(catalog_path: str | Path) -> Path:
 
 
 @dataclass
-class RunSettings:
+class RunConfig:
     """The knobs shared by train, evaluate, tag, refresh and the demo."""
 
     cache_dir: str | Path | None = None  # None: features-cache beside the catalog

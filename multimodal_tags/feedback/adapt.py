@@ -28,7 +28,7 @@ from ..config import TrainConfig
 from ..data.catalog import Catalog, read_catalog
 from ..data.schema import Product
 from ..features.catalog_features import encode_catalog
-from ..features.settings import RunSettings
+from ..features.settings import RunConfig
 from ..features.source import FeatureSource
 from ..files import write_json_atomic
 from ..inference.batch_tagger import model_id
@@ -50,7 +50,7 @@ TRAINABLE = ("tag_head.", "decoder.")
 
 
 @dataclass
-class AdaptOptions:
+class AdaptConfig:
     catalog: str | Path | None = None  # the original training catalog; default: the one the model records
     replay: float = 3.0  # replayed training products per judged product
     epochs: int = 3
@@ -137,7 +137,7 @@ def _table_scores(model: Tagger, source: FeatureSource) -> torch.Tensor:
 
 
 def prepare_adapt_data(model: Tagger, catalog: Catalog, judged: list[Product], cache_dir: Path,
-                       settings: RunSettings, options: AdaptOptions) -> AdaptData:
+                       settings: RunConfig, options: AdaptConfig) -> AdaptData:
     """Features and labels of the judged products, a replay sample of the train split, and val."""
     cfg = model.cfg
     labels = LabelSpace(model.categories, model.tags, model.tokenizer, model.adversary_classes, model.required)
@@ -153,7 +153,7 @@ def prepare_adapt_data(model: Tagger, catalog: Catalog, judged: list[Product], c
                                    cfg, cache_dir, settings)
     mixed = judged_source.subset(range(len(fit_part))).concat(train_split.features.subset(pick.tolist()))
     if model.word_scores is not None:  # judged: the model's table (out of sample); replayed: cross-fitted
-        n_categories = len(model.categories) if cfg.word_score_categories else 0
+        n_categories = len(model.categories) if cfg.word_scores.categories else 0
         crossfit = fit_or_load_word_scores(train_split, cfg.lexical_buckets, TrainConfig(), cache_dir,
                                            settings.log, n_categories)["scores"]
         mixed.word_scores = torch.cat([_table_scores(model, mixed.subset(range(len(fit_part)))),
@@ -169,7 +169,7 @@ def _freeze_all_but_tags(model: Tagger, train_fusion: bool) -> None:
         p.requires_grad = name.startswith(trainable)
 
 
-def _fine_tune(model_dir: Path, data: AdaptData, options: AdaptOptions, work: Path, log) -> Tagger:
+def _fine_tune(model_dir: Path, data: AdaptData, options: AdaptConfig, work: Path, log) -> Tagger:
     child = Tagger.load(model_dir)
     _freeze_all_but_tags(child, options.train_fusion)
     # a short fixed schedule: the last epoch is kept ("epoch" always improves); the gate then decides
@@ -209,10 +209,10 @@ def _save_child(child: Tagger, model_dir: Path, out: Path) -> None:
         bundle_text_encoder(bundled, out)  # self-contained, like its parent
 
 
-def adapt_model(model_dir: str | Path, store_path: str | Path, out: str | Path, settings: RunSettings | None = None,
-                options: AdaptOptions | None = None) -> dict:
+def adapt_model(model_dir: str | Path, store_path: str | Path, out: str | Path, settings: RunConfig | None = None,
+                options: AdaptConfig | None = None) -> dict:
     """Fine-tune on feedback into `out`, gate it, promote it if asked and it passed; returns the lineage."""
-    settings, options = settings or RunSettings(), options or AdaptOptions()
+    settings, options = settings or RunConfig(), options or AdaptConfig()
     model_dir, out, t0 = Path(model_dir), Path(out), time.perf_counter()
     parent = Tagger.load(model_dir)
     tag_source = resolve_tag_source(options.tag_source, parent.decoder is not None, str(model_dir))

@@ -15,7 +15,7 @@ from ..data.schema import Product
 from ..features.encode import encode_and_load
 from ..features.encoders import EncoderSet
 from ..features.prefetch import Decoded, PhotoPrefetch, default_workers, pipelined
-from ..features.settings import RunSettings
+from ..features.settings import RunConfig
 from ..features.source import FeatureSource
 from ..models.tagger import RawPrediction, Tagger
 from ..models.zero_shot import ZeroShotTags, ZeroShotUnavailable
@@ -31,9 +31,9 @@ def model_id(model_dir: str | Path) -> str:
 class BatchTagger:
     """A loaded model and its encoders (built on first use: a refresh with nothing to do loads none)."""
 
-    def __init__(self, model_dir: str | Path, cache_dir: str | Path, settings: RunSettings | None = None,
+    def __init__(self, model_dir: str | Path, cache_dir: str | Path, settings: RunConfig | None = None,
                  tag_source: str = DEFAULT_TAG_SOURCE):
-        settings = settings or RunSettings()
+        settings = settings or RunConfig()
         self.model = Tagger.load(model_dir)
         self.model_id = model_id(model_dir)
         self.cache_dir = Path(cache_dir)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 
-from ..config import DecoderConfig, ModelConfig
+from ..config import DecoderConfig, ModelConfig, WordScoreConfig
 from .colour_descriptor import DIM as COLOUR_DIM
 
 _PRESETS: dict[str, Callable[[], ModelConfig]] = {}
@@ -24,8 +24,8 @@ def register_preset(fn: Callable[[], ModelConfig]) -> Callable[[], ModelConfig]:
 @register_preset
 def tiny() -> ModelConfig:
     return ModelConfig(text_encoder="tiny-bert", image_encoder="tiny-clip", text_dim=32, image_dim=32, dim=32,
-                       lexical_buckets=1 << 10, lexical_dim=16, word_scores=True, word_score_categories=True,
-                       category_score_bias=1.0,
+                       lexical_buckets=1 << 10, lexical_dim=16,
+                       word_scores=WordScoreConfig(enabled=True, categories=True, category_bias=1.0),
                        decoder=DecoderConfig(prefix_length=2, n_layer=1, n_embd=32, n_head=2, max_tags=8))
 
 
@@ -44,8 +44,8 @@ def offline() -> ModelConfig:
     # the product's pixels beside the CNN vector, and a photo head whose per-tag logits reach the decoder.
     return ModelConfig(text_max_length=64, image_encoder="effnet-lite0+colour", image_dim=1280 + COLOUR_DIM,
                        image_size=128, photo_scores=True,
-                       lexical_buckets=1 << 17, lexical_dim=0, dropout=0.05, word_scores=True, word_score_bias=4.0,
-                       word_score_per_tag=True, word_score_categories=True, category_score_bias=2.0,
+                       lexical_buckets=1 << 17, lexical_dim=0, dropout=0.05,
+                       word_scores=WordScoreConfig(enabled=True, bias=4.0, per_tag=True, categories=True, category_bias=2.0),
                        decoder=DecoderConfig(n_layer=3, n_embd=192, n_head=4, dropout=0.0))
 
 

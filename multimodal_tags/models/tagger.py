@@ -73,15 +73,15 @@ class Tagger(nn.Module):
         self.required = {c: list(keys) for c, keys in (required or {}).items()}
         self._key_columns = {k: torch.tensor(cols) for k, cols in _columns_by_key(self.tags).items()}
         self.lexical = LexicalEncoder(cfg.lexical_buckets, cfg.lexical_dim) if cfg.lexical_buckets else None
-        if cfg.word_scores and self.lexical is None:
+        ws = cfg.word_scores
+        if ws.enabled and self.lexical is None:
             raise ValueError("word_scores reads the lexical branch's words: set lexical_buckets > 0 as well")
-        if cfg.word_score_categories and not cfg.word_scores:
-            raise ValueError("word_score_categories extends the word scores: set word_scores as well")
-        # columns: one per tag, then (word_score_categories) one per category
-        n_scored = len(self.tags) + (len(self.categories) if cfg.word_score_categories else 0)
-        self.word_scores = WordScores(cfg.lexical_buckets, n_scored) if cfg.word_scores else None
-        self.word_score_delta = (nn.Parameter(torch.zeros(len(self.tags)))
-                                 if cfg.word_scores and cfg.word_score_per_tag else None)
+        if ws.categories and not ws.enabled:
+            raise ValueError("word_scores.categories extends the word scores: set word_scores.enabled as well")
+        # columns: one per tag, then (word_scores.categories) one per category
+        n_scored = len(self.tags) + (len(self.categories) if ws.categories else 0)
+        self.word_scores = WordScores(cfg.lexical_buckets, n_scored) if ws.enabled else None
+        self.word_score_delta = nn.Parameter(torch.zeros(len(self.tags))) if ws.enabled and ws.per_tag else None
         text_width = (cfg.text_dim + (cfg.lexical_dim if self.lexical is not None else 0)
                       + (n_scored if self.word_scores is not None else 0))
         self.fusion = create_fusion(cfg.fusion, text_width, cfg.image_dim, cfg.dim, cfg.dropout)
@@ -143,11 +143,11 @@ class Tagger(nn.Module):
         scores = scores.float() * has_text[:, None]
         text = torch.cat([text, scores.to(text.dtype)], dim=-1)
         n_tags = len(self.tags)
-        tag_bias = self.cfg.word_score_bias * scores[:, :n_tags]
+        tag_bias = self.cfg.word_scores.bias * scores[:, :n_tags]
         if self.word_score_delta is not None:
             tag_bias = tag_bias * (1 + self.word_score_delta)
-        if self.cfg.word_score_categories and self.cfg.category_score_bias:
-            category_bias = self.cfg.category_score_bias * scores[:, n_tags:]
+        if self.cfg.word_scores.categories and self.cfg.word_scores.category_bias:
+            category_bias = self.cfg.word_scores.category_bias * scores[:, n_tags:]
         return text, tag_bias, category_bias
 
     def losses(self, batch: Batch, out: dict[str, torch.Tensor], weights) -> dict[str, torch.Tensor]:

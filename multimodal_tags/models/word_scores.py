@@ -3,11 +3,11 @@
 A linear SVM on the product text's TF-IDF vector is a strong tagger on its own: with one weight per
 word and tag and a margin loss, it keeps the exact word evidence that a shared low-rank projection
 blurs, and it abstains when no word is convincing. So the deep model is stacked on its scores: one
-score per tag joins the text features before fusion, and, scaled (`ModelConfig.word_score_bias`),
+score per tag joins the text features before fusion, and, scaled (`WordScoreConfig.bias`),
 is added to the GPT-2 decoder's logit for that tag's token at every step; the decoder starts from
-the words' evidence and learns what the words do not say. With `ModelConfig.word_score_categories`
+the words' evidence and learns what the words do not say. With `WordScoreConfig.categories`
 there is also one SVM per category (one-vs-rest), whose scores join the features and, x
-`category_score_bias`, the category logits. What each choice measured: docs/experiments.md.
+`category_bias`, the category logits. What each choice measured: docs/experiments.md.
 
 Stacking needs honest scores in training. An SVM scores its own training texts near-perfectly, so a
 model trained on such scores learns to trust them blindly and is misled on new products. The training

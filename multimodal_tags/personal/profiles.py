@@ -36,7 +36,7 @@ DAY = 86400.0
 
 
 @dataclass
-class ProfileSettings:
+class ProfileConfig:
     half_life_days: float = 30.0
     shrinkage: float = 5.0  # k: how much evidence (event weight) counts as much as the global profile
     weights: dict[str, float] | None = None  # event kind -> weight (see WEIGHTS)
@@ -48,9 +48,9 @@ WEIGHTS = {"purchase": 1.0, "click": 0.3, "accept": 0.5, "add": 0.7, "reject": -
 class Profiles:
     """Per-user tag affinities in the tag store's SQLite file."""
 
-    def __init__(self, store: TagStore, settings: ProfileSettings | None = None):
+    def __init__(self, store: TagStore, settings: ProfileConfig | None = None):
         self.store, self.db = store, store.db
-        self.settings = settings or ProfileSettings()
+        self.settings = settings or ProfileConfig()
         self.weights = {**WEIGHTS, **(self.settings.weights or {})}
         with store.transaction():
             for statement in SCHEMA.split(";"):

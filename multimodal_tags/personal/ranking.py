@@ -16,7 +16,7 @@ from ..models.tag_tokenizer import tag_key
 
 
 @dataclass
-class PersonalSettings:
+class PersonalConfig:
     shrinkage: float = 5.0
     hide_below: float = 0.5
     more_above: float = 0.95
@@ -25,9 +25,9 @@ class PersonalSettings:
 
 
 def key_rates(user_counts: dict[str, tuple[int, int]], all_counts: dict[str, tuple[int, int]],
-              settings: PersonalSettings | None = None) -> dict[str, float]:
+              settings: PersonalConfig | None = None) -> dict[str, float]:
     """The user's shrunk acceptance rate per key, from (accepted, judged) counts per key."""
-    k = (settings or PersonalSettings()).shrinkage
+    k = (settings or PersonalConfig()).shrinkage
     rates = {}
     for key in set(user_counts) | set(all_counts):
         a_all, n_all = all_counts.get(key, (0, 0))
@@ -38,11 +38,11 @@ def key_rates(user_counts: dict[str, tuple[int, int]], all_counts: dict[str, tup
 
 
 def personal_view(tags: dict[str, float], rates: dict[str, float], everyone: dict[str, float],
-                  head: dict[str, float] | None = None, settings: PersonalSettings | None = None) -> dict[str, float]:
+                  head: dict[str, float] | None = None, settings: PersonalConfig | None = None) -> dict[str, float]:
     """The tags (tag -> score) a user sees: keys they reject dropped, keys they want more of than
     everyone (`everyone`: the shared rates) widened with the head's other values (`head`: tag -> the
     tag head's probability)."""
-    s = settings or PersonalSettings()
+    s = settings or PersonalConfig()
     shown = {t: v for t, v in tags.items() if rates.get(tag_key(t), 1.0) >= s.hide_below}
 
     def wants_more(key: str) -> bool:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data.schema import Product
-from ..features.settings import RunSettings
+from ..features.settings import RunConfig
 from ..inference.batch_tagger import BatchTagger
 from ..feedback.adapt import PROMOTED_KEY
 from ..feedback.feedback_store import AddResult, FeedbackStore
@@ -40,7 +40,7 @@ class ServiceConfig:
     refit_interval_s: float = 30.0  # and at least this long between two
     watch_s: float = 2.0  # how often the store is checked for a newly promoted model
     tag_source: str = "auto"
-    settings: RunSettings = field(default_factory=lambda: RunSettings(progress=False))
+    settings: RunConfig = field(default_factory=lambda: RunConfig(progress=False))
 
     @property
     def uploads(self) -> Path:

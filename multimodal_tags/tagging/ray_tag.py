@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..data.catalog import DiskIdIndex, ReadReport, image_root_for, iter_catalog
 from ..data.schema import Product
-from ..features.settings import RunSettings
+from ..features.settings import RunConfig
 from ..files import replacing
 from ..inference.batch_tagger import BatchTagger
 from .tag_store import TagStore
@@ -33,7 +33,7 @@ class TagActor:
     """One model in one Ray actor: a batch of product JSON strings in, their output lines out."""
 
     def __init__(self, model_dir: str, cache_dir: str, tag_source: str, image_root: str, allow_random: bool):
-        settings = RunSettings(cache_dir=cache_dir, allow_random_weights=allow_random, progress=False,
+        settings = RunConfig(cache_dir=cache_dir, allow_random_weights=allow_random, progress=False,
                                log=lambda s: None)
         self.tagger = BatchTagger(model_dir, Path(cache_dir), settings, tag_source)
         self.root = Path(image_root)
@@ -77,7 +77,7 @@ def _tag_part(part: list[Product], path: Path, actor_args: dict, workers: int, b
 
 
 def tag_catalog_ray(model_dir: str | Path, catalog_path: Path, out: Path, store_path: str | Path | None,
-                    settings: RunSettings, options, rejects_path: str | Path | None, workers: int = 2):
+                    settings: RunConfig, options, rejects_path: str | Path | None, workers: int = 2):
     """Tag the catalog with Ray Data into `out` (and the store); returns the job's TagStats."""
     if options.extra_tags:
         raise ValueError("--extra-tags is not supported with --engine ray yet; tag with the local engine")

@@ -16,10 +16,10 @@ from pathlib import Path
 from ..data.catalog import MAX_ISSUES_SHOWN, DiskIdIndex, ReadReport, image_root_for, iter_catalog
 from ..data.readers import check_catalog_file
 from ..data.schema import Product
-from ..features.settings import RunSettings
+from ..features.settings import RunConfig
 from ..inference.batch_tagger import BatchTagger
 from .tag_store import TagStore
-from .tag_job import TagOptions, run_batches
+from .tag_job import TagConfig, run_batches
 
 KINDS = ("new", "changed", "retagged", "unchanged")
 
@@ -42,9 +42,9 @@ class RefreshStats:
 
 
 def refresh(model_dir: str | Path, catalog_path: str | Path, store_path: str | Path,
-            settings: RunSettings | None = None, options: TagOptions | None = None) -> RefreshStats:
+            settings: RunConfig | None = None, options: TagConfig | None = None) -> RefreshStats:
     """Re-tag what changed since the store was written (see the module docstring); returns the counts."""
-    settings, options = settings or RunSettings(), options or TagOptions()
+    settings, options = settings or RunConfig(), options or TagConfig()
     catalog_path = Path(catalog_path)
     check_catalog_file(catalog_path)  # before the store is opened (or created)
     tagger = BatchTagger(model_dir, settings.cache_for(catalog_path), settings, options.tag_source)

@@ -23,7 +23,7 @@ from ..data.catalog import DiskIdIndex, ReadReport, image_root_for, iter_catalog
 from ..data.readers import check_catalog_file
 from ..data.schema import Product
 from ..data.validate import Limits
-from ..features.settings import RunSettings
+from ..features.settings import RunConfig
 from ..inference.batch_tagger import BatchTagger
 from ..inference.rows import DEFAULT_TAG_SOURCE
 from .shards import Shard, current_shard, gather_counts, merge_shards, wait_for_everyone
@@ -34,7 +34,7 @@ CALIBRATION_PRODUCTS = 5000  # labelled val products read to calibrate zero-shot
 
 
 @dataclass
-class TagOptions:
+class TagConfig:
     """How `tag` and `refresh` read the catalog and choose tags."""
 
     batch_size: int = TAG_BATCH_SIZE
@@ -177,12 +177,12 @@ def _write_issues(report: ReadReport, rejects: TextIO) -> None:
 
 
 def tag_catalog(model_dir: str | Path, catalog_path: str | Path, out_path: str | Path,
-                store_path: str | Path | None = None, settings: RunSettings | None = None,
-                options: TagOptions | None = None, rejects_path: str | Path | None = None) -> TagStats:
+                store_path: str | Path | None = None, settings: RunConfig | None = None,
+                options: TagConfig | None = None, rejects_path: str | Path | None = None) -> TagStats:
     """Tag every valid product of the catalog into `out_path` (JSONL), and into the store if given.
     `options.extra_tags` are scored zero-shot by CLIP similarity, calibrated on the catalog's val products.
     Under `accelerate launch` the processes share the catalog (tagging/shards.py): the output is the same."""
-    settings, options = settings or RunSettings(), options or TagOptions()
+    settings, options = settings or RunConfig(), options or TagConfig()
     catalog_path, out = Path(catalog_path), Path(out_path)
     check_catalog_file(catalog_path)  # before anything is written
     shard = current_shard()
@@ -191,7 +191,7 @@ def tag_catalog(model_dir: str | Path, catalog_path: str | Path, out_path: str |
     return _tag_sharded(model_dir, catalog_path, out, store_path, settings, options, rejects_path, shard)
 
 
-def _tag_sharded(model_dir, catalog_path: Path, out: Path, store_path, settings: RunSettings, options: TagOptions,
+def _tag_sharded(model_dir, catalog_path: Path, out: Path, store_path, settings: RunConfig, options: TagConfig,
                  rejects_path, shard: Shard) -> TagStats:
     """This process's shard, then (main process) the merge and the store; every process returns the totals."""
     if out.exists() and not shard.path(out).exists():
@@ -212,7 +212,7 @@ def _tag_sharded(model_dir, catalog_path: Path, out: Path, store_path, settings:
     return stats
 
 
-def _tag_stream(model_dir, catalog_path: Path, out: Path, store_path, settings: RunSettings, options: TagOptions,
+def _tag_stream(model_dir, catalog_path: Path, out: Path, store_path, settings: RunConfig, options: TagConfig,
                 rejects_path, shard: Shard) -> TagStats:
     """Tag the shard's products of the catalog into `out` (resuming it), and into the store if given."""
     tagger = BatchTagger(model_dir, settings.cache_for(catalog_path), settings, options.tag_source)

@@ -73,7 +73,7 @@ def prepare_word_scores(model: Tagger, train: FeatureDataset, tcfg: TrainConfig,
     """Give `train` its cross-fitted word scores and `model` the SVMs fitted on all of `train`."""
     if model.word_scores is None:
         return
-    n_categories = len(model.categories) if model.cfg.word_score_categories else 0
+    n_categories = len(model.categories) if model.cfg.word_scores.categories else 0
     fitted = fit_or_load_word_scores(train, model.cfg.lexical_buckets, tcfg, cache_dir, log, n_categories)
     model.word_scores.load_fitted(fitted["weights"], fitted["intercepts"])
     train.features.word_scores = torch.from_numpy(fitted["scores"])

@@ -25,7 +25,7 @@ from ..data.catalog import Catalog, read_catalog
 from ..data.feature_cache import FeatureCache
 from ..features.catalog_features import encode_catalog
 from ..features.encode import encode_images, encode_text_views, load_views
-from ..features.settings import RunSettings
+from ..features.settings import RunConfig
 from ..features.source import FeatureSource
 from ..inference.predict import predict_source
 from ..inference.scoring import score_split
@@ -80,7 +80,7 @@ def split_datasets(catalog: Catalog, source: FeatureSource, cfg: ModelConfig, ma
 
 
 def prepare_views(products, cfg: ModelConfig, tcfg: TrainConfig, cache_dir: str | Path, image_root: Path,
-                  settings: RunSettings) -> dict[str, np.ndarray]:
+                  settings: RunConfig) -> dict[str, np.ndarray]:
     """Encode and load the augmented views the train config asks for ({} when none)."""
     views: dict[str, np.ndarray] = {}
     encoders = settings.encoders_for(cfg)
@@ -97,7 +97,7 @@ def prepare_views(products, cfg: ModelConfig, tcfg: TrainConfig, cache_dir: str 
     return views
 
 
-def copies_maker(catalog: Catalog, cfg: ModelConfig, tcfg: TrainConfig, cache_dir: Path, settings: RunSettings):
+def copies_maker(catalog: Catalog, cfg: ModelConfig, tcfg: TrainConfig, cache_dir: Path, settings: RunConfig):
     """The `copies_for` of `split_datasets` that the train config asks for (None: no masked copies)."""
     if tcfg.masked_copies <= 0:
         return None
@@ -105,7 +105,7 @@ def copies_maker(catalog: Catalog, cfg: ModelConfig, tcfg: TrainConfig, cache_di
                                        catalog.image_root, cfg, settings.log)
 
 
-def prepare_data(catalog: Catalog, cfg: ModelConfig, tcfg: TrainConfig, cache_dir: Path, settings: RunSettings,
+def prepare_data(catalog: Catalog, cfg: ModelConfig, tcfg: TrainConfig, cache_dir: Path, settings: RunConfig,
                  modalities: str = "both") -> SplitData:
     """Features of the whole catalog (one process encodes under `accelerate launch`), split."""
     settings.log(f"features ({cache_dir})")
@@ -180,7 +180,7 @@ def tuned_config(catalog: Catalog, cfg: ModelConfig, run_dir: Path, max_train: i
 
 
 def train_tagger(catalog_path: str | Path, run_dir: str | Path, cfg: ModelConfig, tcfg: TrainConfig,
-                 settings: RunSettings | None = None, resume: bool = False, modalities: str = "both",
+                 settings: RunConfig | None = None, resume: bool = False, modalities: str = "both",
                  finetune: FinetuneConfig | None = None, stop_after_epoch: int | None = None,
                  finetune_image: ImageFinetuneConfig | None = None) -> dict:
     """Train and evaluate one model; returns {"metrics": {split: {source: ...}}, "state": trainer state}.
@@ -188,13 +188,14 @@ def train_tagger(catalog_path: str | Path, run_dir: str | Path, cfg: ModelConfig
     With `finetune`, the text encoder is first fine-tuned end to end on the train split (saved in
     `run_dir/text_encoder/`, reused on --resume), and the heads then train on its features; with
     `finetune_image`, the last stages of the image trunk likewise (`run_dir/image_encoder/`)."""
-    settings, run_dir, t_start = settings or RunSettings(), Path(run_dir), time.perf_counter()
+    settings, run_dir, t_start = settings or RunConfig(), Path(run_dir), time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
     catalog = read_catalog(catalog_path)
     settings.log(catalog.report.summary())
     cfg = tuned_config(catalog, cfg, run_dir, tcfg.max_train_products, settings.log, finetune, finetune_image)
-    save_yaml(run_dir / "config.yaml", model=cfg, train=tcfg, finetune=finetune or {},
-              finetune_image=finetune_image or {})
+    # what ran, as a recipe (train/recipe.py) with the tuned encoders' folders as the model's encoders
+    tuning = {k: v for k, v in (("finetune_text", finetune), ("finetune_image", finetune_image)) if v is not None}
+    save_yaml(run_dir / "config.yaml", model=cfg, train=tcfg, **tuning)
     cache_dir = settings.cache_for(catalog_path)
     data = prepare_data(catalog, cfg, tcfg, cache_dir, settings, modalities)
     model = build_model(cfg, tcfg, data, cache_dir, settings.log)
