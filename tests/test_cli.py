@@ -48,7 +48,8 @@ def test_demo_end_to_end_with_tiny_encoders(tmp_path, capsys):
     out = tmp_path / "demo"
     recipe = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"  # what `make demo` reads
     assert main(["demo", "--config", str(recipe), "--out", str(out), "--products", "60",
-                 "--text-encoder", "tiny-bert", "--image-encoder", "tiny-clip", "--allow-random-weights", "--quiet", "--epochs", "2"]) == 0
+                 "--text-encoder", "tiny-bert", "--image-encoder", "tiny-clip", "--allow-random-weights", "--quiet",
+                 "--epochs", "2"]) == 0
     log = capsys.readouterr().out
     assert "read 62 rows, kept 61, rejected 1" in log and "not-there.jpg" in log
     metrics = json.loads((out / "metrics.json").read_text())
