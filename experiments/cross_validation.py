@@ -21,6 +21,8 @@ from multimodal_tags.features import RunConfig, default_cache_dir
 from multimodal_tags.models.presets import get_preset
 from multimodal_tags.train.job import train_tagger
 
+from experiments.common import markdown_table
+
 METRICS = ("category_accuracy", "tags_micro_f1", "tags_macro_f1")
 
 
@@ -63,9 +65,8 @@ def main(argv: list[str] | None = None) -> dict:
     for src in per_fold[0]:
         summary[src] = {m: {"mean": statistics.mean(fm[src][m] for fm in per_fold),
                             "std": statistics.stdev(fm[src][m] for fm in per_fold)} for m in METRICS}
-    print("| tags from | " + " | ".join(METRICS) + " |\n|---|" + "---|" * len(METRICS))
-    for src, ms in summary.items():
-        print(f"| {src} | " + " | ".join(f"{ms[m]['mean']:.4f} ± {ms[m]['std']:.4f}" for m in METRICS) + " |")
+    print(markdown_table([{"tags from": src, **{m: f"{ms[m]['mean']:.4f} ± {ms[m]['std']:.4f}" for m in METRICS}}
+                          for src, ms in summary.items()]))
     (out / "cv.json").write_text(json.dumps({"folds": per_fold, "summary": summary}, indent=1), encoding="utf-8")
     return summary
 

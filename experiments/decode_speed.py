@@ -21,6 +21,8 @@ from multimodal_tags.data.feature_cache import FeatureCache
 from multimodal_tags.features import FeatureSource, RunConfig
 from multimodal_tags.models.tagger import Tagger
 
+from experiments.common import markdown_table
+
 
 def fused_batches(model: Tagger, catalog: Path, cache: Path, n: int, size: int) -> list[tuple[torch.Tensor, object]]:
     """(fused vectors, tag bias) of the first n test products, in batches of `size`."""
@@ -68,9 +70,8 @@ def main(argv: list[str] | None = None) -> dict:
                "threads": torch.get_num_threads(), "rows": rows,
                "mean_tags": sum(map(len, base_tags)) / max(len(base_tags), 1)}
     (a.out / "results.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
-    print("| decoding path | products/s | vs transformers | same tags |\n|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['path']} | {r['products_per_s']} | {r['vs_baseline']}x | {r['same_tags']} |")
+    print(markdown_table([{"decoding path": r["path"], "products/s": r["products_per_s"],
+                           "vs transformers": f"{r['vs_baseline']}x", "same tags": r["same_tags"]} for r in rows]))
     return summary
 
 

@@ -23,6 +23,8 @@ from multimodal_tags.features import RunConfig
 from multimodal_tags.models import word_scores
 from multimodal_tags.models.tagger import Tagger
 
+from experiments.common import markdown_table
+
 KEYS = ("category_accuracy", "tags_micro_precision", "tags_micro_recall", "tags_micro_f1", "tags_macro_f1")
 
 
@@ -73,9 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
             results["test"][f"{name}, {source}"] = {k: round(m[k], 4) for k in KEYS}
     (a.out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     print("model folder MB:", results["size_mb"], "of which model.safetensors:", results["weights_mb"])
-    print("| model, tags from | " + " | ".join(KEYS) + " |\n" + "|---" * (len(KEYS) + 1) + "|")
-    for name, m in results["test"].items():
-        print(f"| {name} | " + " | ".join(f"{m[k]:.4f}" for k in KEYS) + " |")
+    print(markdown_table([{"model, tags from": name, **{k: m[k] for k in KEYS}} for name, m in results["test"].items()]))
     return results
 
 

@@ -23,7 +23,7 @@ from multimodal_tags.models.tag_tokenizer import tag_key
 from multimodal_tags.feedback.events import FeedbackEvent
 from multimodal_tags.personal.ranking import key_rates, personal_view
 
-from experiments.common import benchmark_catalog, default_cache
+from experiments.common import benchmark_catalog, default_cache, markdown_table
 from experiments.feedback_simulation import Scored, fresh_store, split_ids
 
 HABIT_KEYS = ("season", "usage")
@@ -78,11 +78,10 @@ def main(argv: list[str] | None = None) -> dict:
                                       "rates": {k: round(rates[k], 3) for k in HABIT_KEYS if k in rates}}
     fb.close()
     (a.out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
-    md = ["| reviewer | habit | acceptance before | after personalisation |", "|---|---|---|---|"]
-    md += [f"| {u} | {r['habit']} | {r['acceptance_before']:.4f} | {r['acceptance_after']:.4f} |"
-           for u, r in results["reviewers"].items()]
-    (a.out / "results.md").write_text("\n".join(md) + "\n", encoding="utf-8")
-    print("\n".join(md))
+    md = markdown_table([{"reviewer": u, "habit": r["habit"], "acceptance before": r["acceptance_before"],
+                          "after personalisation": r["acceptance_after"]} for u, r in results["reviewers"].items()])
+    (a.out / "results.md").write_text(md + "\n", encoding="utf-8")
+    print(md)
     return results
 
 

@@ -32,6 +32,8 @@ from multimodal_tags.files import remove_sqlite
 from multimodal_tags.inference.batch_tagger import BatchTagger
 from multimodal_tags.personal.profiles import ProfileConfig, match_score
 
+from experiments.common import markdown_table
+
 HM_ATTRIBUTES = ("product_type_name", "product_group_name", "graphical_appearance_name", "colour_group_name",
                  "perceived_colour_master_name", "department_name", "index_name", "section_name",
                  "garment_group_name")
@@ -209,11 +211,12 @@ def main(argv: list[str] | None = None) -> dict:
 
 def markdown(r: dict) -> str:
     lines = [f"{r['customers']} customers with >= 3 purchases; the held-out article among {r['candidates']} "
-             "candidates; 95% bootstrap intervals over customers.", "",
-             "| method | NDCG@10 | HR@10 |", "|---|---|---|"]
-    for m, v in r["intervals95"].items():
-        lines.append(f"| {m} | {v['ndcg10']['mean']:.4f} ({v['ndcg10']['low']:.4f} .. {v['ndcg10']['high']:.4f}) | "
-                     f"{v['hr10']['mean']:.4f} ({v['hr10']['low']:.4f} .. {v['hr10']['high']:.4f}) |")
+             "candidates; 95% bootstrap intervals over customers.", ""]
+
+    def interval(v: dict) -> str:
+        return f"{v['mean']:.4f} ({v['low']:.4f} .. {v['high']:.4f})"
+    lines.append(markdown_table([{"method": m, "NDCG@10": interval(v["ndcg10"]), "HR@10": interval(v["hr10"])}
+                                 for m, v in r["intervals95"].items()]))
     return "\n".join(lines) + "\n"
 
 

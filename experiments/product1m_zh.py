@@ -36,7 +36,7 @@ from multimodal_tags.metrics import paired_f1_difference, prf
 from multimodal_tags.train.job import train_tagger
 from multimodal_tags.train.recipe import Recipe, load_recipe
 
-from experiments.common import RECIPES, quick_subset
+from experiments.common import RECIPES, markdown_table, quick_subset
 
 
 def model_config(recipe: Recipe, text_encoder: str | None, word_scores: bool = True) -> ModelConfig:
@@ -96,11 +96,9 @@ def decoder_predictions(run_dir: Path, split: str) -> dict[str, list[str]]:
 
 
 def table(results: dict) -> str:
-    lines = ["| method (test) | micro P | micro R | micro F1 | F1 after normalisation |", "|---|---|---|---|---|"]
-    for name, r in results["methods"].items():
-        lines.append(f"| {name} | {r['micro_precision']:.4f} | {r['micro_recall']:.4f} | {r['micro_f1']:.4f} "
-                     f"| {r['micro_f1_normalised']:.4f} |")
-    return "\n".join(lines)
+    return markdown_table([{"method (test)": name, "micro P": r["micro_precision"], "micro R": r["micro_recall"],
+                            "micro F1": r["micro_f1"], "F1 after normalisation": r["micro_f1_normalised"]}
+                           for name, r in results["methods"].items()])
 
 
 def main(argv: list[str] | None = None) -> dict:

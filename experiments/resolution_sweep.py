@@ -23,7 +23,7 @@ from multimodal_tags.data.feature_cache import FeatureCache
 from multimodal_tags.data.images import load_image
 from multimodal_tags.features import EncoderSet, encode_images
 
-from experiments.common import MYNTRA, Log, myntra_catalog, run_dir
+from experiments.common import MYNTRA, Log, markdown_table, myntra_catalog, run_dir
 from experiments.myntra_benchmark import parse_args, plan_runs
 from experiments.runs import train_all
 
@@ -95,13 +95,12 @@ def main(argv: list[str] | None = None) -> dict:
 
 def table(r: dict) -> str:
     base = r["sizes"][r["baseline"]]
-    lines = ["| photo px | test acc | test tag F1 | image-only acc | image-only tag F1 | photos/s fp32 | "
-             "photos/s auto | speed vs baseline (auto) |", "|" + "---|" * 8]
-    for size, s in r["sizes"].items():
-        lines.append(f"| {size} | {s['test_acc']:.4f} | {s['test_tag_f1']:.4f} | {s['image_only_acc']:.4f} | "
-                     f"{s['image_only_tag_f1']:.4f} | {s['photos_per_s_fp32']:.1f} | {s['photos_per_s_auto']:.1f} | "
-                     f"{s['photos_per_s_auto'] / base['photos_per_s_auto']:.2f}x |")
-    return "\n".join(lines)
+    rows = [{"photo px": size, "test acc": s["test_acc"], "test tag F1": s["test_tag_f1"],
+             "image-only acc": s["image_only_acc"], "image-only tag F1": s["image_only_tag_f1"],
+             "photos/s fp32": s["photos_per_s_fp32"], "photos/s auto": s["photos_per_s_auto"],
+             "speed vs baseline (auto)": f"{s['photos_per_s_auto'] / base['photos_per_s_auto']:.2f}x"}
+            for size, s in r["sizes"].items()]
+    return markdown_table(rows, {"photos/s fp32": 1, "photos/s auto": 1})
 
 
 if __name__ == "__main__":

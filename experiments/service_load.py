@@ -34,6 +34,8 @@ from multimodal_tags.models.presets import get_preset
 from multimodal_tags.feedback.feedback_store import FeedbackStore
 from multimodal_tags.train.job import train_tagger
 
+from experiments.common import markdown_table
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -132,7 +134,7 @@ def markdown(r: dict) -> str:
             ("5xx responses", r["status_5xx"]), ("no response (server down)", r["no_response"]),
             ("SIGKILLs", r["kills"]), ("/tag p50 ms", f"{r['tag_p50_ms']:.0f}"),
             ("/tag p99 ms", f"{r['tag_p99_ms']:.0f}"), ("/tag per s", f"{r['tag_per_s']:.1f}")]
-    return "| measure | value |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
+    return markdown_table([{"measure": k, "value": v} for k, v in rows]) + "\n"
 
 
 def _parse(argv):

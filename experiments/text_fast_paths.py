@@ -24,6 +24,8 @@ import torch
 from multimodal_tags.data.catalog import read_catalog
 from multimodal_tags.models.factory import create_text_encoder
 
+from experiments.common import markdown_table
+
 MIN_COSINE = 0.999
 
 
@@ -116,10 +118,9 @@ def main(argv: list[str] | None = None) -> dict:
         r["qualifies"] = r["min_cosine"] >= MIN_COSINE
     results = {"device": f"cpu ({torch.get_num_threads()} threads)", "texts": len(texts), "rows": rows}
     (a.out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
-    print("| path | tokens | texts/s | vs fp32 | min cosine | mean cosine | qualifies |\n|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['path']} | {r['tokens']} | {r['texts_per_s']} | {r['vs_fp32']}x | {r['min_cosine']} | "
-              f"{r['mean_cosine']} | {'yes' if r['qualifies'] else 'no'} |")
+    print(markdown_table([{"path": r["path"], "tokens": r["tokens"], "texts/s": r["texts_per_s"],
+                           "vs fp32": f"{r['vs_fp32']}x", "min cosine": r["min_cosine"], "mean cosine": r["mean_cosine"],
+                           "qualifies": "yes" if r["qualifies"] else "no"} for r in rows]))
     return results
 
 
