@@ -10,10 +10,11 @@ from hypothesis import HealthCheck, given, settings
 
 from conftest import SETTINGS, write_jpeg
 from multimodal_tags.service.app import create_app
+from multimodal_tags.service.auth import KeyRing
 from multimodal_tags.service.runtime import ServiceConfig
 from test_feedback import store_copy
 
-KEY = "s3cret"
+KEY = "s3cret-key-of-the-tests"
 MAX_EXAMPLES = int(os.environ.get("MMTAGS_EXAMPLES", 30))  # per operation
 
 
@@ -24,7 +25,7 @@ def _config(shop, tmp_path, **kw) -> ServiceConfig:
 
 @pytest.fixture
 def client(shop, tmp_path):
-    with TestClient(create_app(_config(shop, tmp_path, api_key=KEY, max_body_bytes=200_000)),
+    with TestClient(create_app(_config(shop, tmp_path, keys=KeyRing.single(KEY), max_body_bytes=200_000)),
                     headers={"X-API-Key": KEY}) as c:
         yield c
 
@@ -97,11 +98,39 @@ def test_bad_feedback_is_refused_and_unknown_products_are_named(client, shop):
     assert client.post("/tag", content=odd_product, headers={"content-type": "application/json"}).status_code == 422
 
 
-def test_write_endpoints_need_the_api_key(client):
+def test_every_route_but_health_needs_a_key(client):
     event = {"event_id": "1", "user": "u", "product": "p", "tag": "t", "action": "add"}
     assert client.post("/feedback", json=event, headers={"X-API-Key": "wrong"}).status_code == 401
     assert client.post("/tag", json={"id": "1", "title": "t"}, headers={"X-API-Key": ""}).status_code == 401
+    for path in ("/stats", "/users/ann/recommendations", "/products/p/tags?user=ann", "/products/p/tags"):
+        assert client.get(path, headers={"X-API-Key": ""}).status_code == 401, path
     assert client.get("/health", headers={"X-API-Key": ""}).json()["status"] == "ok"
+
+
+def test_named_keys_have_scopes(shop, tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("# name scopes key\netl   write        etl-key-0123456789abcdef\n"
+                    "ann   read,review  ann-key-0123456789abcdef\n")
+    event = {"event_id": "e1", "user": "ann", "product": shop["val"][0].id, "tag": "colour:red", "action": "add"}
+    with TestClient(create_app(_config(shop, tmp_path, keys=KeyRing.from_file(keys)))) as c:
+        etl, ann = {"X-API-Key": "etl-key-0123456789abcdef"}, {"X-API-Key": "ann-key-0123456789abcdef"}
+        assert c.post("/tag", json={"id": "n1", "title": "Red Tee"}, headers=etl).status_code == 200
+        assert c.post("/tag", json={"id": "n2", "title": "Red Tee"}, headers=ann).status_code == 403
+        assert c.get("/stats", headers=etl).status_code == 403 and c.get("/stats", headers=ann).status_code == 200
+        assert c.post("/feedback", json=event, headers=ann).json()["stored"] == 1  # a reviewer judges
+        r = c.post("/interactions", json={"event_id": "i1", "user": "ann", "product": "n1", "kind": "click"},
+                   headers=ann)
+        assert r.status_code == 403 and "ann" in r.json()["detail"]
+
+
+def test_no_reply_names_a_server_path(client, shop):
+    stats = client.get("/stats").json()
+    assert str(shop["model"]) not in json.dumps(stats) and "model_dir" not in stats
+    for ref in ("../../etc/passwd", "missing.jpg"):
+        r = client.post("/tag", json={"id": "x", "title": "t", "image": ref})
+        assert r.status_code == 422 and "image" in r.text
+        for folder in (shop["image_root"], shop["image_root"].resolve()):
+            assert str(folder) not in r.text, r.text
 
 
 def test_concurrent_tag_requests_share_forward_passes(shop, tmp_path):

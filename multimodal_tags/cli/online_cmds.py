@@ -107,13 +107,19 @@ def cmd_serve(a: argparse.Namespace) -> int:
     import uvicorn
 
     from ..service.app import create_app
+    from ..service.auth import KeyRing
     from ..service.runtime import ServiceConfig
 
-    key = Path(a.api_key_file).read_text(encoding="utf-8").strip() if a.api_key_file else None
+    keys = KeyRing.from_file(a.api_key_file) if a.api_key_file else None  # refused before the model loads
+    if keys is None and not a.open:
+        if a.host not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError(f"--host {a.host}: a service reachable from other machines needs --api-key-file "
+                             "(or --open to serve every route to anyone)")
+        print("no --api-key-file: every route is open to this machine's users", file=sys.stderr)
     settings = run_settings(a)
     settings.progress = False
     cfg = ServiceConfig(Path(a.model), Path(a.store), Path(a.cache or Path(a.store).resolve().parent / "features-cache"),
-                        image_root=Path(a.image_root) if a.image_root else None, api_key=key,
+                        image_root=Path(a.image_root) if a.image_root else None, keys=keys,
                         max_body_bytes=int(a.max_body_mb * 2 ** 20), max_batch=a.max_batch,
                         refit_every=a.refit_every, refit_interval_s=a.refit_interval, tag_source=a.tag_source,
                         settings=settings)
@@ -198,7 +204,9 @@ def _add_serve(sub) -> None:
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("--port", type=int, default=8000)
     sp.add_argument("--image-root", help="folder that photo paths in /tag requests resolve in")
-    sp.add_argument("--api-key-file", help="a file holding the key write endpoints require (X-API-Key)")
+    sp.add_argument("--api-key-file", help="named API keys with scopes, one client per line: `name scopes key` "
+                    "(format: multimodal_tags/service/auth.py); every route but /health then needs a key")
+    sp.add_argument("--open", action="store_true", help="serve without keys on a non-loopback --host (on purpose)")
     sp.add_argument("--max-body-mb", type=float, default=16.0)
     sp.add_argument("--max-batch", type=int, default=32, help="products per forward pass")
     sp.add_argument("--refit-every", type=int, default=200, help="feedback events between calibration re-fits")

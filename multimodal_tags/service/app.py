@@ -6,14 +6,14 @@
     GET  /products/{id}/tags  the stored tags of a product
     GET  /stats               acceptance rate (overall, per tag key, over time), batching, model
     GET  /health              liveness and the model in use
-Bad input gets a 4xx naming the field; write endpoints need X-API-Key when the service has a key.
+Bad input gets a 4xx naming the field. With API keys (service/auth.py) every route but /health needs one
+in X-API-Key, with the scope the route names (read, write, review); no reply names a server path.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import hashlib
-import hmac
 import json
 import time
 from pathlib import Path
@@ -73,7 +73,7 @@ class Service:
     def stats(self) -> dict:
         """Feedback statistics (store thread) with the batching counters and the model's calibration."""
         cal = self.model.learner.calibration
-        return {**self.store.fb.stats(), "model_id": self.model.learner.model_id, "model_dir": str(self.model.model_dir),
+        return {**self.store.fb.stats(), "model_id": self.model.learner.model_id,
                 "batches": self.batcher.batches, "tagged": self.batcher.products,
                 "mean_batch": self.batcher.products / max(self.batcher.batches, 1),
                 "calibration": {"events": cal.events, "rules": len(cal.rules), "new_tags": sorted(cal.new_tags)}}
@@ -91,12 +91,6 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
     app = FastAPI(title="multimodal_tags", version="1", lifespan=lifespan,
                   description="Tags for products from their text and photos, learning from feedback.")
     app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)
-    key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
-
-    def write_access(key: str | None = Depends(key_header)) -> None:
-        if cfg.api_key and not (key and hmac.compare_digest(key.encode(), cfg.api_key.encode())):
-            raise HTTPException(401, "this endpoint needs the service's API key in the X-API-Key header")
-
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
         """422 naming each bad field. The input is not echoed (it may be huge), and the body is ASCII-escaped
@@ -107,17 +101,48 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
-        """The usual {"detail": ...}, ASCII-escaped: a message quoting bad input stays a valid response."""
-        return Response(json.dumps({"detail": exc.detail}, default=str), status_code=exc.status_code,
-                        media_type="application/json", headers=exc.headers)
+        """The usual {"detail": ...}, ASCII-escaped (a message quoting bad input stays a valid response), with
+        the server's own folders replaced by their role: no reply names a server path."""
+        body = _without_server_paths(json.dumps({"detail": exc.detail}, default=str), cfg)
+        return Response(body, status_code=exc.status_code, media_type="application/json", headers=exc.headers)
 
-    _write_routes(app, svc, [Depends(write_access)])
+    _write_routes(app, svc)
     _read_routes(app, svc)
     return app
 
 
-def _write_routes(app: FastAPI, svc: Service, guard: list) -> None:
-    @app.post("/tag", openapi_extra={"requestBody": TAG_BODY}, dependencies=guard)
+def _guard(cfg: ServiceConfig, *scopes: str) -> list:
+    """The dependency of a route that needs a key with one of `scopes` (when the service has keys); the
+    client is left in request.state.client."""
+    key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+
+    def check(request: Request, key: str | None = Depends(key_header)) -> None:
+        request.state.client = None
+        if cfg.keys is None:
+            return
+        client = cfg.keys.client(key)
+        if client is None:
+            raise HTTPException(401, "this endpoint needs an API key in the X-API-Key header")
+        if not client.scopes & set(scopes):
+            raise HTTPException(403, f"the key of {client.name!r} lacks the scope this endpoint needs "
+                                     f"({' or '.join(scopes)})")
+        request.state.client = client
+    return [Depends(check)]
+
+
+def _without_server_paths(text: str, cfg: ServiceConfig) -> str:
+    """`text` with every folder of the server (image root, uploads, store, model, cache) named by its role."""
+    roles = {"<image root>": cfg.image_root, "<uploads>": cfg.uploads, "<store folder>": cfg.store_path.parent,
+             "<model>": cfg.model_dir, "<cache>": cfg.cache_dir}
+    paths = [(str(form), role) for role, p in roles.items() if p is not None
+             for form in {Path(p), Path(p).resolve(), Path(p).absolute()} if len(str(form)) > 1]
+    for path, role in sorted(paths, key=lambda x: -len(x[0])):  # the longest first: nested folders
+        text = text.replace(json.dumps(path)[1:-1], role)
+    return text
+
+
+def _write_routes(app: FastAPI, svc: Service) -> None:
+    @app.post("/tag", openapi_extra={"requestBody": TAG_BODY}, dependencies=_guard(svc.cfg, "write"))
     async def tag(request: Request) -> dict:
         """Tag one product; its tags are stored (and feedback on them accepted) before the reply."""
         product, root = await _read_product(request, svc.cfg)
@@ -125,7 +150,7 @@ def _write_routes(app: FastAPI, svc: Service, guard: list) -> None:
         await svc.store.run(svc.store.write_rows, [row], [product])
         return row
 
-    @app.post("/feedback", dependencies=guard)
+    @app.post("/feedback", dependencies=_guard(svc.cfg, "write", "review"))
     async def feedback(events: FeedbackEvent | list[FeedbackEvent]) -> dict:
         """Store judgements (one event or a list), committed before the reply; a redelivered event_id
         is stored once. Every `refit_every` events the calibration is re-fitted in the background."""
@@ -142,7 +167,7 @@ def _write_routes(app: FastAPI, svc: Service, guard: list) -> None:
         return {"stored": result.stored, "duplicates": result.duplicates, "refused": refused}
 
 
-    @app.post("/interactions", dependencies=guard)
+    @app.post("/interactions", dependencies=_guard(svc.cfg, "write"))
     async def interactions(events: Interaction | list[Interaction]) -> dict:
         """Purchases and clicks (one or a list), counted in the users' profiles over the products' tags."""
         events = events if isinstance(events, list) else [events]
@@ -156,7 +181,9 @@ def _write_routes(app: FastAPI, svc: Service, guard: list) -> None:
 
 
 def _read_routes(app: FastAPI, svc: Service) -> None:
-    @app.get("/products/{product_id}/tags")
+    read = _guard(svc.cfg, "read")
+
+    @app.get("/products/{product_id}/tags", dependencies=read)
     async def product_tags(product_id: str, user: str | None = Query(None, max_length=256)) -> dict:
         """The product's current tags, with scores, sources and the model that gave them; `judged`: what
         feedback said of its tags (the served tags already follow it); with `user`, `ranked`: its tags
@@ -166,12 +193,12 @@ def _read_routes(app: FastAPI, svc: Service) -> None:
             raise HTTPException(404, f"unknown product {product_id!r}")
         return row
 
-    @app.get("/users/{user}/recommendations")
+    @app.get("/users/{user}/recommendations", dependencies=read)
     async def recommendations(user: str, k: int = Query(10, ge=1, le=1000)) -> dict:
         """The products whose tags best match the user's profile."""
         return {"user": user, "products": await svc.store.run(svc.store.recommendations, user, k)}
 
-    @app.get("/stats")
+    @app.get("/stats", dependencies=read)
     async def stats() -> dict:
         """Users' acceptance of proposed tags (overall, per tag key, over time), batching, the model."""
         return await svc.store.run(svc.stats)

@@ -23,6 +23,7 @@ from ..feedback.feedback_store import AddResult, FeedbackStore
 from ..feedback.calibration import fit_calibration
 from ..feedback.learner import LearningTagger
 from ..personal.profiles import Profiles, add_interactions, feedback_key, ranked_tags, recommend
+from .auth import KeyRing
 
 
 @dataclass
@@ -32,7 +33,7 @@ class ServiceConfig:
     cache_dir: Path
     image_root: Path | None = None  # photos given as paths must lie inside it
     uploads_dir: Path | None = None  # uploaded photos are kept here (default: beside the store)
-    api_key: str | None = None  # required (X-API-Key) on write endpoints when set
+    keys: KeyRing | None = None  # API keys and their scopes (service/auth.py); None: every route is open
     max_body_bytes: int = 16 * 1024 * 1024
     max_batch: int = 32  # products per forward pass
     batch_wait_s: float = 0.005  # how long the first request of a batch waits for company
