@@ -122,6 +122,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
                         image_root=Path(a.image_root) if a.image_root else None, keys=keys,
                         max_body_bytes=int(a.max_body_mb * 2 ** 20), max_batch=a.max_batch,
                         refit_every=a.refit_every, refit_interval_s=a.refit_interval, tag_source=a.tag_source,
+                        future_tolerance_s=a.future_tolerance,
                         settings=settings)
     uvicorn.run(create_app(cfg), host=a.host, port=a.port, log_level="warning")
     return 0
@@ -207,6 +208,8 @@ def _add_serve(sub) -> None:
     sp.add_argument("--api-key-file", help="named API keys with scopes, one client per line: `name scopes key` "
                     "(format: multimodal_tags/service/auth.py); every route but /health then needs a key")
     sp.add_argument("--open", action="store_true", help="serve without keys on a non-loopback --host (on purpose)")
+    sp.add_argument("--future-tolerance", type=float, default=300.0,
+                    help="seconds an event's time may be ahead of the server's clock (further: refused)")
     sp.add_argument("--max-body-mb", type=float, default=16.0)
     sp.add_argument("--max-batch", type=int, default=32, help="products per forward pass")
     sp.add_argument("--refit-every", type=int, default=200, help="feedback events between calibration re-fits")

@@ -3,6 +3,12 @@ Python API and the service (which publishes it in its OpenAPI schema).
 
 An event says that a `user` accepted, rejected or added a `tag` on a `product` at a `time`, having seen
 the tags of model `model_id`. `event_id` is the sender's: delivering the same event twice stores it once.
+
+What an event cannot poison: a field it does not define is refused (no megabytes in an unknown field);
+a tag is NFKC-normalised (full-width `Ｒｅｄ` is `Red`) and refused when it mixes Latin with Cyrillic or
+Greek letters (look-alikes such as a Cyrillic `а` in `colour:blаck`); a time more than
+`FUTURE_TOLERANCE_S` ahead of the receiver's clock is refused, and a time ahead within it counts as
+the time received (`effective_time`), so no event is dated after the ones received later.
 """
 from __future__ import annotations
 
@@ -19,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 ACTIONS = ("accept", "reject", "add")
 MAX_TAG_CHARS = 200  # longer than any tag a shop uses; stops a pasted description becoming a tag
 MAX_ID_CHARS = 256
+FUTURE_TOLERANCE_S = 300.0  # clocks of senders may run this far ahead of the receiver's
+CONFUSABLE_SCRIPTS = {"LATIN", "CYRILLIC", "GREEK"}  # letters that look alike across these scripts
 FORBIDDEN = {"Cc", "Cf", "Cs", "Zl", "Zp"}  # Unicode categories an id or a tag may not contain
 
 
@@ -39,6 +47,37 @@ def _text_field(cls, value: Any, info) -> str:
     return _clean_text(value, info.field_name)
 
 
+def _scripts(text: str) -> set[str]:
+    return {unicodedata.name(c, "?").split()[0] for c in text if c.isalpha()}
+
+
+def clean_tag(value: Any, what: str = "tag") -> str:
+    """A tag as it is compared and stored: NFKC-normalised printable text, not mixing look-alike scripts."""
+    text = unicodedata.normalize("NFKC", _clean_text(value, what))
+    mixed = _scripts(text) & CONFUSABLE_SCRIPTS
+    if len(mixed) > 1:
+        raise ValueError(f"{what} mixes {' and '.join(sorted(s.title() for s in mixed))} letters "
+                         "(a look-alike of another tag?)")
+    return text
+
+
+def _tag_field(cls, value: Any, info) -> str:
+    return clean_tag(value, info.field_name)
+
+
+def time_refusal(time_sent: float | None, now: float, tolerance_s: float = FUTURE_TOLERANCE_S) -> str | None:
+    """Why an event's time cannot be taken (more than `tolerance_s` ahead of `now`), or None."""
+    if time_sent is not None and time_sent > now + tolerance_s:
+        ahead = time_sent - now
+        return f"time: {ahead:,.0f} s ahead of the receiver's clock (at most {tolerance_s:,.0f} s are tolerated)"
+    return None
+
+
+def effective_time(time_sent: float | None, now: float) -> float:
+    """The time an event counts at: its own, but never after it was received."""
+    return now if time_sent is None else min(time_sent, now)
+
+
 def _utc_time(cls, value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)  # a time without zone is UTC
@@ -46,9 +85,9 @@ def _utc_time(cls, value: datetime | None) -> datetime | None:
 
 
 class FeedbackEvent(BaseModel):
-    """One judgement of one tag. Unknown extra fields are kept (stored as JSON), not dropped."""
+    """One judgement of one tag. A field the model does not define is refused."""
 
-    model_config = ConfigDict(extra="allow", str_max_length=4096)
+    model_config = ConfigDict(extra="forbid", str_max_length=4096)
 
     event_id: str = Field(max_length=MAX_ID_CHARS, description="the sender's id: a redelivery is stored once")
     user: str = Field(max_length=MAX_ID_CHARS)
@@ -58,7 +97,8 @@ class FeedbackEvent(BaseModel):
     time: datetime | None = Field(None, description="ISO 8601 or Unix seconds; default: when received")
     model_id: str | None = Field(None, max_length=MAX_ID_CHARS, description="the model whose tags were judged")
 
-    _text = field_validator("event_id", "user", "product", "tag", mode="before")(classmethod(_text_field))
+    _text = field_validator("event_id", "user", "product", mode="before")(classmethod(_text_field))
+    _tag = field_validator("tag", mode="before")(classmethod(_tag_field))
 
     @field_validator("model_id", mode="before")
     @classmethod
@@ -69,10 +109,6 @@ class FeedbackEvent(BaseModel):
 
     def unix_time(self, default: float) -> float:
         return self.time.timestamp() if self.time is not None else default
-
-    def extra_json(self) -> str | None:
-        # ASCII-escaped: any string pydantic accepted (lone surrogates too) is storable
-        return json.dumps(self.model_extra, default=str) if self.model_extra else None
 
 
 def explain(error: ValidationError) -> str:
@@ -118,6 +154,8 @@ def read_events(path: str | Path, parse: Callable[[Any], BaseModel] = parse_even
 class Interaction(BaseModel):
     """A user's purchase or click of a product: counted in their profile over the product's tags."""
 
+    model_config = ConfigDict(extra="forbid", str_max_length=4096)
+
     event_id: str = Field(max_length=MAX_ID_CHARS, description="the sender's id: a redelivery counts once")
     user: str = Field(max_length=MAX_ID_CHARS)
     product: str = Field(max_length=MAX_ID_CHARS, description="a product id the tag store knows")
@@ -129,6 +167,10 @@ class Interaction(BaseModel):
 
     def unix_time(self, default: float) -> float:
         return self.time.timestamp() if self.time is not None else default
+
+    def content(self) -> str:
+        """What a redelivery of this event_id must repeat."""
+        return json.dumps([self.user, self.product, self.kind, None if self.time is None else self.unix_time(0)])
 
 
 def parse_interaction(raw: Any) -> Interaction:

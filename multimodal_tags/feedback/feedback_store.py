@@ -17,7 +17,7 @@ from typing import Any
 
 from ..models.tag_tokenizer import tag_key
 from .calibration import Calibration
-from .events import FeedbackEvent, read_events
+from .events import FUTURE_TOLERANCE_S, FeedbackEvent, effective_time, read_events, time_refusal
 from ..tagging.tag_store import TagStore
 
 SCHEMA = """
@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS feedback (
 CREATE INDEX IF NOT EXISTS feedback_product ON feedback(product_id);
 CREATE INDEX IF NOT EXISTS feedback_user ON feedback(user)
 """
-COLUMNS = ("event_id", "user", "product_id", "tag", "action", "at", "model_id")
+COLUMNS = ("event_id", "user", "product_id", "tag", "action", "at", "model_id", "received_at")
 
 
 @dataclass
@@ -47,8 +47,9 @@ class AddResult:
 class FeedbackStore:
     """Feedback events beside the tags they judge (the same SQLite file as the TagStore)."""
 
-    def __init__(self, store: TagStore | str | Path):
+    def __init__(self, store: TagStore | str | Path, future_tolerance_s: float = FUTURE_TOLERANCE_S):
         self.tags = store if isinstance(store, TagStore) else TagStore(store)
+        self.future_tolerance_s = future_tolerance_s  # events dated further ahead are refused
         self.db = self.tags.db
         with self.tags.transaction():
             for statement in SCHEMA.split(";"):
@@ -69,7 +70,7 @@ class FeedbackStore:
         result, now = AddResult(), time.time()
         with self.tags.transaction():
             for i, e in enumerate(events):
-                reason = self._refusal(e)
+                reason = self._refusal(e, now)
                 if reason == "duplicate":
                     result.duplicates += 1
                 elif reason:
@@ -77,12 +78,12 @@ class FeedbackStore:
                 else:
                     self.db.execute("INSERT INTO feedback (event_id, user, product_id, tag, action, at, model_id, "
                                     "received_at, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                                    (e.event_id, e.user, e.product, e.tag, e.action, e.unix_time(now), e.model_id,
-                                     now, e.extra_json()))
+                                    (e.event_id, e.user, e.product, e.tag, e.action,
+                                     effective_time(e.unix_time(now), now), e.model_id, now, None))
                     result.stored += 1
         return result
 
-    def _refusal(self, e: FeedbackEvent) -> str | None:
+    def _refusal(self, e: FeedbackEvent, now: float) -> str | None:
         """Why an event cannot be stored ('duplicate' when it already is), or None."""
         old = self.db.execute("SELECT user, product_id, tag, action FROM feedback WHERE event_id = ?",
                               (e.event_id,)).fetchone()
@@ -91,7 +92,7 @@ class FeedbackStore:
             return "duplicate" if same else f"event_id {e.event_id!r} was stored before with other content"
         if not self.tags.has_product(e.product):
             return f"product: unknown product {e.product!r} (tag it first)"
-        return None
+        return time_refusal(e.unix_time(now), now, self.future_tolerance_s)
 
     def import_file(self, path: str | Path, batch: int = 1000) -> AddResult:
         """Store the events of a JSONL file; refused rows are listed as (row, reason)."""
@@ -124,7 +125,10 @@ class FeedbackStore:
         the tag is right, reject that it is wrong."""
         latest: dict[tuple[str, str], tuple[float, int, str]] = {}
         for e in self.events() if events is None else events:
-            key, when = (e["product_id"], e["tag"]), (e["at"], e["seq"], e["action"])
+            # never later than received: an event stored with a time ahead (before that was refused) cannot
+            # win over every later judgement
+            at = min(e["at"], e.get("received_at") or e["at"])
+            key, when = (e["product_id"], e["tag"]), (at, e["seq"], e["action"])
             if key not in latest or when > latest[key]:
                 latest[key] = when
         out: dict[str, dict[str, bool]] = defaultdict(dict)

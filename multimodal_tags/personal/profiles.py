@@ -21,7 +21,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..feedback.events import Interaction, parse_interaction, read_events
+from ..feedback.events import (FUTURE_TOLERANCE_S, Interaction, effective_time, parse_interaction, read_events,
+                               time_refusal)
 from ..feedback.feedback_store import AddResult, import_rows
 from ..tagging.tag_store import TagStore
 
@@ -55,6 +56,14 @@ class Profiles:
         with store.transaction():
             for statement in SCHEMA.split(";"):
                 self.db.execute(statement)
+            columns = {r[1] for r in self.db.execute("PRAGMA table_info(profile_events)")}
+            if "content" not in columns:  # what a redelivery must repeat (stores made before it: NULL)
+                self.db.execute("ALTER TABLE profile_events ADD COLUMN content TEXT")
+
+    def counted_content(self, event_id: str) -> str | None:
+        """The content an event_id was counted with ("" when counted without one), None when never counted."""
+        row = self.db.execute("SELECT content FROM profile_events WHERE event_id = ?", (event_id,)).fetchone()
+        return None if row is None else (row[0] or "")
 
     def _decay(self, age_s: float) -> float:
         return 0.5 ** (max(age_s, 0.0) / (self.settings.half_life_days * DAY))
@@ -64,9 +73,11 @@ class Profiles:
         reject; `tags` the product's tags (or the judged tag). False when event_id was counted before."""
         return self.add_many([(event_id, user, kind, tags, at)]) == 1
 
-    def add_many(self, events: Iterable[tuple[str, str, str, Iterable[str], float | None]]) -> int:
-        """`add` for many (event_id, user, kind, tags, at) in one transaction; returns how many counted."""
-        counted = 0
+    def add_many(self, events: Iterable[tuple[str, str, str, Iterable[str], float | None]],
+                 contents: dict[str, str] | None = None) -> int:
+        """`add` for many (event_id, user, kind, tags, at) in one transaction; returns how many counted.
+        `contents`: per event_id, what a redelivery must repeat (see `counted_content`)."""
+        counted, contents = 0, contents or {}
         with self.store.transaction():
             for event_id, user, kind, tags, at in events:
                 if kind not in self.weights:
@@ -74,7 +85,8 @@ class Profiles:
                 at = time.time() if at is None else at
                 if self.db.execute("SELECT 1 FROM profile_events WHERE event_id = ?", (event_id,)).fetchone():
                     continue
-                self.db.execute("INSERT INTO profile_events VALUES (?, ?, ?)", (event_id, user, at))
+                self.db.execute("INSERT INTO profile_events (event_id, user, at, content) VALUES (?, ?, ?, ?)",
+                                (event_id, user, at, contents.get(event_id)))
                 for who in (user, GLOBAL):
                     for tag in set(tags):
                         self._bump(who, tag, self.weights[kind], at)
@@ -149,18 +161,38 @@ def recommend(store: TagStore, profiles: Profiles, user: str | None, k: int = 10
     return [{"id": pid, "score": round(score, 5)} for score, pid in scored[:k]]
 
 
-def add_interactions(profiles: Profiles, interactions: Sequence[Interaction]) -> AddResult:
+def _interaction_refusal(profiles: Profiles, e: Interaction, now: float, tolerance_s: float) -> str | None:
+    """Why an interaction cannot be counted ("duplicate" when it was, with the same content), or None."""
+    counted = profiles.counted_content(f"interaction:{e.event_id}")
+    if counted is not None:
+        same = counted in ("", e.content())
+        return "duplicate" if same else f"event_id {e.event_id!r} was counted before with other content"
+    if profiles.store.get(e.product) is None:
+        return f"product: unknown product {e.product!r} (tag it first)"
+    return time_refusal(e.unix_time(now), now, tolerance_s)
+
+
+def add_interactions(profiles: Profiles, interactions: Sequence[Interaction],
+                     future_tolerance_s: float = FUTURE_TOLERANCE_S) -> AddResult:
     """Count purchases and clicks in their users' profiles, over the products' stored tags; a product
-    the store does not know is refused (by position), a redelivered event_id counted once."""
-    result, batch, now = AddResult(), [], time.time()
+    the store does not know, a time too far ahead or a reused event_id with other content is refused
+    (by position), a redelivered event counted once."""
+    result, batch, contents, now = AddResult(), [], {}, time.time()
     for i, e in enumerate(interactions):
-        stored = profiles.store.get(e.product)
-        if stored is None:
-            result.refused.append((i, f"product: unknown product {e.product!r} (tag it first)"))
+        key = f"interaction:{e.event_id}"
+        reason = _interaction_refusal(profiles, e, now, future_tolerance_s)
+        if reason is None and key in contents:  # the same event_id earlier in this delivery
+            reason = "duplicate" if contents[key] == e.content() else \
+                f"event_id {e.event_id!r} comes twice in this delivery with other content"
+        if reason == "duplicate":
+            result.duplicates += 1
+        elif reason:
+            result.refused.append((i, reason))
         else:
-            batch.append((f"interaction:{e.event_id}", e.user, e.kind, list(stored["tags"]), e.unix_time(now)))
-    result.stored = profiles.add_many(batch)
-    result.duplicates = len(batch) - result.stored
+            contents[key] = e.content()
+            batch.append((key, e.user, e.kind, list(profiles.store.get(e.product)["tags"]),
+                          effective_time(e.unix_time(now), now)))
+    result.stored = profiles.add_many(batch, contents)
     return result
 
 

@@ -21,6 +21,7 @@ from ..inference.batch_tagger import BatchTagger
 from ..feedback.adapt import PROMOTED_KEY
 from ..feedback.feedback_store import AddResult, FeedbackStore
 from ..feedback.calibration import fit_calibration
+from ..feedback.events import FUTURE_TOLERANCE_S, effective_time
 from ..feedback.learner import LearningTagger
 from ..personal.profiles import Profiles, add_interactions, feedback_key, ranked_tags, recommend
 from .auth import KeyRing
@@ -40,6 +41,7 @@ class ServiceConfig:
     refit_every: int = 200  # feedback events between calibration re-fits
     refit_interval_s: float = 30.0  # and at least this long between two
     watch_s: float = 2.0  # how often the store is checked for a newly promoted model
+    future_tolerance_s: float = FUTURE_TOLERANCE_S  # events dated further ahead of the server are refused
     tag_source: str = "auto"
     settings: RunConfig = field(default_factory=lambda: RunConfig(progress=False))
 
@@ -105,7 +107,8 @@ class StoreThread:
 
     def __init__(self, cfg: ServiceConfig):
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="store")
-        self.fb: FeedbackStore = self.pool.submit(FeedbackStore, cfg.store_path).result()
+        self.fb: FeedbackStore = self.pool.submit(FeedbackStore, cfg.store_path, cfg.future_tolerance_s).result()
+        self.future_tolerance_s = cfg.future_tolerance_s
         self.profiles = self.pool.submit(Profiles, self.fb.tags).result()
         self.since_refit, self.last_refit = 0, 0.0
         self.lock = threading.Lock()
@@ -116,7 +119,8 @@ class StoreThread:
         result = self.fb.add(events)
         refused = {i for i, _ in result.refused}
         now = time.time()
-        self.profiles.add_many((feedback_key(e.event_id), e.user, e.action, [e.tag], e.unix_time(now))
+        self.profiles.add_many((feedback_key(e.event_id), e.user, e.action, [e.tag],
+                                effective_time(e.unix_time(now), now))
                                for i, e in enumerate(events) if i not in refused)
         with self.lock:
             self.since_refit += result.stored
@@ -127,7 +131,7 @@ class StoreThread:
         store.write(rows, {r["id"]: store.pending_change(r) or "unchanged" for r in rows}, products)
 
     def add_interactions(self, interactions) -> AddResult:
-        return add_interactions(self.profiles, interactions)
+        return add_interactions(self.profiles, interactions, self.future_tolerance_s)
 
     def recommendations(self, user: str, k: int) -> list[dict]:
         return recommend(self.fb.tags, self.profiles, user, k)
