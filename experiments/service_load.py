@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
     store = a.out / "service.db"
     remove_sqlite(store)
     cache = a.cache or catalog.resolve().parent / "features-cache"
-    server = Server(["--model", str(model), "--store", str(store), "--image-root", str(image_root),
+    server = Server(["--model", str(model), "--store", str(store), "--create", "--image-root", str(image_root),
                      "--cache", str(cache)], a.port, a.out / "server.log")
     restart_s = [round(server.start(), 1)]
     locust = run_locust(f"http://127.0.0.1:{a.port}", products, a.out, a)

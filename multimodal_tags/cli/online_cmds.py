@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..tagging.tag_store import check_store
 from .common import (EXIT_FAILED, add_model_on_catalog, add_reads_features, add_tag_source, no_products,
                      report_import, run_settings)
 
@@ -24,6 +25,7 @@ def cmd_feedback_import(a: argparse.Namespace) -> int:
     from ..feedback.feedback_store import FeedbackStore, import_events
     from ..personal.profiles import Profiles, sync_feedback
 
+    check_store(a.store, a.create)
     result = import_events(a.store, a.events)
     with FeedbackStore(a.store) as fb:  # the judges' profiles follow their judgements
         sync_feedback(Profiles(fb.tags))
@@ -34,6 +36,7 @@ def cmd_feedback_import(a: argparse.Namespace) -> int:
 def cmd_interactions_import(a: argparse.Namespace) -> int:
     from ..personal.profiles import import_interactions
 
+    check_store(a.store, a.create)
     result = import_interactions(a.store, a.interactions)
     return report_import(result, a.interactions, result.summary().replace("stored", "counted"))
 
@@ -42,7 +45,7 @@ def cmd_interactions_import(a: argparse.Namespace) -> int:
 def cmd_feedback_stats(a: argparse.Namespace) -> int:
     from ..feedback.feedback_store import FeedbackStore
 
-    with FeedbackStore(a.store) as fb:
+    with FeedbackStore(check_store(a.store)) as fb:
         stats = fb.stats(bucket_s=a.bucket_hours * 3600)
     if a.json:
         print(json.dumps(stats, indent=1))
@@ -61,7 +64,7 @@ def cmd_adapt(a: argparse.Namespace) -> int:
 
     options = AdaptConfig(catalog=a.catalog, replay=a.replay, epochs=a.epochs, lr=a.lr, holdout=a.holdout,
                            tolerance=a.tolerance, promote=a.promote, tag_source=a.tag_source)
-    lineage = adapt_model(a.model, a.store, a.out, run_settings(a), options)
+    lineage = adapt_model(a.model, check_store(a.store), a.out, run_settings(a), options)
     for name in ("feedback_holdout", "val"):
         g = lineage["gate"][name]
         d = g["f1_difference"]
@@ -81,7 +84,7 @@ def cmd_tags(a: argparse.Namespace) -> int:
     from ..personal.profiles import Profiles, ranked_tags
     from ..tagging.tag_store import TagStore
 
-    with TagStore(a.store) as store:
+    with TagStore(check_store(a.store)) as store:
         row = store.get(a.product)
         if row is None:
             print(f"error: unknown product {a.product!r} in {a.store}", file=sys.stderr)
@@ -96,7 +99,7 @@ def cmd_recommend(a: argparse.Namespace) -> int:
     from ..personal.profiles import Profiles, recommend
     from ..tagging.tag_store import TagStore
 
-    with TagStore(a.store) as store:
+    with TagStore(check_store(a.store)) as store:
         for item in recommend(store, Profiles(store), a.user, a.k):
             print(f"{item['id']}\t{item['score']:.4f}")
     return 0
@@ -110,7 +113,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from ..service.auth import KeyRing
     from ..service.runtime import ServiceConfig
 
-    keys = KeyRing.from_file(a.api_key_file) if a.api_key_file else None  # refused before the model loads
+    check_store(a.store, a.create)  # refused before the model loads, as a bad key file is
+    keys = KeyRing.from_file(a.api_key_file) if a.api_key_file else None
     if keys is None and not a.open:
         if a.host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError(f"--host {a.host}: a service reachable from other machines needs --api-key-file "
@@ -147,6 +151,8 @@ def _add_feedback(sub) -> None:
     sp = fsub.add_parser("import", help="store the events of a JSONL file (accept | reject | add)")
     sp.add_argument("events")
     sp.add_argument("--store", required=True, help="the SQLite tag store (feedback is kept beside the tags)")
+    sp.add_argument("--create", action="store_true", help="make the store when --store does not exist "
+                    "(without it a mistyped path is refused)")
     sp.set_defaults(func=cmd_feedback_import)
     sp = fsub.add_parser("stats", help="acceptance rate of proposed tags: overall, per tag key, over time")
     sp.add_argument("--store", required=True)
@@ -162,6 +168,8 @@ def _add_interactions(sub) -> None:
                                         "kind, time)")
     sp.add_argument("interactions")
     sp.add_argument("--store", required=True)
+    sp.add_argument("--create", action="store_true", help="make the store when --store does not exist "
+                    "(without it a mistyped path is refused)")
     sp.set_defaults(func=cmd_interactions_import)
 
 
@@ -202,6 +210,8 @@ def _add_serve(sub) -> None:
     sp = sub.add_parser("serve", help="the HTTP service: tag, feedback, stored tags, statistics")
     sp.add_argument("--model", required=True)
     sp.add_argument("--store", required=True)
+    sp.add_argument("--create", action="store_true", help="make the store when --store does not exist "
+                    "(without it a mistyped path is refused)")
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("--port", type=int, default=8000)
     sp.add_argument("--image-root", help="folder that photo paths in /tag requests resolve in")

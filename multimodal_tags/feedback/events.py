@@ -12,8 +12,10 @@ the time received (`effective_time`), so no event is dated after the ones receiv
 """
 from __future__ import annotations
 
+import gzip
 import json
 import unicodedata
+import zlib
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 ACTIONS = ("accept", "reject", "add")
 MAX_TAG_CHARS = 200  # longer than any tag a shop uses; stops a pasted description becoming a tag
 MAX_ID_CHARS = 256
+MAX_EVENT_LINE_BYTES = 1 << 20  # a line of an event file longer than this is refused, not read whole
 FUTURE_TOLERANCE_S = 300.0  # clocks of senders may run this far ahead of the receiver's
 CONFUSABLE_SCRIPTS = {"LATIN", "CYRILLIC", "GREEK"}  # letters that look alike across these scripts
 FORBIDDEN = {"Cc", "Cf", "Cs", "Zl", "Zp"}  # Unicode categories an id or a tag may not contain
@@ -135,20 +138,48 @@ def parse_event(raw: Any) -> FeedbackEvent:
     return _parse(FeedbackEvent, raw, "an event")
 
 
-def read_events(path: str | Path, parse: Callable[[Any], BaseModel] = parse_event
-                ) -> Iterator[tuple[int, Any, str | None]]:
-    """(row number, parsed, None) or (row number, None, reason) for each non-blank line of a JSONL file
-    (`parse`: parse_event, or parse_interaction)."""
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for row, line in enumerate(f, 1):
-            if not line.strip():
+def _lines(path: Path) -> Iterator[tuple[int, str | None, str | None]]:
+    """(row, text, None) or (row, None, reason) for each line of a JSONL or JSONL.gz file: a line over
+    MAX_EVENT_LINE_BYTES is skipped without being held in memory, bytes that are not UTF-8 are reported."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    row = 0
+    with opener(path, "rb") as f:
+        while line := f.readline(MAX_EVENT_LINE_BYTES + 1):
+            row += 1
+            if len(line) > MAX_EVENT_LINE_BYTES and not line.endswith(b"\n"):
+                while (rest := f.readline(1 << 16)) and not rest.endswith(b"\n"):
+                    pass  # the rest of the long line, a piece at a time
+                yield row, None, f"longer than {MAX_EVENT_LINE_BYTES:,} bytes (skipped)"
                 continue
             try:
-                yield row, parse(json.loads(line)), None
+                yield row, line.decode("utf-8"), None
+            except UnicodeDecodeError as e:
+                yield row, None, f"not UTF-8: byte 0x{line[e.start]:02x} at column {e.start + 1}"
+
+
+def read_events(path: str | Path, parse: Callable[[Any], BaseModel] = parse_event
+                ) -> Iterator[tuple[int, Any, str | None]]:
+    """(row number, parsed, None) or (row number, None, reason) for each non-blank line of a JSONL file,
+    `.gz` too (`parse`: parse_event, or parse_interaction). Only a regular file is read (a pipe would
+    hang); a damaged `.gz` ends with a row naming where the damage starts."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: {'not a regular file' if path.exists() else 'no such file'}")
+    row = 0
+    try:
+        for row, text, reason in _lines(path):
+            if reason or not text.strip():
+                if reason:
+                    yield row, None, reason
+                continue
+            try:
+                yield row, parse(json.loads(text)), None
             except json.JSONDecodeError as e:
                 yield row, None, f"not JSON ({e.msg} at column {e.colno})"
             except ValueError as e:
                 yield row, None, str(e)
+    except (OSError, EOFError, zlib.error) as e:  # a truncated or corrupt .gz: the rows before it count
+        yield row + 1, None, f"file: damaged from here on ({e})"
 
 
 class Interaction(BaseModel):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Container, Iterable, Iterator
@@ -23,6 +24,38 @@ from pathlib import Path
 from ..data.schema import Product
 
 BUSY_TIMEOUT_S = 60  # how long a write waits for another process's write to finish
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+class StoreError(ValueError):
+    """A tag store path that cannot be used: the message names the file and the cause."""
+
+
+def check_store(path: str | Path, create: bool = False) -> Path:
+    """`path` when it is a tag store this process can use (or, with `create`, can make one at); else
+    StoreError in one line. Commands call it before loading any model, so a typo costs nothing."""
+    path = Path(path)
+    if not path.exists():
+        if not create:
+            raise StoreError(f"{path}: no tag store there (check the path; --create makes a new one)")
+        if not path.parent.is_dir() or not os.access(path.parent, os.W_OK | os.X_OK):
+            raise StoreError(f"{path}: cannot make a store there: the folder {path.parent} is missing or not writable")
+        return path
+    if path.is_dir():
+        raise StoreError(f"{path}: is a folder, not a tag store file")
+    if not path.is_file():
+        raise StoreError(f"{path}: is not a regular file (a pipe or a device?), so not a tag store")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+    except OSError as e:
+        raise StoreError(f"{path}: cannot be read ({e.strerror})") from None
+    if head and head != SQLITE_MAGIC:
+        raise StoreError(f"{path}: is not a SQLite database, so not a tag store")
+    if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
+        raise StoreError(f"{path}: is not writable (the store and its folder must be: SQLite keeps its "
+                         "write-ahead log beside it)")
+    return path
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS products (
