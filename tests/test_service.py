@@ -232,3 +232,70 @@ def test_tags_are_ranked_per_user_and_products_recommended_from_the_profile(clie
     recs = client.get("/users/ann/recommendations", params={"k": 1}).json()["products"]
     assert len(recs) == 1 and recs[0]["id"] in {"r0", "r1"} | {p.id for p in shop["val"]}
     assert client.get("/users/ann/recommendations", params={"k": 0}).status_code == 422
+
+
+def test_input_that_breaks_parsers_is_a_4xx(client):
+    nested = '{"id": "n", "title": "t", "extra": ' + "[" * 20_000 + "]" * 20_000 + "}"
+    assert client.post("/tag", content=nested, headers={"content-type": "application/json"}).status_code == 400
+    digits = '{"id": ' + "9" * 5000 + ', "title": "t"}'
+    r = client.post("/tag", content=digits, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "body" in r.text
+    r = client.post("/tag", files={"product": (None, "[" * 20_000)})  # multipart, a text field
+    assert r.status_code == 422 and "product" in r.text
+
+
+def test_a_refused_product_leaves_no_uploaded_photo_and_same_photo_uploads_do_not_race(shop, tmp_path):
+    import asyncio
+
+    import httpx
+
+    cfg = _config(shop, tmp_path)
+    app = create_app(cfg)
+    photo = _jpeg_bytes(tmp_path, (10, 200, 30))
+
+    def post(ac, product):
+        return ac.post("/tag", data={"product": json.dumps(product)}, files={"photo": ("p.jpg", photo, "image/jpeg")})
+
+    async def requests():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as ac:
+            refused = await post(ac, {"id": "", "title": "no id"})
+            left = sorted(p.name for p in cfg.uploads.glob("*")) if cfg.uploads.exists() else []
+            burst = await asyncio.gather(*(post(ac, {"id": f"s{i}", "title": "t"}) for i in range(8)))
+            return refused.status_code, left, [r.status_code for r in burst]
+
+    refused, left, codes = asyncio.run(requests())
+    assert refused == 422 and left == []  # the refused product's photo is not kept
+    assert codes == [200] * 8
+    assert [p.suffix for p in cfg.uploads.iterdir()] == [".img"]  # one photo, no temporary file left
+
+
+def test_aborted_uploads_are_one_log_line_each_on_a_real_server(shop, tmp_path, caplog):
+    import logging
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(_config(shop, tmp_path)), log_config=None))  # caplog sees it
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    multipart = (b"POST /tag HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; boundary=XX\r\n"
+                 b"Content-Length: 100000\r\n\r\n--XX\r\nContent-Disposition: form-data; name=\"photo\"; "
+                 b"filename=\"p.jpg\"\r\n\r\n" + b"\xff\xd8" * 500)
+    as_json = b"POST /tag HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 9000\r\n\r\n{\"id\": "
+    with caplog.at_level(logging.WARNING):
+        for head in [multipart, as_json] * 3:
+            with socket.create_connection(sock.getsockname(), timeout=5) as c:
+                c.sendall(head)  # then hang up mid-body
+        time.sleep(1.0)
+        server.should_exit = True
+        thread.join(30)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]  # no traceback
+    assert sum("disconnected" in r.getMessage() for r in caplog.records) <= 6

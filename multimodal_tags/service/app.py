@@ -14,7 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import collections
 import json
+import logging
+import os
+import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +29,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.security import APIKeyHeader
+from starlette.requests import ClientDisconnect
 from pydantic import BaseModel, Field
 
 from ..data.images import ImageError, decode_image
@@ -35,6 +41,7 @@ from .limits import BodyLimit
 from .runtime import ModelThread, ServiceConfig, StoreThread
 
 MAX_EVENTS_PER_REQUEST = 10_000
+LOG = logging.getLogger("multimodal_tags.service")
 
 
 class ProductIn(BaseModel):
@@ -105,6 +112,13 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         the server's own folders replaced by their role: no reply names a server path."""
         body = _without_server_paths(json.dumps({"detail": exc.detail}, default=str), cfg)
         return Response(body, status_code=exc.status_code, media_type="application/json", headers=exc.headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_left(request: Request, exc: ClientDisconnect) -> Response:
+        """A client that goes away mid-body (an aborted upload) is one log line, not a traceback."""
+        LOG.warning("%s %s: the client disconnected before sending the whole body", request.method,
+                    request.url.path)
+        return Response(status_code=400)  # nobody is there to read it
 
     _write_routes(app, svc)
     _read_routes(app, svc)
@@ -223,13 +237,16 @@ async def _read_product(request: Request, cfg: ServiceConfig) -> tuple[Product, 
         if photo is not None:
             if not isinstance(raw, dict):
                 raise HTTPException(422, f"product: a product is a JSON object, not {type(raw).__name__}")
-            root = await run_in_threadpool(_keep_upload, await photo.read(), raw, cfg)
-            return await run_in_threadpool(_validated, raw, root, cfg), root
+            root, kept = await run_in_threadpool(_keep_upload, await photo.read(), raw, cfg)
+            try:
+                product = await run_in_threadpool(_validated, raw, root, cfg)
+            except HTTPException:
+                UPLOADS.release(root / raw["image"], kept, refused=True)  # a refused product leaves no photo
+                raise
+            UPLOADS.release(root / raw["image"], kept, refused=False)
+            return product, root
     elif kind in ("application/json", ""):
-        try:
-            raw = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise HTTPException(400, f"body: not JSON ({e})") from None
+        raw = _json(await request.body(), "body", 400)
     else:
         raise HTTPException(415, f"content-type {kind!r}: send application/json or multipart/form-data")
     # validation opens the photo: off the event loop
@@ -241,10 +258,20 @@ def _form_json(value: Any) -> Any:
         raise HTTPException(422, "product: missing (a form field holding the product as JSON)")
     if not isinstance(value, str):
         raise HTTPException(422, "product: must be a JSON text field, not a file")
+    return _json(value, "product", 422)
+
+
+def _json(text: str | bytes, field: str, status: int) -> Any:
+    """Decoded JSON, or an HTTP error naming `field`: bad syntax, bad UTF-8, nesting too deep to decode,
+    or a number too long to convert are all the sender's input, never a 500."""
     try:
-        return json.loads(value)
-    except json.JSONDecodeError as e:
-        raise HTTPException(422, f"product: not JSON ({e})") from None
+        return json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise HTTPException(status, f"{field}: not JSON ({e})") from None
+    except RecursionError:
+        raise HTTPException(status, f"{field}: JSON nested too deeply") from None
+    except ValueError as e:  # e.g. an integer of thousands of digits (Python's int-string limit)
+        raise HTTPException(status, f"{field}: a value cannot be read ({e})") from None
 
 
 def _validated(raw: Any, image_root: Path | None, cfg: ServiceConfig) -> Product:
@@ -260,9 +287,36 @@ def _validated(raw: Any, image_root: Path | None, cfg: ServiceConfig) -> Product
     return product
 
 
-def _keep_upload(data: bytes, raw: dict, cfg: ServiceConfig) -> Path:
-    """Check an uploaded photo and keep it (content-addressed) in the uploads folder; returns that folder.
-    The caller's product gets the photo as its image."""
+class _Uploads:
+    """Which uploaded photos requests hold now, and which a stored product uses: a refused product's photo
+    is removed only when no other request holds it and no product was stored with it."""
+
+    def __init__(self):
+        self.lock, self.held, self.used = threading.Lock(), collections.Counter(), set()
+
+    def hold(self, path: Path) -> None:
+        with self.lock:
+            self.held[path] += 1
+
+    def release(self, path: Path, written: Path | None, refused: bool) -> None:
+        with self.lock:
+            self.held[path] -= 1
+            if self.held[path] <= 0:
+                del self.held[path]
+            if not refused:
+                self.used.add(path)
+            elif written is not None and path not in self.held and path not in self.used:
+                path.unlink(missing_ok=True)
+
+
+UPLOADS = _Uploads()
+
+
+def _keep_upload(data: bytes, raw: dict, cfg: ServiceConfig) -> tuple[Path, Path | None]:
+    """Check an uploaded photo and keep it (content-addressed) in the uploads folder; returns that folder
+    and the file when this request wrote it (None when it was there before). The caller's product gets
+    the photo as its image. Written under a name of its own and renamed: concurrent uploads of the same
+    photo never share a temporary file."""
     try:
         decode_image(data, "photo")
     except ImageError as e:
@@ -270,9 +324,13 @@ def _keep_upload(data: bytes, raw: dict, cfg: ServiceConfig) -> Path:
     name = hashlib.sha256(data).hexdigest()[:32] + ".img"
     cfg.uploads.mkdir(parents=True, exist_ok=True)
     path = cfg.uploads / name
+    written = None
+    UPLOADS.hold(path)
     if not path.exists():
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        fd, tmp = tempfile.mkstemp(dir=cfg.uploads, prefix=name + ".", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        written = path
     raw["image"] = name
-    return cfg.uploads
+    return cfg.uploads, written
