@@ -232,3 +232,18 @@ def write_jsonl_rows(tmp_path):
     path = tmp_path / "c.jsonl"
     path.write_text('{"id": "1", "title": "Red mug"}\n{"id": "2", "title": "Blue lamp"}\n')
     return path
+
+
+def test_a_large_jpeg_is_checked_in_draft_mode_and_damage_is_still_caught():
+    import io
+
+    from PIL import Image
+
+    from multimodal_tags.data.images import CHECK_SIDE, ImageError, decode_image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (3000, 2000), (20, 120, 200)).save(buf, "JPEG", quality=90)
+    small = decode_image(buf.getvalue(), "p", min_side=CHECK_SIDE)
+    assert min(small.size) >= CHECK_SIDE and small.size[0] < 3000  # decoded at a fraction of the size
+    with pytest.raises(ImageError, match="truncated"):
+        decode_image(buf.getvalue()[: len(buf.getvalue()) // 2], "p", min_side=CHECK_SIDE)

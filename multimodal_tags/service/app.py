@@ -32,7 +32,7 @@ from fastapi.security import APIKeyHeader
 from starlette.requests import ClientDisconnect
 from pydantic import BaseModel, Field
 
-from ..data.images import ImageError, decode_image
+from ..data.images import CHECK_SIDE, ImageError, decode_image
 from ..data.schema import Product
 from ..data.validate import Limits, validate_row
 from ..feedback.events import FeedbackEvent, Interaction
@@ -318,7 +318,7 @@ def _keep_upload(data: bytes, raw: dict, cfg: ServiceConfig) -> tuple[Path, Path
     the photo as its image. Written under a name of its own and renamed: concurrent uploads of the same
     photo never share a temporary file."""
     try:
-        decode_image(data, "photo")
+        decode_image(data, "photo", min_side=CHECK_SIDE)  # a check: no full-size pixels held
     except ImageError as e:
         raise HTTPException(422, f"photo: {e}") from None
     name = hashlib.sha256(data).hexdigest()[:32] + ".img"
