@@ -1,5 +1,6 @@
 """The HTTP service with a tiny model: tagging (JSON and multipart), feedback, stored tags, statistics, bad
 input (always a 4xx, never a 5xx: checked by hand and fuzzed from the OpenAPI schema)."""
+import contextlib
 import json
 import os
 
@@ -269,8 +270,9 @@ def test_a_refused_product_leaves_no_uploaded_photo_and_same_photo_uploads_do_no
     assert [p.suffix for p in cfg.uploads.iterdir()] == [".img"]  # one photo, no temporary file left
 
 
-def test_aborted_uploads_are_one_log_line_each_on_a_real_server(shop, tmp_path, caplog):
-    import logging
+@contextlib.contextmanager
+def _real_server(app):
+    """The app under a real uvicorn on 127.0.0.1 (a free port), in a thread; yields its address."""
     import socket
     import threading
     import time
@@ -279,23 +281,44 @@ def test_aborted_uploads_are_one_log_line_each_on_a_real_server(shop, tmp_path, 
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(_config(shop, tmp_path)), log_config=None))  # caplog sees it
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None))  # log records reach caplog
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
+    try:
+        yield sock.getsockname()
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def test_aborted_uploads_are_one_log_line_each_on_a_real_server(shop, tmp_path, caplog):
+    import logging
+    import socket
+    import time
+
     multipart = (b"POST /tag HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; boundary=XX\r\n"
                  b"Content-Length: 100000\r\n\r\n--XX\r\nContent-Disposition: form-data; name=\"photo\"; "
                  b"filename=\"p.jpg\"\r\n\r\n" + b"\xff\xd8" * 500)
     as_json = b"POST /tag HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 9000\r\n\r\n{\"id\": "
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING), _real_server(create_app(_config(shop, tmp_path))) as address:
         for head in [multipart, as_json] * 3:
-            with socket.create_connection(sock.getsockname(), timeout=5) as c:
+            with socket.create_connection(address, timeout=5) as c:
                 c.sendall(head)  # then hang up mid-body
         time.sleep(1.0)
-        server.should_exit = True
-        thread.join(30)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], [r.getMessage() for r in errors]  # no traceback
     assert sum("disconnected" in r.getMessage() for r in caplog.records) <= 6
+
+
+def test_a_body_that_stops_arriving_gets_408_on_a_real_server(shop, tmp_path):
+    import socket
+
+    with _real_server(create_app(_config(shop, tmp_path, body_timeout_s=1.0))) as address:
+        with socket.create_connection(address, timeout=10) as c:
+            c.sendall(b"POST /tag HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 500\r\n\r\n{\"id\": \"slow\", ")  # and nothing more
+            reply = c.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 408") and b"no data for 1 s" in reply

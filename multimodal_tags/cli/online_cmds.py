@@ -126,9 +126,12 @@ def cmd_serve(a: argparse.Namespace) -> int:
                         image_root=Path(a.image_root) if a.image_root else None, keys=keys,
                         max_body_bytes=int(a.max_body_mb * 2 ** 20), max_batch=a.max_batch,
                         refit_every=a.refit_every, refit_interval_s=a.refit_interval, tag_source=a.tag_source,
-                        future_tolerance_s=a.future_tolerance,
+                        future_tolerance_s=a.future_tolerance, body_timeout_s=a.body_timeout,
                         settings=settings)
-    uvicorn.run(create_app(cfg), host=a.host, port=a.port, log_level="warning")
+    # bounded connections: idle keep-alives close, and past `limit_concurrency` connections get a 503
+    # instead of holding a file handle each (production: docs/guide.md, the service behind a proxy)
+    uvicorn.run(create_app(cfg), host=a.host, port=a.port, log_level="warning", timeout_keep_alive=a.keep_alive,
+                limit_concurrency=a.max_connections, h11_max_incomplete_event_size=64 * 1024)
     return 0
 
 
@@ -218,6 +221,10 @@ def _add_serve(sub) -> None:
     sp.add_argument("--api-key-file", help="named API keys with scopes, one client per line: `name scopes key` "
                     "(format: multimodal_tags/service/auth.py); every route but /health then needs a key")
     sp.add_argument("--open", action="store_true", help="serve without keys on a non-loopback --host (on purpose)")
+    sp.add_argument("--max-connections", type=int, default=256, help="connections served at once (more: 503)")
+    sp.add_argument("--keep-alive", type=float, default=5.0, help="seconds an idle connection is kept open")
+    sp.add_argument("--body-timeout", type=float, default=30.0,
+                    help="seconds to wait for the next part of a request body (slower: 408)")
     sp.add_argument("--future-tolerance", type=float, default=300.0,
                     help="seconds an event's time may be ahead of the server's clock (further: refused)")
     sp.add_argument("--max-body-mb", type=float, default=16.0)

@@ -97,7 +97,7 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
 
     app = FastAPI(title="multimodal_tags", version="1", lifespan=lifespan,
                   description="Tags for products from their text and photos, learning from feedback.")
-    app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes, read_timeout_s=cfg.body_timeout_s)
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
         """422 naming each bad field. The input is not echoed (it may be huge), and the body is ASCII-escaped

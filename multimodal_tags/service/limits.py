@@ -1,6 +1,8 @@
-"""A request body size limit, as ASGI middleware: 413 before the app reads an oversized body."""
+"""Request body limits, as ASGI middleware: 413 before the app reads an oversized body, 408 when the
+body arrives too slowly (a client that sends a byte a minute holds a connection for nothing)."""
 from __future__ import annotations
 
+import asyncio
 import json
 
 
@@ -8,11 +10,16 @@ class _TooLarge(Exception):
     pass
 
 
-class BodyLimit:
-    """Refuse bodies over `max_bytes`: at once by Content-Length, or while streaming a chunked body."""
+class _TooSlow(Exception):
+    pass
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+
+class BodyLimit:
+    """Refuse bodies over `max_bytes` (at once by Content-Length, or while streaming a chunked body), and
+    bodies whose next part takes longer than `read_timeout_s` to arrive."""
+
+    def __init__(self, app, max_bytes: int, read_timeout_s: float = 30.0):
+        self.app, self.max_bytes, self.read_timeout_s = app, max_bytes, read_timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -23,13 +30,19 @@ class BodyLimit:
                 return await self._refuse(send, 413, f"body: {int(length):,} bytes, over the limit of {self.max_bytes:,}")
         except ValueError:
             return await self._refuse(send, 400, "content-length: not a number")
-        seen, started = 0, False
+        seen, started, body_done = 0, False, False
 
         async def limited_receive():
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, body_done
+            if body_done:  # after the body, the app may wait for a disconnect as long as it likes
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.read_timeout_s)
+            except asyncio.TimeoutError:
+                raise _TooSlow from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if seen > self.max_bytes:
                     raise _TooLarge
             return message
@@ -44,6 +57,9 @@ class BodyLimit:
         except _TooLarge:
             if not started:
                 await self._refuse(send, 413, f"body: over the limit of {self.max_bytes:,} bytes")
+        except _TooSlow:
+            if not started:
+                await self._refuse(send, 408, f"body: no data for {self.read_timeout_s:g} s")
 
     @staticmethod
     async def _refuse(send, status: int, detail: str) -> None:

@@ -36,6 +36,7 @@ class ServiceConfig:
     uploads_dir: Path | None = None  # uploaded photos are kept here (default: beside the store)
     keys: KeyRing | None = None  # API keys and their scopes (service/auth.py); None: every route is open
     max_body_bytes: int = 16 * 1024 * 1024
+    body_timeout_s: float = 30.0  # longest wait for the next part of a request body (slow clients: 408)
     max_batch: int = 32  # products per forward pass
     batch_wait_s: float = 0.005  # how long the first request of a batch waits for company
     refit_every: int = 200  # feedback events between calibration re-fits
