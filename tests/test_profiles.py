@@ -1,6 +1,8 @@
 """User profiles: affinities from events, recency, shrinkage towards the global profile, ranking;
 the leave-one-out split of experiments/personalization.py."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -127,3 +129,38 @@ def test_a_purchase_and_a_judgement_with_the_same_event_id_both_count(tmp_path):
         assert sync_feedback(profiles) == 1 and sync_feedback(profiles) == 0
         assert add_interactions(profiles, [Interaction(event_id="e1", user="ann", product="p1", kind="purchase")]).stored == 1
         assert set(profiles.raw("ann")) == {"fit:slim", "colour:red"}
+
+
+def test_the_tag_index_ranks_as_a_scan_of_every_product_would(tmp_path):
+    import math
+    import random
+    from collections import Counter
+
+    from multimodal_tags.personal.profiles import match_score
+    from multimodal_tags.personal.tag_index import TagIndex
+    from multimodal_tags.tagging.tag_store import TagStore
+
+    rng = random.Random(5)
+    vocab = [f"k{i % 7}:v{i}" for i in range(40)]
+    with TagStore(tmp_path / "s.db") as store:
+        rows = {f"p{i:03d}": sorted(set(rng.sample(vocab, rng.randint(0, 6)))) for i in range(300)}
+        with store.transaction():
+            for pid, tags in rows.items():
+                store.db.execute("INSERT INTO products VALUES (?, 'h', 'm', 'c', 1.0, ?, 0, NULL)",
+                                 (pid, json.dumps({t: {"score": 1.0} for t in tags})))
+        index = TagIndex.build(store)
+    df = Counter(t for ts in rows.values() for t in ts)
+    idf = {t: math.log((len(rows) + 1) / c) for t, c in df.items()}
+    for _ in range(5):
+        affinity = {t: rng.uniform(-0.2, 1.0) for t in rng.sample(vocab, 8)}
+        scan = sorted(((match_score(ts, affinity, idf), pid) for pid, ts in rows.items()), key=lambda x: (-x[0], x[1]))
+        expected = [{"id": pid, "score": round(s, 5)} for s, pid in scan[:10]]
+        assert index.top(affinity, 10) == expected
+    assert index.top({}, 3) == [{"id": pid, "score": 0.0} for pid in sorted(rows)[:3]]  # all tied: by id
+
+
+def test_recommend_speed_experiment_runs_small(tmp_path):
+    from experiments import recommend_speed
+
+    r = recommend_speed.main(["--out", str(tmp_path), "--products", "300", "--users", "5"])
+    assert r["same_results"] and r["products"] == 300

@@ -26,7 +26,8 @@ def _config(shop, tmp_path, **kw) -> ServiceConfig:
 
 @pytest.fixture
 def client(shop, tmp_path):
-    with TestClient(create_app(_config(shop, tmp_path, keys=KeyRing.single(KEY), max_body_bytes=200_000)),
+    with TestClient(create_app(_config(shop, tmp_path, keys=KeyRing.single(KEY), max_body_bytes=200_000,
+                                       index_refresh_s=0.0)),
                     headers={"X-API-Key": KEY}) as c:
         yield c
 
@@ -210,6 +211,16 @@ def test_feedback_refits_the_calibration_in_the_background(shop, tmp_path):
         assert c.get("/stats").json()["calibration"]["events"] == 1
 
 
+def _eventually(read, expected, timeout_s: float = 30.0):
+    """`read()` until it gives `expected` (True), or its last value when `timeout_s` has passed."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while (value := read()) != expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return value == expected
+
+
 def test_tags_are_ranked_per_user_and_products_recommended_from_the_profile(client, shop):
     p0, p1 = shop["val"][0], shop["val"][1]
     for i, p in enumerate((p0, p1)):
@@ -227,7 +238,8 @@ def test_tags_are_ranked_per_user_and_products_recommended_from_the_profile(clie
     bought = [{"event_id": f"b{i}", "user": "cy", "product": "r1", "kind": "purchase"} for i in range(3)]
     assert client.post("/interactions", json=bought).json()["counted"] == 3
     assert client.post("/interactions", json=bought[0]).json()["duplicates"] == 1
-    assert client.get("/users/cy/recommendations", params={"k": 1}).json()["products"][0]["id"] == "r1"
+    assert _eventually(lambda: client.get("/users/cy/recommendations", params={"k": 1}).json()["products"][0]["id"],
+                       "r1")  # the index follows the store within index_refresh_s
     r = client.post("/interactions", json={"event_id": "x", "user": "cy", "product": "nope", "kind": "purchase"})
     assert r.status_code == 422 and "unknown product 'nope'" in r.text
     recs = client.get("/users/ann/recommendations", params={"k": 1}).json()["products"]

@@ -13,10 +13,8 @@ An unknown user (m_u = 0) gets the global profile.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from ..feedback.events import (FUTURE_TOLERANCE_S, Interaction, effective_time, 
                                time_refusal)
 from ..feedback.feedback_store import AddResult, import_rows
 from ..tagging.tag_store import TagStore
+from .tag_index import TagIndex
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS profile (
@@ -151,14 +150,8 @@ def ranked_tags(stored: dict, profiles: Profiles, user: str | None) -> list[str]
 
 def recommend(store: TagStore, profiles: Profiles, user: str | None, k: int = 10) -> list[dict]:
     """The k live products whose stored tags best match the user's profile (idf over the store's tags);
-    an unknown user gets the global profile's picks."""
-    rows = store.db.execute("SELECT id, tags FROM products WHERE removed_at IS NULL").fetchall()
-    tags = {pid: list(json.loads(t)) for pid, t in rows}
-    df = Counter(t for ts in tags.values() for t in ts)
-    idf = {t: math.log((len(tags) + 1) / c) for t, c in df.items()}
-    affinity = profiles.affinities(user)
-    scored = sorted(((match_score(ts, affinity, idf), pid) for pid, ts in tags.items()), key=lambda x: (-x[0], x[1]))
-    return [{"id": pid, "score": round(score, 5)} for score, pid in scored[:k]]
+    an unknown user gets the global profile's picks. (The service keeps the index between requests.)"""
+    return TagIndex.build(store).top(profiles.affinities(user), k)
 
 
 def _interaction_refusal(profiles: Profiles, e: Interaction, now: float, tolerance_s: float) -> str | None:

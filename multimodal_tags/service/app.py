@@ -38,7 +38,7 @@ from ..data.validate import Limits, validate_row
 from ..feedback.events import FeedbackEvent, Interaction
 from .batching import TagBatcher
 from .limits import BodyLimit
-from .runtime import ModelThread, ServiceConfig, StoreThread
+from .runtime import ModelThread, ReadThread, ServiceConfig, StoreThread
 
 MAX_EVENTS_PER_REQUEST = 10_000
 LOG = logging.getLogger("multimodal_tags.service")
@@ -67,7 +67,7 @@ class Service:
 
     def __init__(self, cfg: ServiceConfig):
         self.cfg, self.started = cfg, time.time()
-        self.model, self.store = ModelThread(cfg), StoreThread(cfg)
+        self.model, self.store, self.reads = ModelThread(cfg), StoreThread(cfg), ReadThread(cfg)
         self.batcher = TagBatcher(lambda groups: self.model.run(self.model.tag, groups), cfg.max_batch,
                                   cfg.batch_wait_s)
         self.background: set[asyncio.Task] = set()  # re-fits in flight (kept referenced until done)
@@ -76,6 +76,7 @@ class Service:
         await self.batcher.stop()
         self.model.close()
         self.store.close()
+        self.reads.close()
 
     def stats(self) -> dict:
         """Feedback statistics (store thread) with the batching counters and the model's calibration."""
@@ -210,7 +211,7 @@ def _read_routes(app: FastAPI, svc: Service) -> None:
     @app.get("/users/{user}/recommendations", dependencies=read)
     async def recommendations(user: str, k: int = Query(10, ge=1, le=1000)) -> dict:
         """The products whose tags best match the user's profile."""
-        return {"user": user, "products": await svc.store.run(svc.store.recommendations, user, k)}
+        return {"user": user, "products": await svc.reads.run(svc.reads.recommendations, user, k)}
 
     @app.get("/stats", dependencies=read)
     async def stats() -> dict:

@@ -23,7 +23,9 @@ from ..feedback.feedback_store import AddResult, FeedbackStore
 from ..feedback.calibration import fit_calibration
 from ..feedback.events import FUTURE_TOLERANCE_S, effective_time
 from ..feedback.learner import LearningTagger
-from ..personal.profiles import Profiles, add_interactions, feedback_key, ranked_tags, recommend
+from ..personal.profiles import Profiles, add_interactions, feedback_key, ranked_tags
+from ..personal.tag_index import TagIndex
+from ..tagging.tag_store import TagStore
 from .auth import KeyRing
 
 
@@ -36,6 +38,7 @@ class ServiceConfig:
     uploads_dir: Path | None = None  # uploaded photos are kept here (default: beside the store)
     keys: KeyRing | None = None  # API keys and their scopes (service/auth.py); None: every route is open
     max_body_bytes: int = 16 * 1024 * 1024
+    index_refresh_s: float = 5.0  # recommendations see products tagged up to about this long ago
     body_timeout_s: float = 30.0  # longest wait for the next part of a request body (slow clients: 408)
     max_batch: int = 32  # products per forward pass
     batch_wait_s: float = 0.005  # how long the first request of a batch waits for company
@@ -103,6 +106,47 @@ class ModelThread:
         self.fit_pool.shutdown(wait=True)
 
 
+class ReadThread:
+    """Recommendations, on a thread and a connection of their own (never the one that acknowledges
+    feedback), from a TagIndex kept between requests: when the products have changed (checked at most
+    every `refresh_s`), a new index is built in the background while requests go on with the old one."""
+
+    SIGNATURE = "SELECT COUNT(*), MAX(updated_at), MAX(removed_at) FROM products"
+
+    def __init__(self, cfg: ServiceConfig):
+        refresh_s = cfg.index_refresh_s
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="read")
+        self.build_pool = ThreadPoolExecutor(1, thread_name_prefix="index")
+        self.store_path, self.refresh_s, self.checked, self.building = cfg.store_path, refresh_s, 0.0, None
+        self.store: TagStore = self.pool.submit(TagStore, cfg.store_path).result()
+        self.profiles = self.pool.submit(Profiles, self.store).result()
+        self.signature, self.index = self.build_pool.submit(self._build).result()
+
+    def _build(self) -> tuple[tuple, TagIndex]:
+        """(the products' signature, their index), read on the builder's own connection."""
+        with TagStore(self.store_path) as own:
+            return own.db.execute(self.SIGNATURE).fetchone(), TagIndex.build(own)
+
+    def recommendations(self, user: str, k: int) -> list[dict]:
+        """(runs on the read thread) The user's top k products from the current index."""
+        if self.building is not None and self.building.done():
+            self.signature, self.index = self.building.result()
+            self.building = None
+        if self.building is None and time.monotonic() - self.checked >= self.refresh_s:
+            self.checked = time.monotonic()
+            if self.store.db.execute(self.SIGNATURE).fetchone() != self.signature:
+                self.building = self.build_pool.submit(self._build)
+        return self.index.top(self.profiles.affinities(user), k)
+
+    async def run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    def close(self) -> None:
+        self.build_pool.shutdown(wait=True)
+        self.pool.submit(self.store.close).result()
+        self.pool.shutdown(wait=True)
+
+
 class StoreThread:
     """The service's store connection, on one thread; counts events since the last re-fit."""
 
@@ -133,9 +177,6 @@ class StoreThread:
 
     def add_interactions(self, interactions) -> AddResult:
         return add_interactions(self.profiles, interactions, self.future_tolerance_s)
-
-    def recommendations(self, user: str, k: int) -> list[dict]:
-        return recommend(self.fb.tags, self.profiles, user, k)
 
     def current_tags(self, product_id: str, user: str | None = None) -> dict | None:
         """The stored row of a product with its judgements applied (None when unknown); with `user`,
