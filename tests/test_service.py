@@ -334,3 +334,18 @@ def test_a_body_that_stops_arriving_gets_408_on_a_real_server(shop, tmp_path):
                       b"Content-Length: 500\r\n\r\n{\"id\": \"slow\", ")  # and nothing more
             reply = c.recv(4096)
     assert reply.startswith(b"HTTP/1.1 408") and b"no data for 1 s" in reply
+
+
+def test_each_key_has_its_own_rate_limit(shop, tmp_path):
+    from multimodal_tags.service.limits import RateLimiter
+
+    keys = tmp_path / "keys"
+    keys.write_text("a read aaaaaaaaaaaaaaaaaaaa\nb read bbbbbbbbbbbbbbbbbbbb\n")
+    cfg = _config(shop, tmp_path, keys=KeyRing.from_file(keys), limiter=RateLimiter(rate=0.01, burst=3))
+    with TestClient(create_app(cfg)) as c:
+        codes = [c.get("/stats", headers={"X-API-Key": "a" * 20}).status_code for _ in range(4)]
+        assert codes == [200, 200, 200, 429]
+        r = c.get("/stats", headers={"X-API-Key": "a" * 20})
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1 and "'a'" in r.json()["detail"]
+        assert c.get("/stats", headers={"X-API-Key": "b" * 20}).status_code == 200  # another client goes on
+        assert c.get("/health").status_code == 200

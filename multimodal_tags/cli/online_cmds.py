@@ -111,6 +111,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
     from ..service.app import create_app
     from ..service.auth import KeyRing
+    from ..service.limits import RateLimiter
     from ..service.runtime import ServiceConfig
 
     check_store(a.store, a.create)  # refused before the model loads, as a bad key file is
@@ -127,6 +128,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
                         max_body_bytes=int(a.max_body_mb * 2 ** 20), max_batch=a.max_batch,
                         refit_every=a.refit_every, refit_interval_s=a.refit_interval, tag_source=a.tag_source,
                         future_tolerance_s=a.future_tolerance, body_timeout_s=a.body_timeout,
+                        limiter=RateLimiter(a.rate_limit) if a.rate_limit else None,
                         settings=settings)
     # bounded connections: idle keep-alives close, and past `limit_concurrency` connections get a 503
     # instead of holding a file handle each (production: docs/guide.md, the service behind a proxy)
@@ -222,6 +224,9 @@ def _add_serve(sub) -> None:
                     "(format: multimodal_tags/service/auth.py); every route but /health then needs a key")
     sp.add_argument("--open", action="store_true", help="serve without keys on a non-loopback --host (on purpose)")
     sp.add_argument("--max-connections", type=int, default=256, help="connections served at once (more: 503)")
+    sp.add_argument("--rate-limit", type=float, default=0.0,
+                    help="requests a second per API key (per address without keys), bursts of twice that; "
+                         "over it: 429 (0: no limit)")
     sp.add_argument("--keep-alive", type=float, default=5.0, help="seconds an idle connection is kept open")
     sp.add_argument("--body-timeout", type=float, default=30.0,
                     help="seconds to wait for the next part of a request body (slower: 408)")

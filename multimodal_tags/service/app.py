@@ -134,6 +134,7 @@ def _guard(cfg: ServiceConfig, *scopes: str) -> list:
     def check(request: Request, key: str | None = Depends(key_header)) -> None:
         request.state.client = None
         if cfg.keys is None:
+            _rate_limit(cfg, request.client.host if request.client else "anonymous")
             return
         client = cfg.keys.client(key)
         if client is None:
@@ -142,7 +143,15 @@ def _guard(cfg: ServiceConfig, *scopes: str) -> list:
             raise HTTPException(403, f"the key of {client.name!r} lacks the scope this endpoint needs "
                                      f"({' or '.join(scopes)})")
         request.state.client = client
+        _rate_limit(cfg, client.name)
     return [Depends(check)]
+
+
+def _rate_limit(cfg: ServiceConfig, who: str) -> None:
+    """429 with Retry-After when `who` (a client's name, or an address without keys) is over its rate."""
+    if cfg.limiter is not None and (wait := cfg.limiter.wait_s(who)) > 0:
+        raise HTTPException(429, f"over {cfg.limiter.rate:g} requests a second for {who!r}; retry later",
+                            headers={"Retry-After": str(max(1, round(wait)))})
 
 
 def _without_server_paths(text: str, cfg: ServiceConfig) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 
 
 class _TooLarge(Exception):
@@ -67,3 +69,24 @@ class BodyLimit:
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
+
+
+class RateLimiter:
+    """A token bucket per client: `rate` requests a second on average, bursts of up to `burst`."""
+
+    def __init__(self, rate: float, burst: float | None = None):
+        self.rate, self.burst = rate, burst or max(1.0, 2 * rate)
+        self.buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, when)
+        self.lock = threading.Lock()
+
+    def wait_s(self, client: str) -> float:
+        """0 when `client` may go now (a token is taken), else how many seconds until it may."""
+        now = time.monotonic()
+        with self.lock:
+            tokens, then = self.buckets.get(client, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - then) * self.rate)
+            if tokens >= 1:
+                self.buckets[client] = (tokens - 1, now)
+                return 0.0
+            self.buckets[client] = (tokens, now)
+            return (1 - tokens) / self.rate

@@ -27,6 +27,7 @@ from ..personal.profiles import Profiles, add_interactions, feedback_key, ranked
 from ..personal.tag_index import TagIndex
 from ..tagging.tag_store import TagStore
 from .auth import KeyRing
+from .limits import RateLimiter
 
 
 @dataclass
@@ -38,6 +39,7 @@ class ServiceConfig:
     uploads_dir: Path | None = None  # uploaded photos are kept here (default: beside the store)
     keys: KeyRing | None = None  # API keys and their scopes (service/auth.py); None: every route is open
     max_body_bytes: int = 16 * 1024 * 1024
+    limiter: RateLimiter | None = None  # requests per second per client (service/limits.py); None: unlimited
     index_refresh_s: float = 5.0  # recommendations see products tagged up to about this long ago
     body_timeout_s: float = 30.0  # longest wait for the next part of a request body (slow clients: 408)
     max_batch: int = 32  # products per forward pass
