@@ -349,3 +349,41 @@ def test_each_key_has_its_own_rate_limit(shop, tmp_path):
         assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1 and "'a'" in r.json()["detail"]
         assert c.get("/stats", headers={"X-API-Key": "b" * 20}).status_code == 200  # another client goes on
         assert c.get("/health").status_code == 200
+
+
+def test_a_multipart_product_that_is_not_utf8_is_refused(client):
+    boundary = "b0undary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"product\"\r\n\r\n".encode()
+            + b'{"id": "latin", "title": "caf\xe9"}' + f"\r\n--{boundary}--\r\n".encode())
+    r = client.post("/tag", content=body, headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert r.status_code == 422 and "product: not UTF-8 (byte 0xe9" in r.json()["detail"]
+    ok = body.replace(b"caf\xe9", "café".encode())
+    r = client.post("/tag", content=ok, headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert r.status_code == 200 and r.json()["id"] == "latin"
+
+
+def test_fuzzed_multipart_uploads_never_get_a_5xx(fuzz_app, tmp_path):
+    """The multipart form of /tag (schemathesis generates JSON bodies for it): product fields of any
+    text or JSON, photos of any bytes or a real JPEG cut anywhere."""
+    from hypothesis import strategies as st
+
+    jpeg = _jpeg_bytes(tmp_path)
+    json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                               lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                          max_size=3), max_leaves=8)
+    products = st.one_of(st.text(max_size=200), json_values.map(json.dumps),
+                         st.fixed_dictionaries({"id": st.text(max_size=30) | st.integers(), "title": st.text(max_size=50)},
+                                               optional={"image": st.text(max_size=30)}).map(json.dumps))
+    photos = st.one_of(st.none(), st.binary(max_size=300), st.integers(0, len(jpeg)).map(lambda n: jpeg[:n]))
+    seen: dict[int, int] = {}
+    with TestClient(fuzz_app) as client:
+        @given(product=products, photo=photos)
+        @settings(max_examples=MAX_EXAMPLES * 2, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        def no_server_error(product, photo):
+            files = {"product": (None, product)} | ({"photo": ("p.jpg", photo, "image/jpeg")} if photo is not None else {})
+            r = client.post("/tag", files=files)
+            seen[r.status_code] = seen.get(r.status_code, 0) + 1
+            assert r.status_code < 500, r.text[:300]
+
+        no_server_error()
+    assert any(400 <= code < 500 for code in seen), seen

@@ -29,6 +29,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.security import APIKeyHeader
+from python_multipart.multipart import parse_options_header
 from starlette.requests import ClientDisconnect
 from pydantic import BaseModel, Field
 
@@ -237,6 +238,7 @@ async def _read_product(request: Request, cfg: ServiceConfig) -> tuple[Product, 
     """The product of a /tag request and the root of its photo; 4xx naming the field otherwise."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "multipart/form-data":
+        _check_utf8_field(await request.body(), request.headers["content-type"], "product")
         try:
             form = await request.form()
         except Exception as e:  # starlette's multipart parser raises several types for a broken body
@@ -261,6 +263,20 @@ async def _read_product(request: Request, cfg: ServiceConfig) -> tuple[Product, 
         raise HTTPException(415, f"content-type {kind!r}: send application/json or multipart/form-data")
     # validation opens the photo: off the event loop
     return await run_in_threadpool(_validated, raw, cfg.image_root, cfg), cfg.image_root or Path(".")
+
+
+def _check_utf8_field(body: bytes, content_type: str, name: str) -> None:
+    """422 when the multipart text field `name` is not UTF-8 (the form parser would read it as Latin-1)."""
+    boundary = parse_options_header(content_type)[1].get(b"boundary")
+    if not boundary:
+        raise HTTPException(400, "content-type: a multipart body needs a boundary")
+    for part in body.split(b"--" + boundary)[1:-1]:
+        head, _, data = part.partition(b"\r\n\r\n")
+        if f'name="{name}"'.encode() in head and b"filename=" not in head:
+            try:
+                data.removesuffix(b"\r\n").decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise HTTPException(422, f"{name}: not UTF-8 (byte 0x{data[e.start]:02x} at {e.start + 1})") from None
 
 
 def _form_json(value: Any) -> Any:
