@@ -9,6 +9,11 @@ restarted on the same store, and the load goes on. Afterwards every event id the
 acknowledged is looked up in the store. Without --model, a small model is first trained on the
 synthetic shop (real offline encoders). Writes OUT/results.json (requests, acked_events,
 stored_events, lost_events, status_5xx, tag_p50_ms, tag_p99_ms, tag_per_s, kills) and OUT/results.md.
+
+`--mixed` adds shoppers (recommendations and interactions) beside the reviewers, and a burst of slow
+clients (connections that send part of a request, then nothing) in the middle of the run; results gain
+`p99_ms_by_route` (from locust's statistics), `feedback_p99_ms` and `slow_clients` (how each ended).
+Run it with `--kills 0` to time the routes without restarts.
 """
 from __future__ import annotations
 
@@ -97,10 +102,61 @@ class Server:
 
 def run_locust(host: str, products: Path, out: Path, a: argparse.Namespace) -> subprocess.Popen:
     env = {**os.environ, "MMTAGS_LOAD_PRODUCTS": str(products), "MMTAGS_LOAD_OUT": str(out / "locust_client.json")}
+    if a.mixed:
+        env["MMTAGS_LOAD_MIXED"] = "1"
     cmd = [sys.executable, "-m", "locust", "-f", str(HERE / "service_locustfile.py"), "--headless",
            "-u", str(a.users), "-r", str(a.users), "--run-time", f"{a.seconds}s", "--host", host,
            "--csv", str(out / "locust"), "--only-summary", "--stop-timeout", "10"]
     return subprocess.Popen(cmd, env=env, stdout=open(out / "locust.log", "wb"), stderr=subprocess.STDOUT)
+
+
+class SlowBurst:
+    """`n` connections that send the start of a request body, then nothing, from `start_s` for `hold_s`
+    seconds (a slow-client attack): records how each ended (a status line, closed, or still open)."""
+
+    def __init__(self, port: int, n: int, start_s: float, hold_s: float):
+        import threading
+
+        self.port, self.n, self.start_s, self.hold_s, self.ends = port, n, start_s, hold_s, []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        import socket
+
+        time.sleep(self.start_s)
+        socks = []
+        for _ in range(self.n):
+            try:
+                s = socket.create_connection(("127.0.0.1", self.port), timeout=2)
+                s.sendall(b"POST /feedback HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: 1000\r\n\r\n[{")
+                socks.append(s)
+            except OSError:
+                self.ends.append("refused")
+        time.sleep(self.hold_s)
+        for s in socks:
+            s.settimeout(0.5)
+            try:
+                first = s.recv(64)
+                self.ends.append(first.split(b"\r\n")[0].decode("latin-1") if first else "closed")
+            except OSError:
+                self.ends.append("still open")
+            s.close()
+
+    def outcomes(self) -> dict[str, int]:
+        self.thread.join(timeout=60)
+        return {end: self.ends.count(end) for end in sorted(set(self.ends))}
+
+
+def route_p99(stats_csv: Path) -> dict:
+    """p99 latency per route from locust's statistics CSV, and the feedback route's on its own."""
+    import csv
+
+    with open(stats_csv, encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["Name"] != "Aggregated"]
+    by_route = {f"{r['Type']} {r['Name']}": float(r["99%"]) for r in rows if r["99%"] not in ("", "N/A")}
+    return {"p99_ms_by_route": by_route, "feedback_p99_ms": by_route.get("POST /feedback")}
 
 
 def stored(store: Path, ids: list[str]) -> int:
@@ -134,6 +190,8 @@ def markdown(r: dict) -> str:
             ("5xx responses", r["status_5xx"]), ("no response (server down)", r["no_response"]),
             ("SIGKILLs", r["kills"]), ("/tag p50 ms", f"{r['tag_p50_ms']:.0f}"),
             ("/tag p99 ms", f"{r['tag_p99_ms']:.0f}"), ("/tag per s", f"{r['tag_per_s']:.1f}")]
+    rows += [(f"p99 ms {route}", f"{ms:.0f}") for route, ms in r.get("p99_ms_by_route", {}).items()]
+    rows += [(f"slow clients: {end}", n) for end, n in r.get("slow_clients", {}).items()]
     return markdown_table([{"measure": k, "value": v} for k, v in rows]) + "\n"
 
 
@@ -148,6 +206,8 @@ def _parse(argv):
     ap.add_argument("--kills", type=int, default=2, help="SIGKILLs of the server during the load")
     ap.add_argument("--products", type=int, default=2000)
     ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--mixed", action="store_true", help="add shoppers and a burst of slow clients")
+    ap.add_argument("--slow-clients", type=int, default=100, help="connections of the slow burst (--mixed)")
     return ap.parse_args(argv)
 
 
@@ -167,7 +227,9 @@ def main(argv: list[str] | None = None) -> dict:
                      "--cache", str(cache)], a.port, a.out / "server.log")
     restart_s = [round(server.start(), 1)]
     locust = run_locust(f"http://127.0.0.1:{a.port}", products, a.out, a)
-    kills = 0
+    kills, slow = 0, None
+    if a.mixed:
+        slow = SlowBurst(a.port, a.slow_clients, start_s=a.seconds / 4, hold_s=a.seconds / 2)
     try:
         for k in range(a.kills):  # evenly spread through the run
             time.sleep(a.seconds / (a.kills + 1))
@@ -182,6 +244,8 @@ def main(argv: list[str] | None = None) -> dict:
             locust.terminate()
     client = json.loads((a.out / "locust_client.json").read_text())
     results = summarise(client, store, kills, restart_s, a)
+    if a.mixed:
+        results |= route_p99(a.out / "locust_stats.csv") | {"slow_clients": slow.outcomes()}
     (a.out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     (a.out / "results.md").write_text(markdown(results), encoding="utf-8")
     print(markdown(results))

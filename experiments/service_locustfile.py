@@ -84,3 +84,22 @@ class Reviewer(HttpUser):
         tag = random.choice(row["tags"]) if row["tags"] and action != "add" else f"load:tag{random.randint(0, 20)}"
         return {"event_id": uuid.uuid4().hex, "user": f"u{random.randint(0, 50)}", "product": row["id"],
                 "tag": tag, "action": action if row["tags"] else "add", "model_id": row["model_id"]}
+
+
+if os.environ.get("MMTAGS_LOAD_MIXED"):
+    class Shopper(HttpUser):
+        """(the mixed workload) Asks for a user's recommendations and posts their clicks and purchases."""
+
+        wait_time = between(0.0, 0.05)
+
+        @task(3)
+        def recommendations(self):
+            self.client.get(f"/users/u{random.randint(0, 50)}/recommendations?k=10",
+                            name="/users/{user}/recommendations")
+
+        @task(1)
+        def interaction(self):
+            product = random.choice(PRODUCTS)
+            self.client.post("/interactions", name="/interactions",
+                             json={"event_id": uuid.uuid4().hex, "user": f"u{random.randint(0, 50)}",
+                                   "product": str(product["id"]), "kind": random.choice(("click", "purchase"))})
