@@ -40,12 +40,12 @@ def test_the_old_one_key_file_is_one_client_with_every_scope(tmp_path):
 
 def test_serve_refuses_a_bad_key_file_before_loading_any_model(tmp_path, capsys):
     (tmp_path / "keys").write_text("\n")
-    code = main(["serve", "--model", str(tmp_path / "no-model"), "--store", str(tmp_path / "s.db"),
+    code = main(["serve", "--model", str(tmp_path / "no-model"), "--store", str(tmp_path / "s.db"), "--create",
                  "--api-key-file", str(tmp_path / "keys")])
     assert code != 0 and "holds no API key" in capsys.readouterr().err
 
 
 def test_serve_refuses_to_be_open_to_the_network_by_accident(tmp_path, capsys):
-    code = main(["serve", "--model", str(tmp_path / "no-model"), "--store", str(tmp_path / "s.db"),
+    code = main(["serve", "--model", str(tmp_path / "no-model"), "--store", str(tmp_path / "s.db"), "--create",
                  "--host", "0.0.0.0"])
     assert code != 0 and "--api-key-file" in capsys.readouterr().err

@@ -13,32 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import collections
 import json
 import logging
-import os
-import tempfile
-import threading
 import time
-from pathlib import Path
-from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.concurrency import run_in_threadpool
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from fastapi.security import APIKeyHeader
-from python_multipart.multipart import parse_options_header
-from starlette.requests import ClientDisconnect
 from pydantic import BaseModel, Field
+from starlette.requests import ClientDisconnect
 
-from ..data.images import CHECK_SIDE, ImageError, decode_image
-from ..data.schema import Product
-from ..data.validate import Limits, validate_row
 from ..feedback.events import FeedbackEvent, Interaction
+from .access import guard, without_server_paths
 from .batching import TagBatcher
 from .limits import BodyLimit
+from .requests import read_product
 from .runtime import ModelThread, ReadThread, ServiceConfig, StoreThread
 
 MAX_EVENTS_PER_REQUEST = 10_000
@@ -112,7 +101,7 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
     async def http_error(request: Request, exc: HTTPException) -> Response:
         """The usual {"detail": ...}, ASCII-escaped (a message quoting bad input stays a valid response), with
         the server's own folders replaced by their role: no reply names a server path."""
-        body = _without_server_paths(json.dumps({"detail": exc.detail}, default=str), cfg)
+        body = without_server_paths(json.dumps({"detail": exc.detail}, default=str), cfg)
         return Response(body, status_code=exc.status_code, media_type="application/json", headers=exc.headers)
 
     @app.exception_handler(ClientDisconnect)
@@ -127,55 +116,16 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
     return app
 
 
-def _guard(cfg: ServiceConfig, *scopes: str) -> list:
-    """The dependency of a route that needs a key with one of `scopes` (when the service has keys); the
-    client is left in request.state.client."""
-    key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
-
-    def check(request: Request, key: str | None = Depends(key_header)) -> None:
-        request.state.client = None
-        if cfg.keys is None:
-            _rate_limit(cfg, request.client.host if request.client else "anonymous")
-            return
-        client = cfg.keys.client(key)
-        if client is None:
-            raise HTTPException(401, "this endpoint needs an API key in the X-API-Key header")
-        if not client.scopes & set(scopes):
-            raise HTTPException(403, f"the key of {client.name!r} lacks the scope this endpoint needs "
-                                     f"({' or '.join(scopes)})")
-        request.state.client = client
-        _rate_limit(cfg, client.name)
-    return [Depends(check)]
-
-
-def _rate_limit(cfg: ServiceConfig, who: str) -> None:
-    """429 with Retry-After when `who` (a client's name, or an address without keys) is over its rate."""
-    if cfg.limiter is not None and (wait := cfg.limiter.wait_s(who)) > 0:
-        raise HTTPException(429, f"over {cfg.limiter.rate:g} requests a second for {who!r}; retry later",
-                            headers={"Retry-After": str(max(1, round(wait)))})
-
-
-def _without_server_paths(text: str, cfg: ServiceConfig) -> str:
-    """`text` with every folder of the server (image root, uploads, store, model, cache) named by its role."""
-    roles = {"<image root>": cfg.image_root, "<uploads>": cfg.uploads, "<store folder>": cfg.store_path.parent,
-             "<model>": cfg.model_dir, "<cache>": cfg.cache_dir}
-    paths = [(str(form), role) for role, p in roles.items() if p is not None
-             for form in {Path(p), Path(p).resolve(), Path(p).absolute()} if len(str(form)) > 1]
-    for path, role in sorted(paths, key=lambda x: -len(x[0])):  # the longest first: nested folders
-        text = text.replace(json.dumps(path)[1:-1], role)
-    return text
-
-
 def _write_routes(app: FastAPI, svc: Service) -> None:
-    @app.post("/tag", openapi_extra={"requestBody": TAG_BODY}, dependencies=_guard(svc.cfg, "write"))
+    @app.post("/tag", openapi_extra={"requestBody": TAG_BODY}, dependencies=guard(svc.cfg, "write"))
     async def tag(request: Request) -> dict:
         """Tag one product; its tags are stored (and feedback on them accepted) before the reply."""
-        product, root = await _read_product(request, svc.cfg)
+        product, root = await read_product(request, svc.cfg)
         row = await svc.batcher.tag(product, root)
         await svc.store.run(svc.store.write_rows, [row], [product])
         return row
 
-    @app.post("/feedback", dependencies=_guard(svc.cfg, "write", "review"))
+    @app.post("/feedback", dependencies=guard(svc.cfg, "write", "review"))
     async def feedback(events: FeedbackEvent | list[FeedbackEvent]) -> dict:
         """Store judgements (one event or a list), committed before the reply; a redelivered event_id
         is stored once. Every `refit_every` events the calibration is re-fitted in the background."""
@@ -192,7 +142,7 @@ def _write_routes(app: FastAPI, svc: Service) -> None:
         return {"stored": result.stored, "duplicates": result.duplicates, "refused": refused}
 
 
-    @app.post("/interactions", dependencies=_guard(svc.cfg, "write"))
+    @app.post("/interactions", dependencies=guard(svc.cfg, "write"))
     async def interactions(events: Interaction | list[Interaction]) -> dict:
         """Purchases and clicks (one or a list), counted in the users' profiles over the products' tags."""
         events = events if isinstance(events, list) else [events]
@@ -206,7 +156,7 @@ def _write_routes(app: FastAPI, svc: Service) -> None:
 
 
 def _read_routes(app: FastAPI, svc: Service) -> None:
-    read = _guard(svc.cfg, "read")
+    read = guard(svc.cfg, "read")
 
     @app.get("/products/{product_id}/tags", dependencies=read)
     async def product_tags(product_id: str, user: str | None = Query(None, max_length=256)) -> dict:
@@ -232,131 +182,3 @@ def _read_routes(app: FastAPI, svc: Service) -> None:
     async def health() -> dict:
         return {"status": "ok", "model_id": svc.model.learner.model_id,
                 "uptime_s": round(time.time() - svc.started, 1)}
-
-
-async def _read_product(request: Request, cfg: ServiceConfig) -> tuple[Product, Path]:
-    """The product of a /tag request and the root of its photo; 4xx naming the field otherwise."""
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind == "multipart/form-data":
-        _check_utf8_field(await request.body(), request.headers["content-type"], "product")
-        try:
-            form = await request.form()
-        except Exception as e:  # starlette's multipart parser raises several types for a broken body
-            raise HTTPException(400, f"the multipart body cannot be read ({type(e).__name__})") from None
-        raw, photo = _form_json(form.get("product")), form.get("photo")
-        if isinstance(photo, str):
-            raise HTTPException(422, "photo: must be a file upload")
-        if photo is not None:
-            if not isinstance(raw, dict):
-                raise HTTPException(422, f"product: a product is a JSON object, not {type(raw).__name__}")
-            root, kept = await run_in_threadpool(_keep_upload, await photo.read(), raw, cfg)
-            try:
-                product = await run_in_threadpool(_validated, raw, root, cfg)
-            except HTTPException:
-                UPLOADS.release(root / raw["image"], kept, refused=True)  # a refused product leaves no photo
-                raise
-            UPLOADS.release(root / raw["image"], kept, refused=False)
-            return product, root
-    elif kind in ("application/json", ""):
-        raw = _json(await request.body(), "body", 400)
-    else:
-        raise HTTPException(415, f"content-type {kind!r}: send application/json or multipart/form-data")
-    # validation opens the photo: off the event loop
-    return await run_in_threadpool(_validated, raw, cfg.image_root, cfg), cfg.image_root or Path(".")
-
-
-def _check_utf8_field(body: bytes, content_type: str, name: str) -> None:
-    """422 when the multipart text field `name` is not UTF-8 (the form parser would read it as Latin-1)."""
-    boundary = parse_options_header(content_type)[1].get(b"boundary")
-    if not boundary:
-        raise HTTPException(400, "content-type: a multipart body needs a boundary")
-    for part in body.split(b"--" + boundary)[1:-1]:
-        head, _, data = part.partition(b"\r\n\r\n")
-        if f'name="{name}"'.encode() in head and b"filename=" not in head:
-            try:
-                data.removesuffix(b"\r\n").decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise HTTPException(422, f"{name}: not UTF-8 (byte 0x{data[e.start]:02x} at {e.start + 1})") from None
-
-
-def _form_json(value: Any) -> Any:
-    if value is None:
-        raise HTTPException(422, "product: missing (a form field holding the product as JSON)")
-    if not isinstance(value, str):
-        raise HTTPException(422, "product: must be a JSON text field, not a file")
-    return _json(value, "product", 422)
-
-
-def _json(text: str | bytes, field: str, status: int) -> Any:
-    """Decoded JSON, or an HTTP error naming `field`: bad syntax, bad UTF-8, nesting too deep to decode,
-    or a number too long to convert are all the sender's input, never a 500."""
-    try:
-        return json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise HTTPException(status, f"{field}: not JSON ({e})") from None
-    except RecursionError:
-        raise HTTPException(status, f"{field}: JSON nested too deeply") from None
-    except ValueError as e:  # e.g. an integer of thousands of digits (Python's int-string limit)
-        raise HTTPException(status, f"{field}: a value cannot be read ({e})") from None
-
-
-def _validated(raw: Any, image_root: Path | None, cfg: ServiceConfig) -> Product:
-    """The catalog's row rules (online: a photo that cannot be read rejects the product)."""
-    if not isinstance(raw, dict):
-        raise HTTPException(422, f"body: a product is a JSON object, not {type(raw).__name__}")
-    if raw.get("image") is not None and image_root is None:
-        raise HTTPException(422, "image: this service has no image root (--image-root); upload the photo instead")
-    product, issues = validate_row(raw, "request", 1, image_root, Limits(strict_images=True))
-    errors = [f"{i.field}: {i.reason}" for i in issues if i.severity == "error"]
-    if product is None or errors:
-        raise HTTPException(422, "; ".join(errors) or "the product was rejected")
-    return product
-
-
-class _Uploads:
-    """Which uploaded photos requests hold now, and which a stored product uses: a refused product's photo
-    is removed only when no other request holds it and no product was stored with it."""
-
-    def __init__(self):
-        self.lock, self.held, self.used = threading.Lock(), collections.Counter(), set()
-
-    def hold(self, path: Path) -> None:
-        with self.lock:
-            self.held[path] += 1
-
-    def release(self, path: Path, written: Path | None, refused: bool) -> None:
-        with self.lock:
-            self.held[path] -= 1
-            if self.held[path] <= 0:
-                del self.held[path]
-            if not refused:
-                self.used.add(path)
-            elif written is not None and path not in self.held and path not in self.used:
-                path.unlink(missing_ok=True)
-
-
-UPLOADS = _Uploads()
-
-
-def _keep_upload(data: bytes, raw: dict, cfg: ServiceConfig) -> tuple[Path, Path | None]:
-    """Check an uploaded photo and keep it (content-addressed) in the uploads folder; returns that folder
-    and the file when this request wrote it (None when it was there before). The caller's product gets
-    the photo as its image. Written under a name of its own and renamed: concurrent uploads of the same
-    photo never share a temporary file."""
-    try:
-        decode_image(data, "photo", min_side=CHECK_SIDE)  # a check: no full-size pixels held
-    except ImageError as e:
-        raise HTTPException(422, f"photo: {e}") from None
-    name = hashlib.sha256(data).hexdigest()[:32] + ".img"
-    cfg.uploads.mkdir(parents=True, exist_ok=True)
-    path = cfg.uploads / name
-    written = None
-    UPLOADS.hold(path)
-    if not path.exists():
-        fd, tmp = tempfile.mkstemp(dir=cfg.uploads, prefix=name + ".", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-        written = path
-    raw["image"] = name
-    return cfg.uploads, written
