@@ -116,7 +116,7 @@ def test_make_remakes_a_half_made_venv(tmp_path):
     res = subprocess.run(["make", "setup", f"PYTHON={fake}"], cwd=tmp_path, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     calls = (venv / "bin" / "calls").read_text()
-    assert "-m pip install" in calls and (venv / ".installed").exists()
+    assert "-m pip install" in calls and (venv / ".installed-test").exists()
 
 
 # ---- bug 9: tracebacks instead of messages ---------------------------------------------------------
