@@ -3,10 +3,13 @@
     python -m experiments.report           # rewrite the tables from docs/results/*.json
     python -m experiments.report --check   # exit 1, naming each file, where a table differs
 
-A generated table sits between `<!-- table: NAME -->` and `<!-- /table -->` in a markdown file; NAME
-is a key of TABLES, which says which results file it reads (a copy of an experiment's OUT/results.json
-in docs/results/) and how it becomes rows. Edit the results file or the renderer, never the table:
-tests/test_report.py fails when a committed table differs from what this script makes.
+A generated table sits between `<!-- table: NAME -->` and `<!-- /table -->` in a markdown file. NAME
+is either a key of TABLES, which says which results files it reads (copies of experiments'
+OUT/results.json in docs/results/) and how they become rows, or the name of a recorded table,
+docs/results/NAME.json with `columns` and `rows` (the rows an experiment printed, with the document
+and commit that first recorded them). A table may appear in several documents; all come from one file.
+Edit the results file or the renderer, never the table: tests/test_report.py fails when a committed
+table differs from what this script makes.
 """
 from __future__ import annotations
 
@@ -63,8 +66,27 @@ def headline_table(bench: dict, implicit: dict) -> str:
     return (markdown_table(table) + f"\n\n{bench['minutes']:.0f} minutes from an empty cache ({_facts(bench)}).")
 
 
+def recorded_table(r: dict) -> str:
+    """A recorded table: its `columns` and `rows` (lists of cells, strings as written, numbers as JSON)."""
+    def cell(v) -> str:
+        return "-" if v is None else str(v)
+    out = ["| " + " | ".join(r["columns"]) + " |", "|" + "---|" * len(r["columns"])]
+    return "\n".join(out + ["| " + " | ".join(cell(v) for v in row) + " |" for row in r["rows"]])
+
+
 def _load(name: str, root: Path) -> dict:
     return json.loads((root / RESULTS / name).read_text(encoding="utf-8"))
+
+
+def make_table(name: str, root: Path, where: str = "") -> str:
+    """The table NAME made from the results files under `root`."""
+    if name in TABLES:
+        return TABLES[name](root)
+    path = root / RESULTS / f"{name}.json"
+    if not path.exists():
+        raise SystemExit(f"{where}: unknown table {name!r}: neither a key of experiments.report.TABLES "
+                         f"nor a results file {RESULTS / (name + '.json')}")
+    return recorded_table(_load(path.name, root))
 
 
 #: table name -> how to make it from the results files under `root`
@@ -78,9 +100,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
 def render(text: str, root: Path, where: str = "") -> str:
     """`text` with every generated table made again from the results files under `root`."""
     def fill(m: re.Match) -> str:
-        if m["name"] not in TABLES:
-            raise SystemExit(f"{where}: unknown table {m['name']!r} (known: {', '.join(TABLES)})")
-        return m.group(1) + TABLES[m["name"]](root).strip() + "\n" + m.group(4)
+        return m.group(1) + make_table(m["name"], root, where).strip() + "\n" + m.group(4)
     return BLOCK.sub(fill, text)
 
 
