@@ -33,7 +33,7 @@ from multimodal_tags.feedback.events import FeedbackEvent
 from multimodal_tags.feedback.feedback_store import FeedbackStore
 from multimodal_tags.feedback.learner import LearningTagger, to_scores
 
-from experiments.common import benchmark_catalog, default_cache
+from experiments.common import benchmark_catalog, default_cache, markdown_table
 from experiments.feedback_model import train_without_tag
 
 STEPS = (500, 1000, 2000, 4379)
@@ -252,25 +252,23 @@ def summarise(before: dict, curves: dict, new_tag: dict, a) -> dict:
 
 
 def markdown(r: dict) -> str:
-    def fmt(v):
-        return "-" if v is None else f"{v:.4f}"
-    lines = [f"Test tag micro-F1 / acceptance rate of proposed test tags; before feedback: F1 {r['f1_before']:.4f}, "
-             f"acceptance {r['acceptance_before']:.4f}.", "",
-             "| judged val products | events | F1 immediate | F1 after adapt | F1 immediate, "
-             f"{r['noise']:.0%} flipped | F1 after adapt, {r['noise']:.0%} flipped | acceptance immediate | "
-             "acceptance after adapt | refit s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    """The curves of `r` (both runs side by side) and the new tag's F1, as markdown."""
+    flipped = f"{r['noise']:.0%} flipped"
     noisy = {e["judged"]: e for e in r["curves"]["noisy"]}
-    for e in r["curves"]["clean"]:
-        n = noisy.get(e["judged"], {})
-        lines.append(f"| {e['judged']} | {e['events']} | {fmt(e['f1_immediate'])} | {fmt(e.get('f1_adapted'))} | "
-                     f"{fmt(n.get('f1_immediate'))} | {fmt(n.get('f1_adapted'))} | {fmt(e['acceptance_immediate'])} | "
-                     f"{fmt(e.get('acceptance_adapted'))} | {e['refit_s']} |")
+    rows = [{"judged val products": e["judged"], "events": e["events"], "F1 immediate": e["f1_immediate"],
+             "F1 after adapt": e.get("f1_adapted"),
+             f"F1 immediate, {flipped}": noisy.get(e["judged"], {}).get("f1_immediate"),
+             f"F1 after adapt, {flipped}": noisy.get(e["judged"], {}).get("f1_adapted"),
+             "acceptance immediate": e["acceptance_immediate"], "acceptance after adapt": e.get("acceptance_adapted"),
+             "refit s": e["refit_s"]} for e in r["curves"]["clean"]]
+    lines = [f"Test tag micro-F1 / acceptance rate of proposed test tags; before feedback: F1 {r['f1_before']:.4f}, "
+             f"acceptance {r['acceptance_before']:.4f}.", "", markdown_table(rows, {"refit s": 2})]
     if r["new_tag_f1"]:
+        taught = [{"add events": k, "test F1 of the tag": v} for k, v in r["new_tag_f1"].items()]
+        taught.append({"add events": "(the benchmark model, trained with the tag)",
+                       "test F1 of the tag": r["new_tag_f1_of_a_model_trained_with_it"]})
         lines += ["", f"New tag `{r['new_tag']}` (never seen in training), taught by `add` events only:", "",
-                  "| add events | test F1 of the tag |", "|---|---|"]
-        lines += [f"| {k} | {v:.4f} |" for k, v in r["new_tag_f1"].items()]
-        lines += [f"| (the benchmark model, trained with the tag) | {r['new_tag_f1_of_a_model_trained_with_it']:.4f} |"]
+                  markdown_table(taught)]
     return "\n".join(lines) + "\n"
 
 

@@ -49,6 +49,8 @@ from multimodal_tags.models.presets import get_preset
 from multimodal_tags.models.tagger import Tagger, build_tokenizer
 from multimodal_tags.tagging.tag_job import batches
 
+from experiments.common import markdown_table
+
 
 def load_products(a) -> tuple[list, Path]:
     """The first --products test products with a photo (Myntra imported, or any catalog)."""
@@ -235,26 +237,30 @@ def _peak_memory_mb(device: str) -> float:
 
 
 def table(r: dict) -> str:
+    """The throughput of each path against the project's, with the run's facts above."""
     same_naive = "n/a (other photo size)" if r["same_tags_naive_project"] is None else f"{r['same_tags_naive_project']:.2%}"
-    rows = [f"| (a) naive: one at a time, stock generate, {r['stock_image_size']} px | {r['naive_per_s']} | "
-            f"{r['project_vs_naive']}x |",
-            f"| (b) stock, batches of {r['batch']}, stock generate, {r['stock_image_size']} px | {r['stock_per_s']} | "
-            f"{r['project_vs_stock']}x |"]
+
+    def row(path: str, per_s: float, ratio: float) -> dict:
+        return {"path": path, "products/s": per_s, "project / it": f"{ratio}x"}
+    rows = [row(f"(a) naive: one at a time, stock generate, {r['stock_image_size']} px", r["naive_per_s"],
+                r["project_vs_naive"]),
+            row(f"(b) stock, batches of {r['batch']}, stock generate, {r['stock_image_size']} px", r["stock_per_s"],
+                r["project_vs_stock"])]
     if r["image_size"] != r["stock_image_size"]:
-        rows.append(f"| (b) stock at the model's photo size, {r['image_size']} px | {r['stock_at_model_size_per_s']} | "
-                    f"{r['project_vs_stock_at_model_size']}x |")
-    rows.append(f"| (c) project with {r['other_decode_workers']} photo decoding process(es), {r['image_size']} px | "
-                f"{r['project_other_decode_workers_per_s']} | "
-                f"{r['project_per_s'] / r['project_other_decode_workers_per_s']:.2f}x |")
-    rows.append(f"| (c) project (`BatchTagger.tag_stream`, {r['decode_workers']} decoding process(es), cold cache), "
-                f"{r['image_size']} px | {r['project_per_s']} | 1x |")
+        rows.append(row(f"(b) stock at the model's photo size, {r['image_size']} px", r["stock_at_model_size_per_s"],
+                        r["project_vs_stock_at_model_size"]))
+    rows.append(row(f"(c) project with {r['other_decode_workers']} photo decoding process(es), {r['image_size']} px",
+                    r["project_other_decode_workers_per_s"],
+                    round(r["project_per_s"] / r["project_other_decode_workers_per_s"], 2)))
+    rows.append(row(f"(c) project (`BatchTagger.tag_stream`, {r['decode_workers']} decoding process(es), cold cache), "
+                    f"{r['image_size']} px", r["project_per_s"], 1))
     return "\n".join([
         f"device: {r['device']}; preset {r['preset']}; tagger weights {r['tagger_weights']}; "
         f"{r['gflop_per_product']} GFLOP per product ({r['stock_gflop_per_product']} stock); matmul "
         f"{r['matmul_gflop_s']} GFLOP/s; peak memory {r['peak_memory_mb']} MB; encoders in {r['precision']}; "
         f"products with the same tags as (c): (a) {same_naive}, (b) at the model's photo size "
         f"{r['same_tags_stock_project']:.2%}", "",
-        "| path | products/s | project / it |", "|---|---|---|", *rows,
+        markdown_table(rows, {"products/s": 1}),
         "", f"(c) uses {100 * r['project_peak_fraction']:.2f}% of the measured matmul rate."])
 
 
