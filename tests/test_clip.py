@@ -116,8 +116,10 @@ def test_vectors_through_the_trunk_cache_equal_a_full_forward(clip_run):
         stats = encode_images(products, encoder, cache, catalog.image_root, progress=False)
         feats = load_features(products, cache, None, encoder.cache_key())
     from multimodal_tags.data.images import load_image
+    from multimodal_tags.features.prefetch import draft_side
 
-    direct = encoder.encode([load_image(p.image, catalog.image_root) for p in products]).pooled.numpy()
+    side = draft_side(encoder.transform)  # photos are decoded at the size the model needs, as encode_images does
+    direct = encoder.encode([load_image(p.image, catalog.image_root, side) for p in products]).pooled.numpy()
     assert stats.encoded == len({p.image_hash for p in products})
     np.testing.assert_allclose(feats["image"], direct, atol=1e-4)
 

@@ -7,7 +7,10 @@ are not fetched: a catalog must bring its photos with it.
 from __future__ import annotations
 
 import io
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -22,6 +25,35 @@ MAX_IMAGE_BYTES = 64 * 1024 * 1024
 #: draft mode) to at least this side, which still reads every coefficient (a truncated or corrupt file
 #: fails the same) and holds a 64-Mpx photo in about 3 MB instead of 200.
 CHECK_SIDE = 256
+#: Pixels this process decodes at once, all threads together (about 3 bytes each, twice over while a
+#: palette or RGBA photo is converted): a decode waits until its pixels fit, so eight 64-Mpx PNGs sent at
+#: once are decoded two at a time instead of holding 2 GB. JPEGs are decoded at reduced size first.
+DECODE_BUDGET_PIXELS = 128_000_000
+
+
+class PixelBudget:
+    """A bound on the pixels being decoded at once by this process's threads."""
+
+    def __init__(self, limit: int):
+        self.limit, self.in_use = limit, 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def reserve(self, pixels: int) -> Iterator[None]:
+        """Wait until `pixels` fit beside the decodes under way, and hold them for the block."""
+        pixels = min(pixels, self.limit)  # one image alone always fits (MAX_IMAGE_PIXELS caps it anyway)
+        with self._cond:
+            self._cond.wait_for(lambda: self.in_use + pixels <= self.limit)
+            self.in_use += pixels
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.in_use -= pixels
+                self._cond.notify_all()
+
+
+DECODE_BUDGET = PixelBudget(DECODE_BUDGET_PIXELS)
 
 
 class ImageError(ValueError):
@@ -61,9 +93,10 @@ def decode_image(data: bytes, name: str = "image", min_side: int | None = None) 
             if im.width * im.height > MAX_IMAGE_PIXELS:
                 raise ImageError(f"{name} is {im.width}x{im.height}, over {MAX_IMAGE_PIXELS:,} pixels")
             if min_side and im.format == "JPEG":
-                im.draft("RGB", (min_side, min_side))  # keeps every side >= min_side
-            im.load()  # a full decode: verify() alone misses truncated JPEGs
-            return im.convert("RGB")
+                im.draft("RGB", (min_side, min_side))  # keeps every side >= min_side; im.size is the new size
+            with DECODE_BUDGET.reserve(im.width * im.height):
+                im.load()  # a full decode: verify() alone misses truncated JPEGs
+                return im.convert("RGB")
     except ImageError:
         raise
     except Image.DecompressionBombError:  # PIL's limit is above ours: this image is over ours too
@@ -72,10 +105,10 @@ def decode_image(data: bytes, name: str = "image", min_side: int | None = None) 
         raise ImageError(f"{name} cannot be decoded ({type(e).__name__}: {e})") from None
 
 
-def load_image(ref: str, root: Path) -> Image.Image:
-    """Resolve and decode an image reference (see `resolve_image`)."""
+def load_image(ref: str, root: Path, min_side: int | None = None) -> Image.Image:
+    """Resolve and decode an image reference (see `resolve_image`); `min_side` as `decode_image`."""
     path = resolve_image(ref, root)
-    return decode_image(path.read_bytes(), str(path))
+    return decode_image(path.read_bytes(), str(path), min_side)
 
 
 def check_image(ref: str, root: Path) -> str:

@@ -23,7 +23,7 @@ from ..data.images import ImageError, load_image
 from ..data.schema import Product
 from ..models.image_encoders import ImageEncoder
 from ..models.text_encoders import HFTextEncoder
-from .prefetch import Decoded, default_workers
+from .prefetch import Decoded, default_workers, draft_side
 
 
 @dataclass
@@ -104,6 +104,8 @@ class ImageFiles(Dataset):
     def __init__(self, items: list[tuple[str, str]], root: Path, transform, augment_view: int | None = None):
         self.items, self.root, self.transform = items, root, transform
         self.augment_view = augment_view
+        # an augmented view may crop and enlarge a small part: decode those at full size
+        self.side = draft_side(transform) if augment_view is None else None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -111,7 +113,7 @@ class ImageFiles(Dataset):
     def __getitem__(self, i: int):
         image_hash, ref = self.items[i]
         try:
-            image = load_image(ref, self.root)
+            image = load_image(ref, self.root, self.side)
             if self.augment_view is not None:
                 image = augment_image(image, view_seed(image_hash, self.augment_view))
             return image_hash, self.transform(image), None
