@@ -89,6 +89,39 @@ def test_stats_count_acceptance_per_key_and_ignore_adds(shop, tmp_path, capsys):
     assert "4 events: 2 of 3 proposed tags accepted (66.7%), 1 tags added" in out and "colour" in out
 
 
+def test_a_retract_withdraws_the_users_own_latest_judgement(shop, tmp_path):
+    pid, store = shop["val"][0].id, store_copy(shop, tmp_path)
+    with FeedbackStore(store) as fb:
+        fb.add([_event(1, pid, "colour:red", time=100), _event(2, pid, "colour:red", "reject", time=200)])
+        assert fb.judgements()[pid]["colour:red"] is False
+        assert fb.add([_event(3, pid, "colour:red", "retract", time=300)]).stored == 1
+        assert fb.judgements()[pid]["colour:red"] is True  # the earlier accept stands again
+        assert fb.stats()["judged"] == 1 and fb.stats()["events"] == 3
+        fb.add([_event(4, pid, "colour:red", "retract", time=400)])
+        assert pid not in fb.judgements() and fb.key_counts() == {}
+        refused = fb.add([_event(5, pid, "colour:red", "retract", time=500)]).refused
+        assert refused and "no standing judgement" in refused[0][1]
+        other = FeedbackEvent(event_id="o1", user="u2", product=pid, tag="colour:red", action="retract")
+        assert fb.add([other]).refused  # nobody retracts another user's judgement
+
+
+def test_a_store_made_before_retract_takes_it_and_keeps_its_events(shop, tmp_path):
+    import sqlite3
+    pid, store = shop["val"][0].id, store_copy(shop, tmp_path)
+    db = sqlite3.connect(store)
+    db.executescript("""CREATE TABLE feedback (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE, user TEXT NOT NULL,
+        product_id TEXT NOT NULL, tag TEXT NOT NULL, action TEXT NOT NULL CHECK (action IN ('accept', 'reject', 'add')),
+        at REAL NOT NULL, model_id TEXT, received_at REAL NOT NULL, extra TEXT);""")
+    db.execute("INSERT INTO feedback (event_id, user, product_id, tag, action, at, received_at) "
+               "VALUES ('old', 'u1', ?, 'colour:red', 'reject', 1, 1)", (pid,))
+    db.commit()
+    db.close()
+    with FeedbackStore(store) as fb:
+        assert fb.count() == 1 and fb.add([_event(9, pid, "colour:red", "retract", time=2)]).stored == 1
+        assert pid not in fb.judgements()
+
+
 # ---- immediate adaptation ------------------------------------------------------------------------
 def _scores(n, p_red, dim=4, seed=0):
     rng = np.random.default_rng(seed)

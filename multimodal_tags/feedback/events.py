@@ -2,7 +2,8 @@
 Python API and the service (which publishes it in its OpenAPI schema).
 
 An event says that a `user` accepted, rejected or added a `tag` on a `product` at a `time`, having seen
-the tags of model `model_id`. `event_id` is the sender's: delivering the same event twice stores it once.
+the tags of model `model_id`, or retracted (undid) their own latest judgement of that tag. `event_id` is
+the sender's: delivering the same event twice stores it once.
 
 What an event cannot poison: a field it does not define is refused (no megabytes in an unknown field);
 a tag is NFKC-normalised (full-width `Ｒｅｄ` is `Red`) and refused when it mixes Latin with Cyrillic or
@@ -24,7 +25,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
-ACTIONS = ("accept", "reject", "add")
+ACTIONS = ("accept", "reject", "add", "retract")
 MAX_TAG_CHARS = 200  # longer than any tag a shop uses; stops a pasted description becoming a tag
 MAX_ID_CHARS = 256
 MAX_EVENT_LINE_BYTES = 1 << 20  # a line of an event file longer than this is refused, not read whole
@@ -96,7 +97,8 @@ class FeedbackEvent(BaseModel):
     user: str = Field(max_length=MAX_ID_CHARS)
     product: str = Field(max_length=MAX_ID_CHARS, description="a product id the tag store knows")
     tag: str = Field(max_length=MAX_TAG_CHARS)
-    action: Literal["accept", "reject", "add"]
+    action: Literal["accept", "reject", "add", "retract"] = Field(
+        description="retract: withdraw this user's latest standing judgement of the tag on the product (undo)")
     time: datetime | None = Field(None, description="ISO 8601 or Unix seconds; default: when received")
     model_id: str | None = Field(None, max_length=MAX_ID_CHARS, description="the model whose tags were judged")
 

@@ -1,4 +1,7 @@
-"""The feedback store: tag judgements (accept, reject, add) in the tag store's SQLite file (WAL).
+"""The feedback store: tag judgements (accept, reject, add, retract) in the tag store's SQLite file (WAL).
+
+A retract withdraws the same user's latest standing judgement of the same tag on the same product (a
+reviewer's undo); both then count as if neither had been sent (`standing`).
 
 Every event is committed (fsynced: `synchronous=FULL`) before `add` returns, so an acknowledged event
 survives a crash. `event_id` is the primary key: a redelivered event is counted as a duplicate and
@@ -23,7 +26,7 @@ from ..tagging.tag_store import TagStore
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS feedback (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE, user TEXT NOT NULL,
-    product_id TEXT NOT NULL, tag TEXT NOT NULL, action TEXT NOT NULL CHECK (action IN ('accept', 'reject', 'add')),
+    product_id TEXT NOT NULL, tag TEXT NOT NULL, action TEXT NOT NULL CHECK (action IN ('accept', 'reject', 'add', 'retract')),
     at REAL NOT NULL, model_id TEXT, received_at REAL NOT NULL, extra TEXT
 );
 CREATE INDEX IF NOT EXISTS feedback_product ON feedback(product_id);
@@ -52,6 +55,7 @@ class FeedbackStore:
         self.future_tolerance_s = future_tolerance_s  # events dated further ahead are refused
         self.db = self.tags.db
         with self.tags.transaction():
+            _allow_retract(self.db)
             for statement in SCHEMA.split(";"):
                 self.db.execute(statement)
 
@@ -92,7 +96,14 @@ class FeedbackStore:
             return "duplicate" if same else f"event_id {e.event_id!r} was stored before with other content"
         if not self.tags.has_product(e.product):
             return f"product: unknown product {e.product!r} (tag it first)"
+        if e.action == "retract" and not self._has_standing(e.user, e.product, e.tag):
+            return f"action: {e.user!r} has no standing judgement of {e.tag!r} on {e.product!r} to retract"
         return time_refusal(e.unix_time(now), now, self.future_tolerance_s)
+
+    def _has_standing(self, user: str, product_id: str, tag: str) -> bool:
+        rows = self.db.execute(f"SELECT seq, {', '.join(COLUMNS)} FROM feedback WHERE product_id = ? AND user = ? "
+                               "AND tag = ?", (product_id, user, tag)).fetchall()
+        return bool(standing(dict(zip(("seq", *COLUMNS), r)) for r in rows))
 
     def import_file(self, path: str | Path, batch: int = 1000) -> AddResult:
         """Store the events of a JSONL file; refused rows are listed as (row, reason)."""
@@ -121,14 +132,11 @@ class FeedbackStore:
         return self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM feedback").fetchone()[0]
 
     def judgements(self, events: Iterable[dict] | None = None) -> dict[str, dict[str, bool]]:
-        """product -> {tag: right?} from the latest judgement of each (product, tag): accept and add say
-        the tag is right, reject that it is wrong."""
+        """product -> {tag: right?} from the latest standing judgement of each (product, tag): accept and
+        add say the tag is right, reject that it is wrong."""
         latest: dict[tuple[str, str], tuple[float, int, str]] = {}
-        for e in self.events() if events is None else events:
-            # never later than received: an event stored with a time ahead (before that was refused) cannot
-            # win over every later judgement
-            at = min(e["at"], e.get("received_at") or e["at"])
-            key, when = (e["product_id"], e["tag"]), (at, e["seq"], e["action"])
+        for e in standing(self.events() if events is None else events):
+            key, when = (e["product_id"], e["tag"]), (_order_time(e), e["seq"], e["action"])
             if key not in latest or when > latest[key]:
                 latest[key] = when
         out: dict[str, dict[str, bool]] = defaultdict(dict)
@@ -146,31 +154,64 @@ class FeedbackStore:
 
     def key_counts(self, user: str | None = None) -> dict[str, tuple[int, int]]:
         """(accepted, judged) proposed tags per tag key, of one user or (None) of everyone."""
-        sql, args = "SELECT tag, action FROM feedback WHERE action != 'add'", ()
-        if user is not None:
-            sql, args = sql + " AND user = ?", (user,)
         counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-        for tag, action in self.db.execute(sql, args):
-            c = counts[tag_key(tag)]
-            c[0] += action == "accept"
+        for e in standing(self.events()):
+            if e["action"] == "add" or (user is not None and e["user"] != user):
+                continue
+            c = counts[tag_key(e["tag"])]
+            c[0] += e["action"] == "accept"
             c[1] += 1
         return {k: (a, n) for k, (a, n) in counts.items()}
 
     def stats(self, bucket_s: float = 86400.0) -> dict:
-        """Acceptance rate of proposed tags (accepted / judged; adds are not proposals), overall, per tag
-        key and per time bucket (default: day), with the counts behind each."""
-        rows = self.db.execute("SELECT tag, action, at FROM feedback").fetchall()
+        """Acceptance rate of proposed tags (accepted / judged; adds are not proposals, retracted judgements
+        are not counted), overall, per tag key and per time bucket (default: day), with the counts behind
+        each; `events` counts every stored event."""
+        events = self.events()
         overall, by_key, by_time = _Rate(), defaultdict(_Rate), defaultdict(_Rate)
         added = 0
-        for tag, action, at in rows:
-            if action == "add":
+        for e in standing(events):
+            if e["action"] == "add":
                 added += 1
                 continue
-            for rate in (overall, by_key[tag_key(tag)], by_time[int(at // bucket_s) * bucket_s]):
-                rate.count(action == "accept")
-        return {"events": len(rows), "added": added, **overall.to_dict(),
+            for rate in (overall, by_key[tag_key(e["tag"])], by_time[int(e["at"] // bucket_s) * bucket_s]):
+                rate.count(e["action"] == "accept")
+        return {"events": len(events), "added": added, **overall.to_dict(),
                 "by_key": {k: r.to_dict() for k, r in sorted(by_key.items())},
                 "over_time": [{"from": t, **r.to_dict()} for t, r in sorted(by_time.items())]}
+
+
+def _order_time(e: dict) -> float:
+    # never later than received: an event stored with a time ahead (before that was refused) cannot win
+    # over every later judgement
+    return min(e["at"], e.get("received_at") or e["at"])
+
+
+def standing(events: Iterable[dict]) -> list[dict]:
+    """The judgements that stand: every event but the retracts and the judgements they withdrew (each
+    retract withdraws its user's latest earlier judgement, not yet withdrawn, of that tag on that product)."""
+    kept: dict[int, dict] = {}
+    last: dict[tuple[str, str, str], list[int]] = defaultdict(list)  # (user, product, tag) -> kept seqs
+    for e in sorted(events, key=lambda e: (_order_time(e), e["seq"])):
+        key = (e["user"], e["product_id"], e["tag"])
+        if e["action"] == "retract":
+            if last[key]:
+                kept.pop(last[key].pop())
+        else:
+            kept[e["seq"]] = e
+            last[key].append(e["seq"])
+    return sorted(kept.values(), key=lambda e: e["seq"])
+
+
+def _allow_retract(db) -> None:
+    """Stores made before `retract` existed have a CHECK that refuses it: rebuild that table once."""
+    row = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'feedback'").fetchone()
+    if row is None or "'retract'" in row[0]:
+        return
+    db.execute("ALTER TABLE feedback RENAME TO feedback_before_retract")
+    db.execute(SCHEMA.split(";")[0])
+    db.execute("INSERT INTO feedback SELECT * FROM feedback_before_retract")
+    db.execute("DROP TABLE feedback_before_retract")
 
 
 @dataclass

@@ -45,7 +45,8 @@ def required_fill(pred: dict, tags: dict[str, float]) -> dict[str, float]:
 def prediction_row(product: Product, pred: dict, source: str, model_id: str = "") -> dict:
     """One output row: what `../shared/bench/myntra_eval.py` reads (id, category, tags) plus scores,
     where each tag came from ("head", "decoder", "both", or "filled": a required key the chosen tags left
-    unanswered), the modality weights, the model id and the content hash."""
+    unanswered), the modality weights, the head's tags just under their thresholds (`suggested`) and the
+    thresholds of the head's tags (what a review queue orders by), the model id and the content hash."""
     tags = chosen_tags(pred, source)
     filled = required_fill(pred, tags)
     tags |= filled
@@ -56,6 +57,8 @@ def prediction_row(product: Product, pred: dict, source: str, model_id: str = ""
             "tag_sources": {t: "filled" if t in filled else "both" if (t in head and t in gen)
                             else "head" if t in head else "decoder" for t in tags},
             "category_top": pred.get("category_top"), "modality_weights": pred.get("modality_weights"),
+            "suggested": {t: round(s, 5) for t, s in pred.get("suggested", {}).items() if t not in tags},
+            "tag_thresholds": {t: round(v, 5) for t, v in pred.get("thresholds", {}).items()},
             "model_id": model_id, "content_hash": product.content_hash}
 
 

@@ -27,6 +27,9 @@ from .heads import AdversaryHead, CategoryHead, PhotoHead, TagHead, photo_loss, 
 from .tag_tokenizer import ALL_CATEGORIES, TagTokenizer, TextTagTokenizer, load_tokenizer, save_tokenizer, tag_key
 from .word_scores import PACKED, PRUNE_BELOW, WordScores, pack_table, unpack_table
 
+#: Head tags scoring at least this share of their threshold, but under it, are reported as suggested (at
+#: most MAX_SUGGESTED per product): what a reviewer is asked about first (feedback/review_queue.py).
+SUGGEST_FROM, MAX_SUGGESTED = 0.5, 5
 FORMAT = "mmtags-model/3"  # 2: lexical IDF table and the decoder threshold are saved; 3: word scores packed
 READABLE = ("mmtags-model/2", FORMAT)  # 2's dense word-score table still loads
 
@@ -212,9 +215,13 @@ class Tagger(nn.Module):
         preds = []
         for n in range(cat_p.shape[0]):
             above = (tag_p[n] >= self.thresholds).nonzero()[:, 0].tolist()
+            near = ((tag_p[n] >= SUGGEST_FROM * self.thresholds) & (tag_p[n] < self.thresholds)).nonzero()[:, 0].tolist()
+            near = sorted(near, key=lambda j: -float(tag_p[n, j]))[:MAX_SUGGESTED]
             pred = {"category": self.categories[int(top.indices[n, 0])], "category_score": float(top.values[n, 0]),
                     "category_top": [[self.categories[int(i)], float(v)] for i, v in zip(top.indices[n], top.values[n])],
                     "head_tags": {self.tags[j]: float(tag_p[n, j]) for j in above},
+                    "suggested": {self.tags[j]: float(tag_p[n, j]) for j in near},
+                    "thresholds": {self.tags[j]: float(self.thresholds[j]) for j in above + near},
                     "modality_weights": {"text": float(raw.modality_weights[n, 0]),
                                          "image": float(raw.modality_weights[n, 1])}}
             if raw.generated is not None:

@@ -42,7 +42,9 @@ class ProfileConfig:
     weights: dict[str, float] | None = None  # event kind -> weight (see WEIGHTS)
 
 
-WEIGHTS = {"purchase": 1.0, "click": 0.3, "accept": 0.5, "add": 0.7, "reject": -0.5}
+# a retract (a reviewer's undo) counts for nothing; the judgement it withdrew stays in the profile, ageing
+# out like any other event (profiles are derived data, rebuilt from the events by sync_feedback)
+WEIGHTS = {"purchase": 1.0, "click": 0.3, "accept": 0.5, "add": 0.7, "reject": -0.5, "retract": 0.0}
 
 
 class Profiles:

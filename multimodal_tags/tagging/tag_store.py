@@ -84,6 +84,8 @@ class TagStore:
         with self.transaction():
             for statement in filter(str.strip, SCHEMA.split(";")):
                 self.db.execute(statement)
+            if "review" not in {r[1] for r in self.db.execute("PRAGMA table_info(products)")}:
+                self.db.execute("ALTER TABLE products ADD COLUMN review TEXT")  # stores made before it: NULL
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -121,14 +123,13 @@ class TagStore:
         return "changed" if st[0] != content_hash else "retagged"
 
     def get(self, product_id: str) -> dict | None:
-        row = self.db.execute("SELECT id, content_hash, model_id, category, category_score, tags, updated_at, "
-                              "removed_at FROM products WHERE id = ?", (product_id,)).fetchone()
-        if row is None:
-            return None
-        keys = ("id", "content_hash", "model_id", "category", "category_score", "tags", "updated_at", "removed_at")
-        d = dict(zip(keys, row))
-        d["tags"] = json.loads(d["tags"])
-        return d
+        row = self.db.execute(f"SELECT {', '.join(ROW_KEYS)} FROM products WHERE id = ?", (product_id,)).fetchone()
+        return None if row is None else _row_dict(row)
+
+    def live_rows(self) -> Iterator[dict]:
+        """Every live product's row, as `get` gives it."""
+        for row in self.db.execute(f"SELECT {', '.join(ROW_KEYS)} FROM products WHERE removed_at IS NULL ORDER BY id"):
+            yield _row_dict(row)
 
     def write(self, rows: Iterable[dict], changes: dict[str, str], products: Iterable[Product] = ()) -> None:
         """Upsert output rows (see inference.rows.prediction_row) in one transaction; `changes` maps each
@@ -143,11 +144,13 @@ class TagStore:
                 tags = _tags_json(r)
                 change = changes.get(r["id"], "new")
                 self.db.execute(
-                    "INSERT INTO products VALUES (?, ?, ?, ?, ?, ?, ?, NULL) ON CONFLICT(id) DO UPDATE SET "
+                    "INSERT INTO products (id, content_hash, model_id, category, category_score, tags, updated_at, "
+                    "removed_at, review) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?) ON CONFLICT(id) DO UPDATE SET "
                     "content_hash=excluded.content_hash, model_id=excluded.model_id, category=excluded.category, "
                     "category_score=excluded.category_score, tags=excluded.tags, updated_at=excluded.updated_at, "
-                    "removed_at=NULL",
-                    (r["id"], r["content_hash"], r["model_id"], r["category"], r["category_score"], tags, now))
+                    "removed_at=NULL, review=excluded.review",
+                    (r["id"], r["content_hash"], r["model_id"], r["category"], r["category_score"], tags, now,
+                     _review_json(r)))
                 if change != "unchanged":
                     self.db.execute("INSERT INTO history (product_id, at, change, model_id, content_hash, category, tags) "
                                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -211,6 +214,24 @@ class TagStore:
         live = self.db.execute("SELECT COUNT(*) FROM products WHERE removed_at IS NULL").fetchone()[0]
         removed = self.db.execute("SELECT COUNT(*) FROM products WHERE removed_at IS NOT NULL").fetchone()[0]
         return {"live": live, "removed": removed}
+
+
+ROW_KEYS = ("id", "content_hash", "model_id", "category", "category_score", "tags", "updated_at", "removed_at",
+            "review")
+
+
+def _row_dict(row: tuple) -> dict:
+    d = dict(zip(ROW_KEYS, row))
+    d["tags"] = json.loads(d["tags"])
+    d["review"] = json.loads(d["review"]) if d["review"] else {}
+    return d
+
+
+def _review_json(row: dict) -> str:
+    """What a review queue orders by, beside the tags: the category's runners-up, the head's tags just under
+    their thresholds, and the thresholds (inference.rows.prediction_row)."""
+    return json.dumps({k: row.get(k) or {} for k in ("category_top", "suggested", "tag_thresholds")},
+                      ensure_ascii=False)
 
 
 def _tags_json(row: dict) -> str:
