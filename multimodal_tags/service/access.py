@@ -11,12 +11,19 @@ from fastapi.security import APIKeyHeader
 from .runtime import ServiceConfig
 
 
-def guard(cfg: ServiceConfig, *scopes: str) -> list:
+#: The review page's key, set by POST /review/login: HttpOnly (no script reads it) and SameSite=Strict
+#: (no other site's page sends it), for the page's own routes under /review only.
+KEY_COOKIE = "mmtags_key"
+
+
+def guard(cfg: ServiceConfig, *scopes: str, cookie: bool = False) -> list:
     """The dependency of a route that needs a key with one of `scopes` (when the service has keys); the
-    client is left in request.state.client."""
+    client is left in request.state.client. With `cookie`, the review page's cookie holds the key too."""
     key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
     def check(request: Request, key: str | None = Depends(key_header)) -> None:
+        if key is None and cookie:
+            key = request.cookies.get(KEY_COOKIE)
         request.state.client = None
         if cfg.keys is None:
             rate_limit(cfg, request.client.host if request.client else "anonymous")

@@ -6,6 +6,7 @@
     GET  /products/{id}/tags  the stored tags of a product
     GET  /stats               acceptance rate (overall, per tag key, over time), batching, model
     GET  /health              liveness and the model in use
+    GET  /review              the review page (service/review.py: its routes are under /review)
 Bad input gets a 4xx naming the field. With API keys (service/auth.py) every route but /health needs one
 in X-API-Key, with the scope the route names (read, write, review); no reply names a server path.
 """
@@ -28,6 +29,7 @@ from .access import guard, without_server_paths
 from .batching import TagBatcher
 from .limits import BodyLimit
 from .requests import read_product
+from .review import review_routes
 from .runtime import ModelThread, ReadThread, ServiceConfig, StoreThread
 
 MAX_EVENTS_PER_REQUEST = 10_000
@@ -113,6 +115,7 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
 
     _write_routes(app, svc)
     _read_routes(app, svc)
+    review_routes(app, svc)
     return app
 
 

@@ -122,6 +122,7 @@ class ReadThread:
         self.store_path, self.refresh_s, self.checked, self.building = cfg.store_path, refresh_s, 0.0, None
         self.store: TagStore = self.pool.submit(TagStore, cfg.store_path).result()
         self.profiles = self.pool.submit(Profiles, self.store).result()
+        self.feedback = self.pool.submit(FeedbackStore, self.store).result()  # the review queue's judgements
         self.signature, self.index = self.build_pool.submit(self._build).result()
 
     def _build(self) -> tuple[tuple, TagIndex]:

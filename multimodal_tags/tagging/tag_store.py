@@ -192,6 +192,15 @@ class TagStore:
                 out[pid] = Product.from_dict(json.loads(row[0]))
         return out
 
+    def product_dicts(self, ids: Iterable[str]) -> dict[str, dict]:
+        """The kept products of those ids that have one, as the dicts they were stored as."""
+        ids, out = list(ids), {}
+        for start in range(0, len(ids), 500):  # SQLite caps the variables of one statement
+            chunk = ids[start:start + 500]
+            rows = self.db.execute(f"SELECT id, product FROM records WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+            out.update((pid, json.loads(text)) for pid, text in rows)
+        return out
+
     def has_product(self, product_id: str) -> bool:
         """Whether the store knows the product (tagged at some point, live or removed)."""
         return self.state(product_id) is not None

@@ -1,0 +1,102 @@
+"""The review queue: the stored products in the order a review would teach the model most.
+
+A product's priority is how close its decisions are to going the other way (`closeness`, 0..1): the
+tag nearest its threshold (tags the row shows and the head's tags just under their thresholds, both
+with the threshold the model used) or the category's margin over its runner-up, whichever is closer.
+The queue takes the most uncertain product of each category in turn, so one category does not fill it,
+and shows products nobody has judged before those already reviewed.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ..models.tag_tokenizer import tag_key
+from ..tagging.tag_store import TagStore
+from .feedback_store import FeedbackStore
+
+
+@dataclass
+class QueueFilter:
+    """Which products the queue holds: a tag key, a category, a range of tag scores, never reviewed."""
+
+    key: str | None = None
+    category: str | None = None
+    min_score: float = 0.0
+    max_score: float = 1.0
+    unreviewed: bool = False
+
+    def keeps(self, card: dict) -> bool:
+        """Whether `card` passes: its category, and some tag of the key (if given) scored within the range."""
+        if self.category and card["category"] != self.category:
+            return False
+        if self.unreviewed and card["reviewed"]:
+            return False
+        return any((not self.key or tag_key(t["tag"]) == self.key) and self.min_score <= t["score"] <= self.max_score
+                   for t in card["tags"])
+
+
+def closeness(score: float, threshold: float) -> float:
+    """1 at the threshold, 0 at the far end (0 or 1) of the side the score is on."""
+    span = threshold if score < threshold else 1.0 - threshold
+    return max(0.0, 1.0 - abs(score - threshold) / max(span, 1e-6))
+
+
+def card(row: dict, judged: dict[str, bool], product: dict | None) -> dict:
+    """A product's review card: text, category with its runners-up, tags shown and suggested (each with
+    its score, source, threshold and standing judgement), and its priority."""
+    review = row.get("review") or {}
+    thresholds = review.get("tag_thresholds") or {}
+    tags = [{"tag": t, "score": v["score"], "source": v["source"], "threshold": thresholds.get(t),
+             "suggested": False, "judged": judged.get(t)} for t, v in row["tags"].items()]
+    tags += [{"tag": t, "score": s, "source": "head", "threshold": thresholds.get(t), "suggested": True,
+              "judged": judged.get(t)} for t, s in (review.get("suggested") or {}).items() if t not in row["tags"]]
+    tags += [{"tag": t, "score": 1.0, "source": "feedback", "threshold": None, "suggested": False, "judged": True}
+             for t, right in judged.items() if right and t not in {x["tag"] for x in tags}]
+    near = [closeness(t["score"], t["threshold"]) for t in tags if t["threshold"] is not None]
+    top = review.get("category_top") or []
+    if len(top) >= 2:
+        near.append(1.0 - (top[0][1] - top[1][1]))
+    product = product or {}
+    return {"id": row["id"], "title": product.get("title", ""), "description": product.get("description", ""),
+            "has_photo": bool(product.get("image")), "category": row["category"],
+            "category_score": row["category_score"], "category_top": top, "model_id": row["model_id"],
+            "tags": tags, "priority": round(max(near, default=0.0), 5), "reviewed": bool(judged)}
+
+
+def spread(cards: list[dict]) -> list[dict]:
+    """Cards by priority, taking each category's next card in turn (categories in order of their best)."""
+    by_category: dict[str, list[dict]] = defaultdict(list)
+    for c in sorted(cards, key=lambda c: (c["reviewed"], -c["priority"], c["id"])):
+        by_category[c["category"]].append(c)
+    out: list[dict] = []
+    for rank in range(max((len(v) for v in by_category.values()), default=0)):
+        out += [v[rank] for v in by_category.values() if rank < len(v)]
+    return sorted(out, key=lambda c: c["reviewed"])  # stable: the turn order holds within each part
+
+
+def review_cards(store: TagStore, feedback: FeedbackStore, flt: QueueFilter | None = None) -> list[dict]:
+    """Every live product's card that passes `flt`, in queue order."""
+    flt = flt or QueueFilter()
+    rows = list(store.live_rows())
+    judged = feedback.judgements()
+    products = store.product_dicts(r["id"] for r in rows)
+    cards = [card(r, judged.get(r["id"], {}), products.get(r["id"])) for r in rows]
+    return spread([c for c in cards if flt.keeps(c)])
+
+
+def counters(cards: Iterable[dict], feedback: FeedbackStore) -> dict:
+    """Reviewed and remaining products (of the filtered queue) and the acceptance rate so far."""
+    cards = list(cards)
+    reviewed = sum(c["reviewed"] for c in cards)
+    stats = feedback.stats()
+    return {"reviewed": reviewed, "remaining": len(cards) - reviewed, "acceptance_rate": stats["acceptance_rate"],
+            "judged": stats["judged"], "events": stats["events"]}
+
+
+def key_rejections(cards: Iterable[dict], key: str) -> list[tuple[str, str]]:
+    """(product, tag) for every shown, not yet rejected tag of `key` on the cards: what rejecting that key
+    across the filtered queue judges."""
+    return [(c["id"], t["tag"]) for c in cards for t in c["tags"]
+            if tag_key(t["tag"]) == key and not t["suggested"] and t["judged"] is not False]
