@@ -223,6 +223,9 @@ def adapt_model(model_dir: str | Path, store_path: str | Path, out: str | Path, 
         raise ValueError(f"{store_path} holds no feedback on products it kept: nothing to adapt to")
     data = prepare_adapt_data(parent, read_catalog(catalog_path), judged, settings.cache_for(catalog_path), settings,
                               options)
+    if len(data.holdout) == 0:  # the gate compares parent and child on them: without any, nothing can pass
+        raise ValueError(f"{store_path}: {len(judged)} judged product(s), none held back for the gate (a share of "
+                         f"{options.holdout:g} of them is): judge more products before adapting")
     settings.log(f"adapt: {len(data.train) - data.replayed} judged + {data.replayed} replayed products, "
                  f"{len(data.holdout)} held back")
     out.parent.mkdir(parents=True, exist_ok=True)
