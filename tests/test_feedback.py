@@ -202,6 +202,19 @@ def test_adapt_writes_a_child_with_its_lineage_and_promotes_only_a_model_that_is
                  "--lr", "5", "--epochs", "2", "--promote", "--allow-random-weights"]) == 1
 
 
+def test_category_judgements_label_the_judged_products_category(shop, tmp_path):
+    from multimodal_tags.feedback.adapt import judged_products
+    store = store_copy(shop, tmp_path)
+    a, b, c = (p.id for p in shop["val"][:3])
+    with FeedbackStore(store) as fb:
+        fb.add([_event(1, a, "category:MUG", "add"), _event(2, b, "category:Nonsense", "add"),
+                _event(3, c, "category:Mug", "reject"), _event(4, c, "colour:red", "add")])
+        judged = {p.id: p for p in judged_products(fb, ["Mug", "Hat"])[0]}
+    assert judged[a].category == "Mug" and judged[b].category is None and judged[c].category is None
+    assert not any(t.startswith("category:") for p in judged.values() for t in p.tags)
+    assert "colour:red" in judged[c].tags
+
+
 def test_the_rate_of_wrong_judgements_is_estimated_from_confident_proposals():
     from multimodal_tags.feedback.adapt import judgement_error_rate
 

@@ -64,12 +64,16 @@ def test_actions_are_stored_exactly_and_an_undo_retracts(open_client, shop):
     assert open_client.post("/review/actions", json={"reviewer": "ann", "actions": actions}).json()["stored"] == 2
     again = open_client.post("/review/actions", json={"reviewer": "ann", "actions": actions}).json()
     assert again["stored"] == 0 and again["duplicates"] == 2  # a double click is stored once
+    category = [{"event_id": "c1", "product": pid, "tag": f"category:{card['category']}", "action": "accept"}]
+    assert open_client.post("/review/actions", json={"reviewer": "bo", "actions": category}).json()["stored"] == 1
+    cards = open_client.get("/review/queue", params={"limit": 200}).json()["cards"]
+    assert next(c for c in cards if c["id"] == pid)["category_judged"] is True
     undo = [{"event_id": "u1", "product": pid, "tag": tag, "action": "retract"}]
     assert open_client.post("/review/actions", json={"reviewer": "ann", "actions": undo}).json()["stored"] == 1
     with FeedbackStore(open_client.store_path) as fb:
         assert [(e["event_id"], e["user"], e["action"]) for e in fb.events()] == [
-            ("r1", "ann", "reject"), ("r2", "ann", "add"), ("u1", "ann", "retract")]
-        assert fb.judgements()[pid] == {"fit:slim": True}
+            ("r1", "ann", "reject"), ("r2", "ann", "add"), ("c1", "bo", "accept"), ("u1", "ann", "retract")]
+        assert fb.judgements()[pid] == {"fit:slim": True, f"category:{card['category']}": True}
     served = open_client.get(f"/products/{pid}/tags").json()
     assert tag in served["tags"] and served["tags"]["fit:slim"]["source"] == "feedback"
     assert open_client.get("/review/queue").json()["counters"]["reviewed"] == 1

@@ -18,6 +18,7 @@ import hashlib
 import json
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from ..inference.predict import predict_source
 from ..inference.rows import DEFAULT_TAG_SOURCE, prediction_rows, resolve_tag_source
 from ..metrics import paired_f1_difference, prf
 from ..run_info import LINEAGE_FILE as LINEAGE
+from ..models.tag_tokenizer import tag_key
 from ..models.tagger import Tagger
 from ..train.data import FeatureDataset, LabelSpace
 from ..train.finetune_text import bundle_text_encoder
@@ -78,21 +80,30 @@ def training_catalog(model_dir: Path, given: str | Path | None) -> Path:
                             "(the catalog it was trained on, for replay and the validation split)")
 
 
-def judged_products(fb: FeedbackStore) -> tuple[list[Product], float]:
-    """Judged products whose content the store kept, labelled as feedback says (category unknown), and
-    the estimated rate of wrong judgements. A rejection of a tag the model proposed with probability
-    above 1 - rate is more likely a slip than a correction (Bayes, with the model's probability as the
-    prior), so the tag stays; with a careful reviewer the rate is near 0 and nothing is overruled."""
+#: A judgement of the tag `category:NAME` judges the product's category: accepting or adding it says the
+#: category is NAME (a name of the model's categories, any case), and the category head learns from it.
+CATEGORY_KEY = "category"
+
+
+def judged_products(fb: FeedbackStore, categories: Sequence[str] = ()) -> tuple[list[Product], float]:
+    """Judged products whose content the store kept, labelled as feedback says (the category where a
+    `category:` judgement names one of `categories`, else unknown), and the estimated rate of wrong
+    judgements. A rejection of a tag the model proposed with probability above 1 - rate is more likely a
+    slip than a correction (Bayes, with the model's probability as the prior), so the tag stays; with a
+    careful reviewer the rate is near 0 and nothing is overruled."""
     judgements = fb.judgements()
     kept = fb.tags.products(judgements)
     shown = {pid: (fb.tags.get(pid) or {"tags": {}})["tags"] for pid in kept}
     flip = judgement_error_rate([(v["score"], judgements[pid].get(t)) for pid in kept for t, v in shown[pid].items()])
+    by_name = {c.lower(): c for c in categories}
     out = []
     for pid in sorted(kept):
         right = {t for t, ok in judgements[pid].items() if ok}
         wrong = {t for t, ok in judgements[pid].items() if not ok and shown[pid].get(t, {}).get("score", 0) <= 1 - flip}
-        out.append(dataclasses.replace(kept[pid], tags=sorted((set(shown[pid]) | right) - wrong), category=None,
-                                       split=None))
+        named = [by_name.get(t.split(":", 1)[1].strip().lower()) for t in right if tag_key(t) == CATEGORY_KEY]
+        tags = {t for t in (set(shown[pid]) | right) - wrong if tag_key(t) != CATEGORY_KEY}
+        out.append(dataclasses.replace(kept[pid], tags=sorted(tags), split=None,
+                                       category=named[0] if len(set(named) - {None}) == 1 else None))
     return out, flip
 
 
@@ -163,15 +174,16 @@ def prepare_adapt_data(model: Tagger, catalog: Catalog, judged: list[Product], c
                      catalog_source.subset(idx["val"]), len(pick))
 
 
-def _freeze_all_but_tags(model: Tagger, train_fusion: bool) -> None:
-    trainable = TRAINABLE + (("fusion.",) if train_fusion else ())
+def _freeze_all_but_tags(model: Tagger, train_fusion: bool, train_category: bool = False) -> None:
+    trainable = TRAINABLE + (("fusion.",) if train_fusion else ()) + (("category_head.",) if train_category else ())
     for name, p in model.named_parameters():
         p.requires_grad = name.startswith(trainable)
 
 
-def _fine_tune(model_dir: Path, data: AdaptData, options: AdaptConfig, work: Path, log) -> Tagger:
+def _fine_tune(model_dir: Path, data: AdaptData, options: AdaptConfig, work: Path, log,
+               train_category: bool = False) -> Tagger:
     child = Tagger.load(model_dir)
-    _freeze_all_but_tags(child, options.train_fusion)
+    _freeze_all_but_tags(child, options.train_fusion, train_category)
     # a short fixed schedule: the last epoch is kept ("epoch" always improves); the gate then decides
     tcfg = TrainConfig(epochs=options.epochs, batch_size=options.batch_size, lr=options.lr, warmup_ratio=0.1,
                        patience=options.epochs, seed=options.seed, checkpoint_every=options.epochs, monitor="epoch")
@@ -218,7 +230,7 @@ def adapt_model(model_dir: str | Path, store_path: str | Path, out: str | Path, 
     tag_source = resolve_tag_source(options.tag_source, parent.decoder is not None, str(model_dir))
     catalog_path = training_catalog(model_dir, options.catalog)
     with FeedbackStore(store_path) as fb:
-        (judged, flip), events, last_seq = judged_products(fb), fb.count(), fb.last_seq()
+        (judged, flip), events, last_seq = judged_products(fb, parent.categories), fb.count(), fb.last_seq()
     if not judged:
         raise ValueError(f"{store_path} holds no feedback on products it kept: nothing to adapt to")
     data = prepare_adapt_data(parent, read_catalog(catalog_path), judged, settings.cache_for(catalog_path), settings,
@@ -230,7 +242,8 @@ def adapt_model(model_dir: str | Path, store_path: str | Path, out: str | Path, 
                  f"{len(data.holdout)} held back")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".adapt-") as work:
-        child = _fine_tune(model_dir, data, options, Path(work), settings.log)
+        # the category head learns too where reviewers judged categories (`category:` tags)
+        child = _fine_tune(model_dir, data, options, Path(work), settings.log, any(p.category for p in judged))
     _save_child(child, model_dir, out)
     gate = _gate(parent, child, data, tag_source, options.tolerance)
     lineage = {"parent": {"path": str(model_dir.resolve()), "model_id": model_id(model_dir)},

@@ -182,7 +182,8 @@ def _events(svc, user: str, actions: list[ReviewAction]) -> list[FeedbackEvent]:
         row = svc.store.fb.tags.get(event.product)
         if row is None:
             raise HTTPException(422, f"actions.{i}.product: unknown product {event.product!r}")
-        known = {*row["tags"], *(row.get("review") or {}).get("suggested", {})}
+        # a tag shown or suggested, or the category as a `category:` tag (feedback/adapt.py learns from it)
+        known = {*row["tags"], *(row.get("review") or {}).get("suggested", {}), f"category:{row['category']}"}
         if a.action in ("accept", "reject") and event.tag not in known:
             judged = svc.store.fb.judgements_of([event.product]).get(event.product, {})
             if event.tag not in judged:

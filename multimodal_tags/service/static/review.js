@@ -2,7 +2,8 @@
 // before the reply), undo by retract events. Every product string is put in the page as text, never as HTML.
 "use strict";
 
-const state = {cards: [], total: 0, offset: 0, focus: 0, tagFocus: 0, history: [], needsName: false};
+const state = {cards: [], total: 0, offset: 0, focus: 0, tagFocus: 0, history: [], needsName: false,
+               categories: []};
 const $ = (id) => document.getElementById(id);
 const form = $("filters");
 
@@ -49,9 +50,7 @@ function renderCard(card, index) {
     node.append(img);
   } else node.append(el("div", "nophoto", "no photo"));
   node.append(el("h3", "title", card.title), el("p", "desc", card.description));
-  const runners = card.category_top.slice(1, 3).map(([c, s]) => `${c} ${s.toFixed(2)}`).join(", ");
-  node.append(el("p", "category", `${card.category} ${card.category_score.toFixed(2)}` +
-                                  (runners ? ` (then ${runners})` : "")));
+  node.append(categoryLine(card));
   const list = el("ul", "tags");
   card.tags.forEach((t, i) => {
     const judged = t.judged === true ? " accepted" : t.judged === false ? " rejected" : "";
@@ -78,6 +77,38 @@ function renderCard(card, index) {
   node.append(all, add);
   node.onclick = () => { if (state.focus !== index) { state.focus = index; state.tagFocus = 0; render(); } };
   return node;
+}
+
+// The category is judged as the tag `category:NAME`: accept it, or pick the right one (reject + add).
+function categoryLine(card) {
+  const line = el("p", "category");
+  const runners = card.category_top.slice(1, 3).map(([c, s]) => `${c} ${s.toFixed(2)}`).join(", ");
+  const tag = "category:" + card.category, judged = card.category_judged;
+  line.append(el("span", "predicted" + (judged === true ? " accepted" : judged === false ? " rejected" : ""),
+                 `${card.category} ${card.category_score.toFixed(2)}` + (runners ? ` (then ${runners})` : "")));
+  const ok = el("button", "accept-category", "\u2713");
+  ok.title = "the category is right (c)";
+  ok.onclick = () => judge(card, [tag], "accept");
+  const pick = el("select", "correct-category");
+  pick.append(el("option", "", "correct it\u2026"));
+  for (const c of state.categories) if (c !== card.category) { const o = el("option", "", c); o.value = c; pick.append(o); }
+  pick.onchange = () => { if (pick.value) correctCategory(card, pick.value); };
+  line.append(ok, pick);
+  if (card.corrected) line.append(el("span", "corrected", " \u2192 " + card.corrected));
+  return line;
+}
+
+async function correctCategory(card, name) {
+  const wrong = "category:" + card.category, right = "category:" + name;
+  const actions = [{event_id: newId(), product: card.id, tag: wrong, action: "reject"},
+                   {event_id: newId(), product: card.id, tag: right, action: "add"}];
+  if (await post(actions, [[card.id, wrong, card.category_judged], [card.id, right, null]])) {
+    card.category_judged = false;
+    card.corrected = name;
+    say(`${card.id}: category ${name}.`);
+    render();
+    refreshCounters();
+  }
 }
 
 function render() {
@@ -115,6 +146,10 @@ function reviewer() { return new FormData(form).get("reviewer") || null; }
 function setJudged(productId, tag, value) {
   const card = state.cards.find((c) => c.id === productId);
   if (!card) return;
+  if (tag.startsWith("category:")) {
+    if (tag === "category:" + card.category) card.category_judged = value === undefined ? null : value;
+    return;
+  }
   let t = card.tags.find((x) => x.tag === tag);
   if (!t && value !== undefined) {
     t = {tag, score: 1, source: "feedback", suggested: false, judged: value};
@@ -200,6 +235,7 @@ function onKey(ev) {
   } else if (ev.key === "y" && tag) judge(card, [tag.tag], "accept");
   else if (ev.key === "n" && tag) judge(card, [tag.tag], "reject");
   else if (ev.key === "a" && card) acceptAll(card);
+  else if (ev.key === "c" && card) judge(card, ["category:" + card.category], "accept");
   else if (ev.key === "t" && card) { ev.preventDefault(); document.querySelector(".card.focused .add input")?.focus(); }
   else if (ev.key === "u") undo();
   else if (ev.key === "b") bulkReject(tag ? tag.tag.split(":")[0] : null);
@@ -216,6 +252,7 @@ async function start() {
     const v = await api("/review/vocab");
     fill(form.key, [...new Set(v.tags.map((t) => t.split(":")[0]))].sort());
     fill(form.category, v.categories);
+    state.categories = v.categories;
     $("vocab").replaceChildren(...v.tags.map((t) => { const o = el("option"); o.value = t; return o; }));
     $("model").textContent = v.model_id;
     state.needsName = v.needs_name;
