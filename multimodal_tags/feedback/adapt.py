@@ -64,6 +64,7 @@ class AdaptConfig:
     seed: int = 0
     tag_source: str = DEFAULT_TAG_SOURCE
     train_fusion: bool = False  # fine-tune the fusion head too (more capacity, more to forget)
+    gate_val_limit: int | None = None  # the gate's validation products (None: the whole split; smoke tests: fewer)
 
 
 def training_catalog(model_dir: Path, given: str | Path | None) -> Path:
@@ -171,7 +172,7 @@ def prepare_adapt_data(model: Tagger, catalog: Catalog, judged: list[Product], c
                                        torch.from_numpy(crossfit[pick]).float()])
     holdout = judged_source.subset(range(len(fit_part), len(fit_part) + len(held)))
     return AdaptData(labels, FeatureDataset(mixed, labels, cfg), FeatureDataset(holdout, labels, cfg),
-                     catalog_source.subset(idx["val"]), len(pick))
+                     catalog_source.subset(idx["val"][:options.gate_val_limit]), len(pick))
 
 
 def _freeze_all_but_tags(model: Tagger, train_fusion: bool, train_category: bool = False) -> None:
