@@ -33,7 +33,8 @@ def fill(store: TagStore, n: int, rng: random.Random) -> list[str]:
     with store.transaction():
         for pid in ids:
             tags = set(rng.choices(vocab, weights, k=rng.randint(5, 8)))
-            store.db.execute("INSERT INTO products VALUES (?, 'h', 'm', 'c', 1.0, ?, ?, NULL)",
+            store.db.execute("INSERT INTO products (id, content_hash, model_id, category, category_score, tags, "
+                             "updated_at) VALUES (?, 'h', 'm', 'c', 1.0, ?, ?)",
                              (pid, json.dumps({t: {"score": 1.0} for t in tags}), time.time()))
     return ids
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -37,6 +38,7 @@ from multimodal_tags.features import RunConfig
 from multimodal_tags.files import remove_sqlite
 from multimodal_tags.models.presets import get_preset
 from multimodal_tags.feedback.feedback_store import FeedbackStore
+from multimodal_tags.tagging.tag_store import TagStore
 from multimodal_tags.train.job import train_tagger
 
 from experiments.common import markdown_table
@@ -208,6 +210,8 @@ def _parse(argv):
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--mixed", action="store_true", help="add shoppers and a burst of slow clients")
     ap.add_argument("--slow-clients", type=int, default=100, help="connections of the slow burst (--mixed)")
+    ap.add_argument("--prefill", type=int, default=0, help="synthetic tagged products in the store before the load "
+                    "(44000: Myntra's size, for the recommendations of --mixed)")
     return ap.parse_args(argv)
 
 
@@ -222,6 +226,10 @@ def main(argv: list[str] | None = None) -> dict:
     products, image_root = load_products(catalog, a.out, a.products)
     store = a.out / "service.db"
     remove_sqlite(store)
+    if a.prefill:  # a catalog-sized store, so recommendations scan (or index) that many products
+        from experiments.recommend_speed import fill
+        with TagStore(store) as s:
+            fill(s, a.prefill, random.Random(0))
     cache = a.cache or catalog.resolve().parent / "features-cache"
     server = Server(["--model", str(model), "--store", str(store), "--create", "--image-root", str(image_root),
                      "--cache", str(cache)], a.port, a.out / "server.log")

@@ -146,7 +146,8 @@ def test_the_tag_index_ranks_as_a_scan_of_every_product_would(tmp_path):
         rows = {f"p{i:03d}": sorted(set(rng.sample(vocab, rng.randint(0, 6)))) for i in range(300)}
         with store.transaction():
             for pid, tags in rows.items():
-                store.db.execute("INSERT INTO products VALUES (?, 'h', 'm', 'c', 1.0, ?, 0, NULL)",
+                store.db.execute("INSERT INTO products (id, content_hash, model_id, category, category_score, tags, "
+                                 "updated_at) VALUES (?, 'h', 'm', 'c', 1.0, ?, 0)",
                                  (pid, json.dumps({t: {"score": 1.0} for t in tags})))
         index = TagIndex.build(store)
     df = Counter(t for ts in rows.values() for t in ts)
