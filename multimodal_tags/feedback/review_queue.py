@@ -77,14 +77,23 @@ def spread(cards: list[dict]) -> list[dict]:
     return sorted(out, key=lambda c: c["reviewed"])  # stable: the turn order holds within each part
 
 
-def review_cards(store: TagStore, feedback: FeedbackStore, flt: QueueFilter | None = None) -> list[dict]:
-    """Every live product's card that passes `flt`, in queue order."""
-    flt = flt or QueueFilter()
+def all_cards(store: TagStore, feedback: FeedbackStore) -> list[dict]:
+    """Every live product's card, unordered (what `queue` filters and orders)."""
     rows = list(store.live_rows())
     judged = feedback.judgements()
     products = store.product_dicts(r["id"] for r in rows)
-    cards = [card(r, judged.get(r["id"], {}), products.get(r["id"])) for r in rows]
+    return [card(r, judged.get(r["id"], {}), products.get(r["id"])) for r in rows]
+
+
+def queue(cards: Iterable[dict], flt: QueueFilter | None = None) -> list[dict]:
+    """The cards that pass `flt`, in queue order."""
+    flt = flt or QueueFilter()
     return spread([c for c in cards if flt.keeps(c)])
+
+
+def review_cards(store: TagStore, feedback: FeedbackStore, flt: QueueFilter | None = None) -> list[dict]:
+    """Every live product's card that passes `flt`, in queue order."""
+    return queue(all_cards(store, feedback), flt)
 
 
 def counters(cards: Iterable[dict], feedback: FeedbackStore) -> dict:

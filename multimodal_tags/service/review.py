@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..data.images import ImageError, resolve_image
 from ..feedback.events import MAX_ID_CHARS, MAX_TAG_CHARS, FeedbackEvent, explain
-from ..feedback.review_queue import QueueFilter, counters, key_rejections, review_cards
+from ..feedback.review_queue import QueueFilter, counters, key_rejections, queue
 from .access import KEY_COOKIE, guard
 
 STATIC = Path(__file__).parent / "static"
@@ -108,7 +108,7 @@ def _page_routes(app: FastAPI, svc) -> None:
 
 def _queue_routes(app: FastAPI, svc, review: list) -> None:
     @app.get("/review/queue", dependencies=review)
-    async def queue(key: str | None = Query(None, max_length=MAX_TAG_CHARS),
+    async def review_queue(key: str | None = Query(None, max_length=MAX_TAG_CHARS),
                     category: str | None = Query(None, max_length=MAX_ID_CHARS),
                     min_score: float = Query(0.0, ge=0.0, le=1.0), max_score: float = Query(1.0, ge=0.0, le=1.0),
                     unreviewed: bool = False, offset: int = Query(0, ge=0), limit: int = Query(PAGE_SIZE, ge=1, le=200)
@@ -117,7 +117,7 @@ def _queue_routes(app: FastAPI, svc, review: list) -> None:
         flt = QueueFilter(key or None, category or None, min_score, max_score, unreviewed)
 
         def read():
-            cards = review_cards(svc.reads.store, svc.reads.feedback, flt)
+            cards = queue(svc.reads.review_cards(), flt)
             return {"cards": cards[offset:offset + limit], "total": len(cards),
                     "counters": counters(cards, svc.reads.feedback)}
         return await svc.reads.run(read)
@@ -149,8 +149,7 @@ def _action_routes(app: FastAPI, svc, review: list) -> None:
         the count is no longer the one the reviewer confirmed."""
         user = reviewer_of(request, body.reviewer) if body.expected is not None else None
         flt = QueueFilter(body.key, body.category, body.min_score, body.max_score, body.unreviewed)
-        pairs = await svc.reads.run(lambda: key_rejections(review_cards(svc.reads.store, svc.reads.feedback, flt),
-                                                           body.key))
+        pairs = await svc.reads.run(lambda: key_rejections(queue(svc.reads.review_cards(), flt), body.key))
         if body.expected is None:
             return {"count": len(pairs)}
         if body.expected != len(pairs):

@@ -20,6 +20,7 @@ from ..features.settings import RunConfig
 from ..inference.batch_tagger import BatchTagger
 from ..feedback.adapt import PROMOTED_KEY
 from ..feedback.feedback_store import AddResult, FeedbackStore
+from ..feedback.review_queue import all_cards
 from ..feedback.calibration import fit_calibration
 from ..feedback.events import FUTURE_TOLERANCE_S, effective_time
 from ..feedback.learner import LearningTagger
@@ -123,12 +124,21 @@ class ReadThread:
         self.store: TagStore = self.pool.submit(TagStore, cfg.store_path).result()
         self.profiles = self.pool.submit(Profiles, self.store).result()
         self.feedback = self.pool.submit(FeedbackStore, self.store).result()  # the review queue's judgements
+        self._cards, self._cards_signature = [], None
         self.signature, self.index = self.build_pool.submit(self._build).result()
 
     def _build(self) -> tuple[tuple, TagIndex]:
         """(the products' signature, their index), read on the builder's own connection."""
         with TagStore(self.store_path) as own:
             return own.db.execute(self.SIGNATURE).fetchone(), TagIndex.build(own)
+
+    def review_cards(self) -> list[dict]:
+        """(runs on the read thread) Every live product's review card, made again only when the products
+        or the feedback changed since the last request."""
+        signature = (*self.store.db.execute(self.SIGNATURE).fetchone(), self.feedback.last_seq())
+        if signature != self._cards_signature:
+            self._cards, self._cards_signature = all_cards(self.store, self.feedback), signature
+        return self._cards
 
     def recommendations(self, user: str, k: int) -> list[dict]:
         """(runs on the read thread) The user's top k products from the current index."""
