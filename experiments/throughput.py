@@ -34,6 +34,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
+from PIL import Image
 
 from multimodal_tags.data.catalog import read_catalog
 from multimodal_tags.data.images import load_image
@@ -138,6 +139,41 @@ def matmul_rate(device: str, n: int = 2048, repeats: int = 5) -> float:
     return 2 * n ** 3 * repeats / (time.perf_counter() - t0)
 
 
+def large_photos(products: list, root: Path, out: Path, n: int, seed: int = 0) -> tuple[list, Path]:
+    """Copies of the first `n` products whose photos are real photos upscaled to a random side of 1,500 to
+    3,000 px (JPEG, quality 90), as real shops' photos are: written under OUT (never the repository)."""
+    import dataclasses
+    import random
+
+    folder = out / "large-photos"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng, chosen = random.Random(seed), []
+    for p in products[:n]:
+        name = f"{p.id}.jpg"
+        if not (folder / name).exists():
+            im = load_image(p.image, root)
+            side = rng.randint(1500, 3000)
+            scale = side / max(im.size)
+            im.resize((round(im.width * scale), round(im.height * scale)), Image.BICUBIC).save(folder / name, quality=90)
+        chosen.append(dataclasses.replace(p, image=name, image_hash=None))
+    return chosen, folder
+
+
+def large_photo_row(a, tagger, encoders, products: list, root: Path, model_dir: Path, settings, model_id: str) -> dict:
+    """Large photos: the stock path (each photo decoded whole, then resized) against the project's (JPEGs
+    decoded in draft mode at the smallest scale covering the model's input), both at the model's photo
+    size and batch, the project from an empty cache; and the share of products given the same tags."""
+    big, big_root = large_photos(products, root, a.out, a.large_photos)
+    stock_rows, stock_rate = timed(lambda batch: stock_batch(tagger, encoders, batch, big_root, model_id), big, a.batch)
+    cache = a.out / "cold-cache-large"
+    shutil.rmtree(cache, ignore_errors=True)
+    project_rows, ours = streamed(BatchTagger(model_dir, cache, settings, "decoder"), big, big_root, a.batch,
+                                  default_workers("cuda" if torch.cuda.is_available() else "cpu"))
+    return {"large_photo_products": len(big), "large_photo_stock_per_s": round(stock_rate, 2),
+            "large_photo_project_per_s": round(ours, 2), "large_photo_ratio": round(ours / stock_rate, 2),
+            "large_photo_same_tags": round(agreement(stock_rows, project_rows), 4)}
+
+
 def agreement(rows_a: list[dict], rows_b: list[dict]) -> float:
     """Share of products whose tags are the same on both paths."""
     return sum(x["tags"] == y["tags"] for x, y in zip(rows_a, rows_b)) / max(len(rows_a), 1)
@@ -158,6 +194,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--image-size", type=int, help="photo side of the preset's random model (default: the preset's)")
     ap.add_argument("--precision", default="auto", help="encoders: auto (bf16 where the CPU has it), fp32, bf16")
     ap.add_argument("--allow-random-weights", action="store_true", help="tests: tiny random encoders")
+    ap.add_argument("--large-photos", type=int, default=512,
+                    help="products timed again with their photos upscaled to 1,500-3,000 px (0: skip)")
     a = ap.parse_args(argv)
     if not (a.data or a.catalog):
         ap.error("give --data (fashion-myntra) or --catalog")
@@ -196,6 +234,8 @@ def run(a, device: str, preset: str, products, root: Path, model_dir: Path, sett
         other = 0 if workers else 1  # the other choice, timed for comparison, into a second empty cache
         _, other_rate = streamed(BatchTagger(model_dir, cache.with_name("cold-cache-2"), settings, "decoder"),
                                  products, root, a.batch, other)
+        large = (large_photo_row(a, tagger, encoders, products, root, model_dir, settings, project.model_id)
+                 if a.large_photos else {})
         flops = flops_per_product(tagger, encoders, products[:8], root, project.model_id)
         stock_flops = flops if same_size else flops_per_product(tagger, stock, products[:8], root, project.model_id)
     rate = matmul_rate(device)
@@ -215,7 +255,7 @@ def run(a, device: str, preset: str, products, root: Path, model_dir: Path, sett
                "precision": encoders.text.precision,
                # tags compared only between paths that see the same photo size
                "same_tags_naive_project": round(agreement(naive_rows, project_rows), 4) if same_size else None,
-               "same_tags_stock_project": round(agreement(sized_rows, project_rows), 4)}
+               "same_tags_stock_project": round(agreement(sized_rows, project_rows), 4), **large}
     (a.out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     (a.out / "results.md").write_text(table(results) + "\n", encoding="utf-8")
     print(table(results))
@@ -261,7 +301,10 @@ def table(r: dict) -> str:
         f"products with the same tags as (c): (a) {same_naive}, (b) at the model's photo size "
         f"{r['same_tags_stock_project']:.2%}", "",
         markdown_table(rows, {"products/s": 1}),
-        "", f"(c) uses {100 * r['project_peak_fraction']:.2f}% of the measured matmul rate."])
+        "", f"(c) uses {100 * r['project_peak_fraction']:.2f}% of the measured matmul rate.",
+        *([f"Large photos (1,500-3,000 px JPEGs, {r['large_photo_products']} products, model's photo size): stock "
+           f"{r['large_photo_stock_per_s']}/s, project {r['large_photo_project_per_s']}/s "
+           f"({r['large_photo_ratio']}x); same tags {r['large_photo_same_tags']:.2%}"] if "large_photo_ratio" in r else [])])
 
 
 if __name__ == "__main__":

@@ -9,10 +9,13 @@ def test_throughput_times_three_paths_that_give_the_same_tags(tmp_path):
 
     catalog = synthetic_catalog(tmp_path, 60)
     result = throughput.main(["--catalog", str(catalog), "--out", str(tmp_path / "out"), "--preset", "tiny",
-                              "--allow-random-weights", "--precision", "fp32", "--products", "24", "--naive-products", "4", "--batch", "8"])
+                              "--allow-random-weights", "--precision", "fp32", "--products", "24", "--naive-products", "4", "--batch", "8",
+                              "--large-photos", "6"])
     assert result["same_tags_naive_project"] == result["same_tags_stock_project"] == 1.0
     assert result["preset"] == "tiny" and result["tagger_weights"].startswith("random")
     assert min(result["naive_per_s"], result["stock_per_s"], result["project_per_s"]) > 0
     assert result["gflop_per_product"] > 0 and result["matmul_gflop_s"] > 0
+    assert result["large_photo_products"] == 6 and result["large_photo_project_per_s"] > 0
+    assert 0 <= result["large_photo_same_tags"] <= 1  # (a random tagger has near ties: measured on real runs)
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert {"naive_per_s", "stock_per_s", "project_per_s", "device", "preset"} <= set(saved)
