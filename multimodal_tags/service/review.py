@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..data.images import ImageError, resolve_image
 from ..feedback.events import MAX_ID_CHARS, MAX_TAG_CHARS, FeedbackEvent, explain
 from ..feedback.review_queue import QueueFilter, counters, key_rejections, queue
-from .access import KEY_COOKIE, guard
+from .access import KEY_COOKIE, guard, rate_limit
 
 STATIC = Path(__file__).parent / "static"
 MAX_ACTIONS = 10_000
@@ -94,7 +94,8 @@ def _page_routes(app: FastAPI, svc) -> None:
         return FileResponse(STATIC / name, media_type=media)
 
     @app.post("/review/login", include_in_schema=False)
-    async def login(body: dict) -> Response:
+    async def login(request: Request, body: dict) -> Response:
+        rate_limit(svc.cfg, request.client.host if request.client else "anonymous")  # no guessing keys at speed
         key = body.get("key") if isinstance(body, dict) else None
         if svc.cfg.keys is None:
             return Response(status_code=204)
