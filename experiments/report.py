@@ -22,6 +22,7 @@ from pathlib import Path
 
 from experiments.common import REPO, markdown_table
 from experiments.implicit_benchmark import implicit_table
+from experiments.new_shop import table as new_shop_table
 
 RESULTS = Path("docs") / "results"
 BLOCK = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
@@ -94,6 +95,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "myntra-benchmark": lambda root: benchmark_table(_load("myntra-bench.json", root)),
     "headline": lambda root: headline_table(_load("myntra-bench.json", root), _load("implicit-myntra.json", root)),
     "implicit": lambda root: implicit_table(_load("implicit-myntra.json", root)),
+    "new-shop": lambda root: new_shop_table(_load("new-shop-hm.json", root)),
 }
 
 
