@@ -180,7 +180,8 @@ def prepare(a) -> dict:
     ctx = {"pool": pool, "test": test, "counts": counts, "cache": cache, "root": a.out, "log": print,
            "myntra_test": myntra_test, "myntra_root": myntra.image_root, "sizes": a.sizes,
            "settings": RunConfig(cache_dir=cache, progress=False, log=lambda s: None),
-           "adapt": AdaptConfig(catalog=catalog, epochs=1 if a.quick else 3, gate_val_limit=300 if a.quick else None)}
+           "adapt": AdaptConfig(catalog=catalog, epochs=1 if a.quick else a.adapt_epochs, lr=a.adapt_lr,
+                                replay=a.adapt_replay, gate_val_limit=300 if a.quick else None)}
     ctx["rows"] = tag_rows(a.model, pool + test, cache, a.out)
     ctx["store"] = a.out / "base.db"
     ctx["store"].unlink(missing_ok=True)
@@ -197,6 +198,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--cache", help="feature cache (default: the benchmark's, beside its model)")
     ap.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=list(SIZES))
     ap.add_argument("--quick", action="store_true", help="400 articles, 300 Myntra test products (smoke test)")
+    defaults = AdaptConfig()
+    ap.add_argument("--adapt-lr", type=float, default=defaults.lr, help="adapt's learning rate (default: adapt's)")
+    ap.add_argument("--adapt-epochs", type=int, default=defaults.epochs)
+    ap.add_argument("--adapt-replay", type=float, default=defaults.replay)
     a = ap.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

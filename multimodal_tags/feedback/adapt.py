@@ -56,7 +56,7 @@ class AdaptConfig:
     catalog: str | Path | None = None  # the original training catalog; default: the one the model records
     replay: float = 3.0  # replayed training products per judged product
     epochs: int = 3
-    lr: float = 5e-5
+    lr: float | None = None  # one learning rate; None: each of lr_grid
     batch_size: int = 128
     holdout: float = 0.2  # fraction of judged products held back for the gate
     tolerance: float = 0.0  # extra slack on the gate (see _gate)
@@ -65,6 +65,11 @@ class AdaptConfig:
     tag_source: str = DEFAULT_TAG_SOURCE
     train_fusion: bool = False  # fine-tune the fusion head too (more capacity, more to forget)
     gate_val_limit: int | None = None  # the gate's validation products (None: the whole split; smoke tests: fewer)
+    # With lr None, one child per learning rate; kept: the best on the held-back feedback among those whose validation
+    # tag F1 (the original shop) falls by at most `forget_tolerance`. The shop the model was trained on
+    # needs the smallest step; a new shop's reviews (docs/results.md) need a hundred times more.
+    lr_grid: tuple[float, ...] = (5e-5, 3e-4, 1e-3)
+    forget_tolerance: float = 0.003
 
 
 def training_catalog(model_dir: Path, given: str | Path | None) -> Path:
@@ -222,6 +227,39 @@ def _save_child(child: Tagger, model_dir: Path, out: Path) -> None:
         bundle_text_encoder(bundled, out)  # self-contained, like its parent
 
 
+def _fine_tune_and_choose(model_dir: Path, parent: Tagger, data: AdaptData, options: AdaptConfig, tag_source: str,
+                          work_root: Path, log, train_category: bool) -> tuple[Tagger, dict, list[dict]]:
+    """A child per learning rate (`options.lr`, or each of `options.lr_grid`), each gated; the one kept (see
+    AdaptConfig.lr_grid), its gate, and what each rate gave."""
+    tried, kept = [], None  # kept: (index in tried, child, gate)
+    for i, lr in enumerate(options.lr_grid if options.lr is None else (options.lr,)):
+        with tempfile.TemporaryDirectory(dir=work_root, prefix=".adapt-") as work:
+            # the category head learns too where reviewers judged categories (`category:` tags)
+            child = _fine_tune(model_dir, data, dataclasses.replace(options, lr=lr), Path(work), log, train_category)
+        gate = _gate(parent, child, data, tag_source, options.tolerance)
+        held, val = gate["feedback_holdout"], gate["val"]
+        change = val["adapted_tag_f1"] - val["parent_tag_f1"]
+        tried.append({"lr": lr, "holdout_score": round(held["adapted_tag_f1"] + (held["adapted_accuracy"] or 0.0), 5),
+                      "val_tag_f1_change": round(change, 5), "forgets": change < -options.forget_tolerance})
+        log(f"adapt: lr {lr:g}: held-back tag F1 + category accuracy {tried[-1]['holdout_score']:.4f}, validation "
+            f"tag F1 {change:+.4f}{' (forgets)' if tried[-1]['forgets'] else ''}")
+        if kept is None or _better(tried[-1], tried[kept[0]]):
+            kept = (i, child, gate)
+    for i, t in enumerate(tried):
+        t["kept"] = i == kept[0]
+    return kept[1], kept[2], tried
+
+
+def _better(new: dict, old: dict) -> bool:
+    """A child that keeps the original shop beats one that forgets it; among those that keep it, the higher
+    held-back score; among those that forget, the one that forgets less."""
+    if new["forgets"] != old["forgets"]:
+        return not new["forgets"]
+    if new["forgets"]:
+        return new["val_tag_f1_change"] > old["val_tag_f1_change"]
+    return new["holdout_score"] > old["holdout_score"]
+
+
 def adapt_model(model_dir: str | Path, store_path: str | Path, out: str | Path, settings: RunConfig | None = None,
                 options: AdaptConfig | None = None) -> dict:
     """Fine-tune on feedback into `out`, gate it, promote it if asked and it passed; returns the lineage."""
@@ -242,11 +280,9 @@ def adapt_model(model_dir: str | Path, store_path: str | Path, out: str | Path, 
     settings.log(f"adapt: {len(data.train) - data.replayed} judged + {data.replayed} replayed products, "
                  f"{len(data.holdout)} held back")
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".adapt-") as work:
-        # the category head learns too where reviewers judged categories (`category:` tags)
-        child = _fine_tune(model_dir, data, options, Path(work), settings.log, any(p.category for p in judged))
+    child, gate, tried = _fine_tune_and_choose(model_dir, parent, data, options, tag_source, out.parent,
+                                               settings.log, any(p.category for p in judged))
     _save_child(child, model_dir, out)
-    gate = _gate(parent, child, data, tag_source, options.tolerance)
     lineage = {"parent": {"path": str(model_dir.resolve()), "model_id": model_id(model_dir)},
                "ancestors": _ancestors(model_dir), "catalog": str(catalog_path.resolve()),
                "feedback": {"store": str(Path(store_path).resolve()), "events": events, "last_seq": last_seq,
@@ -254,7 +290,7 @@ def adapt_model(model_dir: str | Path, store_path: str | Path, out: str | Path, 
                             "estimated_judgement_error_rate": flip,
                             "replayed": data.replayed},
                "options": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(options).items()},
-               "gate": gate, "promoted": bool(options.promote and gate["passed"]),
+               "gate": gate, "learning_rates": tried, "promoted": bool(options.promote and gate["passed"]),
                "seconds": round(time.perf_counter() - t0, 1)}
     write_json_atomic(out / LINEAGE, lineage)
     if lineage["promoted"]:
