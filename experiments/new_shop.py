@@ -168,7 +168,7 @@ def myntra_f1(model_dir: Path, ctx: dict) -> float:
 
 def prepare(a) -> dict:
     """Products, the base model's rows in a store, and what every run shares."""
-    model = Tagger.load(a.model)
+    model, defaults = Tagger.load(a.model), AdaptConfig()
     products, counts = shop_products(a.data, model)
     if a.quick:
         products = products[:400]
@@ -181,6 +181,7 @@ def prepare(a) -> dict:
            "myntra_test": myntra_test, "myntra_root": myntra.image_root, "sizes": a.sizes,
            "settings": RunConfig(cache_dir=cache, progress=False, log=lambda s: None),
            "adapt": AdaptConfig(catalog=catalog, epochs=1 if a.quick else a.adapt_epochs, lr=a.adapt_lr,
+                                head_lrs=defaults.head_lrs if a.head_lr is None else (a.head_lr,),
                                 replay=a.adapt_replay, gate_val_limit=300 if a.quick else None)}
     ctx["rows"] = tag_rows(a.model, pool + test, cache, a.out)
     ctx["store"] = a.out / "base.db"
@@ -199,7 +200,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=list(SIZES))
     ap.add_argument("--quick", action="store_true", help="400 articles, 300 Myntra test products (smoke test)")
     defaults = AdaptConfig()
-    ap.add_argument("--adapt-lr", type=float, default=defaults.lr, help="adapt's learning rate (default: adapt's)")
+    ap.add_argument("--adapt-lr", type=float, default=defaults.lr, help="adapt's decoder learning rate")
+    ap.add_argument("--head-lr", type=float, help="the heads' learning rate (default: adapt chooses among its own)")
     ap.add_argument("--adapt-epochs", type=int, default=defaults.epochs)
     ap.add_argument("--adapt-replay", type=float, default=defaults.replay)
     a = ap.parse_args(argv)

@@ -77,6 +77,8 @@ class TrainConfig:
     # larger step than the dense weights (docs/experiments.md)
     embedding_lr: float = 1e-2
     weight_decay: float = 0.01  # AdamW decoupled L2
+    # learning rates of parameters by name prefix ({"category_head.": 1e-3}); the rest use `lr`
+    lr_by_prefix: dict[str, float] | None = None
     l1: float = 0.0  # L1 on head weights: sparse, interpretable tag/category weights
     scheduler: str = "cosine"  # "cosine", "linear" or "constant", after warmup
     warmup_ratio: float = 0.05

@@ -190,14 +190,14 @@ def test_adapt_writes_a_child_with_its_lineage_and_promotes_only_a_model_that_is
     options = AdaptConfig(epochs=1, promote=True, tolerance=1.0)  # a gate anything passes
     lineage = adapt_model(shop["model"], store, tmp_path / "m2", SETTINGS, options)
     assert lineage["promoted"] and promoted_model(store) == (tmp_path / "m2").resolve()
-    assert [t["lr"] for t in lineage["learning_rates"]] == [5e-5, 3e-4, 1e-3]  # one child per rate, one kept
+    assert [t["head_lr"] for t in lineage["learning_rates"]] == [5e-5, 1e-3, 5e-3]  # a child per rate, one kept
     assert sum(t["kept"] for t in lineage["learning_rates"]) == 1
     saved = json.loads((tmp_path / "m2" / "lineage.json").read_text())
     assert saved["parent"]["path"] == str(shop["model"].resolve()) and saved["feedback"]["judged_products"] == len(shop["val"])
     assert BatchTagger(tmp_path / "m2", shop["root"] / "features-cache", SETTINGS).tag(shop["val"][:2],
                                                                                        shop["image_root"])
     # a child that is worse on the gate is refused: a learning rate that wrecks the heads
-    worse = adapt_model(shop["model"], store, tmp_path / "m3", SETTINGS, AdaptConfig(epochs=2, lr=5.0, promote=True))
+    worse = adapt_model(shop["model"], store, tmp_path / "m3", SETTINGS, AdaptConfig(epochs=2, lr=5.0, head_lrs=(), promote=True))
     assert not worse["gate"]["passed"] and not worse["promoted"]
     assert promoted_model(store) == (tmp_path / "m2").resolve()
     assert main(["adapt", "--model", str(shop["model"]), "--store", str(store), "--out", str(tmp_path / "m4"),
@@ -221,7 +221,7 @@ def test_the_kept_learning_rate_learns_most_without_forgetting_the_original_shop
     from multimodal_tags.feedback.adapt import _better
 
     def t(score, change, forgets):
-        return {"holdout_score": score, "val_tag_f1_change": change, "forgets": forgets}
+        return {"holdout_score": score, "val_tag_f1_change": change, "val_accuracy_change": 0.0, "forgets": forgets}
     assert _better(t(1.2, -0.001, False), t(1.0, 0.0, False))  # learns more, forgets within tolerance
     assert not _better(t(1.5, -0.02, True), t(1.0, 0.0, False))  # learns most, but forgets
     assert _better(t(0.9, -0.01, True), t(1.5, -0.05, True))  # all forget: the one that forgets least

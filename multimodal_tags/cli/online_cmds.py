@@ -62,8 +62,9 @@ def cmd_feedback_stats(a: argparse.Namespace) -> int:
 def cmd_adapt(a: argparse.Namespace) -> int:
     from ..feedback.adapt import AdaptConfig, adapt_model
 
-    options = AdaptConfig(catalog=a.catalog, replay=a.replay, epochs=a.epochs, lr=a.lr, holdout=a.holdout,
-                          tolerance=a.tolerance, promote=a.promote, tag_source=a.tag_source)
+    head_lrs = AdaptConfig().head_lrs if a.head_lr is None else (a.head_lr,)
+    options = AdaptConfig(catalog=a.catalog, replay=a.replay, epochs=a.epochs, lr=a.lr, head_lrs=head_lrs,
+                          holdout=a.holdout, tolerance=a.tolerance, promote=a.promote, tag_source=a.tag_source)
     lineage = adapt_model(a.model, check_store(a.store), a.out, run_settings(a), options)
     for name in ("feedback_holdout", "val"):
         g = lineage["gate"][name]
@@ -187,8 +188,9 @@ def _add_adapt(sub) -> None:
     sp.add_argument("--promote", action="store_true", help="serve it from this store if it passes the gate")
     sp.add_argument("--replay", type=float, default=3.0, help="replayed training products per judged product")
     sp.add_argument("--epochs", type=int, default=3)
-    sp.add_argument("--lr", type=float, help="one learning rate (default: try 5e-5, 3e-4 and 1e-3 and keep the "
-                    "best on the held-back feedback that does not forget the original validation split)")
+    sp.add_argument("--lr", type=float, default=5e-5, help="the decoder's learning rate")
+    sp.add_argument("--head-lr", type=float, help="the category and tag heads' (default: try 5e-5, 1e-3 and 5e-3 "
+                    "and keep the best on the held-back feedback that keeps the original validation split)")
     sp.add_argument("--holdout", type=float, default=0.2, help="fraction of judged products held back for the gate")
     sp.add_argument("--tolerance", type=float, default=0.0, help="extra slack on the gate (F1 difference, accuracy)")
     add_tag_source(sp)

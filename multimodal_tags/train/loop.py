@@ -52,15 +52,19 @@ def sparse_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
             if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and m.sparse and m.weight.requires_grad]
 
 
-def _param_groups(model: Tagger, weight_decay: float) -> list[dict]:
-    """Dense parameters, with weight decay except on those the model says it would hurt."""
+def _param_groups(model: Tagger, weight_decay: float, lr: float,
+                  lr_by_prefix: dict[str, float] | None = None) -> list[dict]:
+    """Dense parameters, with weight decay except on those the model says it would hurt, at `lr` or the
+    rate of the first prefix of `lr_by_prefix` their name starts with."""
     sparse = {id(p) for p in sparse_parameters(model)}
     skip_decay = model.no_decay_parameters()
-    decay, no_decay = [], []
+    groups: dict[tuple[float, bool], list] = {(lr, True): [], (lr, False): []}  # the order checkpoints know
     for name, p in model.named_parameters():
         if p.requires_grad and id(p) not in sparse:
-            (no_decay if name in skip_decay else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            rate = next((r for prefix, r in (lr_by_prefix or {}).items() if name.startswith(prefix)), lr)
+            groups.setdefault((rate, name not in skip_decay), []).append(p)
+    return [{"params": params, "lr": rate, "weight_decay": weight_decay if decays else 0.0}
+            for (rate, decays), params in groups.items()]
 
 
 @torch.no_grad()
@@ -108,7 +112,7 @@ def _prepare(model: Tagger, train_data: FeatureDataset, val_data: FeatureDataset
     val_dl = DataLoader(val_data, batch_size=cfg.batch_size * 2, shuffle=False, collate_fn=collate)
     # AdamW for dense weights; SparseAdam (no weight decay, its own learning rate) for sparse embedding
     # tables, same schedule
-    optimizers = [torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)]
+    optimizers = [torch.optim.AdamW(_param_groups(model, cfg.weight_decay, cfg.lr, cfg.lr_by_prefix), lr=cfg.lr)]
     sparse = sparse_parameters(model)
     if sparse:
         optimizers.append(torch.optim.SparseAdam(sparse, lr=cfg.embedding_lr))
