@@ -338,6 +338,28 @@ def test_a_body_that_stops_arriving_gets_408_on_a_real_server(shop, tmp_path):
     assert reply.startswith(b"HTTP/1.1 408") and b"no data for 1 s" in reply
 
 
+@pytest.mark.parametrize("head, status", [
+    (b"Content-Length: 500\r\n\r\n[{", b"408"),  # stops arriving
+    (b"Transfer-Encoding: chunked\r\n\r\n", b"413"),  # grows past the limit, chunk by chunk
+])
+def test_a_json_route_says_408_or_413_too(shop, tmp_path, head, status):
+    """FastAPI turns an error while reading a JSON body into a 400; the limit is still named."""
+    import socket
+
+    app = create_app(_config(shop, tmp_path, body_timeout_s=1.0, max_body_bytes=1000))
+    with _real_server(app) as address:
+        with socket.create_connection(address, timeout=10) as c:
+            c.sendall(b"POST /feedback HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n" + head)
+            if status == b"413":
+                chunk = b"[" + b" " * 700
+                for _ in range(3):
+                    c.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            reply = b""
+            while b"body:" not in reply and (part := c.recv(4096)):
+                reply += part
+    assert reply.startswith(b"HTTP/1.1 " + status), reply[:200]
+
+
 def test_each_key_has_its_own_rate_limit(shop, tmp_path):
     from multimodal_tags.service.limits import RateLimiter
 

@@ -33,35 +33,40 @@ class BodyLimit:
         except ValueError:
             return await self._refuse(send, 400, "content-length: not a number")
         seen, started, body_done = 0, False, False
+        refusal: tuple[int, str] | None = None  # set when the body broke a limit
 
         async def limited_receive():
-            nonlocal seen, body_done
+            nonlocal seen, body_done, refusal
             if body_done:  # after the body, the app may wait for a disconnect as long as it likes
                 return await receive()
             try:
                 message = await asyncio.wait_for(receive(), self.read_timeout_s)
             except asyncio.TimeoutError:
+                refusal = (408, f"body: no data for {self.read_timeout_s:g} s")
                 raise _TooSlow from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 body_done = not message.get("more_body", False)
                 if seen > self.max_bytes:
+                    refusal = (413, f"body: over the limit of {self.max_bytes:,} bytes")
                     raise _TooLarge
             return message
 
         async def tracking_send(message):
             nonlocal started
+            if refusal is not None:  # the app caught our exception (FastAPI makes it a 400): say what it was
+                if not started:
+                    started = True
+                    await self._refuse(send, *refusal)
+                return
             started = started or message["type"] == "http.response.start"
             await send(message)
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
+        except (_TooLarge, _TooSlow):
             if not started:
-                await self._refuse(send, 413, f"body: over the limit of {self.max_bytes:,} bytes")
-        except _TooSlow:
-            if not started:
-                await self._refuse(send, 408, f"body: no data for {self.read_timeout_s:g} s")
+                await self._refuse(send, *refusal)
 
     @staticmethod
     async def _refuse(send, status: int, detail: str) -> None:
