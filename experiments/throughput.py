@@ -37,7 +37,7 @@ import torch
 from PIL import Image
 
 from multimodal_tags.data.catalog import read_catalog
-from multimodal_tags.data.images import load_image
+from multimodal_tags.data.images import check_image, load_image
 from multimodal_tags.data.importers import myntra, run_import
 from multimodal_tags.data.vocab import build_vocab
 from multimodal_tags.features import EncoderSet, RunConfig
@@ -155,7 +155,8 @@ def large_photos(products: list, root: Path, out: Path, n: int, seed: int = 0) -
             side = rng.randint(1500, 3000)
             scale = side / max(im.size)
             im.resize((round(im.width * scale), round(im.height * scale)), Image.BICUBIC).save(folder / name, quality=90)
-        chosen.append(dataclasses.replace(p, image=name, image_hash=None))
+        # the hash of the new file: a product without one is tagged as having no photo
+        chosen.append(dataclasses.replace(p, image=name, image_hash=check_image(name, folder)))
     return chosen, folder
 
 

@@ -19,3 +19,18 @@ def test_throughput_times_three_paths_that_give_the_same_tags(tmp_path):
     assert 0 <= result["large_photo_same_tags"] <= 1  # (a random tagger has near ties: measured on real runs)
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert {"naive_per_s", "stock_per_s", "project_per_s", "device", "preset"} <= set(saved)
+
+
+def test_large_photos_are_real_photos_upscaled_with_their_own_hash(tmp_path):
+    from PIL import Image
+
+    from experiments.throughput import large_photos
+    from multimodal_tags.data.catalog import read_catalog
+
+    catalog = read_catalog(synthetic_catalog(tmp_path, 12))
+    small = [p for p in catalog.products if p.image][:3]
+    big, root = large_photos(small, catalog.image_root, tmp_path / "out", 3)
+    for before, after in zip(small, big):
+        with Image.open(root / after.image) as im:
+            assert 1500 <= max(im.size) <= 3000
+        assert after.image_hash and after.image_hash != before.image_hash  # a product without one has no photo
