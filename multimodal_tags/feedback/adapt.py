@@ -110,10 +110,10 @@ def judged_products(fb: FeedbackStore, categories: Sequence[str] = ()) -> tuple[
     for pid in sorted(kept):
         right = {t for t, ok in judgements[pid].items() if ok}
         wrong = {t for t, ok in judgements[pid].items() if not ok and shown[pid].get(t, {}).get("score", 0) <= 1 - flip}
-        named = [by_name.get(t.split(":", 1)[1].strip().lower()) for t in right if tag_key(t) == CATEGORY_KEY]
+        named = {by_name.get(t.split(":", 1)[1].strip().lower()) for t in right if tag_key(t) == CATEGORY_KEY} - {None}
         tags = {t for t in (set(shown[pid]) | right) - wrong if tag_key(t) != CATEGORY_KEY}
-        out.append(dataclasses.replace(kept[pid], tags=sorted(tags), split=None,
-                                       category=named[0] if len(set(named) - {None}) == 1 else None))
+        out.append(dataclasses.replace(kept[pid], tags=sorted(tags), split=None,  # two categories judged right: unknown
+                                       category=named.pop() if len(named) == 1 else None))
     return out, flip
 
 
