@@ -202,19 +202,31 @@ def _fine_tune(model_dir: Path, data: AdaptData, options: AdaptConfig, work: Pat
     return Tagger.load(work / "best_model")
 
 
-def _gate(parent: Tagger, child: Tagger, data: AdaptData, tag_source: str, tolerance: float) -> dict:
-    """Both models on the held-back feedback and on val. The child passes where it is not worse beyond
+def _gate_sets(data: AdaptData) -> tuple[tuple[str, FeatureSource], ...]:
+    return ("feedback_holdout", data.holdout.features), ("val", data.val)
+
+
+def _served_on_gate_sets(model: Tagger, data: AdaptData, tag_source: str) -> dict[str, tuple[list, list]]:
+    """The model's served tags and categories on each of the gate's product sets."""
+    return {name: served_tags(model, source, tag_source) for name, source in _gate_sets(data)}
+
+
+def _gate(parent: dict[str, tuple[list, list]], child: Tagger, data: AdaptData, tag_source: str,
+          tolerance: float) -> dict:
+    """Both models on the held-back feedback and on val (`parent`: the parent's `_served_on_gate_sets`,
+    made once for every child). The child passes where it is not worse beyond
     noise: the 95th percentile of the paired-bootstrap F1 difference (child - parent) is >= -tolerance,
     and its val category accuracy is not lower (by more than `tolerance`). A zero-slack comparison
     on a few hundred held-back products would reject a better model about as often as a worse one."""
     gate: dict = {}
-    for name, source in (("feedback_holdout", data.holdout.features), ("val", data.val)):
+    for name, source in _gate_sets(data):
         gold = [set(p.tags) for p in source.products]
-        (p_tags, p_cats), (c_tags, c_cats) = served_tags(parent, source, tag_source), served_tags(child, source, tag_source)
+        (p_tags, p_cats), (c_tags, c_cats) = parent[name], served_tags(child, source, tag_source)
         known = [i for i, p in enumerate(source.products) if p.category]
         accuracy = [sum(cats[i] == source.products[i].category for i in known) / len(known) if known else None
                     for cats in (p_cats, c_cats)]
-        gate[name] = {"products": len(source), "parent_tag_f1": prf(gold, p_tags)[2], "adapted_tag_f1": prf(gold, c_tags)[2],
+        gate[name] = {"products": len(source), "parent_tag_f1": prf(gold, p_tags)[2],
+                      "adapted_tag_f1": prf(gold, c_tags)[2],
                       "f1_difference": paired_f1_difference(gold, p_tags, c_tags),
                       "parent_accuracy": accuracy[0], "adapted_accuracy": accuracy[1]}
     val = gate["val"]
@@ -237,11 +249,12 @@ def _fine_tune_and_choose(model_dir: Path, parent: Tagger, data: AdaptData, opti
     """A child per head learning rate of `options.head_lrs` (or one at `options.lr`), each gated; the one
     kept (see AdaptConfig.head_lrs), its gate, and what each rate gave."""
     tried, kept = [], None  # kept: (index in tried, child, gate)
+    served = _served_on_gate_sets(parent, data, tag_source)  # the parent's side of every gate
     for i, head_lr in enumerate(options.head_lrs or (None,)):
         with tempfile.TemporaryDirectory(dir=work_root, prefix=".adapt-") as work:
             # the category head learns too where reviewers judged categories (`category:` tags)
             child = _fine_tune(model_dir, data, options, Path(work), log, train_category, head_lr)
-        gate = _gate(parent, child, data, tag_source, options.tolerance)
+        gate = _gate(served, child, data, tag_source, options.tolerance)
         tried.append(_rate_entry(head_lr or options.lr, gate, options))
         log(f"adapt: heads at {tried[-1]['head_lr']:g}: held-back tag F1 + category accuracy "
             f"{tried[-1]['holdout_score']:.4f}, validation tag F1 {tried[-1]['val_tag_f1_change']:+.4f}, category "
