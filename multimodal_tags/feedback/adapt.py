@@ -37,7 +37,7 @@ from ..inference.predict import predict_source
 from ..inference.rows import DEFAULT_TAG_SOURCE, prediction_rows, resolve_tag_source
 from ..metrics import paired_f1_difference, prf
 from ..run_info import LINEAGE_FILE as LINEAGE
-from ..models.tag_tokenizer import tag_key
+from ..models.tag_tokenizer import CATEGORY_KEY, tag_key
 from ..models.tagger import Tagger
 from ..train.data import FeatureDataset, LabelSpace
 from ..train.finetune_text import bundle_text_encoder
@@ -90,17 +90,13 @@ def training_catalog(model_dir: Path, given: str | Path | None) -> Path:
                             "(the catalog it was trained on, for replay and the validation split)")
 
 
-#: A judgement of the tag `category:NAME` judges the product's category: accepting or adding it says the
-#: category is NAME (a name of the model's categories, any case), and the category head learns from it.
-CATEGORY_KEY = "category"
-
-
 def judged_products(fb: FeedbackStore, categories: Sequence[str] = ()) -> tuple[list[Product], float]:
-    """Judged products whose content the store kept, labelled as feedback says (the category where a
-    `category:` judgement names one of `categories`, else unknown), and the estimated rate of wrong
-    judgements. A rejection of a tag the model proposed with probability above 1 - rate is more likely a
-    slip than a correction (Bayes, with the model's probability as the prior), so the tag stays; with a
-    careful reviewer the rate is near 0 and nothing is overruled."""
+    """Judged products whose content the store kept, labelled as feedback says (the category where an
+    accepted or added `category:NAME` names one of `categories`, any case, else unknown; the category head
+    learns from it), and the estimated rate of wrong judgements. A rejection of a tag the model proposed
+    with probability above 1 - rate is more likely a slip than a correction (Bayes, with the model's
+    probability as the prior), so the tag stays; with a careful reviewer the rate is near 0 and nothing is
+    overruled."""
     judgements = fb.judgements()
     kept = fb.tags.products(judgements)
     shown = {pid: (fb.tags.get(pid) or {"tags": {}})["tags"] for pid in kept}
@@ -214,10 +210,10 @@ def _served_on_gate_sets(model: Tagger, data: AdaptData, tag_source: str) -> dic
 def _gate(parent: dict[str, tuple[list, list]], child: Tagger, data: AdaptData, tag_source: str,
           tolerance: float) -> dict:
     """Both models on the held-back feedback and on val (`parent`: the parent's `_served_on_gate_sets`,
-    made once for every child). The child passes where it is not worse beyond
-    noise: the 95th percentile of the paired-bootstrap F1 difference (child - parent) is >= -tolerance,
-    and its val category accuracy is not lower (by more than `tolerance`). A zero-slack comparison
-    on a few hundred held-back products would reject a better model about as often as a worse one."""
+    made once for every child). The child passes where it is not worse beyond noise: the 95th percentile
+    of the paired-bootstrap F1 difference (child - parent) is >= -tolerance, and its val category accuracy
+    is not lower (by more than `tolerance`). A zero-slack comparison on a few hundred held-back products
+    would reject a better model about as often as a worse one."""
     gate: dict = {}
     for name, source in _gate_sets(data):
         gold = [set(p.tags) for p in source.products]

@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..models.tag_tokenizer import tag_key
+from ..models.tag_tokenizer import CATEGORY_KEY, tag_key
 from ..tagging.tag_store import TagStore
 from .feedback_store import FeedbackStore
 
@@ -53,7 +53,7 @@ def card(row: dict, judged: dict[str, bool], product: dict | None) -> dict:
     tags += [{"tag": t, "score": s, "source": "head", "threshold": thresholds.get(t), "suggested": True,
               "judged": judged.get(t)} for t, s in (review.get("suggested") or {}).items() if t not in row["tags"]]
     tags += [{"tag": t, "score": 1.0, "source": "feedback", "threshold": None, "suggested": False, "judged": True}
-             for t, right in judged.items() if right and t not in {x["tag"] for x in tags} and tag_key(t) != "category"]
+             for t, right in judged.items() if right and t not in {x["tag"] for x in tags} and tag_key(t) != CATEGORY_KEY]
     near = [closeness(t["score"], t["threshold"]) for t in tags if t["threshold"] is not None]
     top = review.get("category_top") or []
     if len(top) >= 2:
@@ -62,7 +62,7 @@ def card(row: dict, judged: dict[str, bool], product: dict | None) -> dict:
     return {"id": row["id"], "title": product.get("title", ""), "description": product.get("description", ""),
             "has_photo": bool(product.get("image")), "category": row["category"],
             "category_score": row["category_score"], "category_top": top, "model_id": row["model_id"],
-            "tags": tags, "category_judged": judged.get(f"category:{row['category']}"),
+            "tags": tags, "category_judged": judged.get(f"{CATEGORY_KEY}:{row['category']}"),
             "priority": round(max(near, default=0.0), 5), "reviewed": bool(judged)}
 
 

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 SEPARATOR = "; "
+#: Feedback on the tag `category:NAME` judges a product's category (the review page, feedback/adapt.py).
+CATEGORY_KEY = "category"
 
 
 def tag_key(tag: str) -> str:

@@ -21,6 +21,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..data.images import ImageError, resolve_image
+from ..models.tag_tokenizer import CATEGORY_KEY
 from ..feedback.events import MAX_ID_CHARS, MAX_TAG_CHARS, FeedbackEvent, explain
 from ..feedback.review_queue import QueueFilter, counters, key_rejections, queue
 from .access import KEY_COOKIE, guard, rate_limit
@@ -183,7 +184,7 @@ def _events(svc, user: str, actions: list[ReviewAction]) -> list[FeedbackEvent]:
         if row is None:
             raise HTTPException(422, f"actions.{i}.product: unknown product {event.product!r}")
         # a tag shown or suggested, or the category as a `category:` tag (feedback/adapt.py learns from it)
-        known = {*row["tags"], *(row.get("review") or {}).get("suggested", {}), f"category:{row['category']}"}
+        known = {*row["tags"], *(row.get("review") or {}).get("suggested", {}), f"{CATEGORY_KEY}:{row['category']}"}
         if a.action in ("accept", "reject") and event.tag not in known:
             judged = svc.store.fb.judgements_of([event.product]).get(event.product, {})
             if event.tag not in judged:
