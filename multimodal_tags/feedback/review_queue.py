@@ -96,11 +96,11 @@ def review_cards(store: TagStore, feedback: FeedbackStore, flt: QueueFilter | No
     return queue(all_cards(store, feedback), flt)
 
 
-def counters(cards: Iterable[dict], feedback: FeedbackStore) -> dict:
-    """Reviewed and remaining products (of the filtered queue) and the acceptance rate so far."""
+def counters(cards: Iterable[dict], stats: dict) -> dict:
+    """Reviewed and remaining products (of the filtered queue) and the acceptance rate so far (`stats`:
+    FeedbackStore.stats)."""
     cards = list(cards)
     reviewed = sum(c["reviewed"] for c in cards)
-    stats = feedback.stats()
     return {"reviewed": reviewed, "remaining": len(cards) - reviewed, "acceptance_rate": stats["acceptance_rate"],
             "judged": stats["judged"], "events": stats["events"]}
 

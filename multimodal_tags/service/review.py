@@ -119,9 +119,9 @@ def _queue_routes(app: FastAPI, svc, review: list) -> None:
         flt = QueueFilter(key or None, category or None, min_score, max_score, unreviewed)
 
         def read():
-            cards = queue(svc.reads.review_cards(), flt)
-            return {"cards": cards[offset:offset + limit], "total": len(cards),
-                    "counters": counters(cards, svc.reads.feedback)}
+            every, stats = svc.reads.review_cards()
+            cards = queue(every, flt)
+            return {"cards": cards[offset:offset + limit], "total": len(cards), "counters": counters(cards, stats)}
         return await svc.reads.run(read)
 
     @app.get("/review/photo/{product_id}", dependencies=review)
@@ -151,7 +151,7 @@ def _action_routes(app: FastAPI, svc, review: list) -> None:
         the count is no longer the one the reviewer confirmed."""
         user = reviewer_of(request, body.reviewer) if body.expected is not None else None
         flt = QueueFilter(body.key, body.category, body.min_score, body.max_score, body.unreviewed)
-        pairs = await svc.reads.run(lambda: key_rejections(queue(svc.reads.review_cards(), flt), body.key))
+        pairs = await svc.reads.run(lambda: key_rejections(queue(svc.reads.review_cards()[0], flt), body.key))
         if body.expected is None:
             return {"count": len(pairs)}
         if body.expected != len(pairs):

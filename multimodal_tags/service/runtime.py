@@ -124,7 +124,7 @@ class ReadThread:
         self.store: TagStore = self.pool.submit(TagStore, cfg.store_path).result()
         self.profiles = self.pool.submit(Profiles, self.store).result()
         self.feedback = self.pool.submit(FeedbackStore, self.store).result()  # the review queue's judgements
-        self._cards, self._cards_signature = [], None
+        self._cards, self._cards_signature = ([], {}), None
         self.signature, self.index = self.build_pool.submit(self._build).result()
 
     def _build(self) -> tuple[tuple, TagIndex]:
@@ -132,12 +132,13 @@ class ReadThread:
         with TagStore(self.store_path) as own:
             return own.db.execute(self.SIGNATURE).fetchone(), TagIndex.build(own)
 
-    def review_cards(self) -> list[dict]:
-        """(runs on the read thread) Every live product's review card, made again only when the products
-        or the feedback changed since the last request."""
+    def review_cards(self) -> tuple[list[dict], dict]:
+        """(runs on the read thread) Every live product's review card and the feedback statistics, made
+        again only when the products or the feedback changed since the last request."""
         signature = (*self.store.db.execute(self.SIGNATURE).fetchone(), self.feedback.last_seq())
         if signature != self._cards_signature:
-            self._cards, self._cards_signature = all_cards(self.store, self.feedback), signature
+            self._cards = all_cards(self.store, self.feedback), self.feedback.stats()
+            self._cards_signature = signature
         return self._cards
 
     def recommendations(self, user: str, k: int) -> list[dict]:
