@@ -160,16 +160,17 @@ def large_photos(products: list, root: Path, out: Path, n: int, seed: int = 0) -
     return chosen, folder
 
 
-def large_photo_row(a, tagger, encoders, products: list, root: Path, model_dir: Path, settings, model_id: str) -> dict:
+def large_photo_row(a, tagger, encoders, products: list, root: Path, model_dir: Path, settings, model_id: str,
+                    workers: int) -> dict:
     """Large photos: the stock path (each photo decoded whole, then resized) against the project's (JPEGs
     decoded in draft mode at the smallest scale covering the model's input), both at the model's photo
-    size and batch, the project from an empty cache; and the share of products given the same tags."""
+    size and batch, the project from an empty cache with (c)'s decoding processes; and the share of
+    products given the same tags."""
     big, big_root = large_photos(products, root, a.out, a.large_photos)
     stock_rows, stock_rate = timed(lambda batch: stock_batch(tagger, encoders, batch, big_root, model_id), big, a.batch)
     cache = a.out / "cold-cache-large"
     shutil.rmtree(cache, ignore_errors=True)
-    project_rows, ours = streamed(BatchTagger(model_dir, cache, settings, "decoder"), big, big_root, a.batch,
-                                  default_workers("cuda" if torch.cuda.is_available() else "cpu"))
+    project_rows, ours = streamed(BatchTagger(model_dir, cache, settings, "decoder"), big, big_root, a.batch, workers)
     return {"large_photo_products": len(big), "large_photo_stock_per_s": round(stock_rate, 2),
             "large_photo_project_per_s": round(ours, 2), "large_photo_ratio": round(ours / stock_rate, 2),
             "large_photo_same_tags": round(agreement(stock_rows, project_rows), 4)}
@@ -235,7 +236,7 @@ def run(a, device: str, preset: str, products, root: Path, model_dir: Path, sett
         other = 0 if workers else 1  # the other choice, timed for comparison, into a second empty cache
         _, other_rate = streamed(BatchTagger(model_dir, cache.with_name("cold-cache-2"), settings, "decoder"),
                                  products, root, a.batch, other)
-        large = (large_photo_row(a, tagger, encoders, products, root, model_dir, settings, project.model_id)
+        large = (large_photo_row(a, tagger, encoders, products, root, model_dir, settings, project.model_id, workers)
                  if a.large_photos else {})
         flops = flops_per_product(tagger, encoders, products[:8], root, project.model_id)
         stock_flops = flops if same_size else flops_per_product(tagger, stock, products[:8], root, project.model_id)
