@@ -26,6 +26,30 @@ class DecoderConfig:
 
 
 @dataclass
+class LMDecoderConfig:
+    """A pretrained causal LM as the tag decoder (models/lm_decoder.py), trained on a tagger's frozen fused
+    vectors (train/lm_decoder.py), as ClipCap trains its mapper on frozen CLIP vectors."""
+
+    backend: str = "smollm2-135m"  # models/causal_lm.py: smollm2-135m, hf:NAME_OR_FOLDER, tiny-llama, tiny-gpt2
+    prefix_length: int = 8  # k prefix embeddings from the fused vector, in front of the title prompt
+    finetune: str = "lora"  # "lora": adapters on every linear layer, the LM frozen; "full": the whole LM (a GPU)
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lr: float = 1e-3  # LoRA adapters (and the whole LM under "full", at a tenth of it)
+    mapper_lr: float = 1e-3  # the mapper, trained from scratch
+    epochs: int = 1
+    batch_size: int = 32
+    max_prompt_tokens: int = 24  # the title is cut to this many tokens
+    # the description's first tokens follow the title (0: title only): where a catalog states what a key's
+    # value is ("round neck t-shirt with short sleeves"); 24 costs about a quarter more training time than 0
+    description_tokens: int = 24
+    max_value_tokens: int = 8  # an asked key's value (free text) is at most this long
+    max_tags: int = 24  # longest tag list generated
+    precision: str = "auto"  # "auto": bf16 where the device runs it natively (models/encoder_base.py)
+    seed: int = 0
+
+
+@dataclass
 class WordScoreConfig:
     """Stacked TF-IDF linear SVM scores (models/word_scores.py; they read the lexical branch's words)."""
 

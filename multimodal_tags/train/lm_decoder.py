@@ -1,0 +1,142 @@
+"""Training the LM tag decoder on a tagger's frozen fused vectors (as ClipCap trains on frozen CLIP vectors).
+
+The tagger (fusion and heads) is trained first, as always; its fused vector of every product is computed
+once, and the mapper and the LM's adapters then learn to write each product's tags after its title.
+Batches are drawn at random and grouped by length inside the decoder; AdamW with a short warm-up and a
+linear decay; bf16 autocast where the device has it. The epoch with the lowest validation loss is kept.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..config import LMDecoderConfig
+from ..data.schema import Product
+from ..models.causal_lm import load_causal_lm
+from ..models.encoder_base import WeightsUnavailable
+from ..models.lm_decoder import LMTagDecoder
+from ..models.tag_text import TagTrie
+from ..models.tag_tokenizer import CATEGORY_KEY
+from ..models.tagger import Tagger
+
+WARMUP_STEPS = 50
+
+
+@dataclass
+class DecoderData:
+    """What the LM decoder learns from: fused vectors, titles, and the tags to write."""
+
+    fused: torch.Tensor  # [n, dim]
+    titles: list[str]
+    descriptions: list[str | None]
+    tags: list[list[str]]
+
+    @classmethod
+    def of(cls, fused: torch.Tensor, products: Sequence[Product]) -> "DecoderData":
+        return cls(fused, [p.title for p in products], [p.description for p in products], with_category(products))
+
+    def __len__(self) -> int:
+        return len(self.titles)
+
+    def part(self, rows: slice) -> "DecoderData":
+        return DecoderData(self.fused[rows], self.titles[rows], self.descriptions[rows], self.tags[rows])
+
+
+def with_category(products: Sequence[Product]) -> list[list[str]]:
+    """Each product's tags with its category as the tag `category:NAME` (the LM writes it first)."""
+    return [([f"{CATEGORY_KEY}:{p.category}"] if p.category else []) + list(p.tags) for p in products]
+
+
+@torch.no_grad()
+def fused_vectors(model: Tagger, source, batch_size: int = 512) -> torch.Tensor:
+    """The tagger's fused vector [n, dim] of every product of a FeatureSource."""
+    model.eval()
+    out = [model(source.subset(range(s, min(s + batch_size, len(source)))).batch())["fused"].float()
+           for s in range(0, len(source), batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, model.cfg.dim)
+
+
+def build_lm_decoder(cfg: LMDecoderConfig, model: Tagger, train_tags: list[list[str]],
+                     allow_random: bool = False) -> LMTagDecoder:
+    """A new LM decoder for a tagger: its base LM by spec, the vocabulary's trie (the tagger's tags and its
+    categories as `category:NAME`, written first)."""
+    lm = load_causal_lm(cfg.backend)
+    if lm.random_weights and not allow_random:
+        raise WeightsUnavailable(f"decoder {cfg.backend!r} has random weights; a real run needs a pretrained LM "
+                                 f"(allow_random only for tests)")
+    vocab = [f"{CATEGORY_KEY}:{c}" for c in model.categories] + list(model.tags)
+    trie = TagTrie.fit(lm.tokenizer, vocab, train_tags)
+    trie = TagTrie(lm.tokenizer, vocab, trie.single_valued | {CATEGORY_KEY},
+                   [CATEGORY_KEY] + [k for k in trie.key_order if k != CATEGORY_KEY])
+    return LMTagDecoder(lm, trie, model.cfg.dim, cfg)
+
+
+def _loss(decoder: LMTagDecoder, data: DecoderData, rows: list[int], prompts, targets, device) -> torch.Tensor:
+    return decoder(data.fused[rows].to(device), [prompts[r] for r in rows], [targets[r] for r in rows])
+
+
+@torch.no_grad()
+def validation_loss(decoder: LMTagDecoder, data: DecoderData, batch_size: int = 64) -> float:
+    """Mean teacher-forced loss per target token over `data` (weighted by tokens)."""
+    decoder.eval()
+    device = next(decoder.mapper.parameters()).device
+    prompts, targets = decoder.prompt_ids(data.titles, data.descriptions), [decoder.trie.target(t) for t in data.tags]
+    total, tokens = 0.0, 0
+    for s in range(0, len(data), batch_size):
+        rows = list(range(s, min(s + batch_size, len(data))))
+        n = sum(len(targets[r]) for r in rows)
+        total += float(_loss(decoder, data, rows, prompts, targets, device)) * n
+        tokens += n
+    return total / max(tokens, 1)
+
+
+def fit_lm_decoder(decoder: LMTagDecoder, train: DecoderData, val: DecoderData | None,
+                   log: Callable[[str], None] = print, device: str = "cpu") -> dict:
+    """Train the mapper and adapters; returns {"seconds", "products_seen", "epochs": [{train_loss,
+    val_loss}], "best_epoch"}. The decoder ends with the best epoch's weights (by validation loss)."""
+    cfg = decoder.cfg
+    decoder.to(device)
+    prompts, targets = decoder.prompt_ids(train.titles, train.descriptions), [decoder.trie.target(t) for t in train.tags]
+    opt = torch.optim.AdamW(decoder.trainable_groups(), weight_decay=0.0)
+    steps = cfg.epochs * ((len(train) + cfg.batch_size - 1) // cfg.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / WARMUP_STEPS) * max(0.0, 1 - s / max(steps, 1)))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    history, best, best_state, t0, seen = [], float("inf"), None, time.perf_counter(), 0
+    for epoch in range(cfg.epochs):
+        decoder.train()
+        order, running = torch.randperm(len(train), generator=gen).tolist(), []
+        for s in range(0, len(order), cfg.batch_size):
+            loss = _loss(decoder, train, order[s:s + cfg.batch_size], prompts, targets, device)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            running.append(float(loss.detach()))
+            seen += len(order[s:s + cfg.batch_size])
+            if len(running) % 50 == 0:
+                log(f"lm decoder epoch {epoch} step {len(running)}: loss {sum(running[-50:]) / 50:.4f}, "
+                    f"{seen / (time.perf_counter() - t0):.1f} products/s")
+        row = {"epoch": epoch, "train_loss": sum(running) / max(len(running), 1)}
+        if val is not None and len(val):
+            row["val_loss"] = validation_loss(decoder, val)
+        history.append(row)
+        log(f"lm decoder epoch {epoch}: {row}")
+        score = row.get("val_loss", row["train_loss"])
+        if score < best:
+            best, best_epoch = score, epoch
+            if epoch < cfg.epochs - 1:  # the last epoch's weights are the decoder's own: no copy needed
+                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in decoder.state_dict().items()
+                                            if "lora_" in k or k.startswith("mapper.") or cfg.finetune == "full"})
+            else:
+                best_state = None
+    if best_state is not None:
+        decoder.load_state_dict(best_state, strict=False)
+    decoder.eval()
+    return {"seconds": round(time.perf_counter() - t0, 1), "products_seen": seen, "epochs": history,
+            "best_epoch": best_epoch}
