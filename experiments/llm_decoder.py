@@ -45,13 +45,13 @@ from multimodal_tags.models.presets import get_preset
 from multimodal_tags.models.tag_tokenizer import CATEGORY_KEY, tag_key
 from multimodal_tags.models.tagger import Tagger
 from multimodal_tags.train.job import train_tagger
-from multimodal_tags.train.lm_decoder import DecoderData, build_lm_decoder, fit_lm_decoder, fused_vectors
+from multimodal_tags.train.lm_decoder import (DecoderData, build_lm_decoder, fit_lm_decoder, fused_vectors,
+                                              generate_all, tune_floor)
 
 from experiments.common import (Log, bench_train_config, markdown_table, myntra_catalog, quick_subset,
                                 run_facts)
 
 HELDOUT = ("sleeve length", "neck", "print or pattern type")
-FLOORS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
 
 
 def subset_catalog(full: Path, out: Path, n_train: int | None, heldout: set[str], seed: int = 0) -> Path:
@@ -77,10 +77,6 @@ def decoder_scores(products, generated: list[dict[str, float]], floor: float) ->
             "category_acc": accuracy([p.category for p in products], cats)}
 
 
-def best_floor(products, generated) -> float:
-    return max(FLOORS, key=lambda f: decoder_scores(products, generated, f)["micro_f1"])
-
-
 def scratch_decode(model: Tagger, source: FeatureSource, size: int = 256) -> tuple[list[dict], list[str], float]:
     """The scratch decoder's tags (with its tuned floor) for every product, the category head's answers,
     and decoding products/s (the decoder's generate alone)."""
@@ -96,11 +92,9 @@ def scratch_decode(model: Tagger, source: FeatureSource, size: int = 256) -> tup
     return [{t: p for t, p in g.items() if p >= floor} for g in out], categories, len(source) / max(seconds, 1e-9)
 
 
-def llm_decode(decoder, data: DecoderData, size: int = 64) -> tuple[list[dict], float]:
-    out, t0 = [], time.perf_counter()
-    for s in range(0, len(data), size):
-        part = data.part(slice(s, s + size))
-        out += [dict(g) for g in decoder.generate(part.fused, part.titles, part.descriptions)]
+def llm_decode(decoder, data: DecoderData) -> tuple[list[dict], float]:
+    t0 = time.perf_counter()
+    out = generate_all(decoder, data)
     return out, len(data) / max(time.perf_counter() - t0, 1e-9)
 
 
@@ -202,10 +196,8 @@ def main(argv: list[str] | None = None) -> dict:
         decoder = build_lm_decoder(lcfg, model, data["train"].tags, allow_random=a.allow_random_weights)
         val_loss_part = data["val"].part(slice(0, a.val_loss_products))
         fit = fit_lm_decoder(decoder, data["train"], val_loss_part, log=log, device=a.device)
-        decoder.to("cpu").save(a.out / "scratch" / "model")
-        n_floor = min(a.floor_products, len(data["val"]))
-        val_part = data["val"].part(slice(0, n_floor))
-        floor = best_floor([cat.products[i] for i in rows["val"][:n_floor]], llm_decode(decoder, val_part)[0])
+        floor = tune_floor(decoder.to("cpu"), data["val"].part(slice(0, a.floor_products)))
+        decoder.save(a.out / "scratch" / "model")
         llm_tags, llm_rate = llm_decode(decoder, data["test"])
         llm = decoder_scores(test_products, llm_tags, floor)
         log(f"LM decoder: {llm} at floor {floor}, {llm_rate:.2f} products/s")

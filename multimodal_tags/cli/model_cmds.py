@@ -64,8 +64,9 @@ def cmd_tag(a: argparse.Namespace) -> int:
     from ..tagging.tag_job import TagConfig, tag_catalog
 
     extra = [t.strip() for t in (a.extra_tags or "").split(",") if t.strip()]
+    ask = [k.strip() for k in (a.ask_keys or "").split(",") if k.strip()]
     options = TagConfig(batch_size=a.batch_size, tag_source=a.tag_source, extra_tags=extra, clip=a.clip,
-                         decode_workers=a.decode_workers)
+                         decode_workers=a.decode_workers, decoder=a.decoder, ask_keys=ask)
     if a.engine == "ray":
         from ..tagging.ray_tag import tag_catalog_ray
 
@@ -81,6 +82,20 @@ def cmd_tag(a: argparse.Namespace) -> int:
     print(f"predictions: {a.out}" + (f"; store: {a.store}" if a.store else ""))
     return 0
 
+
+
+def cmd_train_decoder(a: argparse.Namespace) -> int:
+    from ..config import LMDecoderConfig
+    from ..train.lm_decoder import train_lm_decoder
+
+    cfg = LMDecoderConfig(backend=a.backend, finetune=a.decoder_finetune, epochs=a.epochs)
+    if a.batch_size:
+        cfg.batch_size = a.batch_size
+    fit = train_lm_decoder(a.model, a.catalog, cfg, run_settings(a), max_train=a.max_train_products,
+                           device=a.device)
+    print(f"LM decoder trained in {fit['seconds']} s on {fit['products_seen']} products (floor {fit['floor']}); "
+          f"saved in {Path(a.model) / 'lm_decoder'}: `mmtags tag --model {a.model} ...` uses it")
+    return 0
 
 
 def cmd_clip_train(a: argparse.Namespace) -> int:
@@ -177,6 +192,11 @@ def _add_tag(sub) -> None:
     sp.add_argument("--rejects", help="bad rows (default: OUT.rejects.jsonl)")
     sp.add_argument("--batch-size", type=int, default=TAG_BATCH_SIZE)
     add_tag_source(sp)
+    sp.add_argument("--decoder", choices=("auto", "scratch", "lm"), default="auto",
+                    help="which decoder generates: auto (the LM decoder where the model folder holds one, from "
+                         "`mmtags train-decoder`), scratch (the GPT-2 trained with the tagger) or lm")
+    sp.add_argument("--ask-keys", help="comma-separated keys the LM decoder answers in its own words "
+                                       "(\"sleeve length,occasion\"), for keys the shop never labelled")
     sp.add_argument("--extra-tags", help="comma-separated tags scored zero-shot by CLIP image-text similarity")
     sp.add_argument("--clip", help="the CLIP that scores --extra-tags when the model's image encoder has no text "
                                    "tower: mmtags-clip:FOLDER (from `mmtags clip train`) or open_clip:ARCH@WEIGHTS")
@@ -221,6 +241,23 @@ def _add_gallery(sub) -> None:
     sp.set_defaults(func=cmd_gallery)
 
 
+def _add_train_decoder(sub) -> None:
+    sp = sub.add_parser("train-decoder", help="train a pretrained LM (SmolLM2, or any causal LM) as the tag "
+                                              "decoder of a trained model, on its frozen fused vectors")
+    add_model_on_catalog(sp)
+    sp.add_argument("--backend", default="smollm2-135m",
+                    help="smollm2-135m (offline: make llm), hf:NAME_OR_FOLDER (GPT-2, Llama, Qwen, ...), or "
+                         "tiny-llama / tiny-gpt2 (random, tests only)")
+    sp.add_argument("--decoder-finetune", choices=("lora", "full"), default="lora",
+                    help="lora: adapters on the LM's linear layers (CPU); full: the whole LM (a GPU)")
+    sp.add_argument("--epochs", type=int, default=1)
+    sp.add_argument("--batch-size", type=int)
+    sp.add_argument("--max-train-products", type=int, help="train on the first N train products")
+    sp.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_reads_features(sp)
+    sp.set_defaults(func=cmd_train_decoder)
+
+
 def _add_demo(sub) -> None:
     from ..models.factory import DEFAULT_IMAGE_ENCODER
 
@@ -239,5 +276,5 @@ def _add_demo(sub) -> None:
 
 def add_parsers(sub) -> None:
     """Register this group's commands on the `mmtags` subparsers."""
-    for add in (_add_train, _add_evaluate, _add_tag, _add_clip, _add_gallery, _add_demo):
+    for add in (_add_train, _add_train_decoder, _add_evaluate, _add_tag, _add_clip, _add_gallery, _add_demo):
         add(sub)

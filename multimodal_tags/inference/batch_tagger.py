@@ -17,9 +17,27 @@ from ..features.encoders import EncoderSet
 from ..features.prefetch import Decoded, PhotoPrefetch, default_workers, pipelined
 from ..features.settings import RunConfig
 from ..features.source import FeatureSource
+from ..models.lm_decoder import LMTagDecoder, has_lm_decoder
+from ..models.tag_tokenizer import CATEGORY_KEY, tag_key
 from ..models.tagger import RawPrediction, Tagger
 from ..models.zero_shot import ZeroShotTags, ZeroShotUnavailable
 from .rows import DEFAULT_TAG_SOURCE, prediction_rows, resolve_tag_source
+
+
+LM_BATCH = 64  # products per LM decoder call (its KV cache grows with the batch)
+DECODERS = ("auto", "scratch", "lm")
+
+
+def _choose_lm_decoder(model_dir: str | Path, decoder: str, allow_random: bool) -> LMTagDecoder | None:
+    """The model folder's LM decoder when `decoder` asks for it ("lm") or allows it ("auto": the LM decoder
+    where the folder holds one), else None (the scratch GPT-2 decoder, if any)."""
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder {decoder!r} is not one of {', '.join(DECODERS)}")
+    if decoder == "scratch" or (decoder == "auto" and not has_lm_decoder(model_dir)):
+        return None
+    if not has_lm_decoder(model_dir):
+        raise ValueError(f"{model_dir} has no LM decoder (lm_decoder/): train one with `mmtags train-decoder`")
+    return LMTagDecoder.load(model_dir, allow_random=allow_random)
 
 
 def model_id(model_dir: str | Path) -> str:
@@ -32,12 +50,17 @@ class BatchTagger:
     """A loaded model and its encoders (built on first use: a refresh with nothing to do loads none)."""
 
     def __init__(self, model_dir: str | Path, cache_dir: str | Path, settings: RunConfig | None = None,
-                 tag_source: str = DEFAULT_TAG_SOURCE):
+                 tag_source: str = DEFAULT_TAG_SOURCE, decoder: str = "auto", ask_keys: Sequence[str] = ()):
         settings = settings or RunConfig()
         self.model = Tagger.load(model_dir)
         self.model_id = model_id(model_dir)
         self.cache_dir = Path(cache_dir)
-        self.tag_source = resolve_tag_source(tag_source, self.model.decoder is not None, str(model_dir))
+        self.lm_decoder = _choose_lm_decoder(model_dir, decoder, settings.allow_random_weights)
+        self.ask_keys = [k.strip() for k in ask_keys if k.strip()]
+        if self.ask_keys and self.lm_decoder is None:
+            raise ValueError(f"{model_dir} has no LM decoder to ask keys of: train one with `mmtags train-decoder`")
+        has_decoder = self.model.decoder is not None or self.lm_decoder is not None
+        self.tag_source = resolve_tag_source(tag_source, has_decoder, str(model_dir))
         self.encoders = settings.encoders_for(self.model.cfg)
         self.zero_shot: ZeroShotTags | None = None  # see enable_zero_shot
         self.zero_shot_encoder = None  # the CLIP image encoder whose text tower scores them
@@ -119,11 +142,44 @@ class BatchTagger:
                 decoded: Decoded | None = None) -> tuple[list[dict], RawPrediction]:
         """Output rows and the scores behind them (before thresholds)."""
         source = self.features(products, image_root, decoded)
-        raw = self.model.predict_raw(source.batch(), generate=self.tag_source != "head")
-        rows = prediction_rows(products, self.model.prediction_dicts(raw), self.tag_source, self.model_id)
+        generate = self.tag_source != "head"
+        raw = self.model.predict_raw(source.batch(), generate=generate and self.lm_decoder is None)
+        floor = None
+        if generate and self.lm_decoder is not None:
+            raw.generated, floor = self._lm_tags(products, raw.fused), self.lm_decoder.floor
+        rows = prediction_rows(products, self.model.prediction_dicts(raw, decoder_floor=floor), self.tag_source,
+                               self.model_id)
+        if self.ask_keys:
+            self._add_asked(rows, products, raw.fused)
         if self.zero_shot is not None:
             self._add_zero_shot(rows, self._clip_vectors(products, image_root, source))
         return rows, raw
+
+    def _lm_tags(self, products: Sequence[Product], fused: torch.Tensor) -> list[dict[str, float]]:
+        """The LM decoder's tags per product (its `category:` answer aside: the category head names it)."""
+        out = []
+        for s in range(0, len(products), LM_BATCH):
+            part = products[s:s + LM_BATCH]
+            out += [{t: p for t, p in g if tag_key(t) != CATEGORY_KEY} for g in self.lm_decoder.generate(
+                fused[s:s + LM_BATCH], [x.title for x in part], [x.description for x in part])]
+        return out
+
+    def _add_asked(self, rows: list[dict], products: Sequence[Product], fused: torch.Tensor) -> None:
+        """Each asked key's value in the LM's own words: `asked` {key: [value, score]} on every row, and the
+        tag `key:value` (source "asked") where the row's tags do not answer that key yet."""
+        for key in self.ask_keys:
+            answers = []
+            for s in range(0, len(products), LM_BATCH):
+                part = products[s:s + LM_BATCH]
+                answers += self.lm_decoder.ask(fused[s:s + LM_BATCH], [x.title for x in part], key,
+                                               [x.description for x in part])
+            for row, (value, score) in zip(rows, answers):
+                row.setdefault("asked", {})[key] = [value, round(score, 5)]
+                tag = f"{key}:{value}"
+                if value and not any(tag_key(t) == key for t in row["tags"]):
+                    row["tags"].append(tag)
+                    row["tag_scores"][tag] = round(score, 5)
+                    row["tag_sources"][tag] = "asked"
 
     def _add_zero_shot(self, rows: list[dict], clip_vectors: tuple[np.ndarray, np.ndarray]) -> None:
         extra_tags = self.zero_shot.predict(*clip_vectors)

@@ -45,6 +45,7 @@ class LMTagDecoder(nn.Module):
         self.cfg, self.trie, self.tokenizer = cfg, trie, lm.tokenizer
         self.spec, self.base_sha256, self.random_weights = lm.spec, lm.weights_sha256, lm.random_weights
         self.fused_dim = fused_dim
+        self.floor = 0.0  # generated tags scoring under it are not reported (tuned on validation)
         self.lm = _adapt(lm.model, cfg)
         self.hf = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
         width = self.hf.get_input_embeddings().embedding_dim
@@ -212,7 +213,8 @@ class LMTagDecoder(nn.Module):
         folder = Path(model_dir) / FOLDER
         folder.mkdir(parents=True, exist_ok=True)
         meta = {"format": FORMAT, "base": self.spec, "base_sha256": self.base_sha256, "fused_dim": self.fused_dim,
-                "random_weights": self.random_weights, "config": to_dict(self.cfg), "vocabulary": self.trie.to_dict()}
+                "random_weights": self.random_weights, "floor": self.floor, "config": to_dict(self.cfg),
+                "vocabulary": self.trie.to_dict()}
         save_file({k: v.detach().cpu().contiguous() for k, v in self.mapper.state_dict().items()},
                   str(folder / "mapper.safetensors"))
         save_file(self._lm_state(), str(folder / ("adapter.safetensors" if self.cfg.finetune == "lora"
@@ -248,6 +250,7 @@ class LMTagDecoder(nn.Module):
         voc = meta["vocabulary"]
         dec = cls(lm, TagTrie(lm.tokenizer, voc["tags"], voc["single_valued"], voc["key_order"]),
                   meta["fused_dim"], cfg)
+        dec.floor = float(meta.get("floor", 0.0))
         dec.mapper.load_state_dict(load_file(str(folder / "mapper.safetensors")))
         if cfg.finetune == "lora":
             from peft import set_peft_model_state_dict

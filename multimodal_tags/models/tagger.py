@@ -206,12 +206,13 @@ class Tagger(nn.Module):
         decoder (with their probabilities), and the modality weights, for every product of the batch."""
         return self.prediction_dicts(self.predict_raw(batch, generate), top_k)
 
-    def prediction_dicts(self, raw: RawPrediction, top_k: int = 5) -> list[dict]:
+    def prediction_dicts(self, raw: RawPrediction, top_k: int = 5, decoder_floor: float | None = None) -> list[dict]:
         """`predict`'s dicts from raw scores: the head's tags above their thresholds, generated tags at or
-        above the decoder threshold."""
+        above the decoder threshold (`decoder_floor` where another decoder generated them)."""
         cat_p, tag_p = raw.category_probs, raw.tag_probs
         top = cat_p.topk(min(top_k, cat_p.shape[-1]), dim=-1)
-        floor = float(self.decoder_threshold)  # generated tags below it are not reported
+        # generated tags below it are not reported
+        floor = float(self.decoder_threshold) if decoder_floor is None else decoder_floor
         preds = []
         for n in range(cat_p.shape[0]):
             above = (tag_p[n] >= self.thresholds).nonzero()[:, 0].tolist()

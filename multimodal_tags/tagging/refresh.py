@@ -47,7 +47,8 @@ def refresh(model_dir: str | Path, catalog_path: str | Path, store_path: str | P
     settings, options = settings or RunConfig(), options or TagConfig()
     catalog_path = Path(catalog_path)
     check_catalog_file(catalog_path)  # before the store is opened (or created)
-    tagger = BatchTagger(model_dir, settings.cache_for(catalog_path), settings, options.tag_source)
+    tagger = BatchTagger(model_dir, settings.cache_for(catalog_path), settings, options.tag_source,
+                         options.decoder, options.ask_keys)
     root = image_root_for(catalog_path, options.image_root)
     stats, t0 = RefreshStats(), time.perf_counter()
     report = ReadReport(str(catalog_path))

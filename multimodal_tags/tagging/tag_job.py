@@ -44,6 +44,8 @@ class TagConfig:
     extra_tags: list[str] = field(default_factory=list)  # scored zero-shot by CLIP similarity (tag only)
     clip: str | None = None  # the CLIP that scores extra_tags (image encoder spec); None: the model's own
     decode_workers: int | None = None  # processes decoding the next batches' photos (0: none; None: by cores)
+    decoder: str = "auto"  # auto (the LM decoder where the model folder holds one), scratch or lm
+    ask_keys: list[str] = field(default_factory=list)  # keys whose values the LM decoder writes freely
 
 
 @dataclass
@@ -215,7 +217,8 @@ def _tag_sharded(model_dir, catalog_path: Path, out: Path, store_path, settings:
 def _tag_stream(model_dir, catalog_path: Path, out: Path, store_path, settings: RunConfig, options: TagConfig,
                 rejects_path, shard: Shard) -> TagStats:
     """Tag the shard's products of the catalog into `out` (resuming it), and into the store if given."""
-    tagger = BatchTagger(model_dir, settings.cache_for(catalog_path), settings, options.tag_source)
+    tagger = BatchTagger(model_dir, settings.cache_for(catalog_path), settings, options.tag_source,
+                         options.decoder, options.ask_keys)
     root = image_root_for(catalog_path, options.image_root)
     if options.extra_tags:
         tagger.enable_zero_shot(options.extra_tags, _calibration_products(catalog_path, root, options.limits), root,

@@ -11,16 +11,21 @@ import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from ..config import LMDecoderConfig
+from ..data.catalog import read_catalog
+from ..data.feature_cache import FeatureCache
 from ..data.schema import Product
+from ..features import FeatureSource, RunConfig
+from ..metrics import prf
 from ..models.causal_lm import load_causal_lm
 from ..models.encoder_base import WeightsUnavailable
 from ..models.lm_decoder import LMTagDecoder
 from ..models.tag_text import TagTrie
-from ..models.tag_tokenizer import CATEGORY_KEY
+from ..models.tag_tokenizer import CATEGORY_KEY, tag_key
 from ..models.tagger import Tagger
 
 WARMUP_STEPS = 50
@@ -140,3 +145,58 @@ def fit_lm_decoder(decoder: LMTagDecoder, train: DecoderData, val: DecoderData |
     decoder.eval()
     return {"seconds": round(time.perf_counter() - t0, 1), "products_seen": seen, "epochs": history,
             "best_epoch": best_epoch}
+
+
+FLOORS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+def generate_all(decoder: LMTagDecoder, data: DecoderData, batch_size: int = 64) -> list[dict[str, float]]:
+    """The decoder's tags {tag: score} for every product of `data` (no floor)."""
+    out = []
+    for s in range(0, len(data), batch_size):
+        part = data.part(slice(s, s + batch_size))
+        out += [dict(g) for g in decoder.generate(part.fused, part.titles, part.descriptions)]
+    return out
+
+
+def tag_f1(gold: list[list[str]], generated: list[dict[str, float]], floor: float) -> float:
+    """Micro-F1 of generated tags at or above `floor` (the category tag aside)."""
+    gold_sets = [{t for t in g if tag_key(t) != CATEGORY_KEY} for g in gold]
+    pred = [{t for t, s in g.items() if s >= floor and tag_key(t) != CATEGORY_KEY} for g in generated]
+    return prf(gold_sets, pred)[2]
+
+
+def tune_floor(decoder: LMTagDecoder, val: DecoderData) -> float:
+    """The score floor (of FLOORS) that gives the best tag micro-F1 on `val`; set on the decoder."""
+    generated = generate_all(decoder, val)
+    decoder.floor = max(FLOORS, key=lambda f: tag_f1(val.tags, generated, f))
+    return decoder.floor
+
+
+def train_lm_decoder(model_dir: str | Path, catalog_path: str | Path, cfg: LMDecoderConfig,
+                     settings: RunConfig | None = None, max_train: int | None = None,
+                     floor_products: int = 500, device: str = "cpu") -> dict:
+    """Train an LM decoder for the tagger in `model_dir` on a catalog's train split (its first `max_train`
+    products), its floor tuned on the first `floor_products` val products; saved into
+    MODEL_DIR/lm_decoder/. Returns the fit summary with the floor."""
+    settings = settings or RunConfig()
+    catalog, model = read_catalog(catalog_path), Tagger.load(model_dir)
+    split = {s: [p for p in catalog.products if p.split == s] for s in ("train", "val")}
+    split["train"] = split["train"][:max_train] if max_train else split["train"]
+    split["val"] = split["val"][:floor_products]
+    if not split["train"]:
+        raise ValueError(f"{catalog_path}: no train products to teach the decoder")
+    data = {}
+    with FeatureCache(settings.cache_for(catalog_path)) as cache:
+        for s, products in split.items():
+            source = FeatureSource.encode(products, settings.encoders_for(model.cfg), cache, catalog.image_root,
+                                          model.cfg, log=settings.log)
+            data[s] = DecoderData.of(fused_vectors(model, source), products)
+    decoder = build_lm_decoder(cfg, model, data["train"].tags, settings.allow_random_weights)
+    fit = fit_lm_decoder(decoder, data["train"], data["val"] if len(data["val"]) else None, settings.log, device)
+    decoder.to("cpu")
+    fit["floor"] = tune_floor(decoder, data["val"]) if len(data["val"]) else 0.0
+    decoder.save(model_dir)
+    settings.log(f"LM decoder {cfg.backend} ({cfg.finetune}) saved in {Path(model_dir) / 'lm_decoder'}; floor "
+                 f"{fit['floor']}, {fit['seconds']} s")
+    return fit

