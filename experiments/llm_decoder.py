@@ -221,12 +221,31 @@ def main(argv: list[str] | None = None) -> dict:
         "backend": a.backend, "finetune": a.finetune, "base_sha256": decoder.base_sha256,
         "heldout_keys": heldout, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "cpu_s": round(time.process_time() - cpu0, 1), "wall_s": round(time.perf_counter() - t_run, 1),
-        **run_facts(lcfg.precision),
+        "run": run_facts(lcfg.precision),
     }
     (a.out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
-    print(markdown_table([{"decoder": "scratch GPT-2", **scratch, "products/s": scratch_rate},
-                          {"decoder": f"{a.backend} ({a.finetune})", **llm, "products/s": llm_rate}]))
+    print(table(results) + "\n\n" + heldout_table(results))
     return results
+
+
+def table(r: dict) -> str:
+    """Both decoders on the test split (docs/llm_decoder.md)."""
+    llm = f"{r['backend']} ({r['finetune']})"
+    rows = [{"decoder": "scratch GPT-2", "tag micro-F1": r["scratch_micro_f1"], "tag macro-F1": r["scratch_macro_f1"],
+             "category acc": r.get("scratch_category_acc"), "train s / 1k products": r["train_s_per_1k"]["scratch"],
+             "tagging products/s": r["tag_per_s"]["scratch"]},
+            {"decoder": llm, "tag micro-F1": r["llm_micro_f1"], "tag macro-F1": r["llm_macro_f1"],
+             "category acc": r["llm_category_acc"], "train s / 1k products": r["train_s_per_1k"]["llm"],
+             "tagging products/s": r["tag_per_s"]["llm"]}]
+    return markdown_table(rows, {"train s / 1k products": 1, "tagging products/s": 1})
+
+
+def heldout_table(r: dict) -> str:
+    """The held-out keys, asked of the LM, against the two baselines (docs/llm_decoder.md)."""
+    rows = [{"held-out key": k, "test products": r["heldout_products"][k], "LM asked": r["heldout_key_f1"][k],
+             "most frequent value": r["heldout_baseline_f1"][k], "string match": r["heldout_match_f1"][k]}
+            for k in r["heldout_key_f1"]]
+    return markdown_table(rows)
 
 
 if __name__ == "__main__":

@@ -34,3 +34,17 @@ def test_train_evaluate_and_tag_on_cuda(tmp_path):
     stats = tag_catalog(tmp_path / "run" / "model", catalog, tmp_path / "tagged.jsonl", tmp_path / "tags.db", settings)
     rows = [json.loads(line) for line in (tmp_path / "tagged.jsonl").read_text().splitlines()]
     assert stats.tagged == len(rows) == stats.kept > 0
+
+
+def test_lm_decoder_trains_whole_and_generates_on_cuda():
+    """The LM decoder's GPU path (`--decoder-finetune full`, bf16 autocast) on a tiny Llama."""
+    pytest.importorskip("peft")
+    from multimodal_tags.train.lm_decoder import fit_lm_decoder
+    from test_lm_decoder import TAGS, _decoder
+
+    dec, data = _decoder("tiny-llama", finetune="full")
+    dec.cfg.precision, dec.cfg.epochs = "auto", 3
+    fit = fit_lm_decoder(dec, data, data, log=lambda s: None, device="cuda")
+    assert all(math.isfinite(e["train_loss"]) for e in fit["epochs"])
+    tags = dec.generate(data.fused, data.titles, data.descriptions)  # fused on the CPU: moved to the decoder
+    assert all({t for t, _ in g} <= set(TAGS) for g in tags)

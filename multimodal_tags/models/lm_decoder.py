@@ -55,6 +55,10 @@ class LMTagDecoder(nn.Module):
         self._words = {w: self.tokenizer.encode(w, add_special_tokens=False)
                        for w in (PROMPT_TITLE, PROMPT_DESCRIPTION, PROMPT_END)}
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.mapper.parameters()).device
+
     # ---- inputs -----------------------------------------------------------------------------------------
     def prompt_ids(self, titles: list[str], descriptions: list[str | None] | None = None) -> list[list[int]]:
         """`Title: ...\\nDescription: ...\\nTags:` per product: the title cut to `max_prompt_tokens` tokens,
@@ -151,6 +155,7 @@ class LMTagDecoder(nn.Module):
                  descriptions: list[str | None] | None = None) -> list[list[tuple[str, float]]]:
         """Greedy decoding constrained to the vocabulary's trie; per product, (tag, score) in order."""
         self.eval()
+        fused = fused.to(self.device)
         walks = [TrieWalk(self.trie) for _ in titles]
         rows = list(range(len(titles)))  # the products still writing
         max_steps = self.cfg.max_tags * max((len(p) for p in self.trie.pieces), default=1) + 1
@@ -181,6 +186,7 @@ class LMTagDecoder(nn.Module):
         """The LM's own words for `key` per product, prompted ` key:` after the title: (value, score), the
         score the product of the value's token probabilities; an empty value where it wrote none."""
         self.eval()
+        fused = fused.to(self.device)
         ask_ids = self.tokenizer.encode(key_prompt(key), add_special_tokens=False)
         texts, scores = [[] for _ in titles], [1.0] * len(titles)
         rows, eos = list(range(len(titles))), self.tokenizer.eos_token_id
