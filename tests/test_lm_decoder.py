@@ -200,3 +200,24 @@ def test_smollm2_loads_offline_as_a_llama_with_a_stable_fingerprint(tmp_path, mo
     again = load_causal_lm("smollm2-135m")  # from the converted folder, not the GGUF
     assert again.weights_sha256 == lm.weights_sha256
     assert len(list(tmp_path.glob("smollm2-*/conversion.json"))) == 1
+
+
+def test_the_experiment_writes_every_results_key(shop, tmp_path):
+    """experiments/llm_decoder.py end to end on the synthetic shop (tiny tagger, tiny Llama)."""
+    from experiments import llm_decoder
+
+    results = llm_decoder.main(["--catalog", str(shop["root"] / "catalog.jsonl"), "--out", str(tmp_path / "llm"),
+                                "--preset", "tiny", "--backend", "tiny-llama", "--allow-random-weights",
+                                "--heldout-keys", "pattern", "--train-products", "120", "--tagger-epochs", "1",
+                                "--floor-products", "16", "--val-loss-products", "16"])
+    on_disk = json.loads((tmp_path / "llm" / "results.json").read_text())
+    for key in ("scratch_micro_f1", "scratch_macro_f1", "llm_micro_f1", "llm_macro_f1", "llm_category_acc",
+                "heldout_key_f1", "heldout_baseline_f1", "heldout_match_f1", "train_s_per_1k", "tag_per_s",
+                "peak_rss_mb", "cpu_s"):
+        assert key in on_disk, key
+    assert set(on_disk["heldout_key_f1"]) == {"pattern"} and on_disk["train_products"] == 120
+    subset = (tmp_path / "llm" / "catalog-subset.jsonl").read_text()
+    assert '"pattern:' not in subset  # the held-out key is never a target
+    assert set(on_disk["train_s_per_1k"]) == set(on_disk["tag_per_s"]) == {"scratch", "llm"}
+    assert results["run"]["commit"] is None or len(results["run"]["commit"]) >= 7
+    assert llm_decoder.table(on_disk).count("\n") == 3 and "pattern" in llm_decoder.heldout_table(on_disk)
