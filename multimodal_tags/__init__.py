@@ -9,8 +9,6 @@ The names a user needs, importable from the package (each loads its module on fi
 - encoders and models: `list_encoders`, `create_text_encoder`, `create_image_encoder`, `list_presets`,
   `get_preset`, `ModelConfig`, `TrainConfig`, `Tagger`
 - jobs: `RunConfig`, `train_tagger`, `evaluate_model`, `tag_catalog`, `BatchTagger`
-- a pretrained LM as the tag decoder: `LMDecoderConfig`, `train_lm_decoder` (then `BatchTagger(...,
-  ask_keys=["sleeve length"])`)
 """
 from __future__ import annotations
 
@@ -26,7 +24,6 @@ _EXPORTS = {
     "ModelConfig": "config", "TrainConfig": "config", "Tagger": "models.tagger",
     "RunConfig": "features.settings", "train_tagger": "train.job", "evaluate_model": "eval.evaluate",
     "tag_catalog": "tagging.tag_job", "BatchTagger": "inference.batch_tagger",
-    "LMDecoderConfig": "config", "train_lm_decoder": "train.lm_decoder",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -126,9 +126,6 @@ class TrainConfig:
     word_score_folds: int = 5  # cross-fitting folds of the word-score SVMs (ModelConfig.word_scores)
     # their regularisation (LinearSVC C); `experiments/linear_baseline.py --c` compares values (docs/experiments.md)
     word_score_c: float = 2.0
-    # "liblinear": one LinearSVC per tag; "batched": the same problem for every tag at once, Newton steps in
-    # torch (models/svm_batch.py; docs/performance.md measures both)
-    word_score_solver: str = "liblinear"
     checkpoint_every: int = 1  # epochs between resumable checkpoints
     max_train_products: int | None = None  # quick runs
 

@@ -377,28 +377,3 @@ def test_generate_equals_transformers_generate_with_the_same_rules(vocabulary):
     assert [[t for t, _ in g] for g in kept] == [[t for t, _ in g] for g in ours]
     for g1, g2 in zip(ours, stock):
         assert all(abs(p1 - p2) < 1e-5 for (_, p1), (_, p2) in zip(g1, g2))
-
-
-def test_the_batched_svm_solver_finds_liblinears_svms():
-    """models/svm_batch.py solves every tag's LinearSVC problem at once: the same scores, to 1e-2, on
-    random sparse texts, with constant columns, warm starts and cross-fitting as the word scores use it."""
-    from multimodal_tags.models.svm_batch import fit_svms_batched
-    from multimodal_tags.models.word_scores import cross_fitted_scores, fit_svms, smooth_idf, tfidf_csr
-
-    rng = np.random.default_rng(0)
-    ids = np.sort(rng.integers(1, 2000, size=(600, 12)), axis=1)
-    ids[:, 1:][ids[:, 1:] == ids[:, :-1]] = 0
-    y = np.stack([np.isin(ids, np.arange(1 + 10 * j, 11 + 10 * j)).any(1) | (rng.random(600) < 0.03)
-                  for j in range(8)], axis=1).astype(np.int64)
-    y[:, 0], y[:, 1] = 0, 1  # constant columns: zero weights, intercept -1 / +1
-    x = tfidf_csr(ids, smooth_idf(ids, 2000))
-    (w1, b1), (w2, b2) = fit_svms(x, y, 2.0), fit_svms(x, y, 2.0, solver="batched")
-    assert np.abs((x @ w1.T + b1) - (x @ w2.T + b2)).max() < 1e-2
-    assert (w2[:2] == 0).all() and list(b2[:2]) == [-1.0, 1.0]
-    w3, b3 = fit_svms_batched(x, y, 2.0, start=(w2, b2))  # started at the answer: stays there
-    assert np.abs(w3 - w2).max() < 1e-4
-    s1, wa, _ = cross_fitted_scores(ids, y, 2000, folds=3, c=2.0)
-    s2, wb, _ = cross_fitted_scores(ids, y, 2000, folds=3, c=2.0, solver="batched")
-    assert np.abs(s1 - s2).max() < 1e-2 and np.abs(wa - wb).max() < 1e-2
-    with pytest.raises(ValueError, match="not one of"):
-        fit_svms(x, y, solver="sgd")

@@ -51,20 +51,8 @@ def _fit_one(x, y: np.ndarray, c: float) -> tuple[np.ndarray, float]:
     return svm.coef_[0].astype(np.float32), float(svm.intercept_[0])
 
 
-SOLVERS = ("liblinear", "batched")
-
-
-def fit_svms(x, y: np.ndarray, c: float = 1.0, n_jobs: int = 1, solver: str = "liblinear",
-             start: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """One linear SVM per column of the multi-hot `y`: weights [n_tags, n_features], intercepts [n_tags].
-    `solver`: "liblinear" (one LinearSVC per tag, `n_jobs` at a time) or "batched" (every tag at once,
-    models/svm_batch.py, which starts from `start` when given)."""
-    if solver not in SOLVERS:
-        raise ValueError(f"word-score solver {solver!r} is not one of {', '.join(SOLVERS)}")
-    if solver == "batched":
-        from .svm_batch import fit_svms_batched
-
-        return fit_svms_batched(x, y, c, start=start)
+def fit_svms(x, y: np.ndarray, c: float = 1.0, n_jobs: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """One linear SVM per column of the multi-hot `y`: weights [n_tags, n_features], intercepts [n_tags]."""
     from joblib import Parallel, delayed
 
     x = x.astype(np.float64)  # liblinear's type: converted once here, not once per tag inside LinearSVC.fit
@@ -74,19 +62,14 @@ def fit_svms(x, y: np.ndarray, c: float = 1.0, n_jobs: int = 1, solver: str = "l
 
 def cross_fitted_scores(ids: np.ndarray, y: np.ndarray, buckets: int, folds: int = 5, c: float = 1.0,
                         seed: int = 0, n_jobs: int = 1, extra_ids: np.ndarray | None = None,
-                        extra_of: np.ndarray | None = None,
-                        solver: str = "liblinear") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                        extra_of: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Scores of the training products, each from SVMs that never saw it (`folds`-fold), and the
     weights and intercepts of the SVMs fitted on all of them (which score every other product).
 
     `extra_ids` are further texts of training products (`extra_of`: the row of each one's product),
     such as copies with label words masked: each is scored by the SVMs of its product's held-out fold,
-    which never saw that product; their scores follow the products' in the returned scores.
-
-    The SVMs of all products are fitted first: the batched solver starts each fold's fit from them (a
-    fold's answer is near the whole split's, so a few Newton steps reach it)."""
+    which never saw that product; their scores follow the products' in the returned scores."""
     n = ids.shape[0]
-    w_all, b_all = fit_svms(tfidf_csr(ids, smooth_idf(ids, buckets)), y, c, n_jobs, solver)
     order = np.random.default_rng(seed).permutation(n)
     scores = np.zeros(y.shape, dtype=np.float32)
     extra_of = np.zeros(0, dtype=np.int64) if extra_of is None else np.asarray(extra_of)
@@ -94,12 +77,13 @@ def cross_fitted_scores(ids: np.ndarray, y: np.ndarray, buckets: int, folds: int
     for held in np.array_split(order, folds):
         fit_rows = np.setdiff1d(order, held)
         idf = smooth_idf(ids[fit_rows], buckets)
-        w, b = fit_svms(tfidf_csr(ids[fit_rows], idf), y[fit_rows], c, n_jobs, solver, start=(w_all, b_all))
+        w, b = fit_svms(tfidf_csr(ids[fit_rows], idf), y[fit_rows], c, n_jobs)
         scores[held] = tfidf_csr(ids[held], idf) @ w.T + b
         extras = np.isin(extra_of, held)
         if extras.any():
             extra_scores[extras] = tfidf_csr(extra_ids[extras], idf) @ w.T + b
-    return np.concatenate([scores, extra_scores]), w_all, b_all
+    w, b = fit_svms(tfidf_csr(ids, smooth_idf(ids, buckets)), y, c, n_jobs)
+    return np.concatenate([scores, extra_scores]), w, b
 
 
 class WordScores(nn.Module):

@@ -30,8 +30,6 @@ def _key(ids: np.ndarray, y: np.ndarray, tcfg: TrainConfig, *extra: np.ndarray) 
         h.update(str(a.shape).encode())
         h.update(np.ascontiguousarray(a).tobytes())
     h.update(f"folds={tcfg.word_score_folds} c={tcfg.word_score_c} seed={tcfg.seed}".encode())
-    if tcfg.word_score_solver != "liblinear":  # liblinear's files keep the names they had
-        h.update(f"solver={tcfg.word_score_solver}".encode())
     return h.hexdigest()[:24]
 
 
@@ -58,15 +56,14 @@ def fit_or_load_word_scores(train: FeatureDataset, buckets: int, tcfg: TrainConf
         t0 = time.perf_counter()
         scores, weights, intercepts = cross_fitted_scores(
             ids, y, buckets, tcfg.word_score_folds, tcfg.word_score_c, tcfg.seed,
-            n_jobs=max(1, torch.get_num_threads()), extra_ids=extra_ids, extra_of=extra_of,
-            solver=tcfg.word_score_solver)
+            n_jobs=max(1, torch.get_num_threads()), extra_ids=extra_ids, extra_of=extra_of)
         fitted = {"scores": scores, "weights": weights, "intercepts": intercepts}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = temp_path(path)
         save_file(fitted, str(tmp))
         os.replace(tmp, path)  # atomic: a concurrent reader sees the whole file or none
-        log(f"word scores: {y.shape[1]} SVMs x {tcfg.word_score_folds + 1} fits ({tcfg.word_score_solver}) on "
-            f"{len(y)} products (+{len(extra_of)} masked copies scored) "
+        log(f"word scores: {y.shape[1]} SVMs x {tcfg.word_score_folds + 1} fits on {len(y)} products "
+            f"(+{len(extra_of)} masked copies scored) "
             f"in {time.perf_counter() - t0:.0f}s")
     return fitted
 
