@@ -22,6 +22,8 @@ from pathlib import Path
 
 from experiments.common import REPO, markdown_table
 from experiments.implicit_benchmark import implicit_table
+from experiments.llm_decoder import heldout_table as llm_heldout_table
+from experiments.llm_decoder import table as llm_decoder_table
 from experiments.new_shop import table as new_shop_table
 
 RESULTS = Path("docs") / "results"
@@ -96,6 +98,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "headline": lambda root: headline_table(_load("myntra-bench.json", root), _load("implicit-myntra.json", root)),
     "implicit": lambda root: implicit_table(_load("implicit-myntra.json", root)),
     "new-shop": lambda root: new_shop_table(_load("new-shop-hm.json", root)),
+    "llm-decoder": lambda root: llm_decoder_table(_load("llm-decoder-myntra.json", root)),
+    "llm-heldout": lambda root: llm_heldout_table(_load("llm-decoder-myntra.json", root)),
 }
 
 

@@ -154,13 +154,18 @@ class LMTagDecoder(nn.Module):
     def generate(self, fused: torch.Tensor, titles: list[str],
                  descriptions: list[str | None] | None = None) -> list[list[tuple[str, float]]]:
         """Greedy decoding constrained to the vocabulary's trie; per product, (tag, score) in order."""
-        self.eval()
-        fused = fused.to(self.device)
         walks = [TrieWalk(self.trie) for _ in titles]
-        rows = list(range(len(titles)))  # the products still writing
         max_steps = self.cfg.max_tags * max((len(p) for p in self.trie.pieces), default=1) + 1
+        self._walk(fused, self.prompt_ids(titles, descriptions), walks, max_steps)
+        return [w.tags for w in walks]
+
+    def _walk(self, fused: torch.Tensor, prompts: list[list[int]], walks: list[TrieWalk], max_steps: int) -> None:
+        """Greedy decoding of every row along its own trie walk until the walk is done (or `max_steps`);
+        finished rows leave the batch and its KV cache."""
+        self.eval()
+        fused, rows = fused.to(self.device), list(range(len(walks)))  # rows: the products still writing
         with self._autocast(fused.device):
-            out, mask, last = self._prefill(fused, self.prompt_ids(titles, descriptions))
+            out, mask, last = self._prefill(fused, prompts)
             for _ in range(max_steps):
                 logits = out.logits[:, -1].float()
                 allowed = torch.zeros_like(logits, dtype=torch.bool)
@@ -174,27 +179,27 @@ class LMTagDecoder(nn.Module):
                 keep = [j for j, r in enumerate(rows) if not walks[r].done]
                 if not keep:
                     break
-                if len(keep) < len(rows):  # finished rows leave the batch and its cache
+                if len(keep) < len(rows):
                     out.cache.batch_select_indices(torch.tensor(keep, device=fused.device))
                     rows, best, mask, last = [rows[j] for j in keep], best[keep], mask[keep], last[keep]
                 out, mask, last = self._next(best, out.cache, mask, last)
-        return [w.tags for w in walks]
 
     @torch.no_grad()
     def ask(self, fused: torch.Tensor, titles: list[str], key: str,
             descriptions: list[str | None] | None = None) -> list[tuple[str, float]]:
-        """The LM's own words for `key` per product, prompted ` key:` after the title: (value, score), the
-        score the product of the value's token probabilities; an empty value where it wrote none."""
+        """The LM's own words for `key` per product, prompted ` key:` after the product's prompt: greedy,
+        unconstrained, up to `;`, a new line or end-of-text. (value, score), the score the product of the
+        value's token probabilities; ("", 0.0) where it wrote none."""
         self.eval()
         fused = fused.to(self.device)
         ask_ids = self.tokenizer.encode(key_prompt(key), add_special_tokens=False)
-        texts, scores = [[] for _ in titles], [1.0] * len(titles)
-        rows, eos = list(range(len(titles))), self.tokenizer.eos_token_id
+        prompts = [p + ask_ids for p in self.prompt_ids(titles, descriptions)]
+        texts, scores = [[] for _ in prompts], [1.0] * len(prompts)
+        rows, eos = list(range(len(prompts))), self.tokenizer.eos_token_id
         with self._autocast(fused.device):
-            out, mask, last = self._prefill(fused, [p + ask_ids for p in self.prompt_ids(titles, descriptions)])
+            out, mask, last = self._prefill(fused, prompts)
             for _ in range(self.cfg.max_value_tokens):
-                probs = torch.softmax(out.logits[:, -1].float(), dim=-1)
-                best_p, best = probs.max(-1)
+                best_p, best = torch.softmax(out.logits[:, -1].float(), dim=-1).max(-1)
                 going = []
                 for j, r in enumerate(rows):
                     piece = self.tokenizer.decode([int(best[j])])
@@ -210,7 +215,7 @@ class LMTagDecoder(nn.Module):
                     out.cache.batch_select_indices(torch.tensor(going, device=fused.device))
                     rows, best, mask, last = [rows[j] for j in going], best[going], mask[going], last[going]
                 out, mask, last = self._next(best, out.cache, mask, last)
-        return [(value_from_text("".join(t)), s) for t, s in zip(texts, scores)]
+        return [(value_from_text("".join(t)), s if "".join(t).strip() else 0.0) for t, s in zip(texts, scores)]
 
     # ---- persistence ------------------------------------------------------------------------------------
     def save(self, model_dir: str | Path) -> Path:
