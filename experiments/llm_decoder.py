@@ -149,6 +149,8 @@ def parse_args(argv):
     ap.add_argument("--backend", default="smollm2-135m")
     ap.add_argument("--finetune", default="lora", choices=("lora", "full"))
     ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--ask-practice", type=float, default=0.0,
+                    help="share of train products that also teach an asked key (LMDecoderConfig.ask_practice)")
     ap.add_argument("--heldout-keys", default=",".join(HELDOUT))
     ap.add_argument("--floor-products", type=int, default=500, help="val products the LM's score floor is tuned on")
     ap.add_argument("--val-loss-products", type=int, default=1000, help="val products of the LM's validation loss")
@@ -192,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
         scratch["category_acc"] = accuracy([p.category for p in test_products], head_categories)  # its head
         log(f"scratch decoder: {scratch}, {scratch_rate:.1f} products/s")
 
-        lcfg = LMDecoderConfig(backend=a.backend, finetune=a.finetune, epochs=a.epochs)
+        lcfg = LMDecoderConfig(backend=a.backend, finetune=a.finetune, epochs=a.epochs, ask_practice=a.ask_practice)
         decoder = build_lm_decoder(lcfg, model, data["train"].tags, allow_random=a.allow_random_weights)
         val_loss_part = data["val"].part(slice(0, a.val_loss_products))
         fit = fit_lm_decoder(decoder, data["train"], val_loss_part, log=log, device=a.device)
@@ -218,7 +220,8 @@ def main(argv: list[str] | None = None) -> dict:
                            "llm": round(fit["seconds"] / max(fit["products_seen"], 1) * 1000, 2)},
         "tag_per_s": {"scratch": round(scratch_rate, 2), "llm": round(llm_rate, 2)},
         "llm_fit": fit, "train_products": n_train, "val_products": len(rows["val"]), "test_products": len(rows["test"]),
-        "backend": a.backend, "finetune": a.finetune, "base_sha256": decoder.base_sha256,
+        "backend": a.backend, "finetune": a.finetune, "ask_practice": a.ask_practice,
+        "base_sha256": decoder.base_sha256,
         "heldout_keys": heldout, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "cpu_s": round(time.process_time() - cpu0, 1), "wall_s": round(time.perf_counter() - t_run, 1),
         "run": run_facts(lcfg.precision),

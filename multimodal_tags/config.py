@@ -44,6 +44,9 @@ class LMDecoderConfig:
     # value is ("round neck t-shirt with short sleeves"); 24 costs about a quarter more training time than 0
     description_tokens: int = 24
     max_value_tokens: int = 8  # an asked key's value (free text) is at most this long
+    # share of train products that also teach asking: the prompt, ` key:` for one of its keys, its value
+    # (`mmtags tag --ask-keys` prompts the same way); 0: the LM only ever writes whole tag lists
+    ask_practice: float = 0.0
     max_tags: int = 24  # longest tag list generated
     precision: str = "auto"  # "auto": bf16 where the device runs it natively (models/encoder_base.py)
     seed: int = 0

@@ -221,3 +221,21 @@ def test_the_experiment_writes_every_results_key(shop, tmp_path):
     assert set(on_disk["train_s_per_1k"]) == set(on_disk["tag_per_s"]) == {"scratch", "llm"}
     assert results["run"]["commit"] is None or len(results["run"]["commit"]) >= 7
     assert llm_decoder.table(on_disk).count("\n") == 3 and "pattern" in llm_decoder.heldout_table(on_disk)
+
+
+def test_ask_practice_teaches_the_asking_prompt():
+    """With ask_practice, products also teach ` key:` -> ` value;`, exactly as `ask` prompts."""
+    from multimodal_tags.train.lm_decoder import asked_examples
+
+    dec, data = _decoder("tiny-llama")
+    asked = asked_examples(dec, data, share=1.0)
+    assert len(asked) == len(data)
+    prompts = dec.prompt_ids(data.titles, data.descriptions)
+    for row, prompt, target in asked:
+        text = dec.tokenizer.decode(prompt[len(prompts[row]):])
+        key = text.strip().rstrip(":")
+        value = dec.tokenizer.decode(target).strip().rstrip(";")
+        assert f"{key}:{value}" in data.tags[row] and key != "category"
+    dec.cfg.ask_practice, dec.cfg.epochs = 0.5, 1
+    fit = fit_lm_decoder(dec, data, None, log=lambda s: None)
+    assert fit["products_seen"] > len(data)  # the asked examples joined the tag lists

@@ -88,7 +88,8 @@ def cmd_train_decoder(a: argparse.Namespace) -> int:
     from ..config import LMDecoderConfig
     from ..train.lm_decoder import train_lm_decoder
 
-    cfg = LMDecoderConfig(backend=a.backend, finetune=a.decoder_finetune, epochs=a.epochs)
+    cfg = LMDecoderConfig(backend=a.backend, finetune=a.decoder_finetune, epochs=a.epochs,
+                          ask_practice=a.ask_practice)
     if a.batch_size:
         cfg.batch_size = a.batch_size
     fit = train_lm_decoder(a.model, a.catalog, cfg, run_settings(a), max_train=a.max_train_products,
@@ -253,6 +254,9 @@ def _add_train_decoder(sub) -> None:
     sp.add_argument("--epochs", type=int, default=1)
     sp.add_argument("--batch-size", type=int)
     sp.add_argument("--max-train-products", type=int, help="train on the first N train products")
+    sp.add_argument("--ask-practice", type=float, default=0.0,
+                    help="share of train products that also teach an asked key (` key:` -> value), as "
+                         "`mmtags tag --ask-keys` asks")
     sp.add_argument("--device", default="cpu", help="cpu or cuda")
     add_reads_features(sp)
     sp.set_defaults(func=cmd_train_decoder)

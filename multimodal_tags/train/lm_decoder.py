@@ -8,6 +8,8 @@ linear decay; bf16 autocast where the device has it. The epoch with the lowest v
 from __future__ import annotations
 
 import copy
+import dataclasses
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from ..metrics import prf
 from ..models.causal_lm import load_causal_lm
 from ..models.encoder_base import WeightsUnavailable
 from ..models.lm_decoder import LMTagDecoder
-from ..models.tag_text import TagTrie
+from ..models.tag_text import TagTrie, key_prompt
 from ..models.tag_tokenizer import CATEGORY_KEY, tag_key
 from ..models.tagger import Tagger
 
@@ -99,22 +101,42 @@ def validation_loss(decoder: LMTagDecoder, data: DecoderData, batch_size: int = 
     return total / max(tokens, 1)
 
 
+def asked_examples(decoder: LMTagDecoder, data: DecoderData, share: float, seed: int = 0):
+    """Ask practice: for `share` of the products, (row, prompt + ` key:`, ` value;`) for one of its keys
+    (not the category), drawn at random; what the LM is asked at tagging time (`LMTagDecoder.ask`)."""
+    rng, out = random.Random(seed), []
+    prompts = decoder.prompt_ids(data.titles, data.descriptions)
+    for r, tags in enumerate(data.tags):
+        keyed = [t for t in tags if ":" in t and tag_key(t) != CATEGORY_KEY]
+        if keyed and rng.random() < share:
+            key, value = rng.choice(keyed).split(":", 1)
+            ask = decoder.tokenizer.encode(key_prompt(key), add_special_tokens=False)
+            out.append((r, prompts[r] + ask, decoder.tokenizer.encode(f" {value.strip()};", add_special_tokens=False)))
+    return out
+
+
 def fit_lm_decoder(decoder: LMTagDecoder, train: DecoderData, val: DecoderData | None,
                    log: Callable[[str], None] = print, device: str = "cpu") -> dict:
     """Train the mapper and adapters; returns {"seconds", "products_seen", "epochs": [{train_loss,
-    val_loss}], "best_epoch"}. The decoder ends with the best epoch's weights (by validation loss)."""
+    val_loss}], "best_epoch"}. The decoder ends with the best epoch's weights (by validation loss). With
+    `ask_practice`, asked-key examples (`asked_examples`) join the products' tag lists."""
     cfg = decoder.cfg
     decoder.to(device)
     prompts, targets = decoder.prompt_ids(train.titles, train.descriptions), [decoder.trie.target(t) for t in train.tags]
+    asked = asked_examples(decoder, train, cfg.ask_practice, cfg.seed) if cfg.ask_practice > 0 else []
+    if asked:
+        rows, ask_prompts, ask_targets = zip(*asked)
+        train = dataclasses.replace(train, fused=torch.cat([train.fused, train.fused[list(rows)]]))
+        prompts, targets = prompts + list(ask_prompts), targets + list(ask_targets)
     opt = torch.optim.AdamW(decoder.trainable_groups(), weight_decay=0.0)
-    steps = cfg.epochs * ((len(train) + cfg.batch_size - 1) // cfg.batch_size)
+    steps = cfg.epochs * ((len(prompts) + cfg.batch_size - 1) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / WARMUP_STEPS) * max(0.0, 1 - s / max(steps, 1)))
     gen = torch.Generator().manual_seed(cfg.seed)
     history, best, best_state, t0, seen = [], float("inf"), None, time.perf_counter(), 0
     for epoch in range(cfg.epochs):
         decoder.train()
-        order, running = torch.randperm(len(train), generator=gen).tolist(), []
+        order, running = torch.randperm(len(prompts), generator=gen).tolist(), []
         for s in range(0, len(order), cfg.batch_size):
             loss = _loss(decoder, train, order[s:s + cfg.batch_size], prompts, targets, device)
             loss.backward()
