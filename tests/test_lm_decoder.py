@@ -221,6 +221,12 @@ def test_the_experiment_writes_every_results_key(shop, tmp_path):
     assert set(on_disk["train_s_per_1k"]) == set(on_disk["tag_per_s"]) == {"scratch", "llm"}
     assert results["run"]["commit"] is None or len(results["run"]["commit"]) >= 7
     assert llm_decoder.table(on_disk).count("\n") == 3 and "pattern" in llm_decoder.heldout_table(on_disk)
+    from experiments import llm_ask_probe  # reuses that run's tagger: asks after ask practice
+
+    probe = llm_ask_probe.main(["--run", str(tmp_path / "llm"), "--catalog", str(shop["root"] / "catalog.jsonl"),
+                                "--train-products", "40", "--test-products", "30", "--score-products", "10",
+                                "--backend", "tiny-llama", "--heldout-keys", "pattern", "--allow-random-weights"])
+    assert set(probe["heldout_key_f1"]) == {"pattern"} and probe["train_products"] == 40
 
 
 def test_ask_practice_teaches_the_asking_prompt():
