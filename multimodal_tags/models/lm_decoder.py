@@ -144,6 +144,17 @@ class LMTagDecoder(nn.Module):
         out = self.hf(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True)
         return out, mask, positions[:, -1]
 
+    def _continue(self, out, keep: list[int], rows: list[int], best: torch.Tensor, mask: torch.Tensor,
+                  last: torch.Tensor):
+        """One more step for the rows `keep` (positions in `rows`, the products still writing): the others
+        leave the batch and its KV cache, then the kept rows' tokens `best` go through the LM. Returns
+        (LM output, rows, mask, last position)."""
+        if len(keep) < len(rows):
+            out.cache.batch_select_indices(torch.tensor(keep, device=best.device))
+            rows, best, mask, last = [rows[j] for j in keep], best[keep], mask[keep], last[keep]
+        out, mask, last = self._next(best, out.cache, mask, last)
+        return out, rows, mask, last
+
     def _next(self, token: torch.Tensor, cache, mask: torch.Tensor, last: torch.Tensor):
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
         out = self.hf(input_ids=token[:, None], attention_mask=mask, position_ids=(last + 1)[:, None],
@@ -179,10 +190,7 @@ class LMTagDecoder(nn.Module):
                 keep = [j for j, r in enumerate(rows) if not walks[r].done]
                 if not keep:
                     break
-                if len(keep) < len(rows):
-                    out.cache.batch_select_indices(torch.tensor(keep, device=fused.device))
-                    rows, best, mask, last = [rows[j] for j in keep], best[keep], mask[keep], last[keep]
-                out, mask, last = self._next(best, out.cache, mask, last)
+                out, rows, mask, last = self._continue(out, keep, rows, best, mask, last)
 
     @torch.no_grad()
     def ask(self, fused: torch.Tensor, titles: list[str], key: str,
@@ -211,11 +219,9 @@ class LMTagDecoder(nn.Module):
                     going.append(j)
                 if not going:
                     break
-                if len(going) < len(rows):
-                    out.cache.batch_select_indices(torch.tensor(going, device=fused.device))
-                    rows, best, mask, last = [rows[j] for j in going], best[going], mask[going], last[going]
-                out, mask, last = self._next(best, out.cache, mask, last)
-        return [(value_from_text("".join(t)), s if "".join(t).strip() else 0.0) for t, s in zip(texts, scores)]
+                out, rows, mask, last = self._continue(out, going, rows, best, mask, last)
+        written = ["".join(t) for t in texts]
+        return [(value_from_text(w), s if w.strip() else 0.0) for w, s in zip(written, scores)]
 
     # ---- persistence ------------------------------------------------------------------------------------
     def save(self, model_dir: str | Path) -> Path:
