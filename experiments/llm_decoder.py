@@ -45,8 +45,8 @@ from multimodal_tags.models.presets import get_preset
 from multimodal_tags.models.tag_tokenizer import CATEGORY_KEY, tag_key
 from multimodal_tags.models.tagger import Tagger
 from multimodal_tags.train.job import train_tagger
-from multimodal_tags.train.lm_decoder import (DecoderData, build_lm_decoder, fit_lm_decoder, fused_vectors,
-                                              generate_all, tune_floor)
+from multimodal_tags.train.lm_decoder import (DecoderData, build_lm_decoder, fit_lm_decoder, floored_tags,
+                                              fused_vectors, generate_all, tune_floor)
 
 from experiments.common import (Log, bench_train_config, markdown_table, myntra_catalog, quick_subset,
                                 run_facts)
@@ -71,7 +71,7 @@ def subset_catalog(full: Path, out: Path, n_train: int | None, heldout: set[str]
 def decoder_scores(products, generated: list[dict[str, float]], floor: float) -> dict:
     """Micro/macro F1 of a decoder's tags (category tags aside) and its category accuracy."""
     gold = [set(p.tags) for p in products]
-    pred = [{t for t, s in g.items() if s >= floor and tag_key(t) != CATEGORY_KEY} for g in generated]
+    pred = floored_tags(generated, floor)
     cats = [next((t.split(":", 1)[1] for t in g if tag_key(t) == CATEGORY_KEY), None) for g in generated]
     return {"micro_f1": prf(gold, pred)[2], "macro_f1": macro_f1(gold, pred),
             "category_acc": accuracy([p.category for p in products], cats)}
@@ -115,11 +115,7 @@ def heldout_scores(decoder, full_products, test_rows: list[int], data: DecoderDa
         gold = [{t for t in full_products[i].tags if tag_key(t) == key} for i in rows]
         index = {i: j for j, i in enumerate(test_rows)}
         sel = [index[i] for i in rows]
-        asked = []
-        for s in range(0, len(sel), 64):
-            part = sel[s:s + 64]
-            asked += decoder.ask(data.fused[part], [data.titles[j] for j in part], key,
-                                 [data.descriptions[j] for j in part])
+        asked = decoder.ask(data.fused[sel], [data.titles[j] for j in sel], key, [data.descriptions[j] for j in sel])
         llm = [{f"{key}:{v}"} if v else set() for v, _ in asked]
         common = {train_values.most_common(1)[0][0]}
         names = sorted(train_values, key=lambda t: -len(t))

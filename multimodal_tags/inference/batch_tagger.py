@@ -24,7 +24,6 @@ from ..models.zero_shot import ZeroShotTags, ZeroShotUnavailable
 from .rows import DEFAULT_TAG_SOURCE, prediction_rows, resolve_tag_source
 
 
-LM_BATCH = 64  # products per LM decoder call (its KV cache grows with the batch)
 DECODERS = ("auto", "scratch", "lm")
 
 
@@ -157,22 +156,15 @@ class BatchTagger:
 
     def _lm_tags(self, products: Sequence[Product], fused: torch.Tensor) -> list[dict[str, float]]:
         """The LM decoder's tags per product (its `category:` answer aside: the category head names it)."""
-        out = []
-        for s in range(0, len(products), LM_BATCH):
-            part = products[s:s + LM_BATCH]
-            out += [{t: p for t, p in g if tag_key(t) != CATEGORY_KEY} for g in self.lm_decoder.generate(
-                fused[s:s + LM_BATCH], [x.title for x in part], [x.description for x in part])]
-        return out
+        generated = self.lm_decoder.generate(fused, [p.title for p in products], [p.description for p in products])
+        return [{t: s for t, s in g if tag_key(t) != CATEGORY_KEY} for g in generated]
 
     def _add_asked(self, rows: list[dict], products: Sequence[Product], fused: torch.Tensor) -> None:
         """Each asked key's value in the LM's own words: `asked` {key: [value, score]} on every row, and the
         tag `key:value` (source "asked") where the row's tags do not answer that key yet."""
+        titles, descriptions = [p.title for p in products], [p.description for p in products]
         for key in self.ask_keys:
-            answers = []
-            for s in range(0, len(products), LM_BATCH):
-                part = products[s:s + LM_BATCH]
-                answers += self.lm_decoder.ask(fused[s:s + LM_BATCH], [x.title for x in part], key,
-                                               [x.description for x in part])
+            answers = self.lm_decoder.ask(fused, titles, key, descriptions)
             for row, (value, score) in zip(rows, answers):
                 row.setdefault("asked", {})[key] = [value, round(score, 5)]
                 tag = f"{key}:{value}"

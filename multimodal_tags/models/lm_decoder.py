@@ -33,6 +33,7 @@ from .encoder_base import WeightsUnavailable, resolve_precision
 from .tag_text import PROMPT_DESCRIPTION, PROMPT_END, PROMPT_TITLE, TagTrie, TrieWalk, key_prompt, value_from_text
 
 FOLDER, FORMAT = "lm_decoder", "mmtags-lm-decoder/1"
+DECODE_BATCH = 64  # products per LM call when decoding (the KV cache grows with the batch)
 
 
 class BaseModelMismatch(ValueError):
@@ -164,7 +165,12 @@ class LMTagDecoder(nn.Module):
     @torch.no_grad()
     def generate(self, fused: torch.Tensor, titles: list[str],
                  descriptions: list[str | None] | None = None) -> list[list[tuple[str, float]]]:
-        """Greedy decoding constrained to the vocabulary's trie; per product, (tag, score) in order."""
+        """Greedy decoding constrained to the vocabulary's trie; per product, (tag, score) in order. Any
+        number of products: they go through the LM DECODE_BATCH at a time."""
+        return _in_batches(self._generate_batch, fused, titles, descriptions)
+
+    def _generate_batch(self, fused: torch.Tensor, titles: list[str],
+                        descriptions: list[str | None]) -> list[list[tuple[str, float]]]:
         walks = [TrieWalk(self.trie) for _ in titles]
         max_steps = self.cfg.max_tags * max((len(p) for p in self.trie.pieces), default=1) + 1
         self._walk(fused, self.prompt_ids(titles, descriptions), walks, max_steps)
@@ -197,7 +203,11 @@ class LMTagDecoder(nn.Module):
             descriptions: list[str | None] | None = None) -> list[tuple[str, float]]:
         """The LM's own words for `key` per product, prompted ` key:` after the product's prompt: greedy,
         unconstrained, up to `;`, a new line or end-of-text. (value, score), the score the product of the
-        value's token probabilities; ("", 0.0) where it wrote none."""
+        value's token probabilities; ("", 0.0) where it wrote none. Any number of products, as `generate`."""
+        return _in_batches(lambda f, t, d: self._ask_batch(f, t, key, d), fused, titles, descriptions)
+
+    def _ask_batch(self, fused: torch.Tensor, titles: list[str], key: str,
+                   descriptions: list[str | None]) -> list[tuple[str, float]]:
         self.eval()
         fused = fused.to(self.device)
         ask_ids = self.tokenizer.encode(key_prompt(key), add_special_tokens=False)
@@ -276,6 +286,15 @@ class LMTagDecoder(nn.Module):
         else:
             dec.hf.load_state_dict(load_file(str(folder / "lm.safetensors")), strict=False)
         return dec.eval()
+
+
+def _in_batches(decode, fused: torch.Tensor, titles: list[str], descriptions: list[str | None] | None) -> list:
+    """`decode(fused, titles, descriptions)` over DECODE_BATCH products at a time, results in order."""
+    descriptions = descriptions or [None] * len(titles)
+    out = []
+    for s in range(0, len(titles), DECODE_BATCH):
+        out += decode(fused[s:s + DECODE_BATCH], titles[s:s + DECODE_BATCH], descriptions[s:s + DECODE_BATCH])
+    return out
 
 
 def has_lm_decoder(model_dir: str | Path) -> bool:

@@ -172,20 +172,20 @@ def fit_lm_decoder(decoder: LMTagDecoder, train: DecoderData, val: DecoderData |
 FLOORS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
 
 
-def generate_all(decoder: LMTagDecoder, data: DecoderData, batch_size: int = 64) -> list[dict[str, float]]:
+def generate_all(decoder: LMTagDecoder, data: DecoderData) -> list[dict[str, float]]:
     """The decoder's tags {tag: score} for every product of `data` (no floor)."""
-    out = []
-    for s in range(0, len(data), batch_size):
-        part = data.part(slice(s, s + batch_size))
-        out += [dict(g) for g in decoder.generate(part.fused, part.titles, part.descriptions)]
-    return out
+    return [dict(g) for g in decoder.generate(data.fused, data.titles, data.descriptions)]
+
+
+def floored_tags(generated: list[dict[str, float]], floor: float) -> list[set[str]]:
+    """Each product's generated tags at or above `floor`, the category tag aside."""
+    return [{t for t, s in g.items() if s >= floor and tag_key(t) != CATEGORY_KEY} for g in generated]
 
 
 def tag_f1(gold: list[list[str]], generated: list[dict[str, float]], floor: float) -> float:
     """Micro-F1 of generated tags at or above `floor` (the category tag aside)."""
     gold_sets = [{t for t in g if tag_key(t) != CATEGORY_KEY} for g in gold]
-    pred = [{t for t, s in g.items() if s >= floor and tag_key(t) != CATEGORY_KEY} for g in generated]
-    return prf(gold_sets, pred)[2]
+    return prf(gold_sets, floored_tags(generated, floor))[2]
 
 
 def tune_floor(decoder: LMTagDecoder, val: DecoderData) -> float:
