@@ -74,10 +74,16 @@ class TagTrie:
             node.tag = i
 
     @classmethod
-    def fit(cls, tokenizer, vocab: Sequence[str], train_tags: Iterable[Sequence[str]]) -> "TagTrie":
+    def fit(cls, tokenizer, vocab: Sequence[str], train_tags: Iterable[Sequence[str]],
+            first_key: str | None = None) -> "TagTrie":
+        """Keys ordered by their frequency in `train_tags` (`first_key`, single-valued, before all)."""
         train_tags = [list(t) for t in train_tags]
         key_counts = Counter(tag_key(t) for tags in train_tags for t in tags)
-        return cls(tokenizer, vocab, single_valued_keys(train_tags), [k for k, _ in key_counts.most_common()])
+        order = [k for k, _ in key_counts.most_common() if k != first_key]
+        single = set(single_valued_keys(train_tags))
+        if first_key is not None:
+            order, single = [first_key, *order], single | {first_key}
+        return cls(tokenizer, vocab, single, order)
 
     def target(self, tags: Iterable[str]) -> list[int]:
         """The token ids the LM is taught for a tag set: its known tags in order, then end-of-text."""

@@ -76,10 +76,7 @@ def build_lm_decoder(cfg: LMDecoderConfig, model: Tagger, train_tags: list[list[
         raise WeightsUnavailable(f"decoder {cfg.backend!r} has random weights; a real run needs a pretrained LM "
                                  f"(allow_random only for tests)")
     vocab = [f"{CATEGORY_KEY}:{c}" for c in model.categories] + list(model.tags)
-    trie = TagTrie.fit(lm.tokenizer, vocab, train_tags)
-    trie = TagTrie(lm.tokenizer, vocab, trie.single_valued | {CATEGORY_KEY},
-                   [CATEGORY_KEY] + [k for k in trie.key_order if k != CATEGORY_KEY])
-    return LMTagDecoder(lm, trie, model.cfg.dim, cfg)
+    return LMTagDecoder(lm, TagTrie.fit(lm.tokenizer, vocab, train_tags, first_key=CATEGORY_KEY), model.cfg.dim, cfg)
 
 
 def _loss(decoder: LMTagDecoder, data: DecoderData, rows: list[int], prompts, targets, device) -> torch.Tensor:
