@@ -239,3 +239,32 @@ def test_the_rate_of_wrong_judgements_is_estimated_from_confident_proposals():
     assert judgement_error_rate(careful) < 0.02
     assert abs(judgement_error_rate(sloppy) - 0.1) < 0.02
     assert judgement_error_rate(sloppy[:20]) == 0.0  # too few to tell
+
+
+def test_adapt_replays_the_train_split_as_training_built_it_and_finds_its_word_scores_cached(tmp_path):
+    import dataclasses
+
+    from conftest import synthetic_catalog
+    from multimodal_tags.config import TrainConfig
+    from multimodal_tags.data.catalog import read_catalog
+    from multimodal_tags.models.presets import get_preset
+    from multimodal_tags.train.job import train_tagger
+
+    synthetic_catalog(tmp_path, 160)
+    tcfg = TrainConfig(epochs=1, batch_size=32, max_train_products=80, masked_copies=0.5, word_score_folds=3)
+    train_tagger(tmp_path / "catalog.jsonl", tmp_path / "run", get_preset("tiny"), tcfg, SETTINGS)
+    recorded = json.loads((tmp_path / "run" / "model" / "lineage.json").read_text())["train"]
+    assert recorded["masked_copies"] == 0.5 and recorded["word_score_folds"] == 3
+    catalog = read_catalog(tmp_path / "catalog.jsonl")
+    val = [p for p in catalog.products if p.split == "val"]
+    rows = BatchTagger(tmp_path / "run" / "model", tmp_path / "features-cache", SETTINGS).tag(val, catalog.image_root)
+    with TagStore(tmp_path / "tags.db") as store:
+        store.write(rows, {}, val)
+    with FeedbackStore(tmp_path / "tags.db") as fb:
+        _truthful_feedback(fb, val, [fb.tags.get(p.id) for p in val])
+    logs: list[str] = []
+    lineage = adapt_model(tmp_path / "run" / "model", tmp_path / "tags.db", tmp_path / "child",
+                          dataclasses.replace(SETTINGS, log=logs.append), AdaptConfig(epochs=1, head_lrs=()))
+    assert any(line.startswith("word scores: cached") for line in logs), logs  # not fitted again
+    assert not any(line.startswith("word scores: ") and "SVMs" in line for line in logs)
+    assert lineage["train"] == recorded  # a child's children find them too

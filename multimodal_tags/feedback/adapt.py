@@ -41,7 +41,7 @@ from ..models.tag_tokenizer import CATEGORY_KEY, tag_key
 from ..models.tagger import Tagger
 from ..train.data import FeatureDataset, LabelSpace
 from ..train.finetune_text import bundle_text_encoder
-from ..train.job import split_indices
+from ..train.job import REPLAY_SETTINGS, copies_maker, replay_settings, split_indices
 from ..train.loop import fit
 from ..train.fit_word_scores import fit_or_load_word_scores
 from .feedback_store import FeedbackStore
@@ -88,6 +88,15 @@ def training_catalog(model_dir: Path, given: str | Path | None) -> Path:
             return path
     raise FileNotFoundError(f"{model_dir} does not record its training catalog: pass --catalog "
                             "(the catalog it was trained on, for replay and the validation split)")
+
+
+def replay_config(model_dir: Path) -> TrainConfig:
+    """The settings the model's train split was built with (REPLAY_SETTINGS, from its lineage.json; the
+    defaults for a folder that does not record them): replay rebuilds that split, masked copies included,
+    so the word-score cross-fitting of training is found in the cache instead of fitted again."""
+    lineage = model_dir / LINEAGE
+    recorded = json.loads(lineage.read_text(encoding="utf-8")).get("train") or {} if lineage.exists() else {}
+    return TrainConfig(**{k: v for k, v in recorded.items() if k in REPLAY_SETTINGS})
 
 
 def judged_products(fb: FeedbackStore, categories: Sequence[str] = ()) -> tuple[list[Product], float]:
@@ -153,14 +162,26 @@ def _table_scores(model: Tagger, source: FeatureSource) -> torch.Tensor:
     return model.word_scores(ids, model.lexical.tfidf(ids)).float()
 
 
+def _train_split(model: Tagger, labels: LabelSpace, catalog: Catalog, source: FeatureSource, idx: dict,
+                 tcfg: TrainConfig, cache_dir: Path, settings: RunConfig) -> FeatureDataset:
+    """The train split as training built it (`tcfg`: replay_config), masked copies after the originals
+    (only the word-score cache key needs them: none for a model without word scores)."""
+    train_source, copy_of = source.subset(idx["train"]), None
+    make_copies = copies_maker(catalog, model.cfg, tcfg, cache_dir, settings)
+    if make_copies is not None and model.word_scores is not None:
+        train_source, copy_of = make_copies(train_source)
+    return FeatureDataset(train_source, labels, model.cfg, None, copy_of)
+
+
 def prepare_adapt_data(model: Tagger, catalog: Catalog, judged: list[Product], cache_dir: Path,
-                       settings: RunConfig, options: AdaptConfig) -> AdaptData:
-    """Features and labels of the judged products, a replay sample of the train split, and val."""
-    cfg = model.cfg
+                       settings: RunConfig, options: AdaptConfig, tcfg: TrainConfig | None = None) -> AdaptData:
+    """Features and labels of the judged products, a replay sample of the train split (built as `tcfg`,
+    replay_config, says training built it), and val."""
+    cfg, tcfg = model.cfg, tcfg or TrainConfig()
     labels = LabelSpace(model.categories, model.tags, model.tokenizer, model.adversary_classes, model.required)
     catalog_source = encode_catalog(catalog, cfg, cache_dir, settings)
-    idx = split_indices(catalog)
-    train_split = FeatureDataset(catalog_source.subset(idx["train"]), labels, cfg)
+    idx = split_indices(catalog, tcfg.max_train_products)
+    train_split = _train_split(model, labels, catalog, catalog_source, idx, tcfg, cache_dir, settings)
     rng = np.random.default_rng(options.seed)
     fit_part = [p for p in judged if not held_back(p.id, options.holdout, options.seed)]
     held = [p for p in judged if held_back(p.id, options.holdout, options.seed)]
@@ -171,7 +192,7 @@ def prepare_adapt_data(model: Tagger, catalog: Catalog, judged: list[Product], c
     mixed = judged_source.subset(range(len(fit_part))).concat(train_split.features.subset(pick.tolist()))
     if model.word_scores is not None:  # judged: the model's table (out of sample); replayed: cross-fitted
         n_categories = len(model.categories) if cfg.word_scores.categories else 0
-        crossfit = fit_or_load_word_scores(train_split, cfg.lexical_buckets, TrainConfig(), cache_dir,
+        crossfit = fit_or_load_word_scores(train_split, cfg.lexical_buckets, tcfg, cache_dir,
                                            settings.log, n_categories)["scores"]
         mixed.word_scores = torch.cat([_table_scores(model, mixed.subset(range(len(fit_part)))),
                                        torch.from_numpy(crossfit[pick]).float()])
@@ -294,8 +315,9 @@ def adapt_model(model_dir: str | Path, store_path: str | Path, out: str | Path, 
         (judged, flip), events, last_seq = judged_products(fb, parent.categories), fb.count(), fb.last_seq()
     if not judged:
         raise ValueError(f"{store_path} holds no feedback on products it kept: nothing to adapt to")
+    tcfg = replay_config(model_dir)
     data = prepare_adapt_data(parent, read_catalog(catalog_path), judged, settings.cache_for(catalog_path), settings,
-                              options)
+                              options, tcfg)
     if len(data.holdout) == 0:  # the gate compares parent and child on them: without any, nothing can pass
         raise ValueError(f"{store_path}: {len(judged)} judged product(s), none held back for the gate (a share of "
                          f"{options.holdout:g} of them is): judge more products before adapting")
@@ -307,6 +329,7 @@ def adapt_model(model_dir: str | Path, store_path: str | Path, out: str | Path, 
     _save_child(child, model_dir, out)
     lineage = {"parent": {"path": str(model_dir.resolve()), "model_id": model_id(model_dir)},
                "ancestors": _ancestors(model_dir), "catalog": str(catalog_path.resolve()),
+               "train": replay_settings(tcfg),
                "feedback": {"store": str(Path(store_path).resolve()), "events": events, "last_seq": last_seq,
                             "judged_products": len(judged), "held_back": len(data.holdout),
                             "estimated_judgement_error_rate": flip,

@@ -97,6 +97,17 @@ def prepare_views(products, cfg: ModelConfig, tcfg: TrainConfig, cache_dir: str 
     return views
 
 
+# What rebuilding the train split exactly as training built it takes (feedback/adapt.py replays it, and
+# finds the word-score cross-fitting in the cache only when the split, its masked copies and the SVM
+# settings are the same): recorded in the model folder's lineage.json.
+REPLAY_SETTINGS = ("seed", "max_train_products", "masked_copies", "word_score_folds", "word_score_c")
+
+
+def replay_settings(tcfg: TrainConfig) -> dict:
+    """The train settings of REPLAY_SETTINGS, as lineage.json records them."""
+    return {k: getattr(tcfg, k) for k in REPLAY_SETTINGS}
+
+
 def copies_maker(catalog: Catalog, cfg: ModelConfig, tcfg: TrainConfig, cache_dir: Path, settings: RunConfig):
     """The `copies_for` of `split_datasets` that the train config asks for (None: no masked copies)."""
     if tcfg.masked_copies <= 0:
@@ -209,7 +220,8 @@ def train_tagger(catalog_path: str | Path, run_dir: str | Path, cfg: ModelConfig
         bundle_text_encoder(run_dir / "text_encoder", run_dir / "model")
     if finetune_image is not None:
         bundle_image_encoder(run_dir / "image_encoder", run_dir / "model")
-    write_json_atomic(run_dir / "model" / LINEAGE_FILE, {"catalog": str(Path(catalog_path).resolve()), "parent": None})
+    write_json_atomic(run_dir / "model" / LINEAGE_FILE, {"catalog": str(Path(catalog_path).resolve()), "parent": None,
+                                                         "train": replay_settings(tcfg)})
     metrics = score_and_write(best, data, run_dir, f"{run_dir.name}@epoch{state['best_epoch']}", val_preds)
     write_run_info(run_dir, {"job": "train", "catalog": str(catalog_path), "modalities": modalities,
                              "seed": tcfg.seed, "best_epoch": state["best_epoch"], "cache": str(cache_dir),
