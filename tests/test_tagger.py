@@ -279,6 +279,25 @@ def test_word_scores_are_cross_fitted_and_the_saved_table_reproduces_the_svms():
     assert got[1, 1] > 0 and got[0, 0] < 0 < got[2, 0]
 
 
+def test_every_svm_on_one_shared_liblinear_problem_is_linearsvc_and_does_not_depend_on_the_workers():
+    from multimodal_tags.models.linear_svms import fit_svms, have_liblinear
+    from multimodal_tags.models.word_scores import smooth_idf, tfidf_csr
+
+    if not have_liblinear():
+        pytest.skip("liblinear-official (the fast extra) is not installed")
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 300, size=(400, 12))
+    ids = np.where(np.diff(np.sort(ids, axis=1), axis=1, prepend=0) == 0, 0, np.sort(ids, axis=1))  # distinct per row
+    y = np.stack([(ids == m).any(1) ^ (rng.random(400) < 0.05) for m in range(1, 8)] + [np.zeros(400, bool)], 1)
+    x = tfidf_csr(ids, smooth_idf(ids, 512))
+    w0, b0 = fit_svms(x, y.astype(np.int64), 2.0, n_jobs=1, use_liblinear=False)
+    w1, b1 = fit_svms(x, y.astype(np.int64), 2.0, n_jobs=1, use_liblinear=True)
+    w2, b2 = fit_svms(x, y.astype(np.int64), 2.0, n_jobs=2, use_liblinear=True)
+    assert np.abs((x @ w0.T + b0) - (x @ w1.T + b1)).max() < 1e-3  # LinearSVC's SVMs, up to the tolerance
+    assert np.array_equal(w1, w2) and np.array_equal(b1, b2)  # the same whichever worker fits a column
+    assert b1[-1] == -1.0 and not w1[-1].any()  # a column no product has: a constant score
+
+
 def test_word_scores_feed_the_model_and_steer_the_decoder_but_not_when_text_is_hidden():
     cfg = shrink(get_preset("tiny"))
     assert cfg.word_scores.enabled

@@ -3,8 +3,9 @@
 A product's priority is how close its decisions are to going the other way (`closeness`, 0..1): the
 tag nearest its threshold (tags the row shows and the head's tags just under their thresholds, both
 with the threshold the model used) or the category's margin over its runner-up, whichever is closer.
-The queue takes the most uncertain product of each category in turn, so one category does not fill it,
-and shows products nobody has judged before those already reviewed.
+Categories take turns in proportion to their sizes (`spread`), the most uncertain product of each
+first, so one category does not fill the queue and the reviews look like the shop; products nobody has
+judged come before those already reviewed.
 """
 from __future__ import annotations
 
@@ -15,6 +16,11 @@ from dataclasses import dataclass
 from ..models.tag_tokenizer import CATEGORY_KEY, tag_key
 from ..tagging.tag_store import TagStore
 from .feedback_store import FeedbackStore
+
+# How the queue shares itself between categories (see `spread`): in proportion to their sizes, so a
+# review sample looks like the shop (what a reviewer fixes is what most products need fixed) while no
+# category takes more than its share and the most uncertain product of each category comes first.
+SHARE_POWER = 1.0
 
 
 @dataclass
@@ -66,14 +72,16 @@ def card(row: dict, judged: dict[str, bool], product: dict | None) -> dict:
             "priority": round(max(near, default=0.0), 5), "reviewed": bool(judged)}
 
 
-def spread(cards: list[dict]) -> list[dict]:
-    """Cards by priority, taking each category's next card in turn (categories in order of their best)."""
+def spread(cards: list[dict], share_power: float = SHARE_POWER) -> list[dict]:
+    """Cards by priority, the categories taking turns: a category of n cards gets turns at a rate of
+    n ** share_power (1: its share of the products, as a stratified sample; 0: one card each in turn),
+    its most uncertain card first; ties go to the category whose best card is the most uncertain."""
     by_category: dict[str, list[dict]] = defaultdict(list)
     for c in sorted(cards, key=lambda c: (c["reviewed"], -c["priority"], c["id"])):
         by_category[c["category"]].append(c)
-    out: list[dict] = []
-    for rank in range(max((len(v) for v in by_category.values()), default=0)):
-        out += [v[rank] for v in by_category.values() if rank < len(v)]
+    turns = [((rank + 0.5) / len(v) ** share_power, order, rank, card)
+             for order, v in enumerate(by_category.values()) for rank, card in enumerate(v)]
+    out = [card for *_, card in sorted(turns, key=lambda t: t[:3])]
     return sorted(out, key=lambda c: c["reviewed"])  # stable: the turn order holds within each part
 
 

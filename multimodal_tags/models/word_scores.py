@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .linear_svms import fit_svms
+
 
 def smooth_idf(ids: np.ndarray, buckets: int) -> np.ndarray:
     """Smoothed IDF of every bucket over an id matrix (the formula of LexicalEncoder.fit_idf)."""
@@ -40,24 +42,6 @@ def tfidf_csr(ids: np.ndarray, idf: np.ndarray):
     rows = np.repeat(np.arange(ids.shape[0]), ids.shape[1])
     keep = ids.ravel() > 0
     return csr_matrix((weights.ravel()[keep], (rows[keep], ids.ravel()[keep])), shape=(ids.shape[0], idf.size))
-
-
-def _fit_one(x, y: np.ndarray, c: float) -> tuple[np.ndarray, float]:
-    if y.min() == y.max():  # a tag every (or no) product of this fold has: a constant score
-        return np.zeros(x.shape[1], np.float32), 1.0 if y[0] else -1.0
-    from sklearn.svm import LinearSVC
-
-    svm = LinearSVC(C=c, random_state=0).fit(x, y)  # seeded: its coordinate descent shuffles
-    return svm.coef_[0].astype(np.float32), float(svm.intercept_[0])
-
-
-def fit_svms(x, y: np.ndarray, c: float = 1.0, n_jobs: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """One linear SVM per column of the multi-hot `y`: weights [n_tags, n_features], intercepts [n_tags]."""
-    from joblib import Parallel, delayed
-
-    x = x.astype(np.float64)  # liblinear's type: converted once here, not once per tag inside LinearSVC.fit
-    fitted = Parallel(n_jobs=n_jobs)(delayed(_fit_one)(x, y[:, j], c) for j in range(y.shape[1]))
-    return np.stack([w for w, _ in fitted]), np.array([b for _, b in fitted], dtype=np.float32)
 
 
 def cross_fitted_scores(ids: np.ndarray, y: np.ndarray, buckets: int, folds: int = 5, c: float = 1.0,
