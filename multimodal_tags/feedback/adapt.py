@@ -45,6 +45,7 @@ from ..train.job import REPLAY_SETTINGS, copies_maker, replay_settings, split_in
 from ..train.loop import fit
 from ..train.fit_word_scores import fit_or_load_word_scores
 from .feedback_store import FeedbackStore
+from .priors import learn_prior_shift
 from ..tagging.tag_store import TagStore
 
 PROMOTED_KEY = "promoted_model"
@@ -74,6 +75,8 @@ class AdaptConfig:
     head_lrs: tuple[float, ...] = (5e-5, 1e-3, 5e-3)
     forget_tolerance: float = 0.005  # the most a review round may cost the original shop's tag F1 (issue 29)
     category_forget_tolerance: float = 0.01
+    # the reviewed products' own value priors for the keys every product must answer (feedback/priors.py)
+    shop_priors: bool = True
 
 
 def training_catalog(model_dir: Path, given: str | Path | None) -> Path:
@@ -154,6 +157,11 @@ class AdaptData:
     holdout: FeatureDataset  # judged products held back for the gate
     val: FeatureSource  # the training catalog's validation split
     replayed: int
+
+    @property
+    def judged(self) -> FeatureSource:
+        """The judged products adapt learns from (not held back): the first rows of `train`."""
+        return self.train.features.subset(range(len(self.train) - self.replayed))
 
 
 @torch.no_grad()
@@ -271,6 +279,8 @@ def _fine_tune_and_choose(model_dir: Path, parent: Tagger, data: AdaptData, opti
         with tempfile.TemporaryDirectory(dir=work_root, prefix=".adapt-") as work:
             # the category head learns too where reviewers judged categories (`category:` tags)
             child = _fine_tune(model_dir, data, options, Path(work), log, train_category, head_lr)
+        if options.shop_priors:
+            learn_prior_shift(child, data.judged)
         gate = _gate(served, child, data, tag_source, options.tolerance)
         tried.append(_rate_entry(head_lr or options.lr, gate, options))
         log(f"adapt: heads at {tried[-1]['head_lr']:g}: held-back tag F1 + category accuracy "
@@ -336,6 +346,7 @@ def adapt_model(model_dir: str | Path, store_path: str | Path, out: str | Path, 
                             "replayed": data.replayed},
                "options": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(options).items()},
                "gate": gate, "learning_rates": tried, "promoted": bool(options.promote and gate["passed"]),
+               "shop_priors": {t: round(v, 4) for t, v in child.fill_shift.items()},
                "seconds": round(time.perf_counter() - t0, 1)}
     write_json_atomic(out / LINEAGE, lineage)
     if lineage["promoted"]:

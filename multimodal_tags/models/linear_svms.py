@@ -31,25 +31,25 @@ def _constant(y: np.ndarray, d: int) -> tuple[np.ndarray, float] | None:
     return None
 
 
-def _fit_sklearn(x, y: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray]:
+def _fit_sklearn(x, y: np.ndarray, c: float, tol: float) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.svm import LinearSVC
 
     weights, intercepts = np.zeros((y.shape[1], x.shape[1]), np.float32), np.zeros(y.shape[1], np.float32)
     for j in range(y.shape[1]):
         fixed = _constant(y[:, j], x.shape[1])
         if fixed is None:
-            svm = LinearSVC(C=c, random_state=0).fit(x, y[:, j])  # seeded: its coordinate descent shuffles
+            svm = LinearSVC(C=c, tol=tol, random_state=0).fit(x, y[:, j])  # seeded: its coordinate descent shuffles
             fixed = svm.coef_[0], float(svm.intercept_[0])
         weights[j], intercepts[j] = fixed
     return weights, intercepts
 
 
-def _fit_liblinear(x, y: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray]:
+def _fit_liblinear(x, y: np.ndarray, c: float, tol: float) -> tuple[np.ndarray, np.ndarray]:
     from liblinear.liblinear import liblinear, parameter, problem, toPyModel
 
     n, d = x.shape
     prob = problem(np.zeros(n), x, bias=1)  # converted into liblinear's format once for every column
-    param = parameter(f"-s 1 -c {c} -e 0.0001 -q")  # LinearSVC's solver, loss, tolerance and intercept
+    param = parameter(f"-s 1 -c {c} -e {tol} -q")  # LinearSVC's solver, loss, tolerance and intercept
     labels = np.ctypeslib.as_array(prob.y, (n,))
     srand = ctypes.CDLL(None).srand  # liblinear shuffles with the C library's rand()
     weights, intercepts = np.zeros((y.shape[1], d), np.float32), np.zeros(y.shape[1], np.float32)
@@ -66,8 +66,8 @@ def _fit_liblinear(x, y: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray]:
     return weights, intercepts
 
 
-def fit_svms(x, y: np.ndarray, c: float = 1.0, n_jobs: int = 1,
-             use_liblinear: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+def fit_svms(x, y: np.ndarray, c: float = 1.0, n_jobs: int = 1, use_liblinear: bool | None = None,
+             tol: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:
     """One linear SVM per column of the multi-hot `y` on the sparse `x`: weights [n_columns, n_features]
     and intercepts [n_columns], the columns split over `n_jobs` processes. `use_liblinear`: None picks
     the shared-problem path where it is installed."""
@@ -78,7 +78,7 @@ def fit_svms(x, y: np.ndarray, c: float = 1.0, n_jobs: int = 1,
     x = x.astype(np.float64)  # liblinear's type: converted once here
     x.sort_indices()
     parts = [np.arange(k, y.shape[1], n_jobs) for k in range(min(n_jobs, y.shape[1]))]  # interleaved: balanced
-    fitted = Parallel(n_jobs=len(parts))(delayed(fit)(x, y[:, cols], c) for cols in parts)
+    fitted = Parallel(n_jobs=len(parts))(delayed(fit)(x, y[:, cols], c, tol) for cols in parts)
     weights, intercepts = np.zeros((y.shape[1], x.shape[1]), np.float32), np.zeros(y.shape[1], np.float32)
     for cols, (w, b) in zip(parts, fitted):
         weights[cols], intercepts[cols] = w, b

@@ -74,6 +74,10 @@ class Tagger(nn.Module):
         self.cfg, self.categories, self.tags = cfg, list(categories), list(tags)
         # keys answered for every product (tag_tokenizer.required_keys): {"*" or category: [key, ...]}
         self.required = {c: list(keys) for c, keys in (required or {}).items()}
+        # a shop's own value prior for the keys that must be answered, learned from its reviews
+        # (feedback/priors.py): {tag: logit shift} added before a required key's value is chosen
+        self.fill_shift: dict[str, float] = {}
+        self._fill_shift_vector: torch.Tensor | None = None
         self._key_columns = {k: torch.tensor(cols) for k, cols in _columns_by_key(self.tags).items()}
         self.lexical = LexicalEncoder(cfg.lexical_buckets, cfg.lexical_dim) if cfg.lexical_buckets else None
         ws = cfg.word_scores
@@ -227,18 +231,26 @@ class Tagger(nn.Module):
                                          "image": float(raw.modality_weights[n, 1])}}
             if raw.generated is not None:
                 pred["generated_tags"] = {t: float(p) for t, p in raw.generated[n].items() if p >= floor}
-            if self.required:  # the photo head where there is a photo: the best judge of what words leave out
-                photo = None if raw.photo_tag_probs is None else raw.photo_tag_probs[n]
-                shown = photo is not None and not bool(torch.isnan(photo).any())
-                pred["required"] = self.required_answers(pred["category"], photo if shown else tag_p[n])
+            if self.required:
+                pred["required"] = self.required_answers(pred["category"], self.fill_probabilities(raw, n))
             preds.append(pred)
         return preds
 
+    @staticmethod
+    def fill_probabilities(raw: RawPrediction, n: int) -> torch.Tensor:
+        """The tag probabilities product `n` of a batch fills its required keys from: the photo head's
+        where it has a photo (the best judge of what words leave out), else the tag head's."""
+        photo = None if raw.photo_tag_probs is None else raw.photo_tag_probs[n]
+        shown = photo is not None and not bool(torch.isnan(photo).any())
+        return photo if shown else raw.tag_probs[n]
+
     def required_answers(self, category: str, tag_probs: torch.Tensor) -> dict[str, list]:
         """{key: [its most probable tag, that probability]} for every key this category must answer, by
-        `tag_probs` (the photo head's where the product has a photo, else the tag head's): what a
-        prediction row reports where its tags say nothing of that key (inference/rows.py)."""
+        `tag_probs` (fill_probabilities) moved by the shop's prior (`fill_shift`): what a prediction row
+        reports where its tags say nothing of that key (inference/rows.py)."""
         keys = dict.fromkeys([*self.required.get(ALL_CATEGORIES, []), *self.required.get(category, [])])
+        if self.fill_shift:
+            tag_probs = torch.sigmoid(torch.logit(tag_probs.float().clamp(1e-6, 1 - 1e-6)) + self._fill_shift_vector)
         out = {}
         for key in keys:
             cols = self._key_columns.get(key)
@@ -246,6 +258,14 @@ class Tagger(nn.Module):
                 j = int(cols[int(tag_probs[cols].argmax())])
                 out[key] = [self.tags[j], float(tag_probs[j])]
         return out
+
+    def set_fill_shift(self, shift: dict[str, float]) -> None:
+        """Set `fill_shift` ({tag: logit shift}; tags outside the vocabulary are ignored)."""
+        index = {t: j for j, t in enumerate(self.tags)}
+        self.fill_shift = {t: float(v) for t, v in shift.items() if t in index}
+        self._fill_shift_vector = torch.zeros(len(self.tags))
+        for tag, value in self.fill_shift.items():
+            self._fill_shift_vector[index[tag]] = value
 
     def no_decay_parameters(self) -> set[str]:
         """Names of the parameters weight decay would only hurt: biases and norms (vectors), and GPT-2's
@@ -268,7 +288,8 @@ class Tagger(nn.Module):
         tmp = temp_path(folder)
         tmp.mkdir(parents=True, exist_ok=True)
         meta = {"format": FORMAT, "model": to_dict(self.cfg), "categories": self.categories, "tags": self.tags,
-                "adversary_classes": self.adversary_classes, "required_keys": self.required}
+                "adversary_classes": self.adversary_classes, "required_keys": self.required,
+                "fill_shift": self.fill_shift}
         (tmp / "config.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False), encoding="utf-8")
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(_pack(_untie(state), word_score_prune), str(tmp / "model.safetensors"))
@@ -285,6 +306,7 @@ class Tagger(nn.Module):
         tokenizer = load_tokenizer(folder) if (folder / "tag_tokenizer.json").exists() else None
         model = cls(cfg, meta["categories"], meta["tags"], tokenizer, meta.get("adversary_classes"),
                     meta.get("required_keys"))
+        model.set_fill_shift(meta.get("fill_shift") or {})
         weights = folder / "model.safetensors"
         try:
             state = load_file(str(weights), device=map_location)
