@@ -270,35 +270,41 @@ def test_adapt_replays_the_train_split_as_training_built_it_and_finds_its_word_s
     assert lineage["train"] == recorded  # a child's children find them too
 
 
-def test_a_new_shops_reviews_move_the_required_keys_prior_and_the_model_keeps_it(shop, tmp_path):
+def test_a_new_shops_reviews_give_each_required_key_its_prior_and_the_model_keeps_it(shop, tmp_path):
     from types import SimpleNamespace
 
     import torch
 
     from multimodal_tags.data.schema import Product
-    from multimodal_tags.feedback.priors import prior_shift
+    from multimodal_tags.feedback.priors import fit_key_prior, key_priors
     from multimodal_tags.models.tagger import Tagger
 
+    rng = np.random.default_rng(0)
+    # evidence that says nothing (random guesses, blue favoured), and a shop where 80% are black
+    noise = rng.dirichlet([1, 3], size=200)
+    silent = fit_key_prior(noise, (rng.random(200) < 0.2).astype(int))
+    assert silent["temperature"] <= 0.2 and silent["bias"][0] > silent["bias"][1]  # the shop's prior wins
+    # evidence that is right: it is kept (T near 1)
+    truth = (rng.random(200) < 0.5).astype(int)
+    sharp = np.where(truth[:, None] == [0, 1], 0.9, 0.1)
+    assert fit_key_prior(sharp, truth)["temperature"] >= 0.8
     fake = SimpleNamespace(tags=["colour:black", "colour:blue", "gender:men"], required={"*": ["colour"]})
-    probs = np.tile([0.2, 0.6, 0.9], (100, 1))  # the model guesses blue for every product
     labelled = [Product(id=str(i), title="t", tags=["colour:black" if i < 80 else "colour:blue"]) for i in range(100)]
-    shift = prior_shift(fake, probs, labelled)
-    assert set(shift) == {"colour:black", "colour:blue"}  # required keys only
-    assert shift["colour:black"] > 0 > shift["colour:blue"]
-    moved = 1 / (1 + np.exp(-(np.log(probs[0, :2] / (1 - probs[0, :2])) + [shift["colour:black"], shift["colour:blue"]])))
-    assert moved[0] > moved[1]  # black now wins where nothing else speaks
-    few = prior_shift(fake, probs[:2], labelled[:2])  # two reviews move it far less than a hundred
-    assert 0 < few["colour:black"] < shift["colour:black"] / 3
-    assert prior_shift(fake, probs, [Product(id="x", title="t", tags=["gender:men"])]) == {}
-    # the shift travels with the model folder and moves what required keys are filled with
+    probs = np.tile([0.2, 0.6, 0.9], (100, 1))
+    priors = key_priors(fake, probs, ["head"] * 100, labelled)
+    assert set(priors) == {"head"} and set(priors["head"]) == {"colour"}  # required keys, reviewed sources
+    assert key_priors(fake, probs[:10], ["head"] * 10, labelled[:10]) == {}  # too few reviews: none
+    # the priors travel with the model folder and decide what a required key is filled with
     model = Tagger.load(shop["model"])
     key = next(k for keys in model.required.values() for k in keys)
     values = [t for t in model.tags if t.startswith(key + ":")]
     flat = torch.full((len(model.tags),), 0.5)
     flat[model.tags.index(values[0])] = 0.6
-    assert model.required_answers(model.categories[0], flat)[key][0] == values[0]
-    model.set_fill_shift({values[-1]: 3.0})
+    assert model.required_answers(model.categories[0], flat, "head")[key][0] == values[0]
+    model.set_key_priors({"head": {key: {"temperature": 0.0, "bias": {values[-1]: 2.0}}}})
     model.save(tmp_path / "shifted")
     again = Tagger.load(tmp_path / "shifted")
-    assert again.fill_shift == {values[-1]: 3.0}
-    assert again.required_answers(again.categories[0], flat)[key][0] == values[-1]
+    assert again.key_priors["head"][key]["bias"] == {values[-1]: 2.0}
+    tag, score = again.required_answers(again.categories[0], flat, "head")[key]
+    assert tag == values[-1] and score > 0.9  # the shop's prior, as a probability
+    assert again.required_answers(again.categories[0], flat, "photo")[key][0] == values[0]  # photos: untouched

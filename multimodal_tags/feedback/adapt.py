@@ -45,7 +45,7 @@ from ..train.job import REPLAY_SETTINGS, copies_maker, replay_settings, split_in
 from ..train.loop import fit
 from ..train.fit_word_scores import fit_or_load_word_scores
 from .feedback_store import FeedbackStore
-from .priors import learn_prior_shift
+from .priors import learn_key_priors
 from ..tagging.tag_store import TagStore
 
 PROMOTED_KEY = "promoted_model"
@@ -275,12 +275,12 @@ def _fine_tune_and_choose(model_dir: Path, parent: Tagger, data: AdaptData, opti
     kept (see AdaptConfig.head_lrs), its gate, and what each rate gave."""
     tried, kept = [], None  # kept: (index in tried, child, gate)
     served = _served_on_gate_sets(parent, data, tag_source)  # the parent's side of every gate
+    priors = learn_key_priors(parent, data.judged) if options.shop_priors else {}
     for i, head_lr in enumerate(options.head_lrs or (None,)):
         with tempfile.TemporaryDirectory(dir=work_root, prefix=".adapt-") as work:
             # the category head learns too where reviewers judged categories (`category:` tags)
             child = _fine_tune(model_dir, data, options, Path(work), log, train_category, head_lr)
-        if options.shop_priors:
-            learn_prior_shift(child, data.judged)
+        child.set_key_priors(priors)
         gate = _gate(served, child, data, tag_source, options.tolerance)
         tried.append(_rate_entry(head_lr or options.lr, gate, options))
         log(f"adapt: heads at {tried[-1]['head_lr']:g}: held-back tag F1 + category accuracy "
@@ -346,7 +346,7 @@ def adapt_model(model_dir: str | Path, store_path: str | Path, out: str | Path, 
                             "replayed": data.replayed},
                "options": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(options).items()},
                "gate": gate, "learning_rates": tried, "promoted": bool(options.promote and gate["passed"]),
-               "shop_priors": {t: round(v, 4) for t, v in child.fill_shift.items()},
+               "key_priors": child.key_priors,
                "seconds": round(time.perf_counter() - t0, 1)}
     write_json_atomic(out / LINEAGE, lineage)
     if lineage["promoted"]:

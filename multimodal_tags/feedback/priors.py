@@ -1,17 +1,24 @@
 """A shop's own priors for the keys every product must answer, learned from its reviews.
 
 Where a product's words and photo say nothing of a key that must be answered (its colour, say), the row
-gets the key's most probable value (models/tagger.py `required_answers`), and with no evidence that is
-the prior the model learned on its training shop. A new shop has its own: on H&M, black is a third of
-the products and blue one in fourteen, while a Myntra model guesses blue for a third. So `adapt` moves
-each value's logit by a prior correction for a logistic model whose sample rate differs from the
-population's (King and Zeng 2001): logit(q) - logit(p), with p the model's mean probability of the value
-over the reviewed products and q the share of them that have it, shrunk towards p by PSEUDO_COUNT
-products (a few reviews move little).
+gets the key's most probable value (models/tagger.py `required_answers`). With no evidence that is the
+prior of the shop the model was trained on, and the model may also read evidence that is not there. A
+new shop has its own prior (on H&M, black is a third of the products and blue one in fourteen, where a
+Myntra model reading H&M's texts guesses blue for a third), and its texts may carry less evidence than
+the training shop's.
+
+So, per key and per source of the fill's probabilities (the photo head, or the tag head where there is
+no photo), `adapt` fits a prior-times-evidence model on the reviewed products:
+    p(v | x) ∝ q(v) · (π(v | x) / π̄(v)) ** T
+π is the model's probability of each value (its share of the key), π̄ its mean over the reviewed
+products, q the share of them that have v (shrunk towards π̄ by PSEUDO_COUNT products), and T in [0, 1]
+the weight of the evidence, chosen by the likelihood of the reviewed values. T = 1 is the classic prior
+correction (Saerens et al. 2002); T = 0 answers the shop's most common value. π comes from the model
+before adaptation, whose probabilities on the reviewed products are out of sample (the adapted model's
+are not: it learned them), and a source or key with fewer than MIN_PRODUCTS reviewed gets no prior.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,56 +30,71 @@ from ..features.source import FeatureSource, collate, to_batch
 from ..models.tag_tokenizer import tag_key
 from ..models.tagger import Tagger
 
-PSEUDO_COUNT = 20.0  # reviewed products' worth of weight the model's own mean keeps
-EPS = 1e-4
+PSEUDO_COUNT = 20.0  # reviewed products' worth of weight the model's own mean keeps in q
+MIN_PRODUCTS = 20  # reviewed products of a source and key before it gets a prior
+TEMPERATURES = tuple(round(0.1 * i, 1) for i in range(11))
+EPS = 1e-6
 
 
 @torch.no_grad()
-def fill_probabilities(model: Tagger, source: FeatureSource, batch_size: int = 256) -> np.ndarray:
-    """[n, n_tags] the probabilities each product's required keys are filled from (photo or tag head)."""
-    out = []
+def fill_probabilities(model: Tagger, source: FeatureSource, batch_size: int = 256) -> tuple[np.ndarray, list[str]]:
+    """[n, n_tags] the probabilities each product's required keys are filled from, and their sources."""
+    probs, sources = [], []
     for raw in DataLoader(source, batch_size=batch_size, shuffle=False, collate_fn=collate):
         pred = model.predict_raw(to_batch(raw), generate=False)
-        out += [model.fill_probabilities(pred, n).float().numpy() for n in range(pred.tag_probs.shape[0])]
-    return np.stack(out) if out else np.zeros((0, len(model.tags)), np.float32)
+        for n in range(pred.tag_probs.shape[0]):
+            p, src = model.fill_probabilities(pred, n)
+            probs.append(p.float().numpy())
+            sources.append(src)
+    return (np.stack(probs) if probs else np.zeros((0, len(model.tags)), np.float32)), sources
 
 
-def required_key_names(model: Tagger) -> list[str]:
-    """Every key some category must answer."""
-    return list(dict.fromkeys(k for keys in model.required.values() for k in keys))
+def fit_key_prior(evidence: np.ndarray, values: np.ndarray, pseudo_count: float = PSEUDO_COUNT) -> dict:
+    """The temperature T and per-value bias (log q - T log π̄) of the prior-times-evidence model, from
+    `evidence` [n, K] (the model's probabilities of the key's K values) and the reviewed `values` [n]."""
+    share = evidence.clip(EPS) / evidence.clip(EPS).sum(axis=1, keepdims=True)
+    mean = share.mean(axis=0)
+    counts = np.bincount(values, minlength=len(mean))
+    q = (counts + pseudo_count * mean) / (len(values) + pseudo_count)
+
+    def fit(t: float) -> tuple[float, np.ndarray]:
+        bias = np.log(q) - t * np.log(mean)
+        scores = t * np.log(share) + bias
+        log_p = scores - np.logaddexp.reduce(scores, axis=1, keepdims=True)
+        return float(log_p[np.arange(len(values)), values].mean()), bias
+
+    best = max(TEMPERATURES, key=lambda t: fit(t)[0])
+    return {"temperature": best, "bias": fit(best)[1]}
 
 
-def prior_shift(model: Tagger, probs: np.ndarray, products: Sequence[Product],
-                pseudo_count: float = PSEUDO_COUNT) -> dict[str, float]:
-    """{tag: logit shift} for every value of every required key, from the products (their labels, as
-    feedback says) that have exactly one value of that key in the vocabulary; keys none has are left out."""
+def key_priors(model: Tagger, probs: np.ndarray, sources: Sequence[str], products: Sequence[Product],
+               min_products: int = MIN_PRODUCTS) -> dict[str, dict[str, dict]]:
+    """{source: {key: {"temperature", "bias": {tag: b}}}} for every required key and fill source with at
+    least `min_products` products whose labels (as feedback says) hold exactly one value of that key."""
     index = {t: j for j, t in enumerate(model.tags)}
-    shift: dict[str, float] = {}
-    for key in required_key_names(model):
-        values = [t for t in model.tags if tag_key(t) == key]
-        rows, counts = [], np.zeros(len(values))
-        for i, p in enumerate(products):
-            known = [values.index(t) for t in p.tags if t in index and tag_key(t) == key]
-            if len(known) == 1:
-                rows.append(i)
-                counts[known[0]] += 1
-        if not rows:
-            continue
-        mean = probs[np.ix_(rows, [index[t] for t in values])].mean(axis=0).clip(EPS, 1 - EPS)
-        share = ((counts + pseudo_count * mean) / (len(rows) + pseudo_count)).clip(EPS, 1 - EPS)
-        shift |= {t: float(_logit(q) - _logit(m)) for t, q, m in zip(values, share, mean)}
-    return shift
+    out: dict[str, dict[str, dict]] = {}
+    for key in dict.fromkeys(k for keys in model.required.values() for k in keys):
+        tags = [t for t in model.tags if tag_key(t) == key]
+        position = {t: i for i, t in enumerate(tags)}
+        for source in sorted(set(sources)):
+            rows, values = [], []
+            for i, p in enumerate(products):
+                known = [position[t] for t in p.tags if t in position]
+                if sources[i] == source and len(known) == 1:
+                    rows.append(i)
+                    values.append(known[0])
+            if len(rows) < min_products:
+                continue
+            prior = fit_key_prior(probs[np.ix_(rows, [index[t] for t in tags])], np.array(values))
+            out.setdefault(source, {})[key] = {"temperature": prior["temperature"],
+                                               "bias": {t: round(float(b), 5) for t, b in zip(tags, prior["bias"])}}
+    return out
 
 
-def _logit(p: float) -> float:
-    return math.log(p / (1 - p))
-
-
-def learn_prior_shift(model: Tagger, source: FeatureSource) -> dict[str, float]:
-    """Set `model`'s fill_shift from the reviewed products of `source` (features and labels); returns it."""
-    if not model.required:
+def learn_key_priors(parent: Tagger, reviewed: FeatureSource) -> dict[str, dict[str, dict]]:
+    """The shop's key priors from its reviewed products (features and labels), read through `parent` (the
+    model before adaptation: out of sample); what `Tagger.set_key_priors` takes."""
+    if not parent.required or len(reviewed) == 0:
         return {}
-    shift = prior_shift(model, fill_probabilities(model, source), source.products)
-    model.set_fill_shift(shift)
-    return model.fill_shift
-
+    probs, sources = fill_probabilities(parent, reviewed)
+    return key_priors(parent, probs, sources, reviewed.products)

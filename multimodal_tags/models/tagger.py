@@ -74,10 +74,10 @@ class Tagger(nn.Module):
         self.cfg, self.categories, self.tags = cfg, list(categories), list(tags)
         # keys answered for every product (tag_tokenizer.required_keys): {"*" or category: [key, ...]}
         self.required = {c: list(keys) for c, keys in (required or {}).items()}
-        # a shop's own value prior for the keys that must be answered, learned from its reviews
-        # (feedback/priors.py): {tag: logit shift} added before a required key's value is chosen
-        self.fill_shift: dict[str, float] = {}
-        self._fill_shift_vector: torch.Tensor | None = None
+        # a shop's own priors for the keys that must be answered, learned from its reviews (feedback/priors.py):
+        # {fill source ("photo" or "head"): {key: {"temperature": T, "bias": {tag: b}}}}
+        self.key_priors: dict[str, dict[str, dict]] = {}
+        self._prior_vectors: dict[tuple[str, str], tuple[float, torch.Tensor]] = {}
         self._key_columns = {k: torch.tensor(cols) for k, cols in _columns_by_key(self.tags).items()}
         self.lexical = LexicalEncoder(cfg.lexical_buckets, cfg.lexical_dim) if cfg.lexical_buckets else None
         ws = cfg.word_scores
@@ -232,40 +232,52 @@ class Tagger(nn.Module):
             if raw.generated is not None:
                 pred["generated_tags"] = {t: float(p) for t, p in raw.generated[n].items() if p >= floor}
             if self.required:
-                pred["required"] = self.required_answers(pred["category"], self.fill_probabilities(raw, n))
+                pred["required"] = self.required_answers(pred["category"], *self.fill_probabilities(raw, n))
             preds.append(pred)
         return preds
 
     @staticmethod
-    def fill_probabilities(raw: RawPrediction, n: int) -> torch.Tensor:
-        """The tag probabilities product `n` of a batch fills its required keys from: the photo head's
-        where it has a photo (the best judge of what words leave out), else the tag head's."""
+    def fill_probabilities(raw: RawPrediction, n: int) -> tuple[torch.Tensor, str]:
+        """The tag probabilities product `n` of a batch fills its required keys from, and their source:
+        the photo head's where it has a photo (the best judge of what words leave out), else the tag head's."""
         photo = None if raw.photo_tag_probs is None else raw.photo_tag_probs[n]
-        shown = photo is not None and not bool(torch.isnan(photo).any())
-        return photo if shown else raw.tag_probs[n]
+        if photo is not None and not bool(torch.isnan(photo).any()):
+            return photo, "photo"
+        return raw.tag_probs[n], "head"
 
-    def required_answers(self, category: str, tag_probs: torch.Tensor) -> dict[str, list]:
+    def required_answers(self, category: str, tag_probs: torch.Tensor, source: str = "head") -> dict[str, list]:
         """{key: [its most probable tag, that probability]} for every key this category must answer, by
-        `tag_probs` (fill_probabilities) moved by the shop's prior (`fill_shift`): what a prediction row
-        reports where its tags say nothing of that key (inference/rows.py)."""
+        `tag_probs` (from `source`, see fill_probabilities), through the shop's prior for that source and
+        key where it has one (`key_priors`): what a prediction row reports where its tags say nothing of
+        that key (inference/rows.py)."""
         keys = dict.fromkeys([*self.required.get(ALL_CATEGORIES, []), *self.required.get(category, [])])
-        if self.fill_shift:
-            tag_probs = torch.sigmoid(torch.logit(tag_probs.float().clamp(1e-6, 1 - 1e-6)) + self._fill_shift_vector)
         out = {}
         for key in keys:
             cols = self._key_columns.get(key)
-            if cols is not None:
-                j = int(cols[int(tag_probs[cols].argmax())])
-                out[key] = [self.tags[j], float(tag_probs[j])]
+            if cols is None:
+                continue
+            probs = tag_probs[cols].float()
+            prior = self._prior_vectors.get((source, key))
+            if prior is not None:  # the shop's prior x the evidence (its share of the key), tempered
+                temperature, bias = prior
+                share = probs.clamp_min(1e-6) / probs.clamp_min(1e-6).sum()
+                probs = torch.softmax(temperature * share.log() + bias, dim=0)
+            i = int(probs.argmax())
+            out[key] = [self.tags[int(cols[i])], float(probs[i])]
         return out
 
-    def set_fill_shift(self, shift: dict[str, float]) -> None:
-        """Set `fill_shift` ({tag: logit shift}; tags outside the vocabulary are ignored)."""
-        index = {t: j for j, t in enumerate(self.tags)}
-        self.fill_shift = {t: float(v) for t, v in shift.items() if t in index}
-        self._fill_shift_vector = torch.zeros(len(self.tags))
-        for tag, value in self.fill_shift.items():
-            self._fill_shift_vector[index[tag]] = value
+    def set_key_priors(self, priors: dict[str, dict[str, dict]]) -> None:
+        """Set `key_priors` (keys or tags this model does not have are left out)."""
+        self.key_priors, self._prior_vectors = {}, {}
+        for source, by_key in priors.items():
+            for key, prior in by_key.items():
+                cols = self._key_columns.get(key)
+                if cols is None:
+                    continue
+                bias = torch.tensor([float(prior["bias"].get(self.tags[int(j)], -30.0)) for j in cols])
+                self.key_priors.setdefault(source, {})[key] = {"temperature": float(prior["temperature"]),
+                                                               "bias": dict(prior["bias"])}
+                self._prior_vectors[(source, key)] = (float(prior["temperature"]), bias)
 
     def no_decay_parameters(self) -> set[str]:
         """Names of the parameters weight decay would only hurt: biases and norms (vectors), and GPT-2's
@@ -289,7 +301,7 @@ class Tagger(nn.Module):
         tmp.mkdir(parents=True, exist_ok=True)
         meta = {"format": FORMAT, "model": to_dict(self.cfg), "categories": self.categories, "tags": self.tags,
                 "adversary_classes": self.adversary_classes, "required_keys": self.required,
-                "fill_shift": self.fill_shift}
+                "key_priors": self.key_priors}
         (tmp / "config.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False), encoding="utf-8")
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(_pack(_untie(state), word_score_prune), str(tmp / "model.safetensors"))
@@ -306,7 +318,7 @@ class Tagger(nn.Module):
         tokenizer = load_tokenizer(folder) if (folder / "tag_tokenizer.json").exists() else None
         model = cls(cfg, meta["categories"], meta["tags"], tokenizer, meta.get("adversary_classes"),
                     meta.get("required_keys"))
-        model.set_fill_shift(meta.get("fill_shift") or {})
+        model.set_key_priors(meta.get("key_priors") or {})
         weights = folder / "model.safetensors"
         try:
             state = load_file(str(weights), device=map_location)
