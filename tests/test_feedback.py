@@ -294,6 +294,9 @@ def test_a_new_shops_reviews_give_each_required_key_its_prior_and_the_model_keep
     priors = key_priors(fake, probs, ["head"] * 100, labelled)
     assert set(priors) == {"head"} and set(priors["head"]) == {"colour"}  # required keys, reviewed sources
     assert key_priors(fake, probs[:10], ["head"] * 10, labelled[:10]) == {}  # too few reviews: none
+    # a stored value nobody judged is the model's own answer: only judged keys count
+    assert key_priors(fake, probs, ["head"] * 100, labelled, {str(i): {"gender"} for i in range(100)}) == {}
+    assert key_priors(fake, probs, ["head"] * 100, labelled, {str(i): {"colour"} for i in range(100)}) == priors
     # the priors travel with the model folder and decide what a required key is filled with
     model = Tagger.load(shop["model"])
     key = next(k for keys in model.required.values() for k in keys)

@@ -270,12 +270,11 @@ def _save_child(child: Tagger, model_dir: Path, out: Path) -> None:
 
 
 def _fine_tune_and_choose(model_dir: Path, parent: Tagger, data: AdaptData, options: AdaptConfig, tag_source: str,
-                          work_root: Path, log, train_category: bool) -> tuple[Tagger, dict, list[dict]]:
-    """A child per head learning rate of `options.head_lrs` (or one at `options.lr`), each gated; the one
-    kept (see AdaptConfig.head_lrs), its gate, and what each rate gave."""
+                          work_root: Path, log, train_category: bool, priors: dict) -> tuple[Tagger, dict, list[dict]]:
+    """A child per head learning rate of `options.head_lrs` (or one at `options.lr`), each with the shop's
+    key `priors` and gated; the one kept (see AdaptConfig.head_lrs), its gate, and what each rate gave."""
     tried, kept = [], None  # kept: (index in tried, child, gate)
     served = _served_on_gate_sets(parent, data, tag_source)  # the parent's side of every gate
-    priors = learn_key_priors(parent, data.judged) if options.shop_priors else {}
     for i, head_lr in enumerate(options.head_lrs or (None,)):
         with tempfile.TemporaryDirectory(dir=work_root, prefix=".adapt-") as work:
             # the category head learns too where reviewers judged categories (`category:` tags)
@@ -323,6 +322,7 @@ def adapt_model(model_dir: str | Path, store_path: str | Path, out: str | Path, 
     catalog_path = training_catalog(model_dir, options.catalog)
     with FeedbackStore(store_path) as fb:
         (judged, flip), events, last_seq = judged_products(fb, parent.categories), fb.count(), fb.last_seq()
+        reviewed = {pid: {tag_key(t) for t in tags} for pid, tags in fb.judgements().items()}
     if not judged:
         raise ValueError(f"{store_path} holds no feedback on products it kept: nothing to adapt to")
     tcfg = replay_config(model_dir)
@@ -334,8 +334,10 @@ def adapt_model(model_dir: str | Path, store_path: str | Path, out: str | Path, 
     settings.log(f"adapt: {len(data.train) - data.replayed} judged + {data.replayed} replayed products, "
                  f"{len(data.holdout)} held back")
     out.parent.mkdir(parents=True, exist_ok=True)
+    # the shop's priors of the keys its reviewers judged, through the parent (out of sample)
+    priors = learn_key_priors(parent, data.judged, reviewed) if options.shop_priors else {}
     child, gate, tried = _fine_tune_and_choose(model_dir, parent, data, options, tag_source, out.parent,
-                                               settings.log, any(p.category for p in judged))
+                                               settings.log, any(p.category for p in judged), priors)
     _save_child(child, model_dir, out)
     lineage = {"parent": {"path": str(model_dir.resolve()), "model_id": model_id(model_dir)},
                "ancestors": _ancestors(model_dir), "catalog": str(catalog_path.resolve()),

@@ -19,7 +19,7 @@ are not: it learned them), and a source or key with fewer than MIN_PRODUCTS revi
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -68,9 +68,12 @@ def fit_key_prior(evidence: np.ndarray, values: np.ndarray, pseudo_count: float 
 
 
 def key_priors(model: Tagger, probs: np.ndarray, sources: Sequence[str], products: Sequence[Product],
+               reviewed: Mapping[str, set[str]] | None = None,
                min_products: int = MIN_PRODUCTS) -> dict[str, dict[str, dict]]:
     """{source: {key: {"temperature", "bias": {tag: b}}}} for every required key and fill source with at
-    least `min_products` products whose labels (as feedback says) hold exactly one value of that key."""
+    least `min_products` products whose labels (as feedback says) hold exactly one value of that key and,
+    with `reviewed` ({product id: the keys its reviewers judged}), whose reviewers judged that key: a
+    stored tag nobody looked at is the model's own answer, not the shop's."""
     index = {t: j for j, t in enumerate(model.tags)}
     out: dict[str, dict[str, dict]] = {}
     for key in dict.fromkeys(k for keys in model.required.values() for k in keys):
@@ -80,7 +83,8 @@ def key_priors(model: Tagger, probs: np.ndarray, sources: Sequence[str], product
             rows, values = [], []
             for i, p in enumerate(products):
                 known = [position[t] for t in p.tags if t in position]
-                if sources[i] == source and len(known) == 1:
+                looked = reviewed is None or key in reviewed.get(p.id, ())
+                if sources[i] == source and len(known) == 1 and looked:
                     rows.append(i)
                     values.append(known[0])
             if len(rows) < min_products:
@@ -91,10 +95,11 @@ def key_priors(model: Tagger, probs: np.ndarray, sources: Sequence[str], product
     return out
 
 
-def learn_key_priors(parent: Tagger, reviewed: FeatureSource) -> dict[str, dict[str, dict]]:
-    """The shop's key priors from its reviewed products (features and labels), read through `parent` (the
-    model before adaptation: out of sample); what `Tagger.set_key_priors` takes."""
-    if not parent.required or len(reviewed) == 0:
+def learn_key_priors(parent: Tagger, judged: FeatureSource,
+                     reviewed: Mapping[str, set[str]] | None = None) -> dict[str, dict[str, dict]]:
+    """The shop's key priors from its judged products (features and labels; `reviewed`: see key_priors),
+    read through `parent` (the model before adaptation: out of sample); what `Tagger.set_key_priors` takes."""
+    if not parent.required or len(judged) == 0:
         return {}
-    probs, sources = fill_probabilities(parent, reviewed)
-    return key_priors(parent, probs, sources, reviewed.products)
+    probs, sources = fill_probabilities(parent, judged)
+    return key_priors(parent, probs, sources, judged.products, reviewed)
