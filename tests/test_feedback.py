@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import SETTINGS, write_jsonl
 from multimodal_tags.cli import main
@@ -196,6 +197,13 @@ def test_adapt_writes_a_child_with_its_lineage_and_promotes_only_a_model_that_is
     assert saved["parent"]["path"] == str(shop["model"].resolve()) and saved["feedback"]["judged_products"] == len(shop["val"])
     assert BatchTagger(tmp_path / "m2", shop["root"] / "features-cache", SETTINGS).tag(shop["val"][:2],
                                                                                        shop["image_root"])
+    # the keys that got the shop's prior keep the parent's evidence (the prior was fitted on it)
+    from multimodal_tags.models.tagger import Tagger
+    parent, child = Tagger.load(shop["model"]), Tagger.load(tmp_path / "m2")
+    prior_keys = set(saved["key_priors"].get("head", {}))
+    assert prior_keys and child.key_priors == saved["key_priors"]
+    rows = [j for j, t in enumerate(child.tags) if t.split(":", 1)[0] in prior_keys]
+    assert torch.equal(child.tag_head.linear.weight[rows], parent.tag_head.linear.weight[rows])
     # a child that is worse on the gate is refused: a learning rate that wrecks the heads
     worse = adapt_model(shop["model"], store, tmp_path / "m3", SETTINGS, AdaptConfig(epochs=2, lr=5.0, head_lrs=(), promote=True))
     assert not worse["gate"]["passed"] and not worse["promoted"]

@@ -227,6 +227,19 @@ def _fine_tune(model_dir: Path, data: AdaptData, options: AdaptConfig, work: Pat
     return Tagger.load(work / "best_model")
 
 
+@torch.no_grad()
+def keep_parent_evidence(child: Tagger, parent: Tagger, priors: dict) -> None:
+    """Give the child the parent's tag-head rows for the values of every key with a shop prior read from
+    the tag head (feedback/priors.py): that prior was fitted on the parent's evidence, so the child must
+    weigh the same evidence (with the fusion frozen, the same rows give the same probabilities); the
+    shop's knowledge of those keys is then the prior's, not learned twice."""
+    keys = set(priors.get("head", {}))
+    rows = [j for j, t in enumerate(child.tags) if tag_key(t) in keys]
+    if rows:
+        child.tag_head.linear.weight[rows] = parent.tag_head.linear.weight[rows]
+        child.tag_head.linear.bias[rows] = parent.tag_head.linear.bias[rows]
+
+
 def _gate_sets(data: AdaptData) -> tuple[tuple[str, FeatureSource], ...]:
     return ("feedback_holdout", data.holdout.features), ("val", data.val)
 
@@ -280,6 +293,8 @@ def _fine_tune_and_choose(model_dir: Path, parent: Tagger, data: AdaptData, opti
             # the category head learns too where reviewers judged categories (`category:` tags)
             child = _fine_tune(model_dir, data, options, Path(work), log, train_category, head_lr)
         child.set_key_priors(priors)
+        if not options.train_fusion:
+            keep_parent_evidence(child, parent, priors)
         gate = _gate(served, child, data, tag_source, options.tolerance)
         tried.append(_rate_entry(head_lr or options.lr, gate, options))
         log(f"adapt: heads at {tried[-1]['head_lr']:g}: held-back tag F1 + category accuracy "
