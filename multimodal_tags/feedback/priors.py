@@ -12,7 +12,8 @@ no photo), `adapt` fits a prior-times-evidence model on the reviewed products:
     p(v | x) ∝ q(v) · (π(v | x) / π̄(v)) ** T
 π is the model's probability of each value (its share of the key), π̄ its mean over the reviewed
 products, q the share of them that have v (shrunk towards π̄ by PSEUDO_COUNT products), and T in [0, 1]
-the weight of the evidence, chosen by the likelihood of the reviewed values. T = 1 is the classic prior
+the weight of the evidence, chosen by how often the value it answers is the reviewed one (a fill gives one
+value), then by the likelihood of the reviewed values. T = 1 is the classic prior
 correction (Saerens et al. 2002); T = 0 answers the shop's most common value. π comes from the model
 before adaptation, whose probabilities on the reviewed products are out of sample (the adapted model's
 are not: it learned them), and a source or key with fewer than MIN_PRODUCTS reviewed gets no prior.
@@ -57,14 +58,16 @@ def fit_key_prior(evidence: np.ndarray, values: np.ndarray, pseudo_count: float 
     counts = np.bincount(values, minlength=len(mean))
     q = (counts + pseudo_count * mean) / (len(values) + pseudo_count)
 
-    def fit(t: float) -> tuple[float, np.ndarray]:
+    def fit(t: float) -> tuple[float, float, np.ndarray]:
         bias = np.log(q) - t * np.log(mean)
         scores = t * np.log(share) + bias
         log_p = scores - np.logaddexp.reduce(scores, axis=1, keepdims=True)
-        return float(log_p[np.arange(len(values)), values].mean()), bias
+        right = float((scores.argmax(axis=1) == values).mean())
+        return right, float(log_p[np.arange(len(values)), values].mean()), bias
 
-    best = max(TEMPERATURES, key=lambda t: fit(t)[0])
-    return {"temperature": best, "bias": fit(best)[1]}
+    # the fill gives one value: T is chosen by how often that value is right, then by the likelihood
+    best = max(TEMPERATURES, key=lambda t: fit(t)[:2])
+    return {"temperature": best, "bias": fit(best)[2]}
 
 
 def key_priors(model: Tagger, probs: np.ndarray, sources: Sequence[str], products: Sequence[Product],
