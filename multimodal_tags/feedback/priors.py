@@ -12,8 +12,8 @@ no photo), `adapt` fits a prior-times-evidence model on the reviewed products:
     p(v | x) ∝ q(v) · (π(v | x) / π̄(v)) ** T
 π is the model's probability of each value (its share of the key), π̄ its mean over the reviewed
 products, q the share of them that have v (shrunk towards π̄ by PSEUDO_COUNT products), and T in [0, 1]
-the weight of the evidence, chosen by how often the value it answers is the reviewed one (a fill gives one
-value), then by the likelihood of the reviewed values. T = 1 is the classic prior
+the weight of the evidence, chosen by cross-validation on the reviewed products: by how often the value it
+answers is the reviewed one (a fill gives one value), then by the likelihood. T = 1 is the classic prior
 correction (Saerens et al. 2002); T = 0 answers the shop's most common value. π comes from the model
 before adaptation, whose probabilities on the reviewed products are out of sample (the adapted model's
 are not: it learned them), and a source or key with fewer than MIN_PRODUCTS reviewed gets no prior.
@@ -50,24 +50,36 @@ def fill_probabilities(model: Tagger, source: FeatureSource, batch_size: int = 2
     return (np.stack(probs) if probs else np.zeros((0, len(model.tags)), np.float32)), sources
 
 
-def fit_key_prior(evidence: np.ndarray, values: np.ndarray, pseudo_count: float = PSEUDO_COUNT) -> dict:
+def _prior_scores(share: np.ndarray, values: np.ndarray, k: int, pseudo_count: float, t: float,
+                  fit_rows: np.ndarray) -> np.ndarray:
+    """The model's log-scores of every product's values, its prior and π̄ estimated on `fit_rows`."""
+    mean = share[fit_rows].mean(axis=0)
+    q = (np.bincount(values[fit_rows], minlength=k) + pseudo_count * mean) / (len(fit_rows) + pseudo_count)
+    return t * np.log(share) + np.log(q) - t * np.log(mean)
+
+
+def fit_key_prior(evidence: np.ndarray, values: np.ndarray, pseudo_count: float = PSEUDO_COUNT,
+                  folds: int = 5) -> dict:
     """The temperature T and per-value bias (log q - T log π̄) of the prior-times-evidence model, from
-    `evidence` [n, K] (the model's probabilities of the key's K values) and the reviewed `values` [n]."""
+    `evidence` [n, K] (the model's probabilities of the key's K values) and the reviewed `values` [n].
+    T is chosen by `folds`-fold cross-validation (q and π̄ from the other folds): first by how often the
+    answered value is the reviewed one (a fill gives one value), then by the likelihood."""
     share = evidence.clip(EPS) / evidence.clip(EPS).sum(axis=1, keepdims=True)
-    mean = share.mean(axis=0)
-    counts = np.bincount(values, minlength=len(mean))
-    q = (counts + pseudo_count * mean) / (len(values) + pseudo_count)
+    k, n = share.shape[1], len(values)
+    parts = np.array_split(np.random.default_rng(0).permutation(n), min(folds, n))
 
-    def fit(t: float) -> tuple[float, float, np.ndarray]:
-        bias = np.log(q) - t * np.log(mean)
-        scores = t * np.log(share) + bias
-        log_p = scores - np.logaddexp.reduce(scores, axis=1, keepdims=True)
-        right = float((scores.argmax(axis=1) == values).mean())
-        return right, float(log_p[np.arange(len(values)), values].mean()), bias
+    def held_out(t: float) -> tuple[float, float]:
+        right = log_lik = 0.0
+        for held in parts:
+            scores = _prior_scores(share, values, k, pseudo_count, t, np.setdiff1d(np.arange(n), held))[held]
+            log_p = scores - np.logaddexp.reduce(scores, axis=1, keepdims=True)
+            right += float((scores.argmax(axis=1) == values[held]).sum())
+            log_lik += float(log_p[np.arange(len(held)), values[held]].sum())
+        return right, log_lik
 
-    # the fill gives one value: T is chosen by how often that value is right, then by the likelihood
-    best = max(TEMPERATURES, key=lambda t: fit(t)[:2])
-    return {"temperature": best, "bias": fit(best)[2]}
+    best = max(TEMPERATURES, key=held_out)
+    bias = _prior_scores(share, values, k, pseudo_count, best, np.arange(n))[0] - best * np.log(share[0])
+    return {"temperature": best, "bias": bias}
 
 
 def key_priors(model: Tagger, probs: np.ndarray, sources: Sequence[str], products: Sequence[Product],
