@@ -50,12 +50,14 @@ def fill_probabilities(model: Tagger, source: FeatureSource, batch_size: int = 2
     return (np.stack(probs) if probs else np.zeros((0, len(model.tags)), np.float32)), sources
 
 
-def _prior_scores(share: np.ndarray, values: np.ndarray, k: int, pseudo_count: float, t: float,
-                  fit_rows: np.ndarray) -> np.ndarray:
-    """The model's log-scores of every product's values, its prior and π̄ estimated on `fit_rows`."""
+def _prior_bias(share: np.ndarray, values: np.ndarray, pseudo_count: float, t: float,
+                fit_rows: np.ndarray) -> np.ndarray:
+    """log q - T log π̄ per value, q and π̄ estimated on `fit_rows` (a product's log-score of value v is
+    T log share(v) + this)."""
     mean = share[fit_rows].mean(axis=0)
-    q = (np.bincount(values[fit_rows], minlength=k) + pseudo_count * mean) / (len(fit_rows) + pseudo_count)
-    return t * np.log(share) + np.log(q) - t * np.log(mean)
+    counts = np.bincount(values[fit_rows], minlength=share.shape[1])
+    q = (counts + pseudo_count * mean) / (len(fit_rows) + pseudo_count)
+    return np.log(q) - t * np.log(mean)
 
 
 def fit_key_prior(evidence: np.ndarray, values: np.ndarray, pseudo_count: float = PSEUDO_COUNT,
@@ -65,21 +67,21 @@ def fit_key_prior(evidence: np.ndarray, values: np.ndarray, pseudo_count: float 
     T is chosen by `folds`-fold cross-validation (q and π̄ from the other folds): first by how often the
     answered value is the reviewed one (a fill gives one value), then by the likelihood."""
     share = evidence.clip(EPS) / evidence.clip(EPS).sum(axis=1, keepdims=True)
-    k, n = share.shape[1], len(values)
+    n = len(values)
     parts = np.array_split(np.random.default_rng(0).permutation(n), min(folds, n))
 
     def held_out(t: float) -> tuple[float, float]:
         right = log_lik = 0.0
         for held in parts:
-            scores = _prior_scores(share, values, k, pseudo_count, t, np.setdiff1d(np.arange(n), held))[held]
+            bias = _prior_bias(share, values, pseudo_count, t, np.setdiff1d(np.arange(n), held))
+            scores = t * np.log(share[held]) + bias
             log_p = scores - np.logaddexp.reduce(scores, axis=1, keepdims=True)
             right += float((scores.argmax(axis=1) == values[held]).sum())
             log_lik += float(log_p[np.arange(len(held)), values[held]].sum())
         return right, log_lik
 
     best = max(TEMPERATURES, key=held_out)
-    bias = _prior_scores(share, values, k, pseudo_count, best, np.arange(n))[0] - best * np.log(share[0])
-    return {"temperature": best, "bias": bias}
+    return {"temperature": best, "bias": _prior_bias(share, values, pseudo_count, best, np.arange(n))}
 
 
 def key_priors(model: Tagger, probs: np.ndarray, sources: Sequence[str], products: Sequence[Product],
