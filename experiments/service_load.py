@@ -183,7 +183,8 @@ def summarise(client: dict, store: Path, kills: int, restart_s: list[float], a) 
             "no_response": codes.get("no response", 0), "tag_requests_ok": len(client["tag_ms"]),
             "tag_p50_ms": float(np.percentile(tag_ms, 50)), "tag_p99_ms": float(np.percentile(tag_ms, 99)),
             "tag_per_s": len(ok_times) / span if span == span and span > 0 else 0.0,
-            "kills": kills, "restart_s": restart_s, "users": a.users, "seconds": a.seconds}
+            "kills": kills, "restart_s": restart_s, "users": a.users, "seconds": a.seconds,
+            "server_threads": a.threads}
 
 
 def markdown(r: dict) -> str:
@@ -209,6 +210,7 @@ def _parse(argv):
     ap.add_argument("--products", type=int, default=2000)
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--mixed", action="store_true", help="add shoppers and a burst of slow clients")
+    ap.add_argument("--threads", type=int, default=1, help="the server's model threads (`mmtags serve --threads`)")
     ap.add_argument("--slow-clients", type=int, default=100, help="connections of the slow burst (--mixed)")
     ap.add_argument("--prefill", type=int, default=0, help="synthetic tagged products in the store before the load "
                     "(44000: Myntra's size, for the recommendations of --mixed)")
@@ -231,7 +233,8 @@ def main(argv: list[str] | None = None) -> dict:
         with TagStore(store) as s:
             fill(s, a.prefill, random.Random(0))
     cache = a.cache or catalog.resolve().parent / "features-cache"
-    server = Server(["--model", str(model), "--store", str(store), "--create", "--image-root", str(image_root),
+    server = Server(["--model", str(model), "--store", str(store), "--create", "--threads", str(a.threads),
+                     "--image-root", str(image_root),
                      "--cache", str(cache)], a.port, a.out / "server.log")
     restart_s = [round(server.start(), 1)]
     locust = run_locust(f"http://127.0.0.1:{a.port}", products, a.out, a)

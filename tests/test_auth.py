@@ -49,3 +49,9 @@ def test_serve_refuses_to_be_open_to_the_network_by_accident(tmp_path, capsys):
     code = main(["serve", "--model", str(tmp_path / "no-model"), "--store", str(tmp_path / "s.db"), "--create",
                  "--host", "0.0.0.0"])
     assert code != 0 and "--api-key-file" in capsys.readouterr().err
+
+
+def test_serve_refuses_a_model_with_no_threads(tmp_path, capsys):
+    code = main(["serve", "--model", str(tmp_path / "no-model"), "--store", str(tmp_path / "s.db"), "--create",
+                 "--threads", "0"])
+    assert code != 0 and "--threads 0" in capsys.readouterr().err

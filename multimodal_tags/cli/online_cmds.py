@@ -108,6 +108,7 @@ def cmd_recommend(a: argparse.Namespace) -> int:
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
+    import torch
     import uvicorn
 
     from ..service.app import create_app
@@ -116,6 +117,11 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from ..service.runtime import ServiceConfig
 
     check_store(a.store, a.create)  # refused before the model loads, as a bad key file is
+    if a.threads < 1:
+        raise ValueError(f"--threads {a.threads}: at least 1")
+    # One thread for the model by default: with more, its forward passes take every core from the event
+    # loop and the store, and feedback waits behind them (docs/results.md, the mixed load).
+    torch.set_num_threads(a.threads)
     keys = KeyRing.from_file(a.api_key_file) if a.api_key_file else None
     if keys is None and not a.open:
         if a.host not in ("127.0.0.1", "localhost", "::1"):
@@ -237,6 +243,8 @@ def _add_serve(sub) -> None:
                     help="seconds an event's time may be ahead of the server's clock (further: refused)")
     sp.add_argument("--max-body-mb", type=float, default=16.0)
     sp.add_argument("--max-batch", type=int, default=32, help="products per forward pass")
+    sp.add_argument("--threads", type=int, default=1,
+                    help="the model's compute threads (the rest of the cores stay with the event loop and the store)")
     sp.add_argument("--refit-every", type=int, default=200, help="feedback events between calibration re-fits")
     sp.add_argument("--refit-interval", type=float, default=30.0, help="seconds at least between two re-fits")
     add_tag_source(sp)
