@@ -119,9 +119,6 @@ def cmd_serve(a: argparse.Namespace) -> int:
     check_store(a.store, a.create)  # refused before the model loads, as a bad key file is
     if a.threads < 1:
         raise ValueError(f"--threads {a.threads}: at least 1")
-    # One thread for the model by default: with more, its forward passes take every core from the event
-    # loop and the store, and feedback waits behind them (docs/results.md, the mixed load).
-    torch.set_num_threads(a.threads)
     keys = KeyRing.from_file(a.api_key_file) if a.api_key_file else None
     if keys is None and not a.open:
         if a.host not in ("127.0.0.1", "localhost", "::1"):
@@ -137,6 +134,9 @@ def cmd_serve(a: argparse.Namespace) -> int:
                         future_tolerance_s=a.future_tolerance, body_timeout_s=a.body_timeout,
                         limiter=RateLimiter(a.rate_limit) if a.rate_limit else None,
                         settings=settings)
+    # One thread for the model by default: with more, its forward passes take every core from the event
+    # loop and the store, and feedback waits behind them (docs/results.md, the mixed load).
+    torch.set_num_threads(a.threads)
     # bounded connections: idle keep-alives close, and past `limit_concurrency` connections get a 503
     # instead of holding a file handle each (production: docs/guide.md, the service behind a proxy)
     uvicorn.run(create_app(cfg), host=a.host, port=a.port, log_level="warning", timeout_keep_alive=a.keep_alive,
