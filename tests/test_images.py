@@ -80,3 +80,10 @@ def test_a_decode_error_releases_its_pixels():
     with pytest.raises(ImageError):
         decode_image(buf.getvalue()[:200], "broken")
     assert DECODE_BUDGET.in_use == 0
+
+
+def test_an_image_path_with_a_nul_character_is_refused_not_a_crash(tmp_path):
+    from multimodal_tags.data.images import ImageError, resolve_image
+
+    with pytest.raises(ImageError, match="NUL"):
+        resolve_image("a\x00.jpg", tmp_path)

@@ -69,6 +69,8 @@ def resolve_image(ref: str, root: Path) -> Path:
             f"remote image reference ({scheme}://...) is not fetched; download the photo into the "
             f"catalog folder and give its relative path"
         )
+    if "\x00" in ref:  # no file name holds one, and the OS refuses to look it up
+        raise ImageError(f"image path {ref!r} holds a NUL character")
     root = root.resolve()
     path = (root / ref).resolve()  # resolve() follows symlinks, so a link pointing out is caught too
     if path != root and root not in path.parents:

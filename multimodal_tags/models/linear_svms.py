@@ -77,9 +77,9 @@ def fit_svms(x, y: np.ndarray, c: float = 1.0, n_jobs: int = 1, use_liblinear: b
     fit = _fit_liblinear if use_liblinear else _fit_sklearn
     x = x.astype(np.float64)  # liblinear's type: converted once here
     x.sort_indices()
-    parts = [np.arange(k, y.shape[1], n_jobs) for k in range(min(n_jobs, y.shape[1]))]  # interleaved: balanced
-    fitted = Parallel(n_jobs=len(parts))(delayed(fit)(x, y[:, cols], c, tol) for cols in parts)
     weights, intercepts = np.zeros((y.shape[1], x.shape[1]), np.float32), np.zeros(y.shape[1], np.float32)
+    parts = [np.arange(k, y.shape[1], n_jobs) for k in range(min(n_jobs, y.shape[1]))]  # interleaved: balanced
+    fitted = Parallel(n_jobs=len(parts))(delayed(fit)(x, y[:, cols], c, tol) for cols in parts) if parts else []
     for cols, (w, b) in zip(parts, fitted):
         weights[cols], intercepts[cols] = w, b
     return weights, intercepts
