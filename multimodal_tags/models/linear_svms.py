@@ -1,7 +1,7 @@
 """Many linear SVMs on one sparse matrix: one per column of a multi-hot label matrix.
 
 scikit-learn's LinearSVC hands liblinear a fresh copy of the whole matrix on every fit, in liblinear's
-own row format; with hundreds of tags that copy costs as much as the solving (docs/performance.md).
+own row format; with hundreds of tags, that copy is about a fifth of the work (docs/performance.md).
 Where the official liblinear binding (`liblinear-official`, the `fast` extra) is installed, each worker
 process builds liblinear's problem once and solves every column it was given on it, changing only the
 labels: the same solver and settings as LinearSVC (L2-regularised squared hinge, dual coordinate
