@@ -41,7 +41,7 @@ from ..models.tag_tokenizer import CATEGORY_KEY, tag_key
 from ..models.tagger import Tagger
 from ..train.data import FeatureDataset, LabelSpace
 from ..train.finetune_text import bundle_text_encoder
-from ..train.job import REPLAY_SETTINGS, copies_maker, replay_settings, split_indices
+from ..train.job import REPLAY_SETTINGS, copies_maker, replay_settings, split_datasets, split_indices
 from ..train.loop import fit
 from ..train.fit_word_scores import fit_or_load_word_scores
 from .feedback_store import FeedbackStore
@@ -102,14 +102,15 @@ def replay_config(model_dir: Path) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in recorded.items() if k in REPLAY_SETTINGS})
 
 
-def judged_products(fb: FeedbackStore, categories: Sequence[str] = ()) -> tuple[list[Product], float]:
+def judged_products(fb: FeedbackStore, categories: Sequence[str] = (),
+                    judgements: dict[str, dict[str, bool]] | None = None) -> tuple[list[Product], float]:
     """Judged products whose content the store kept, labelled as feedback says (the category where an
     accepted or added `category:NAME` names one of `categories`, any case, else unknown; the category head
     learns from it), and the estimated rate of wrong judgements. A rejection of a tag the model proposed
     with probability above 1 - rate is more likely a slip than a correction (Bayes, with the model's
     probability as the prior), so the tag stays; with a careful reviewer the rate is near 0 and nothing is
-    overruled."""
-    judgements = fb.judgements()
+    overruled. `judgements`: fb.judgements(), where the caller has read them already."""
+    judgements = fb.judgements() if judgements is None else judgements
     kept = fb.tags.products(judgements)
     shown = {pid: (fb.tags.get(pid) or {"tags": {}})["tags"] for pid in kept}
     flip = judgement_error_rate([(v["score"], judgements[pid].get(t)) for pid in kept for t, v in shown[pid].items()])
@@ -170,17 +171,6 @@ def _table_scores(model: Tagger, source: FeatureSource) -> torch.Tensor:
     return model.word_scores(ids, model.lexical.tfidf(ids)).float()
 
 
-def _train_split(model: Tagger, labels: LabelSpace, catalog: Catalog, source: FeatureSource, idx: dict,
-                 tcfg: TrainConfig, cache_dir: Path, settings: RunConfig) -> FeatureDataset:
-    """The train split as training built it (`tcfg`: replay_config), masked copies after the originals
-    (only the word-score cache key needs them: none for a model without word scores)."""
-    train_source, copy_of = source.subset(idx["train"]), None
-    make_copies = copies_maker(catalog, model.cfg, tcfg, cache_dir, settings)
-    if make_copies is not None and model.word_scores is not None:
-        train_source, copy_of = make_copies(train_source)
-    return FeatureDataset(train_source, labels, model.cfg, None, copy_of)
-
-
 def prepare_adapt_data(model: Tagger, catalog: Catalog, judged: list[Product], cache_dir: Path,
                        settings: RunConfig, options: AdaptConfig, tcfg: TrainConfig | None = None) -> AdaptData:
     """Features and labels of the judged products, a replay sample of the train split (built as `tcfg`,
@@ -189,7 +179,9 @@ def prepare_adapt_data(model: Tagger, catalog: Catalog, judged: list[Product], c
     labels = LabelSpace(model.categories, model.tags, model.tokenizer, model.adversary_classes, model.required)
     catalog_source = encode_catalog(catalog, cfg, cache_dir, settings)
     idx = split_indices(catalog, tcfg.max_train_products)
-    train_split = _train_split(model, labels, catalog, catalog_source, idx, tcfg, cache_dir, settings)
+    # the train split as training built it, masked copies included (only the word-score cache key needs them)
+    copies = copies_maker(catalog, cfg, tcfg, cache_dir, settings) if model.word_scores is not None else None
+    train_split = split_datasets(catalog, catalog_source, cfg, tcfg.max_train_products, copies_for=copies).train
     rng = np.random.default_rng(options.seed)
     fit_part = [p for p in judged if not held_back(p.id, options.holdout, options.seed)]
     held = [p for p in judged if held_back(p.id, options.holdout, options.seed)]
@@ -336,8 +328,9 @@ def adapt_model(model_dir: str | Path, store_path: str | Path, out: str | Path, 
     tag_source = resolve_tag_source(options.tag_source, parent.decoder is not None, str(model_dir))
     catalog_path = training_catalog(model_dir, options.catalog)
     with FeedbackStore(store_path) as fb:
-        (judged, flip), events, last_seq = judged_products(fb, parent.categories), fb.count(), fb.last_seq()
-        reviewed = {pid: {tag_key(t) for t in tags} for pid, tags in fb.judgements().items()}
+        judgements, events, last_seq = fb.judgements(), fb.count(), fb.last_seq()
+        judged, flip = judged_products(fb, parent.categories, judgements)
+    reviewed = {pid: {tag_key(t) for t in tags} for pid, tags in judgements.items()}  # the keys reviewers judged
     if not judged:
         raise ValueError(f"{store_path} holds no feedback on products it kept: nothing to adapt to")
     tcfg = replay_config(model_dir)

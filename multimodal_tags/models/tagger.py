@@ -274,10 +274,13 @@ class Tagger(nn.Module):
                 cols = self._key_columns.get(key)
                 if cols is None:
                     continue
-                bias = torch.tensor([float(prior["bias"].get(self.tags[int(j)], -30.0)) for j in cols])
-                self.key_priors.setdefault(source, {})[key] = {"temperature": float(prior["temperature"]),
-                                                               "bias": dict(prior["bias"])}
-                self._prior_vectors[(source, key)] = (float(prior["temperature"]), bias)
+                known = {self.tags[int(j)]: float(prior["bias"][self.tags[int(j)]])
+                         for j in cols if self.tags[int(j)] in prior["bias"]}
+                temperature = float(prior["temperature"])
+                self.key_priors.setdefault(source, {})[key] = {"temperature": temperature, "bias": known}
+                # a value the prior does not name is never answered
+                bias = torch.tensor([known.get(self.tags[int(j)], -30.0) for j in cols])
+                self._prior_vectors[(source, key)] = (temperature, bias)
 
     def no_decay_parameters(self) -> set[str]:
         """Names of the parameters weight decay would only hurt: biases and norms (vectors), and GPT-2's
