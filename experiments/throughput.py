@@ -44,7 +44,7 @@ from multimodal_tags.features import EncoderSet, RunConfig
 from multimodal_tags.features.prefetch import default_workers
 from multimodal_tags.features.source import FeatureSource
 from multimodal_tags.inference.batch_tagger import BatchTagger
-from multimodal_tags.inference.rows import prediction_rows
+from multimodal_tags.inference.rows import prediction_rows, score_rows
 from multimodal_tags.models.factory import create_image_encoder
 from multimodal_tags.models.presets import get_preset
 from multimodal_tags.models.tagger import Tagger, build_tokenizer
@@ -164,8 +164,9 @@ def large_photo_row(a, tagger, encoders, products: list, root: Path, model_dir: 
                     workers: int) -> dict:
     """Large photos: the stock path (each photo decoded whole, then resized) against the project's (JPEGs
     decoded in draft mode at the smallest scale covering the model's input), both at the model's photo
-    size and batch, the project from an empty cache with (c)'s decoding processes; and the share of
-    products given the same tags."""
+    size and batch, the project from an empty cache with (c)'s decoding processes; the share of products
+    given the same tags, and each path's tag micro-F1 against the products' labels (the quality that
+    draft mode must keep: tags near their thresholds flip on either side of tiny pixel changes)."""
     big, big_root = large_photos(products, root, a.out, a.large_photos)
     stock_rows, stock_rate = timed(lambda batch: stock_batch(tagger, encoders, batch, big_root, model_id), big, a.batch)
     cache = a.out / "cold-cache-large"
@@ -173,7 +174,9 @@ def large_photo_row(a, tagger, encoders, products: list, root: Path, model_dir: 
     project_rows, ours = streamed(BatchTagger(model_dir, cache, settings, "decoder"), big, big_root, a.batch, workers)
     return {"large_photo_products": len(big), "large_photo_stock_per_s": round(stock_rate, 2),
             "large_photo_project_per_s": round(ours, 2), "large_photo_ratio": round(ours / stock_rate, 2),
-            "large_photo_same_tags": round(agreement(stock_rows, project_rows), 4)}
+            "large_photo_same_tags": round(agreement(stock_rows, project_rows), 4),
+            "large_photo_stock_micro_f1": round(score_rows(big, stock_rows)["tags_micro_f1"], 4),
+            "large_photo_project_micro_f1": round(score_rows(big, project_rows)["tags_micro_f1"], 4)}
 
 
 def agreement(rows_a: list[dict], rows_b: list[dict]) -> float:
@@ -306,7 +309,8 @@ def table(r: dict) -> str:
         "", f"(c) uses {100 * r['project_peak_fraction']:.2f}% of the measured matmul rate.",
         *([f"Large photos (1,500-3,000 px JPEGs, {r['large_photo_products']} products, model's photo size): stock "
            f"{r['large_photo_stock_per_s']}/s, project {r['large_photo_project_per_s']}/s "
-           f"({r['large_photo_ratio']}x); same tags {r['large_photo_same_tags']:.2%}"] if "large_photo_ratio" in r else [])])
+           f"({r['large_photo_ratio']}x); same tags {r['large_photo_same_tags']:.2%}; tag micro-F1 stock "
+           f"{r['large_photo_stock_micro_f1']}, project {r['large_photo_project_micro_f1']}"] if "large_photo_ratio" in r else [])])
 
 
 if __name__ == "__main__":
