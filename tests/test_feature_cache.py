@@ -83,3 +83,16 @@ def test_cache_survives_reopen_and_describes_encoders(small_catalog, tmp_path, t
         assert listed["tiny-bert"]["random_weights"] is True
         vec, found = cache.get(tiny_text.cache_key(), ["nope", None])
         assert not found.any() and vec.shape == (2, 32)
+
+
+def test_an_encoder_is_described_once_per_connection_not_per_batch(small_catalog, tmp_path, tiny_text, tiny_image,
+                                                                    monkeypatch):
+    calls = []
+    describe = type(tiny_text).describe
+    monkeypatch.setattr(type(tiny_text), "describe", lambda self: calls.append(1) or describe(self))
+    with FeatureCache(tmp_path / "cache") as cache:
+        _encode(small_catalog, cache, tiny_text, tiny_image)
+        _encode(small_catalog, cache, tiny_text, tiny_image)
+        assert len(calls) == 1 and cache.registered(tiny_text.cache_key())
+    with FeatureCache(tmp_path / "cache") as cache:
+        assert not cache.registered(tiny_text.cache_key())  # a new connection records it again (a no-op)

@@ -411,3 +411,44 @@ def test_fuzzed_multipart_uploads_never_get_a_5xx(fuzz_app, tmp_path):
 
         no_server_error()
     assert any(400 <= code < 500 for code in seen), seen
+
+
+def test_the_background_process_starts_again_after_it_died():
+    import signal
+    from concurrent.futures.process import BrokenProcessPool
+
+    from multimodal_tags.service.background import BackgroundProcess
+
+    worker = BackgroundProcess()
+    try:
+        pid = worker.submit(os.getpid).result(timeout=60)
+        assert pid != os.getpid()
+        dying = worker.submit(__import__("time").sleep, 30)
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(BrokenProcessPool):
+            dying.result(timeout=60)
+        assert worker.submit(abs, -3).result(timeout=60) == 3  # a new process
+    finally:
+        worker.shutdown()
+
+
+def test_a_failed_index_rebuild_leaves_the_previous_index_serving(shop, tmp_path):
+    import dataclasses
+    from concurrent.futures import Future
+
+    from multimodal_tags.service.runtime import ReadThread
+
+    logged = []
+    cfg = _config(shop, tmp_path)
+    cfg.settings = dataclasses.replace(SETTINGS, log=logged.append)
+    read = ReadThread(cfg)
+    try:
+        before = read.index
+        failed = Future()
+        failed.set_exception(RuntimeError("the builder died"))
+        read.building = failed
+        assert isinstance(read.pool.submit(read.recommendations, "ann", 3).result(), list)
+        assert read.index is before and read.building is None
+        assert any("rebuild failed" in line and "the builder died" in line for line in logged)
+    finally:
+        read.close()

@@ -35,6 +35,7 @@ class FeatureCache:
         self.db.execute("PRAGMA journal_mode=WAL")  # readers (training) do not block the writer
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        self._registered: set[str] = set()  # keys this connection has recorded (a service encodes per request)
 
     def close(self) -> None:
         self.db.close()
@@ -45,11 +46,16 @@ class FeatureCache:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def registered(self, key: str) -> bool:
+        """Whether this connection has already recorded `key` (`register` would change nothing)."""
+        return key in self._registered
+
     def register(self, key: str, spec: str, dim: int, description: dict) -> None:
         """Record what an encoder key means (first registration wins; the key is content-derived)."""
         with self.db:
             self.db.execute("INSERT OR IGNORE INTO encoders VALUES (?, ?, ?, ?, ?)",
                             (key, spec, dim, json.dumps(description, default=str), time.time()))
+        self._registered.add(key)
 
     def encoders(self) -> list[dict]:
         rows = self.db.execute("SELECT key, spec, dim, description FROM encoders ORDER BY created").fetchall()

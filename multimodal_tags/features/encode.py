@@ -63,7 +63,8 @@ def _to_encode(cache: FeatureCache, key: str, items: dict[str, str], stats: Enco
 
 def register(cache: FeatureCache, encoder: ImageEncoder | HFTextEncoder) -> str:
     key = encoder.cache_key()
-    cache.register(key, encoder.spec, encoder.dim, encoder.describe())
+    if not cache.registered(key):  # describing an encoder walks its modules: once per connection, not per batch
+        cache.register(key, encoder.spec, encoder.dim, encoder.describe())
     return key
 
 

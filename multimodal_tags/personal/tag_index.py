@@ -16,6 +16,21 @@ from scipy.sparse import csr_matrix
 
 from ..tagging.tag_store import TagStore
 
+#: what changes whenever a product is tagged, re-tagged or removed (an index is stale when it differs)
+SIGNATURE = "SELECT COUNT(*), MAX(updated_at), MAX(removed_at) FROM products"
+
+
+def signature(store: TagStore) -> tuple:
+    """The store's products' `SIGNATURE`."""
+    return store.db.execute(SIGNATURE).fetchone()
+
+
+def build_index(store_path) -> tuple[tuple, "TagIndex"]:
+    """(the products' signature, their index), read on a connection of its own: a function of a path,
+    so that a background process can run it (service/background.py)."""
+    with TagStore(store_path) as own:
+        return signature(own), TagIndex.build(own)
+
 
 class TagIndex:
     """Live products' tags, weighted for profile matching (build once, query often)."""

@@ -1,10 +1,13 @@
-"""The service's two worker threads, each owning what it touches (SQLite connections are per thread):
+"""The service's worker threads, each owning what it touches (SQLite connections are per thread):
 
 - the model thread holds the LearningTagger: tags batches, re-fits the calibration from feedback, and
   swaps in a newly promoted model between two batches (no request is dropped: those queued run on
   the new model, the batch in flight finishes on the old one);
 - the store thread holds the service's store connection: feedback writes (committed before the
-  reply), stored tags, statistics.
+  reply), stored tags, statistics;
+- the read thread answers recommendations and the review queue.
+Calibration fits and recommendation index rebuilds, mostly Python, run in background processes
+(service/background.py), where they do not hold the GIL the threads above need.
 """
 from __future__ import annotations
 
@@ -25,10 +28,11 @@ from ..feedback.calibration import fit_calibration
 from ..feedback.events import FUTURE_TOLERANCE_S, effective_time
 from ..feedback.learner import LearningTagger
 from ..personal.profiles import Profiles, add_interactions, feedback_key, ranked_tags
-from ..personal.tag_index import TagIndex
+from ..personal.tag_index import build_index, signature
 from ..tagging.tag_store import TagStore
 from .auth import KeyRing
 from .limits import RateLimiter
+from .background import BackgroundProcess
 
 
 @dataclass
@@ -63,7 +67,7 @@ class ModelThread:
     def __init__(self, cfg: ServiceConfig):
         self.cfg = cfg
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="model")
-        self.fit_pool = ThreadPoolExecutor(1, thread_name_prefix="fit")
+        self.fitter = BackgroundProcess()  # fits are Python: off the service's GIL
         self._refitting = asyncio.Lock()
         self.learner: LearningTagger | None = None
         self.model_dir = cfg.model_dir
@@ -82,12 +86,17 @@ class ModelThread:
 
     async def refit(self) -> None:
         """Re-fit the calibration without holding up tagging: inputs read and scored on the model thread,
-        the fit on a thread of its own, the result installed on the model thread. One at a time."""
+        the fit in a background process, the result installed on the model thread. One at a time; a
+        failed fit is logged and the calibration in use stays."""
         if self._refitting.locked():
             return
         async with self._refitting:
             inputs = await self.run(self.learner.refit_inputs)
-            cal = await asyncio.get_running_loop().run_in_executor(self.fit_pool, fit_calibration, *inputs)
+            try:
+                cal = await asyncio.wrap_future(self.fitter.submit(fit_calibration, *inputs))
+            except Exception as e:  # noqa: BLE001 - e.g. the process was killed: the next re-fit tries again
+                self.cfg.settings.log(f"calibration re-fit failed ({type(e).__name__}: {e}); keeping the current one")
+                return
             await self.run(self.learner.install, cal)
 
     def _maybe_swap(self) -> None:
@@ -106,7 +115,7 @@ class ModelThread:
         if self.learner is not None:  # its connection belongs to the model thread
             self.pool.submit(self.learner.feedback.close).result()
         self.pool.shutdown(wait=True)
-        self.fit_pool.shutdown(wait=True)
+        self.fitter.shutdown()
 
 
 class ReadThread:
@@ -114,49 +123,46 @@ class ReadThread:
     feedback), from a TagIndex kept between requests: when the products have changed (checked at most
     every `refresh_s`), a new index is built in the background while requests go on with the old one."""
 
-    SIGNATURE = "SELECT COUNT(*), MAX(updated_at), MAX(removed_at) FROM products"
-
     def __init__(self, cfg: ServiceConfig):
         refresh_s = cfg.index_refresh_s
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="read")
-        self.build_pool = ThreadPoolExecutor(1, thread_name_prefix="index")
+        self.builder = BackgroundProcess()  # rebuilds are Python: off the service's GIL
+        self.log = cfg.settings.log
         self.store_path, self.refresh_s, self.checked, self.building = cfg.store_path, refresh_s, 0.0, None
         self.store: TagStore = self.pool.submit(TagStore, cfg.store_path).result()
         self.profiles = self.pool.submit(Profiles, self.store).result()
         self.feedback = self.pool.submit(FeedbackStore, self.store).result()  # the review queue's judgements
         self._cards, self._cards_signature = ([], {}), None
-        self.signature, self.index = self.build_pool.submit(self._build).result()
-
-    def _build(self) -> tuple[tuple, TagIndex]:
-        """(the products' signature, their index), read on the builder's own connection."""
-        with TagStore(self.store_path) as own:
-            return own.db.execute(self.SIGNATURE).fetchone(), TagIndex.build(own)
+        self.signature, self.index = build_index(self.store_path)  # here: no process to start before serving
 
     def review_cards(self) -> tuple[list[dict], dict]:
         """(runs on the read thread) Every live product's review card and the feedback statistics, made
         again only when the products or the feedback changed since the last request."""
-        signature = (*self.store.db.execute(self.SIGNATURE).fetchone(), self.feedback.last_seq())
-        if signature != self._cards_signature:
+        current = (*signature(self.store), self.feedback.last_seq())
+        if current != self._cards_signature:
             self._cards = all_cards(self.store, self.feedback), self.feedback.stats()
-            self._cards_signature = signature
+            self._cards_signature = current
         return self._cards
 
     def recommendations(self, user: str, k: int) -> list[dict]:
         """(runs on the read thread) The user's top k products from the current index."""
         if self.building is not None and self.building.done():
-            self.signature, self.index = self.building.result()
+            try:
+                self.signature, self.index = self.building.result()
+            except Exception as e:  # noqa: BLE001 - the previous index serves on; the next check builds again
+                self.log(f"recommendation index rebuild failed ({type(e).__name__}: {e}); serving the previous one")
             self.building = None
         if self.building is None and time.monotonic() - self.checked >= self.refresh_s:
             self.checked = time.monotonic()
-            if self.store.db.execute(self.SIGNATURE).fetchone() != self.signature:
-                self.building = self.build_pool.submit(self._build)
+            if signature(self.store) != self.signature:
+                self.building = self.builder.submit(build_index, self.store_path)
         return self.index.top(self.profiles.affinities(user), k)
 
     async def run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     def close(self) -> None:
-        self.build_pool.shutdown(wait=True)
+        self.builder.shutdown()
         self.pool.submit(self.store.close).result()
         self.pool.shutdown(wait=True)
 
