@@ -46,6 +46,7 @@ from multimodal_tags.features.source import FeatureSource
 from multimodal_tags.inference.batch_tagger import BatchTagger
 from multimodal_tags.inference.rows import prediction_rows, score_rows
 from multimodal_tags.models.factory import create_image_encoder
+from multimodal_tags.models.onnx_text import onnx_available
 from multimodal_tags.models.presets import get_preset
 from multimodal_tags.models.tagger import Tagger, build_tokenizer
 from multimodal_tags.tagging.tag_job import batches
@@ -179,6 +180,24 @@ def large_photo_row(a, tagger, encoders, products: list, root: Path, model_dir: 
             "large_photo_project_micro_f1": round(score_rows(big, project_rows)["tags_micro_f1"], 4)}
 
 
+def int8_text_row(a, model_dir: Path, settings: RunConfig, products: list, root: Path, project_rows: list[dict],
+                  workers: int) -> dict:
+    """(c) again with the text encoder in int8 (precision `int8`: ONNX Runtime, models/onnx_text.py) into
+    an empty cache, and the share of products with the same tags as (c); nothing without onnxruntime or
+    on a GPU."""
+    if not onnx_available() or torch.cuda.is_available():
+        return {}
+    import dataclasses
+
+    int8 = dataclasses.replace(settings, precision="int8")
+    try:
+        rows, rate = streamed(BatchTagger(model_dir, a.out / "cold-cache-int8", int8, "decoder"), products, root,
+                              a.batch, workers)
+    except ValueError as e:  # its vectors drift from fp32's: the int8 path refuses this encoder
+        return {"int8_text_refused": str(e)}
+    return {"project_int8_text_per_s": round(rate, 2), "same_tags_int8_text_project": round(agreement(rows, project_rows), 4)}
+
+
 def agreement(rows_a: list[dict], rows_b: list[dict]) -> float:
     """Share of products whose tags are the same on both paths."""
     return sum(x["tags"] == y["tags"] for x, y in zip(rows_a, rows_b)) / max(len(rows_a), 1)
@@ -216,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def run(a, device: str, preset: str, products, root: Path, model_dir: Path, settings: RunConfig) -> dict:
     cache = a.out / "cold-cache"
-    for folder in (cache, cache.with_name("cold-cache-2")):
+    for folder in (cache, cache.with_name("cold-cache-2"), cache.with_name("cold-cache-int8")):
         shutil.rmtree(folder, ignore_errors=True)
     project = BatchTagger(model_dir, cache, settings, "decoder")
     tagger, encoders = project.model.to(device).eval(), project.encoders
@@ -239,6 +258,7 @@ def run(a, device: str, preset: str, products, root: Path, model_dir: Path, sett
         other = 0 if workers else 1  # the other choice, timed for comparison, into a second empty cache
         _, other_rate = streamed(BatchTagger(model_dir, cache.with_name("cold-cache-2"), settings, "decoder"),
                                  products, root, a.batch, other)
+        int8 = int8_text_row(a, model_dir, settings, products, root, project_rows, workers)
         large = (large_photo_row(a, tagger, encoders, products, root, model_dir, settings, project.model_id, workers)
                  if a.large_photos else {})
         flops = flops_per_product(tagger, encoders, products[:8], root, project.model_id)
@@ -260,7 +280,7 @@ def run(a, device: str, preset: str, products, root: Path, model_dir: Path, sett
                "precision": encoders.text.precision,
                # tags compared only between paths that see the same photo size
                "same_tags_naive_project": round(agreement(naive_rows, project_rows), 4) if same_size else None,
-               "same_tags_stock_project": round(agreement(sized_rows, project_rows), 4), **large}
+               "same_tags_stock_project": round(agreement(sized_rows, project_rows), 4), **int8, **large}
     (a.out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     (a.out / "results.md").write_text(table(results) + "\n", encoding="utf-8")
     print(table(results))
@@ -299,6 +319,10 @@ def table(r: dict) -> str:
                     round(r["project_per_s"] / r["project_other_decode_workers_per_s"], 2)))
     rows.append(row(f"(c) project (`BatchTagger.tag_stream`, {r['decode_workers']} decoding process(es), cold cache), "
                     f"{r['image_size']} px", r["project_per_s"], 1))
+    if "project_int8_text_per_s" in r:
+        rows.append(row(f"(c) project, text encoder in int8 (ONNX Runtime; same tags as (c) for "
+                        f"{r['same_tags_int8_text_project']:.2%})", r["project_int8_text_per_s"],
+                        round(r["project_per_s"] / r["project_int8_text_per_s"], 2)))
     return "\n".join([
         f"device: {r['device']}; preset {r['preset']}; tagger weights {r['tagger_weights']}; "
         f"{r['gflop_per_product']} GFLOP per product ({r['stock_gflop_per_product']} stock); matmul "

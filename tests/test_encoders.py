@@ -168,7 +168,7 @@ def test_mmtags_precision_says_what_auto_means(monkeypatch):
 
 def test_fp32_cpu_text_vectors_go_through_onnx_runtime_only_where_they_agree_with_torch(monkeypatch, capsys):
     pytest.importorskip("onnxruntime")
-    from multimodal_tags.models import onnx_text, text_encoders
+    from multimodal_tags.models import onnx_text
 
     texts = ["red cotton shirt", "a much longer text about a blue ceramic mug with a handle", "蓝色马克杯"]
     monkeypatch.delenv("MMTAGS_ONNX", raising=False)  # off unless asked for
@@ -184,10 +184,30 @@ def test_fp32_cpu_text_vectors_go_through_onnx_runtime_only_where_they_agree_wit
     assert encoder._onnx is None  # weights may change in training: the export is dropped
     assert not onnx_text.onnx_wanted("bf16", torch.device("cpu"))  # only fp32 runs there
 
-    monkeypatch.setattr(text_encoders, "MIN_COSINE", 1.5)  # no runner can agree: torch computes
+    monkeypatch.setattr(onnx_text, "MIN_COSINE", 1.5)  # no runner can agree: torch computes
     doubtful = create_text_encoder("tiny-bert").set_precision("fp32")
     torch.testing.assert_close(doubtful.encode(texts).pooled, reference)
     assert doubtful._onnx is False and "using torch" in capsys.readouterr().out
+
+
+def test_int8_text_vectors_come_from_onnx_runtime_and_are_refused_where_they_drift(monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from multimodal_tags.models import onnx_text
+
+    texts = ["red cotton shirt", "a much longer text about a blue ceramic mug with a handle", "蓝色马克杯"]
+    monkeypatch.delenv("MMTAGS_PRECISION", raising=False)
+    fp32 = create_text_encoder("tiny-bert").set_precision("fp32")
+    monkeypatch.setattr(onnx_text, "INT8_MIN_COSINE", 0.5)  # a tiny random model's int8 drifts more than a real one's
+    int8 = create_text_encoder("tiny-bert").set_precision("int8")
+    assert int8.precision == "int8" and int8.cache_key() != fp32.cache_key()  # cached apart from fp32's vectors
+    vectors = int8.encode(texts).pooled
+    assert isinstance(int8._onnx, onnx_text.OrtTextRunner) and int8._onnx.min_cosine == 0.5
+    assert torch.nn.functional.cosine_similarity(vectors, fp32.encode(texts).pooled).min() > 0.5
+    assert create_image_encoder("tiny-clip").set_precision("int8").precision in ("bf16", "fp32")  # photos: the hardware's
+
+    monkeypatch.setattr(onnx_text, "INT8_MIN_COSINE", 1.5)  # never agrees: refused, not cached as int8
+    with pytest.raises(ValueError, match="int8 vectors differ from fp32 ones"):
+        create_text_encoder("tiny-bert").set_precision("int8").encode(texts)
 
 
 def _named(kind: str) -> list[str]:

@@ -17,6 +17,10 @@ def test_throughput_times_three_paths_that_give_the_same_tags(tmp_path):
     assert result["gflop_per_product"] > 0 and result["matmul_gflop_s"] > 0
     assert result["large_photo_products"] == 6 and result["large_photo_project_per_s"] > 0
     assert 0 <= result["large_photo_same_tags"] <= 1  # (a random tagger has near ties: measured on real runs)
+    assert 0 <= result["large_photo_project_micro_f1"] <= 1 and 0 <= result["large_photo_stock_micro_f1"] <= 1
+    # the int8 text path: timed, or refused by its cosine check (a tiny random encoder may drift)
+    assert result.get("project_int8_text_per_s", 1) > 0 and ("project_int8_text_per_s" in result) != (
+        "int8_text_refused" in result) or not throughput.onnx_available()
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert {"naive_per_s", "stock_per_s", "project_per_s", "device", "preset"} <= set(saved)
 

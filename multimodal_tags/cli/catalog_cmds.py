@@ -168,7 +168,8 @@ def _add_features(sub) -> None:
                                                    "with its encoder, else 128)")
     sp.add_argument("--image-size", type=int, help="photo side in pixels (default: the offline preset's with its "
                                                    "encoder, else the encoder's own; 0: the encoder's own)")
-    sp.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16 (part of the cache key)")
+    sp.add_argument("--precision", default="auto",
+                    help="auto, fp32, bf16, fp16 or int8 (text through ONNX Runtime; part of the cache key)")
     sp.add_argument("--device", default="auto")
     sp.add_argument("--allow-random-weights", action="store_true", help="accept tiny-*/@random encoders")
     sp.add_argument("--quiet", action="store_true", help="no progress bars")

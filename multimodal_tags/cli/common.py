@@ -27,7 +27,7 @@ def run_settings(a: argparse.Namespace):
     from ..features.settings import RunConfig
 
     return RunConfig(cache_dir=getattr(a, "cache", None), allow_random_weights=a.allow_random_weights,
-                       progress=not getattr(a, "quiet", False))
+                     progress=not getattr(a, "quiet", False), precision=getattr(a, "precision", "auto"))
 
 
 def report_import(result, path: str, summary: str) -> int:
@@ -58,6 +58,10 @@ def add_model_on_catalog(sp) -> None:
 def add_reads_features(sp) -> None:
     sp.add_argument("--cache", help="feature cache folder (default: features-cache beside the catalog)")
     sp.add_argument("--allow-random-weights", action="store_true", help="accept tiny-*/@random encoders")
+    sp.add_argument("--precision", default="auto",
+                    help="encoders' inference precision (part of the cache key): auto (bf16 where the hardware "
+                         "has it, else fp32), fp32, bf16, fp16, or int8 (the text encoder through ONNX Runtime "
+                         "on a CPU, the onnx extra; photos as auto)")
 
 
 def add_image_checks(sp) -> None:

@@ -22,7 +22,7 @@ class RunConfig:
     """The knobs shared by train, evaluate, tag, refresh and the demo."""
 
     cache_dir: str | Path | None = None  # None: features-cache beside the catalog
-    precision: str = "auto"  # encoders' inference precision: auto, fp32, bf16, fp16 (part of the cache key)
+    precision: str = "auto"  # encoders' inference precision: auto, fp32, bf16, fp16, int8 (part of the cache key)
     allow_random_weights: bool = False  # accept tiny-*/@random encoders (tests, from-scratch work)
     progress: bool = True  # progress bars
     log: Callable[[str], None] = field(default=print, repr=False)

@@ -31,17 +31,27 @@ def state_dict_hash(module: nn.Module) -> str:
     return h.hexdigest()[:20]
 
 
-def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+
+
+def resolve_precision(precision: str, device: torch.device | str = "cpu", allow_int8: bool = False) -> str:
     """'auto' -> 'bf16' where the hardware runs it natively (CUDA with bf16, CPUs with AVX512-BF16 or
     AMX; `experiments/feature_throughput.py` measures speed and cosine against fp32), else 'fp32'.
     The environment variable MMTAGS_PRECISION, when set, is what 'auto' means (MMTAGS_PRECISION=fp32:
-    run as on a CPU without bf16, everywhere 'auto' is asked, training included)."""
+    run as on a CPU without bf16, everywhere 'auto' is asked, training included). 'int8' is the text
+    encoders' (ONNX Runtime on a CPU, models/onnx_text.py): where not `allow_int8`, it means the
+    hardware's own choice."""
     if precision == "auto" and os.environ.get("MMTAGS_PRECISION"):
         precision = os.environ["MMTAGS_PRECISION"]
-    if precision != "auto":
-        if precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision {precision!r} is not one of auto, fp32, bf16, fp16")
-        return precision
+    if precision not in ("auto", *PRECISIONS):
+        raise ValueError(f"precision {precision!r} is not one of auto, {', '.join(PRECISIONS)}")
+    if precision == "auto" or (precision == "int8" and not allow_int8):
+        return hardware_precision(device)
+    return precision
+
+
+def hardware_precision(device: torch.device | str = "cpu") -> str:
+    """The fastest float precision the device runs natively: bf16 (or fp16 on CUDA without bf16) or fp32."""
     device = torch.device(device)
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -64,12 +74,16 @@ class Encoder(nn.Module):
     precision: str = "fp32"  # inference precision of `encode` and the feature job; part of the cache key
 
     def set_precision(self, precision: str) -> "Encoder":
-        self.precision = resolve_precision(precision, self.device)
+        """Inference precision; 'int8' only where an encoder has an int8 path (else the hardware's choice)."""
+        self.precision = resolve_precision(precision, self.device, allow_int8=self.has_int8)
         return self
 
+    has_int8 = False  # whether `encode` has an int8 path (the text encoders on a CPU, through ONNX Runtime)
+
     def autocast(self):
-        """Context for inference at `self.precision` (no-op for fp32)."""
-        if self.precision == "fp32":
+        """Context for torch inference at `self.precision` (no-op for fp32, and for int8, whose int8 path
+        is not torch's: what torch computes, it computes in fp32)."""
+        if self.precision in ("fp32", "int8"):
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)

@@ -3,7 +3,8 @@
 Pooled vector = mean of the last hidden states over real tokens (sentence-transformers' pooling for
 MiniLM, and a sound default for any BERT); token states are returned when asked. Models trained with an
 instruction prefix (e5: "query: ") get it in front of every text. With MMTAGS_ONNX=1, fp32 CPU `encode`
-runs the pooled vectors through ONNX Runtime where it agrees with torch (models/onnx_text.py; opt-in).
+runs the pooled vectors through ONNX Runtime where it agrees with torch (models/onnx_text.py; opt-in), and
+precision int8 runs them through ONNX Runtime with int8 weights (CPU).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerFast
 
 from .encoder_base import Encoder, EncoderOutput, WeightsUnavailable
-from .onnx_text import MIN_COSINE, OrtTextRunner, onnx_wanted
+from .onnx_text import OrtTextRunner, onnx_available, onnx_wanted
 
 
 class HFTextEncoder(Encoder):
@@ -28,6 +29,18 @@ class HFTextEncoder(Encoder):
         self.max_length, self.prefix = max_length, prefix
         self.dim = model.config.hidden_size
         self.random_weights = random_weights
+
+    @property
+    def has_int8(self) -> bool:
+        return self.device.type == "cpu"
+
+    def set_precision(self, precision: str) -> "HFTextEncoder":
+        super().set_precision(precision)
+        if self.precision == "int8" and not onnx_available():
+            raise ValueError("precision int8 runs the text encoder through ONNX Runtime: "
+                             "pip install 'multimodal_tags[onnx]'")
+        self._onnx = None  # another precision: made again for it
+        return self
 
     def cache_id(self) -> str:
         # A local folder is named by its weights (in the key anyway), not its path: a fine-tuned encoder
@@ -78,12 +91,15 @@ class HFTextEncoder(Encoder):
             return True
         if getattr(self, "_onnx", None) is False or not onnx_wanted(self.precision, self.device):
             return False
-        runner = OrtTextRunner(self, batch)
-        cosine = runner.agrees(self(batch["input_ids"], batch["attention_mask"]).pooled,
+        runner = OrtTextRunner(self, batch, int8=self.precision == "int8")
+        cosine = runner.agrees(self(batch["input_ids"], batch["attention_mask"]).pooled,  # fp32 (autocast is off)
                                batch["input_ids"], batch["attention_mask"])
-        if cosine < MIN_COSINE:
+        if cosine < runner.min_cosine and self.precision == "int8":  # its vectors would be cached as int8's
+            raise ValueError(f"{self.spec}: its int8 vectors differ from fp32 ones (cosine {cosine:.4f} < "
+                             f"{runner.min_cosine}) on this batch; use precision auto, bf16 or fp32")
+        if cosine < runner.min_cosine:
             print(f"{self.spec}: ONNX Runtime's vectors differ from torch's (cosine {cosine:.6f}); using torch")
-        self._onnx = runner if cosine >= MIN_COSINE else False
+        self._onnx = runner if cosine >= runner.min_cosine else False
         return self._onnx is not False
 
     def train(self, mode: bool = True) -> "HFTextEncoder":
