@@ -25,6 +25,7 @@ the device's float32 matmul rate, and peak memory. Writes OUT/results.json and O
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import shutil
@@ -46,6 +47,7 @@ from multimodal_tags.features.source import FeatureSource
 from multimodal_tags.inference.batch_tagger import BatchTagger
 from multimodal_tags.inference.rows import prediction_rows, score_rows
 from multimodal_tags.models.factory import create_image_encoder
+from multimodal_tags.models.image_encoders import TimmImageEncoder
 from multimodal_tags.models.onnx_text import onnx_available
 from multimodal_tags.models.presets import get_preset
 from multimodal_tags.models.tagger import Tagger, build_tokenizer
@@ -89,11 +91,26 @@ def stock_encoders(encoders: EncoderSet) -> SimpleNamespace:
     return SimpleNamespace(text=encoders.text, image=image)
 
 
+@contextlib.contextmanager
+def stock_modules(encoders):
+    """The encoders as their libraries run them: no batch norms folded into convolutions (the project's
+    fp32 lever, models/bn_fold.py)."""
+    timm_encoders = [m for m in encoders.image.modules() if isinstance(m, TimmImageEncoder)]
+    for m in timm_encoders:
+        m.fold = False
+    try:
+        yield
+    finally:
+        for m in timm_encoders:
+            m.fold = True
+
+
 def stock_batch(tagger: Tagger, encoders, products, root: Path, model_id: str) -> list[dict]:
     """One batch through the stock calls: PIL decode, each encoder's `encode`, the tagger, stock generate."""
     images = [load_image(p.image, root) for p in products]
     text = encoders.text.encode([p.text for p in products]).pooled
-    image = encoders.image.encode(images).pooled
+    with stock_modules(encoders):
+        image = encoders.image.encode(images).pooled
     ones = np.ones(len(products), dtype=bool)
     source = FeatureSource(products, {"text": text.numpy(), "image": image.numpy(), "has_text": ones,
                                       "has_image": ones}, tagger.cfg)

@@ -237,3 +237,29 @@ def test_every_named_image_encoder_builds_and_encodes(spec):
     out = enc.encode([Image.new("RGB", (60, 80), (200, 30, 30)), Image.new("RGB", (300, 200), "white")])
     assert out.pooled.shape == (2, enc.dim) and torch.isfinite(out.pooled).all()
     assert enc.random_weights == spec.startswith("tiny-")
+
+
+def test_fp32_inference_folds_batch_norms_into_convolutions_and_keeps_the_function():
+    from torch import nn
+
+    from multimodal_tags.models.bn_fold import fold_batch_norms
+
+    encoder = create_image_encoder("timm:efficientnet_lite0@random").set_precision("fp32")
+    with torch.no_grad():  # random running statistics, so that folding has something to fold
+        for m in encoder.model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0), m.weight.uniform_(0.5, 1.5)
+    pixels = torch.randn(3, 3, 64, 64)
+    folded = fold_batch_norms(encoder.model.eval(), pixels)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())  # every one followed a convolution
+    assert any(isinstance(m, nn.BatchNorm2d) for m in encoder.model.modules())  # the original is untouched
+    encoder.eval()
+    with torch.no_grad():
+        plain = encoder.model.forward_head(encoder.model.forward_features(pixels), pre_logits=True)
+        torch.testing.assert_close(encoder(pixels).pooled, plain, rtol=1e-4, atol=1e-5)
+        assert encoder._fold[1] is not encoder.model  # used, not refused by its own check
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not encoder._may_fold()  # bf16: folding gained nothing and moved the vectors
+    assert not encoder._may_fold()  # gradients on: training sees the real batch norms
+    encoder.train()
+    assert encoder._fold is None  # weights may change: folded again when inference resumes

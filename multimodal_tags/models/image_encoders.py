@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .bn_fold import fold_batch_norms
 from .encoder_base import Encoder, EncoderOutput, WeightsUnavailable
 
 
@@ -76,6 +77,8 @@ class OpenClipImageEncoder(ImageEncoder):
 class TimmImageEncoder(ImageEncoder):
     """A timm backbone without its classifier; pooled = pre-logits features, tokens = feature map cells."""
 
+    fold = True  # fp32 inference runs a copy with the batch norms folded (models/bn_fold.py); False: never
+
     def __init__(self, spec: str, model, transform, random_weights: bool = False):
         super().__init__()
         self.spec, self.model, self.transform = spec, model.to(memory_format=torch.channels_last), transform
@@ -94,10 +97,33 @@ class TimmImageEncoder(ImageEncoder):
         return self
 
     def forward(self, pixels: torch.Tensor, return_tokens: bool = False) -> EncoderOutput:
-        fmap = self.model.forward_features(pixels)
-        pooled = self.model.forward_head(fmap, pre_logits=True)
+        model = self._folded(pixels) if self._may_fold() else self.model
+        fmap = model.forward_features(pixels)
+        pooled = model.forward_head(fmap, pre_logits=True)
         tokens = fmap.flatten(2).transpose(1, 2) if return_tokens and fmap.ndim == 4 else None
         return EncoderOutput(pooled, tokens)
+
+
+    def _may_fold(self) -> bool:
+        """fp32 inference (eval mode, no gradients, no autocast: a wrapper such as ColourDescribed may hold
+        the precision): batch norms folded give the same function, faster."""
+        device = self.device.type
+        return self.fold and not (self.training or torch.is_grad_enabled() or torch.is_autocast_enabled(device))
+
+    def _folded(self, pixels: torch.Tensor) -> torch.nn.Module:
+        """The trunk with its batch norms folded (models/bn_fold.py), made on the first fp32 batch and
+        kept while weights and device stay; the trunk itself when the folded one does not agree."""
+        if getattr(self, "_fold", None) is None or self._fold[0] != pixels.device:
+            folded = fold_batch_norms(self.model, pixels[:2])
+            with torch.no_grad():
+                same = torch.allclose(folded(pixels[:2]), self.model(pixels[:2]), rtol=1e-3, atol=1e-4)
+            self._fold = (pixels.device, folded if same else self.model)
+        return self._fold[1]
+
+    def train(self, mode: bool = True) -> "TimmImageEncoder":
+        if mode:  # weights may change: folded again when inference resumes
+            self._fold = None
+        return super().train(mode)
 
 
 def timm_transform(model, size: int | None = None):
