@@ -6,14 +6,16 @@
 - int8: precision `int8` (`--precision int8`, or MMTAGS_PRECISION=int8). The exported graph's MatMul
   weights are quantised per output channel, activations per batch (ONNX Runtime's dynamic quantisation),
   but for the feed-forward output projections (`KEEP_FP32`). On the benchmark's fine-tuned MiniLM at 48
-  tokens: about 1.26x torch bf16, cosine to fp32 0.9947 at worst over 1,024 test texts
-  (`experiments/text_fast_paths.py --model`).
+  tokens: 2.8x torch fp32 and 0.94-1.26x torch bf16 on this CPU (so `auto` stays bf16 where the CPU
+  has it), cosine to fp32 0.9938 at worst over 1,024 test texts (`experiments/text_fast_paths.py --model`).
 `OrtTextRunner` exports the encoder (transformer + mean pooling) once per process and runs it; the first
-batch is also run by torch in fp32, and the runner is used only if every vector agrees within cosine
-`MIN_COSINE` (fp32) or `INT8_MIN_COSINE`, else it steps aside with a message and torch computes in fp32.
+batch is also run by torch in fp32. fp32's runner is used only if every vector agrees within cosine
+`MIN_COSINE`, else it steps aside with a message; int8's below `INT8_MIN_COSINE` stops the run with an
+error (its vectors would be cached under the int8 key).
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tempfile
@@ -31,8 +33,8 @@ INT8_MIN_COSINE = 0.99  # int8 weights: the issue's bar for keeping an int8 path
 #: Graph nodes left in fp32 by the int8 path: a BERT layer's feed-forward output projection (HF names it
 #: `layer.N/output/dense`, the attention's own is `attention/output/dense`). Its input, after GELU, has the
 #: widest range of any MatMul input, so one int8 scale per batch loses it most. On the benchmark's MiniLM,
-#: 1,024 test texts: min cosine 0.9891 with every MatMul in int8 (1.40x bf16), 0.9947 with these kept
-#: (1.26x bf16); keeping the first projection instead gave 0.9841.
+#: 1,024 test texts, one probe: min cosine 0.9891 with every MatMul in int8, 0.9947 with these kept (10%
+#: slower); keeping the first projection instead gave 0.9841.
 KEEP_FP32 = re.compile(r"layer\.\d+/output/dense/")
 
 
@@ -44,9 +46,8 @@ def onnx_available() -> bool:
 def onnx_wanted(precision: str, device: torch.device) -> bool:
     """Whether CPU inference should go through ONNX Runtime: int8 (always), or fp32 asked for
     (MMTAGS_ONNX=1); and installed."""
-    if device.type != "cpu" or not (precision == "int8" or (precision == "fp32" and os.environ.get("MMTAGS_ONNX", "0") == "1")):
-        return False
-    return onnx_available()
+    asked = precision == "int8" or (precision == "fp32" and os.environ.get("MMTAGS_ONNX", "0") == "1")
+    return asked and device.type == "cpu" and onnx_available()
 
 
 class _Pooled(nn.Module):
@@ -99,8 +100,12 @@ def _quantised(path: Path) -> Path:
 
     out = path.with_name(path.stem + "-int8.onnx")
     keep = [n.name for n in onnx.load(str(path)).graph.node if KEEP_FP32.search(n.name)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=keep,
-                         extra_options={"DefaultTensorType": 1})  # 1: float, where shape inference gives no type
+    logging.disable(logging.WARNING)  # its advice to pre-process the graph: shape inference fails on ours
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8, per_channel=True,
+                             nodes_to_exclude=keep, extra_options={"DefaultTensorType": 1})  # 1: float where untyped
+    finally:
+        logging.disable(logging.NOTSET)
     return out
