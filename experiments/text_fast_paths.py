@@ -56,7 +56,8 @@ def torch_paths(encoder, calibration: list[str]) -> dict:
     per_channel = torch.ao.quantization.per_channel_dynamic_qconfig
     variants = {"torch int8 dynamic (weights per tensor, every Linear)": (None, lambda n: True, False),
                 "torch int8 dynamic, per channel, every Linear": (per_channel, lambda n: True, False),
-                f"torch int8 dynamic, per channel, SmoothQuant alpha {SMOOTH_ALPHA}": (per_channel, lambda n: True, True),
+                f"torch int8 dynamic, per channel, SmoothQuant alpha {SMOOTH_ALPHA}":
+                    (per_channel, lambda n: True, True),
                 "torch int8 dynamic, per channel, attention Q/K/V only":
                     (per_channel, lambda n: n.endswith(("query", "key", "value")), False)}
     for name, (qconfig, chosen, smooth) in variants.items():

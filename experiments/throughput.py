@@ -214,7 +214,8 @@ def int8_text_row(a, model_dir: Path, settings: RunConfig, products: list, root:
         rows, rate = streamed(tagger, products, root, a.batch, workers)
     except ValueError as e:  # its vectors drift from fp32's: the int8 path refuses this encoder
         return {"int8_text_refused": str(e)}
-    return {"project_int8_text_per_s": round(rate, 2), "same_tags_int8_text_project": round(agreement(rows, project_rows), 4)}
+    return {"project_int8_text_per_s": round(rate, 2),
+            "same_tags_int8_text_project": round(agreement(rows, project_rows), 4)}
 
 
 def agreement(rows_a: list[dict], rows_b: list[dict]) -> float:

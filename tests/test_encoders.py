@@ -203,7 +203,8 @@ def test_int8_text_vectors_come_from_onnx_runtime_and_are_refused_where_they_dri
     vectors = int8.encode(texts).pooled
     assert isinstance(int8._onnx, onnx_text.OrtTextRunner) and int8._onnx.min_cosine == 0.5
     assert torch.nn.functional.cosine_similarity(vectors, fp32.encode(texts).pooled).min() > 0.5
-    assert create_image_encoder("tiny-clip").set_precision("int8").precision in ("bf16", "fp32")  # photos: the hardware's
+    photos = create_image_encoder("tiny-clip").set_precision("int8")
+    assert photos.precision in ("bf16", "fp32")  # photos take the hardware's precision
 
     monkeypatch.setattr(onnx_text, "INT8_MIN_COSINE", 1.5)  # never agrees: refused, not cached as int8
     with pytest.raises(ValueError, match="int8 vectors differ from fp32 ones"):
