@@ -72,6 +72,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="epochs of tuning the image trunk's last stages in the fine-tuned run (0: keep it frozen)")
     ap.add_argument("--image-finetune-stages", type=int, help="trunk stages tuned (+ conv_head)")
     ap.add_argument("--word-score-folds", type=int, help="cross-fitting folds of the word-score SVMs")
+    ap.add_argument("--word-score-tol", type=float, help="liblinear's stopping tolerance for them")
     ap.add_argument("--quick", action="store_true", help="a small subset and 2 epochs, for tests")
     return ap.parse_args(argv)
 
@@ -84,7 +85,8 @@ def _settings(a: argparse.Namespace) -> tuple:
     """(model config, train config, text fine-tuning, image fine-tuning) of the recipe, flags applied."""
     recipe = load_recipe(a.recipe)
     tcfg = dataclasses.replace(recipe.train, **_given(epochs=a.epochs, masked_copies=a.masked_copies,
-                                                      word_score_folds=a.word_score_folds))
+                                                      word_score_folds=a.word_score_folds,
+                                                      word_score_tol=a.word_score_tol))
     ft = dataclasses.replace(recipe.finetune_text or FinetuneConfig(),
                              **_given(epochs=a.finetune_epochs, max_products=a.finetune_products))
     ft_image = dataclasses.replace(recipe.finetune_image or ImageFinetuneConfig(),

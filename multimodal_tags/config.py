@@ -129,6 +129,9 @@ class TrainConfig:
     word_score_folds: int = 5  # cross-fitting folds of the word-score SVMs (ModelConfig.word_scores)
     # their regularisation (LinearSVC C); `experiments/linear_baseline.py --c` compares values (docs/experiments.md)
     word_score_c: float = 2.0
+    # liblinear's stopping tolerance for them (LinearSVC's default 1e-4; liblinear's own is 0.1, about
+    # 1.5x faster: docs/performance.md, "one liblinear problem per fold")
+    word_score_tol: float = 1e-4
     checkpoint_every: int = 1  # epochs between resumable checkpoints
     max_train_products: int | None = None  # quick runs
 

@@ -46,7 +46,8 @@ def tfidf_csr(ids: np.ndarray, idf: np.ndarray):
 
 def cross_fitted_scores(ids: np.ndarray, y: np.ndarray, buckets: int, folds: int = 5, c: float = 1.0,
                         seed: int = 0, n_jobs: int = 1, extra_ids: np.ndarray | None = None,
-                        extra_of: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                        extra_of: np.ndarray | None = None,
+                        tol: float = 1e-4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Scores of the training products, each from SVMs that never saw it (`folds`-fold), and the
     weights and intercepts of the SVMs fitted on all of them (which score every other product).
 
@@ -61,12 +62,12 @@ def cross_fitted_scores(ids: np.ndarray, y: np.ndarray, buckets: int, folds: int
     for held in np.array_split(order, folds):
         fit_rows = np.setdiff1d(order, held)
         idf = smooth_idf(ids[fit_rows], buckets)
-        w, b = fit_svms(tfidf_csr(ids[fit_rows], idf), y[fit_rows], c, n_jobs)
+        w, b = fit_svms(tfidf_csr(ids[fit_rows], idf), y[fit_rows], c, n_jobs, tol=tol)
         scores[held] = tfidf_csr(ids[held], idf) @ w.T + b
         extras = np.isin(extra_of, held)
         if extras.any():
             extra_scores[extras] = tfidf_csr(extra_ids[extras], idf) @ w.T + b
-    w, b = fit_svms(tfidf_csr(ids, smooth_idf(ids, buckets)), y, c, n_jobs)
+    w, b = fit_svms(tfidf_csr(ids, smooth_idf(ids, buckets)), y, c, n_jobs, tol=tol)
     return np.concatenate([scores, extra_scores]), w, b
 
 

@@ -29,7 +29,8 @@ def _key(ids: np.ndarray, y: np.ndarray, tcfg: TrainConfig, *extra: np.ndarray) 
     for a in (ids, y, *extra):
         h.update(str(a.shape).encode())
         h.update(np.ascontiguousarray(a).tobytes())
-    h.update(f"folds={tcfg.word_score_folds} c={tcfg.word_score_c} seed={tcfg.seed}".encode())
+    tol = f" tol={tcfg.word_score_tol}" if tcfg.word_score_tol != 1e-4 else ""  # keys of earlier fits stay valid
+    h.update(f"folds={tcfg.word_score_folds} c={tcfg.word_score_c} seed={tcfg.seed}{tol}".encode())
     return h.hexdigest()[:24]
 
 
@@ -56,7 +57,7 @@ def fit_or_load_word_scores(train: FeatureDataset, buckets: int, tcfg: TrainConf
         t0 = time.perf_counter()
         scores, weights, intercepts = cross_fitted_scores(
             ids, y, buckets, tcfg.word_score_folds, tcfg.word_score_c, tcfg.seed,
-            n_jobs=max(1, torch.get_num_threads()), extra_ids=extra_ids, extra_of=extra_of)
+            n_jobs=max(1, torch.get_num_threads()), extra_ids=extra_ids, extra_of=extra_of, tol=tcfg.word_score_tol)
         fitted = {"scores": scores, "weights": weights, "intercepts": intercepts}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = temp_path(path)

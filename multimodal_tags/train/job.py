@@ -100,7 +100,8 @@ def prepare_views(products, cfg: ModelConfig, tcfg: TrainConfig, cache_dir: str 
 # What rebuilding the train split exactly as training built it takes (feedback/adapt.py replays it, and
 # finds the word-score cross-fitting in the cache only when the split, its masked copies and the SVM
 # settings are the same): recorded in the model folder's lineage.json.
-REPLAY_SETTINGS = ("seed", "max_train_products", "masked_copies", "word_score_folds", "word_score_c")
+REPLAY_SETTINGS = ("seed", "max_train_products", "masked_copies", "word_score_folds", "word_score_c",
+                   "word_score_tol")
 
 
 def replay_settings(tcfg: TrainConfig) -> dict:
