@@ -283,8 +283,9 @@ def test_a_refused_product_leaves_no_uploaded_photo_and_same_photo_uploads_do_no
 
 
 @contextlib.contextmanager
-def _real_server(app):
-    """The app under a real uvicorn on 127.0.0.1 (a free port), in a thread; yields its address."""
+def _real_server(app, **settings):
+    """The app under a real uvicorn on 127.0.0.1 (a free port), in a thread, with uvicorn `settings`;
+    yields its address."""
     import socket
     import threading
     import time
@@ -293,7 +294,7 @@ def _real_server(app):
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None))  # log records reach caplog
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, **settings))  # log records reach caplog
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
@@ -452,3 +453,41 @@ def test_a_failed_index_rebuild_leaves_the_previous_index_serving(shop, tmp_path
         assert any("rebuild failed" in line and "the builder died" in line for line in logged)
     finally:
         read.close()
+
+
+def _get(c, path: bytes = b"/health") -> bytes:
+    """One GET on an open connection: its whole reply (head and Content-Length bytes of body)."""
+    c.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: t\r\n\r\n")
+    reply = b""
+    while b"\r\n\r\n" not in reply and (part := c.recv(4096)):
+        reply += part
+    head, _, body = reply.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    while len(body) < length and (part := c.recv(4096)):
+        body += part
+    return head + b"\r\n\r\n" + body
+
+
+def test_connections_are_bounded_on_a_real_server(shop, tmp_path):
+    """`mmtags serve`'s uvicorn limits: idle connections close, and past the limit a request gets a 503."""
+    import socket
+    import time
+
+    from multimodal_tags.service.limits import uvicorn_limits
+
+    with _real_server(create_app(_config(shop, tmp_path)), **uvicorn_limits(keep_alive_s=0.5, max_connections=3)) \
+            as address:
+        with socket.create_connection(address, timeout=10) as idle:
+            assert _get(idle).startswith(b"HTTP/1.1 200")
+            time.sleep(1.5)
+            assert idle.recv(1) == b""  # closed by the server after keep_alive_s
+        held = [socket.create_connection(address, timeout=10) for _ in range(3)]
+        time.sleep(0.3)  # accepted
+        with socket.create_connection(address, timeout=10) as extra:
+            assert _get(extra).startswith(b"HTTP/1.1 503")
+        for c in held:
+            c.close()
+        time.sleep(0.3)
+        with socket.create_connection(address, timeout=10) as again:
+            assert _get(again).startswith(b"HTTP/1.1 200")

@@ -113,7 +113,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
     from ..service.app import create_app
     from ..service.auth import KeyRing
-    from ..service.limits import RateLimiter
+    from ..service.limits import RateLimiter, uvicorn_limits
     from ..service.runtime import ServiceConfig
 
     check_store(a.store, a.create)  # refused before the model loads, as a bad key file is
@@ -137,10 +137,9 @@ def cmd_serve(a: argparse.Namespace) -> int:
     # One thread for the model by default: with more, its forward passes take every core from the event
     # loop and the store, and feedback waits behind them (docs/results.md, the mixed load).
     torch.set_num_threads(a.threads)
-    # bounded connections: idle keep-alives close, and past `limit_concurrency` connections get a 503
-    # instead of holding a file handle each (production: docs/guide.md, the service behind a proxy)
-    uvicorn.run(create_app(cfg), host=a.host, port=a.port, log_level="warning", timeout_keep_alive=a.keep_alive,
-                limit_concurrency=a.max_connections, h11_max_incomplete_event_size=64 * 1024)
+    # bounded connections (production: docs/guide.md, the service behind a proxy)
+    uvicorn.run(create_app(cfg), host=a.host, port=a.port, log_level="warning",
+                **uvicorn_limits(a.keep_alive, a.max_connections))
     return 0
 
 

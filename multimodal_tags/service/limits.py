@@ -95,3 +95,11 @@ class RateLimiter:
                 return 0.0
             self.buckets[client] = (tokens, now)
             return (1 - tokens) / self.rate
+
+
+def uvicorn_limits(keep_alive_s: float = 5.0, max_connections: int = 256) -> dict:
+    """uvicorn settings that bound what connections can hold: an idle keep-alive connection is closed
+    after `keep_alive_s`; past `max_connections` connections (or requests in flight) a request gets a
+    503 instead of a file handle each; request heads over 64 KiB are refused."""
+    return {"timeout_keep_alive": keep_alive_s, "limit_concurrency": max_connections,
+            "h11_max_incomplete_event_size": 64 * 1024}
