@@ -37,8 +37,13 @@ def test_closeness_and_the_spread_over_categories():
              for c, i, p in [("a", 1, .9), ("a", 2, .8), ("a", 3, .7), ("b", 1, .5)]]
     cards.append({"id": "a0", "category": "a", "priority": 1.0, "reviewed": True})
     # a has 4 cards, b 1: a takes 4 turns to b's 1, each category's most uncertain first, reviewed last
-    assert [c["id"] for c in spread(cards)] == ["a1", "a2", "b1", "a3", "a0"]
-    assert [c["id"] for c in spread(cards, share_power=0)] == ["a1", "b1", "a2", "a3", "a0"]  # one each in turn
+    assert [c["id"] for c in spread(cards, order="uncertain")] == ["a1", "a2", "b1", "a3", "a0"]
+    assert [c["id"] for c in spread(cards, 0, "uncertain")] == ["a1", "b1", "a2", "a3", "a0"]  # one each in turn
+    shop = [c["id"] for c in spread(cards)]  # the default: a fixed pseudo-random order within each category
+    assert shop == [c["id"] for c in spread(list(reversed(cards)))] and shop[-1] == "a0" and shop[2] == "b1"
+    assert sorted(shop[:3] + shop[3:4]) == ["a1", "a2", "a3", "b1"]
+    with pytest.raises(ValueError, match="order"):
+        spread(cards, order="newest")
 
 
 def test_the_queue_holds_every_product_with_its_tags_and_counters(open_client, shop):
@@ -47,8 +52,11 @@ def test_the_queue_holds_every_product_with_its_tags_and_counters(open_client, s
     card = data["cards"][0]
     assert {"id", "title", "description", "category", "category_score", "category_top", "tags", "priority"} <= set(card)
     assert all({"tag", "score", "source", "suggested", "judged"} <= set(t) for t in card["tags"])
-    priorities = [c["priority"] for c in data["cards"] if c["category"] == card["category"]]
+    uncertain = open_client.get("/review/queue", params={"limit": 200, "order": "uncertain"}).json()["cards"]
+    priorities = [c["priority"] for c in uncertain if c["category"] == card["category"]]
     assert priorities == sorted(priorities, reverse=True)  # within a category, the most uncertain first
+    assert sorted(c["id"] for c in uncertain) == sorted(c["id"] for c in data["cards"])  # the same cards
+    assert open_client.get("/review/queue", params={"order": "newest"}).status_code == 422
     one = data["cards"][0]["category"]
     assert {c["category"] for c in open_client.get("/review/queue", params={"category": one}).json()["cards"]} == {one}
     photo = open_client.get(f"/review/photo/{card['id']}")

@@ -1,14 +1,22 @@
 """The review queue: the stored products in the order a review would teach the model most.
 
-A product's priority is how close its decisions are to going the other way (`closeness`, 0..1): the
-tag nearest its threshold (tags the row shows and the head's tags just under their thresholds, both
-with the threshold the model used) or the category's margin over its runner-up, whichever is closer.
-Categories take turns in proportion to their sizes (`spread`), the most uncertain product of each
-first, so one category does not fill the queue and the reviews look like the shop; products nobody has
-judged come before those already reviewed.
+Categories (as predicted) take turns in proportion to their sizes (`spread`), so one category does not
+fill the queue and the reviews look like the shop; products nobody has judged come before those already
+reviewed. Within a category, two orders (`ORDERS`):
+- "shop" (the default): a fixed pseudo-random order (a hash of the id), so that any first N reviews are
+  a stratified sample of the shop. What a new shop's model learns first is the shop's own priors (its
+  colours, its categories) and its typical products, and a sample of the uncertain ones teaches them
+  wrongly: on H&M (experiments/new_shop.py, docs/results.md) this order beat random picks at 100, 300
+  and 1,000 reviews, and the uncertainty order lost to random at 100 and 1,000.
+- "uncertain": the most uncertain product first. A product's priority is how close its decisions are
+  to going the other way (`closeness`, 0..1): the tag nearest its threshold (tags the row shows and the
+  head's tags just under their thresholds, both with the threshold the model used) or the category's
+  margin over its runner-up, whichever is closer. For a model that already knows the shop: its reviews
+  go where a decision could flip.
 """
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,6 +29,7 @@ from .feedback_store import FeedbackStore
 # review sample looks like the shop (what a reviewer fixes is what most products need fixed) while no
 # category takes more than its share and the most uncertain product of each category comes first.
 SHARE_POWER = 1.0
+ORDERS = ("shop", "uncertain")  # within a category: a stratified sample of the shop, or most uncertain first
 
 
 @dataclass
@@ -72,12 +81,21 @@ def card(row: dict, judged: dict[str, bool], product: dict | None) -> dict:
             "priority": round(max(near, default=0.0), 5), "reviewed": bool(judged)}
 
 
-def spread(cards: list[dict], share_power: float = SHARE_POWER) -> list[dict]:
-    """Cards by priority, the categories taking turns: a category of n cards gets turns at a rate of
+def _within(order: str):
+    """The sort key of cards within a category for `order` (ORDERS), products never reviewed first."""
+    if order == "shop":
+        return lambda c: (c["reviewed"], hashlib.sha1(c["id"].encode()).hexdigest(), c["id"])
+    if order == "uncertain":
+        return lambda c: (c["reviewed"], -c["priority"], c["id"])
+    raise ValueError(f"order: {order!r} is not one of {', '.join(ORDERS)}")
+
+
+def spread(cards: list[dict], share_power: float = SHARE_POWER, order: str = "shop") -> list[dict]:
+    """Cards with the categories taking turns: a category of n cards gets turns at a rate of
     n ** share_power (1: its share of the products, as a stratified sample; 0: one card each in turn),
-    its most uncertain card first; ties go to the category whose best card is the most uncertain."""
+    in `order` within it; ties go to the category first met in that order."""
     by_category: dict[str, list[dict]] = defaultdict(list)
-    for c in sorted(cards, key=lambda c: (c["reviewed"], -c["priority"], c["id"])):
+    for c in sorted(cards, key=_within(order)):
         by_category[c["category"]].append(c)
     turns = [((rank + 0.5) / len(v) ** share_power, order, rank, card)
              for order, v in enumerate(by_category.values()) for rank, card in enumerate(v)]
@@ -93,15 +111,16 @@ def all_cards(store: TagStore, feedback: FeedbackStore) -> list[dict]:
     return [card(r, judged.get(r["id"], {}), products.get(r["id"])) for r in rows]
 
 
-def queue(cards: Iterable[dict], flt: QueueFilter | None = None) -> list[dict]:
-    """The cards that pass `flt`, in queue order."""
+def queue(cards: Iterable[dict], flt: QueueFilter | None = None, order: str = "shop") -> list[dict]:
+    """The cards that pass `flt`, in queue order (`order`: see ORDERS)."""
     flt = flt or QueueFilter()
-    return spread([c for c in cards if flt.keeps(c)])
+    return spread([c for c in cards if flt.keeps(c)], order=order)
 
 
-def review_cards(store: TagStore, feedback: FeedbackStore, flt: QueueFilter | None = None) -> list[dict]:
+def review_cards(store: TagStore, feedback: FeedbackStore, flt: QueueFilter | None = None,
+                 order: str = "shop") -> list[dict]:
     """Every live product's card that passes `flt`, in queue order."""
-    return queue(all_cards(store, feedback), flt)
+    return queue(all_cards(store, feedback), flt, order)
 
 
 def counters(cards: Iterable[dict], stats: dict) -> dict:

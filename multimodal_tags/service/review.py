@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import Literal
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Query, Request
@@ -23,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..data.images import ImageError, resolve_image
 from ..models.tag_tokenizer import CATEGORY_KEY
 from ..feedback.events import MAX_ID_CHARS, MAX_TAG_CHARS, FeedbackEvent, explain
-from ..feedback.review_queue import QueueFilter, counters, key_rejections, queue
+from ..feedback.review_queue import ORDERS, QueueFilter, counters, key_rejections, queue
 from .access import KEY_COOKIE, guard, rate_limit
 
 STATIC = Path(__file__).parent / "static"
@@ -113,14 +114,15 @@ def _queue_routes(app: FastAPI, svc, review: list) -> None:
     async def review_queue(key: str | None = Query(None, max_length=MAX_TAG_CHARS),
                     category: str | None = Query(None, max_length=MAX_ID_CHARS),
                     min_score: float = Query(0.0, ge=0.0, le=1.0), max_score: float = Query(1.0, ge=0.0, le=1.0),
-                    unreviewed: bool = False, offset: int = Query(0, ge=0), limit: int = Query(PAGE_SIZE, ge=1, le=200)
-                    ) -> dict:
-        """The filtered queue's cards from `offset`, with the counters of the whole filtered queue."""
+                    unreviewed: bool = False, offset: int = Query(0, ge=0), limit: int = Query(PAGE_SIZE, ge=1, le=200),
+                    order: Literal[ORDERS] = "shop") -> dict:
+        """The filtered queue's cards from `offset` in `order` (a stratified sample of the shop, or the
+        most uncertain first), with the counters of the whole filtered queue."""
         flt = QueueFilter(key or None, category or None, min_score, max_score, unreviewed)
 
         def read():
             every, stats = svc.reads.review_cards()
-            cards = queue(every, flt)
+            cards = queue(every, flt, order)
             return {"cards": cards[offset:offset + limit], "total": len(cards), "counters": counters(cards, stats)}
         return await svc.reads.run(read)
 

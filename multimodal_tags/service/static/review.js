@@ -27,7 +27,7 @@ async function api(path, body) {
 
 function filters() {
   const f = new FormData(form), q = new URLSearchParams();
-  for (const name of ["key", "category", "min_score", "max_score"]) if (f.get(name)) q.set(name, f.get(name));
+  for (const name of ["key", "category", "min_score", "max_score", "order"]) if (f.get(name)) q.set(name, f.get(name));
   if (f.get("unreviewed")) q.set("unreviewed", "true");
   return q;
 }
