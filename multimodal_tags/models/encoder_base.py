@@ -39,15 +39,16 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu", allow_
     AMX; `experiments/feature_throughput.py` measures speed and cosine against fp32), else 'fp32'.
     The environment variable MMTAGS_PRECISION, when set, is what 'auto' means (MMTAGS_PRECISION=fp32:
     run as on a CPU without bf16, everywhere 'auto' is asked, training included). 'int8' is the text
-    encoders' (ONNX Runtime on a CPU, models/onnx_text.py): where not `allow_int8`, it means the
-    hardware's own choice."""
-    if precision == "auto" and os.environ.get("MMTAGS_PRECISION"):
-        precision = os.environ["MMTAGS_PRECISION"]
+    encoders' (ONNX Runtime on a CPU, models/onnx_text.py): where not `allow_int8`, it means 'auto'
+    (MMTAGS_PRECISION=fp32 with --precision int8: int8 text, fp32 photos, as on a CPU without bf16)."""
+    env = os.environ.get("MMTAGS_PRECISION")
+    if precision == "auto" and env:
+        precision = env
     if precision not in ("auto", *PRECISIONS):
         raise ValueError(f"precision {precision!r} is not one of auto, {', '.join(PRECISIONS)}")
-    if precision == "auto" or (precision == "int8" and not allow_int8):
-        return hardware_precision(device)
-    return precision
+    if precision == "int8" and not allow_int8:
+        precision = env if env in ("fp32", "bf16", "fp16") else "auto"
+    return hardware_precision(device) if precision == "auto" else precision
 
 
 def hardware_precision(device: torch.device | str = "cpu") -> str:
