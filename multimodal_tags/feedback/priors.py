@@ -13,7 +13,9 @@ no photo), `adapt` fits a prior-times-evidence model on the reviewed products:
 π is the model's probability of each value (its share of the key), π̄ its mean over the reviewed
 products, q the share of them that have v (shrunk towards π̄ by PSEUDO_COUNT products), and T in [0, 1]
 the weight of the evidence, chosen by cross-validation on the reviewed products: by how often the value it
-answers is the reviewed one (a fill gives one value), then by the likelihood. T = 1 is the classic prior
+answers is the reviewed one (a fill gives one value), then by the likelihood; but T = 0 (the prior alone)
+wherever its accuracy is within one standard error of the best (the evidence must earn its place: a few
+hundred reviews rank weak evidence above none by chance). T = 1 is the classic prior
 correction (Saerens et al. 2002); T = 0 answers the shop's most common value. π comes from the model
 before adaptation, whose probabilities on the reviewed products are out of sample (the adapted model's
 are not: it learned them), and a source or key with fewer than MIN_PRODUCTS reviewed gets no prior.
@@ -64,8 +66,9 @@ def fit_key_prior(evidence: np.ndarray, values: np.ndarray, pseudo_count: float 
                   folds: int = 5) -> dict:
     """The temperature T and per-value bias (log q - T log π̄) of the prior-times-evidence model, from
     `evidence` [n, K] (the model's probabilities of the key's K values) and the reviewed `values` [n].
-    T is chosen by `folds`-fold cross-validation (q and π̄ from the other folds): first by how often the
-    answered value is the reviewed one (a fill gives one value), then by the likelihood."""
+    T is chosen by `folds`-fold cross-validation (q and π̄ from the other folds): the best by how often the
+    answered value is the reviewed one (a fill gives one value), then by the likelihood; T = 0 instead where
+    its accuracy is within one standard error of that best."""
     share = evidence.clip(EPS) / evidence.clip(EPS).sum(axis=1, keepdims=True)
     n = len(values)
     parts = np.array_split(np.random.default_rng(0).permutation(n), min(folds, n))
@@ -80,8 +83,12 @@ def fit_key_prior(evidence: np.ndarray, values: np.ndarray, pseudo_count: float 
             log_lik += float(log_p[np.arange(len(held)), values[held]].sum())
         return right, log_lik
 
-    best = max(TEMPERATURES, key=held_out)
-    return {"temperature": best, "bias": _prior_bias(share, values, pseudo_count, best, np.arange(n))}
+    scored = {t: held_out(t) for t in TEMPERATURES}
+    best = max(TEMPERATURES, key=scored.get)
+    accuracy = scored[best][0] / n
+    floor = scored[best][0] - n * np.sqrt(accuracy * (1 - accuracy) / n)  # one standard error, in products
+    chosen = 0.0 if scored[0.0][0] >= floor else best
+    return {"temperature": chosen, "bias": _prior_bias(share, values, pseudo_count, chosen, np.arange(n))}
 
 
 def key_priors(model: Tagger, probs: np.ndarray, sources: Sequence[str], products: Sequence[Product],
