@@ -75,7 +75,7 @@ class Encoder(nn.Module):
     precision: str = "fp32"  # inference precision of `encode` and the feature job; part of the cache key
 
     def set_precision(self, precision: str) -> "Encoder":
-        """Inference precision; 'int8' only where an encoder has an int8 path (else the hardware's choice)."""
+        """Inference precision; 'int8' only where an encoder has an int8 path (elsewhere it means 'auto')."""
         self.precision = resolve_precision(precision, self.device, allow_int8=self.has_int8)
         return self
 

@@ -23,14 +23,13 @@ class BackgroundProcess:
 
     def submit(self, fn, *args) -> Future:
         """Run `fn(*args)` in the process; a task it was running when it died fails with BrokenProcessPool."""
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-        try:
-            return self._pool.submit(fn, *args)
-        except BrokenProcessPool:
-            self._pool.shutdown(wait=False)
-            self._pool = None
-            return self.submit(fn, *args)
+        if self._pool is not None:
+            try:
+                return self._pool.submit(fn, *args)
+            except BrokenProcessPool:  # its process died: a new one
+                self._pool.shutdown(wait=False)
+        self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        return self._pool.submit(fn, *args)
 
     def shutdown(self) -> None:
         if self._pool is not None:

@@ -31,8 +31,8 @@ from ..personal.profiles import Profiles, add_interactions, feedback_key, ranked
 from ..personal.tag_index import build_index, signature
 from ..tagging.tag_store import TagStore
 from .auth import KeyRing
-from .limits import RateLimiter
 from .background import BackgroundProcess
+from .limits import RateLimiter
 
 
 @dataclass
