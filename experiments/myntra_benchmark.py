@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     with Log(out) as log:
         t_start = time.perf_counter()
         catalog = myntra_catalog(Path(a.data), out, a.quick, log)
+        stages = {"catalog import": round(time.perf_counter() - t_start, 1)}
         runs, jobs, results = plan_runs(a, out, catalog, Path(a.cache or out / "features-cache"), log)
         results.update({job["name"]: r for job, r in zip(jobs, train_all(jobs, a.jobs, catalog, log))})
         table, (_, best_dir, best_name) = _table(runs, results, out)
@@ -161,13 +162,16 @@ def main(argv: list[str] | None = None) -> dict:
         shutil.copytree(best_dir / "model", out / "model")
         shutil.copy(best_dir / "test_predictions_decoder.jsonl", out / "test_predictions.jsonl")
         total = time.perf_counter() - t_start
+        stages.update({f"{name}: {stage}": s for name, r in results.items()
+                       for stage, s in (r.get("stages") or {}).items()})
         md = markdown_table(table, {"train min": 1})
         (out / "results.md").write_text(f"# Myntra benchmark v1\n\n{md}\n\nBest fused model: {best_name} "
                                         f"(copied to model/). Total {total / 60:.1f} min.\n", encoding="utf-8")
         facts = run_facts()
         (out / "results.json").write_text(json.dumps({"rows": table, "best": best_name, "minutes": total / 60,
-                                                      "run": facts}, indent=1), encoding="utf-8")
+                                                      "stages": stages, "run": facts}, indent=1), encoding="utf-8")
         log(md)
+        log(markdown_table([{"stage": k, "seconds": v} for k, v in stages.items()]))
         log(f"best fused model: {best_name}; total {total / 60:.1f} min")
         if EVALUATOR.exists() and not a.quick:
             res = subprocess.run([sys.executable, str(EVALUATOR), str(out / "test_predictions.jsonl"),

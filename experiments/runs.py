@@ -47,12 +47,13 @@ def run_job(job: dict) -> dict:
                               RunConfig(cache_dir=job["cache"], log=log), modalities=job["modalities"],
                               finetune=job["finetune"], finetune_image=job["finetune_image"])
         seconds = time.perf_counter() - t0
-        masked = None
+        masked, stages = None, dict(result.get("stages") or {})
         if job["hide_modalities"]:
             t1 = time.perf_counter()
             masked = masked_metrics(run_dir, Path(job["catalog"]), Path(job["cache"]))
+            stages["evaluation with a modality hidden"] = round(time.perf_counter() - t1, 1)
             log(f"evaluated with one modality hidden in {time.perf_counter() - t1:.0f}s")
-    return {"metrics": result["metrics"], "seconds": seconds, "masked": masked}
+    return {"metrics": result["metrics"], "seconds": seconds, "masked": masked, "stages": stages}
 
 
 def prefill(catalog: Path, jobs: list[dict], log) -> None:

@@ -42,3 +42,22 @@ def write_run_info(folder: str | Path, settings: dict) -> Path:
     path = folder / "run.json"
     path.write_text(json.dumps(info, indent=1, default=str), encoding="utf-8")
     return path
+
+
+class StageClock:
+    """Seconds spent in each named stage of a job (`with clock("features"): ...`), in the order run."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        import contextlib
+
+        @contextlib.contextmanager
+        def stage():
+            t0 = time.perf_counter()
+            try:
+                yield
+            finally:
+                self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 1)
+        return stage()

@@ -84,6 +84,8 @@ def test_myntra_benchmark_quick(tmp_path):
     tuned = "fine-tuned text and image"
     assert models == {f"fused, {tuned}", f"text only, {tuned} (photo hidden)", f"image only, {tuned} (text hidden)"}
     assert {r["tags from"] for r in result["rows"]} == {"tag head", "GPT-2"}
+    stages = json.loads((tmp_path / "bench" / "results.json").read_text())["stages"]
+    assert "catalog import" in stages and any(k.endswith("word-score SVMs") for k in stages)
     preds = (tmp_path / "bench" / "test_predictions.jsonl").read_text().splitlines()
     assert len(preds) == 150 and (tmp_path / "bench" / "model" / "model.safetensors").exists()
 

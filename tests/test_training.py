@@ -40,6 +40,10 @@ def test_training_writes_a_complete_run_folder(shop, tmp_path):
     # "both": the tag head agreed; "filled": a key every product carries, answered by the head
     assert set(row["tag_sources"].values()) <= {"decoder", "both", "filled"}
     assert json.loads((run / "run.json").read_text())["settings"]["seed"] == 3
+    stages = json.loads((run / "run.json").read_text())["settings"]["stages"]
+    assert stages == result["stages"] and {"features (text, photos, masked copies)", "word-score SVMs",
+                                           "training epochs", "thresholds and evaluation"} <= set(stages)
+    assert all(s >= 0 for s in stages.values())
 
 
 def test_resume_after_interruption_gives_the_same_result(shop, tmp_path):

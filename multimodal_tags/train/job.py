@@ -32,7 +32,7 @@ from ..inference.scoring import score_split
 from ..inference.thresholds import tune_decoder_threshold, tune_head_thresholds
 from ..models.tagger import Tagger
 from ..files import write_json_atomic
-from ..run_info import LINEAGE_FILE, write_run_info
+from ..run_info import LINEAGE_FILE, StageClock, write_run_info
 from .data import FeatureDataset, LabelSpace, build_label_space
 from .finetune_image import ImageFinetuneConfig, bundle_image_encoder, finetuned_image_config
 from .finetune_text import FinetuneConfig, bundle_text_encoder, finetuned_config
@@ -202,30 +202,38 @@ def train_tagger(catalog_path: str | Path, run_dir: str | Path, cfg: ModelConfig
     `finetune_image`, the last stages of the image trunk likewise (`run_dir/image_encoder/`)."""
     settings, run_dir, t_start = settings or RunConfig(), Path(run_dir), time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
+    clock = StageClock()  # stage times: run.json and the result's "stages"
     catalog = read_catalog(catalog_path)
     settings.log(catalog.report.summary())
-    cfg = tuned_config(catalog, cfg, run_dir, tcfg.max_train_products, settings.log, finetune, finetune_image)
+    with clock("text encoder fine-tuning"):
+        cfg = tuned_config(catalog, cfg, run_dir, tcfg.max_train_products, settings.log, finetune)
+    with clock("image trunk fine-tuning"):
+        cfg = tuned_config(catalog, cfg, run_dir, tcfg.max_train_products, settings.log, None, finetune_image)
     # what ran, as a recipe (train/recipe.py) with the tuned encoders' folders as the model's encoders
     tuning = {k: v for k, v in (("finetune_text", finetune), ("finetune_image", finetune_image)) if v is not None}
     save_yaml(run_dir / "config.yaml", model=cfg, train=tcfg, **tuning)
     cache_dir = settings.cache_for(catalog_path)
-    data = prepare_data(catalog, cfg, tcfg, cache_dir, settings, modalities)
-    model = build_model(cfg, tcfg, data, cache_dir, settings.log)
-    state = fit(model, data.train, data.val, tcfg, run_dir, resume=resume, log=settings.log,
-                stop_after_epoch=stop_after_epoch)
+    with clock("features (text, photos, masked copies)"):
+        data = prepare_data(catalog, cfg, tcfg, cache_dir, settings, modalities)
+    with clock("word-score SVMs"):
+        model = build_model(cfg, tcfg, data, cache_dir, settings.log)
+    with clock("training epochs"):
+        state = fit(model, data.train, data.val, tcfg, run_dir, resume=resume, log=settings.log,
+                    stop_after_epoch=stop_after_epoch)
     stopped = stop_after_epoch is not None and state["epoch"] < tcfg.epochs - 1 and state["bad_epochs"] < tcfg.patience
     if stopped or not PartialState().is_main_process:  # under `accelerate launch`, one process evaluates
         return {"state": state, "metrics": None}
-    best, val_preds = finish_model(run_dir, data.val, settings.log)
-    if finetune is not None:  # the model folder carries its fine-tuned text encoder: it stays self-contained
-        bundle_text_encoder(run_dir / "text_encoder", run_dir / "model")
-    if finetune_image is not None:
-        bundle_image_encoder(run_dir / "image_encoder", run_dir / "model")
-    write_json_atomic(run_dir / "model" / LINEAGE_FILE, {"catalog": str(Path(catalog_path).resolve()), "parent": None,
-                                                         "train": replay_settings(tcfg)})
-    metrics = score_and_write(best, data, run_dir, f"{run_dir.name}@epoch{state['best_epoch']}", val_preds)
+    with clock("thresholds and evaluation"):
+        best, val_preds = finish_model(run_dir, data.val, settings.log)
+        if finetune is not None:  # the model folder carries its fine-tuned text encoder: it stays self-contained
+            bundle_text_encoder(run_dir / "text_encoder", run_dir / "model")
+        if finetune_image is not None:
+            bundle_image_encoder(run_dir / "image_encoder", run_dir / "model")
+        write_json_atomic(run_dir / "model" / LINEAGE_FILE, {"catalog": str(Path(catalog_path).resolve()),
+                                                             "parent": None, "train": replay_settings(tcfg)})
+        metrics = score_and_write(best, data, run_dir, f"{run_dir.name}@epoch{state['best_epoch']}", val_preds)
     write_run_info(run_dir, {"job": "train", "catalog": str(catalog_path), "modalities": modalities,
                              "seed": tcfg.seed, "best_epoch": state["best_epoch"], "cache": str(cache_dir),
-                             "seconds": round(time.perf_counter() - t_start, 1)})
+                             "seconds": round(time.perf_counter() - t_start, 1), "stages": clock.seconds})
     write_report(run_dir, metrics, state, data.val.products)
-    return {"state": state, "metrics": metrics}
+    return {"state": state, "metrics": metrics, "stages": clock.seconds}
