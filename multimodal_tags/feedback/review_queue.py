@@ -6,8 +6,8 @@ reviewed. Within a category, two orders (`ORDERS`):
 - "shop" (the default): a fixed pseudo-random order (a hash of the id), so that any first N reviews are
   a stratified sample of the shop. What a new shop's model learns first is the shop's own priors (its
   colours, its categories) and its typical products, and a sample of the uncertain ones teaches them
-  wrongly: on H&M (experiments/new_shop.py, docs/results.md) this order beat random picks at 100, 300
-  and 1,000 reviews, and the uncertainty order lost to random at 100 and 1,000.
+  wrongly: on H&M (experiments/new_shop.py, docs/results.md) this order beat random picks on category
+  at 100, 300 and 1,000 reviews, and the uncertainty order lost to random at 100 and 1,000.
 - "uncertain": the most uncertain product first. A product's priority is how close its decisions are
   to going the other way (`closeness`, 0..1): the tag nearest its threshold (tags the row shows and the
   head's tags just under their thresholds, both with the threshold the model used) or the category's
