@@ -22,7 +22,8 @@ def test_throughput_times_three_paths_that_give_the_same_tags(tmp_path):
     assert result.get("project_int8_text_per_s", 1) > 0 and ("project_int8_text_per_s" in result) != (
         "int8_text_refused" in result) or not throughput.onnx_available()
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert {"naive_per_s", "stock_per_s", "project_per_s", "device", "preset"} <= set(saved)
+    assert {"naive_per_s", "stock_per_s", "project_per_s", "device", "preset", "project_same_inputs_ratio",
+            "large_photo_project_per_s", "large_photo_stock_per_s"} <= set(saved)
 
 
 def test_large_photos_are_real_photos_upscaled_with_their_own_hash(tmp_path):
