@@ -26,10 +26,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from ..data.schema import Product
-from ..features.source import FeatureSource, collate, to_batch
+from ..features.source import FeatureSource
+from ..inference.predict import source_batches
 from ..models.tag_tokenizer import tag_key
 from ..models.tagger import Tagger
 
@@ -43,8 +43,8 @@ EPS = 1e-6
 def fill_probabilities(model: Tagger, source: FeatureSource, batch_size: int = 256) -> tuple[np.ndarray, list[str]]:
     """[n, n_tags] the probabilities each product's required keys are filled from, and their sources."""
     probs, sources = [], []
-    for raw in DataLoader(source, batch_size=batch_size, shuffle=False, collate_fn=collate):
-        pred = model.predict_raw(to_batch(raw), generate=False)
+    for batch in source_batches(source, batch_size):
+        pred = model.predict_raw(batch, generate=False)
         for n in range(pred.tag_probs.shape[0]):
             p, src = model.fill_probabilities(pred, n)
             probs.append(p.float().numpy())

@@ -30,8 +30,13 @@ def predict_source(model: Tagger, source: FeatureSource, batch_size: int = PREDI
     return [by_index[i] for i in range(len(source))]
 
 
+def source_batches(source: FeatureSource, batch_size: int = PREDICT_BATCH):
+    """The products of `source` in order, as model input batches of `batch_size`."""
+    for raw in DataLoader(source, batch_size=batch_size, shuffle=False, collate_fn=collate):
+        yield to_batch(raw)
+
+
 @torch.no_grad()
 def tag_probabilities(model: Tagger, source: FeatureSource, batch_size: int = 2 * PREDICT_BATCH) -> torch.Tensor:
     """[n, n_tags] tag-head probabilities of every product of `source`."""
-    loader = DataLoader(source, batch_size=batch_size, shuffle=False, collate_fn=collate)
-    return torch.cat([model.tag_probabilities(to_batch(raw)) for raw in loader])
+    return torch.cat([model.tag_probabilities(batch) for batch in source_batches(source, batch_size)])
