@@ -20,7 +20,7 @@ from multimodal_tags.data.catalog import read_catalog
 from multimodal_tags.data.feature_cache import FeatureCache
 from multimodal_tags.features import FeatureSource, RunConfig
 from multimodal_tags.models.tagger import Tagger
-from multimodal_tags.train.lm_decoder import (DecoderData, build_lm_decoder, fit_lm_decoder, fused_vectors,
+from multimodal_tags.train.fit_lm_decoder import (DecoderData, build_lm_decoder, fit_lm_decoder, fused_vectors,
                                               generate_all)
 
 from experiments.llm_decoder import HELDOUT, decoder_scores, heldout_scores

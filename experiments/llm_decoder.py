@@ -10,7 +10,7 @@
    GPT-2 decoder) is trained on that subset, its features encoded first (so its time is training).
 3. The LM decoder is trained on the same tagger's frozen fused vectors plus each product's title and the
    start of its description
-   (train/lm_decoder.py): one epoch of LoRA by default; the epoch with the lowest val loss is kept.
+   (train/fit_lm_decoder.py): one epoch of LoRA by default; the epoch with the lowest val loss is kept.
 4. Both decoders tag the test split. Scored on the decoder's own tags (no head, no filled keys): micro-
    and macro-F1 over the tags both were trained on; the LM's category is the `category:` tag it writes
    first. The LM's score floor is tuned on the first --floor-products val products (the scratch
@@ -45,7 +45,7 @@ from multimodal_tags.models.presets import get_preset
 from multimodal_tags.models.tag_tokenizer import CATEGORY_KEY, tag_key
 from multimodal_tags.models.tagger import Tagger
 from multimodal_tags.train.job import train_tagger
-from multimodal_tags.train.lm_decoder import (DecoderData, build_lm_decoder, fit_lm_decoder, floored_tags,
+from multimodal_tags.train.fit_lm_decoder import (DecoderData, build_lm_decoder, fit_lm_decoder, floored_tags,
                                               fused_vectors, generate_all, tune_floor)
 
 from experiments.common import (Log, bench_train_config, markdown_table, myntra_catalog, quick_subset,

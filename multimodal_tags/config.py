@@ -28,7 +28,7 @@ class DecoderConfig:
 @dataclass
 class LMDecoderConfig:
     """A pretrained causal LM as the tag decoder (models/lm_decoder.py), trained on a tagger's frozen fused
-    vectors (train/lm_decoder.py), as ClipCap trains its mapper on frozen CLIP vectors."""
+    vectors (train/fit_lm_decoder.py), as ClipCap trains its mapper on frozen CLIP vectors."""
 
     backend: str = "smollm2-135m"  # models/causal_lm.py: smollm2-135m, hf:NAME_OR_FOLDER, tiny-llama, tiny-gpt2
     prefix_length: int = 8  # k prefix embeddings from the fused vector, in front of the title prompt

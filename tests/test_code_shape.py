@@ -20,6 +20,15 @@ def _functions(tree: ast.AST):
             yield node
 
 
+def test_no_two_modules_share_a_file_name():
+    """`models/lm_decoder.py` and `train/lm_decoder.py` read alike in a traceback: one name, one module."""
+    seen: dict[str, list[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name != "__init__.py":
+            seen.setdefault(path.name, []).append(str(path.relative_to(PACKAGE)))
+    assert not {name: where for name, where in seen.items() if len(where) > 1}
+
+
 def test_no_function_is_longer_than_a_screen():
     long = []
     for path in sorted(PACKAGE.rglob("*.py")):

@@ -39,7 +39,7 @@ def test_train_evaluate_and_tag_on_cuda(tmp_path):
 def test_lm_decoder_trains_whole_and_generates_on_cuda():
     """The LM decoder's GPU path (`--decoder-finetune full`, bf16 autocast) on a tiny Llama."""
     pytest.importorskip("peft")
-    from multimodal_tags.train.lm_decoder import fit_lm_decoder
+    from multimodal_tags.train.fit_lm_decoder import fit_lm_decoder
     from test_lm_decoder import TAGS, _decoder
 
     dec, data = _decoder("tiny-llama", finetune="full")

@@ -17,7 +17,7 @@ from multimodal_tags.models.causal_lm import load_causal_lm  # noqa: E402
 from multimodal_tags.models.encoder_base import WeightsUnavailable  # noqa: E402
 from multimodal_tags.models.lm_decoder import BaseModelMismatch, LMTagDecoder  # noqa: E402
 from multimodal_tags.models.tag_text import TagTrie, TrieWalk, tag_text  # noqa: E402
-from multimodal_tags.train.lm_decoder import DecoderData, fit_lm_decoder  # noqa: E402
+from multimodal_tags.train.fit_lm_decoder import DecoderData, fit_lm_decoder  # noqa: E402
 
 from conftest import REPO  # noqa: E402
 
@@ -231,7 +231,7 @@ def test_the_experiment_writes_every_results_key(shop, tmp_path):
 
 def test_ask_practice_teaches_the_asking_prompt():
     """With ask_practice, products also teach ` key:` -> ` value;`, exactly as `ask` prompts."""
-    from multimodal_tags.train.lm_decoder import asked_examples
+    from multimodal_tags.train.fit_lm_decoder import asked_examples
 
     dec, data = _decoder("tiny-llama")
     asked = asked_examples(dec, data, share=1.0)

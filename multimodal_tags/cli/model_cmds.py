@@ -86,7 +86,7 @@ def cmd_tag(a: argparse.Namespace) -> int:
 
 def cmd_train_decoder(a: argparse.Namespace) -> int:
     from ..config import LMDecoderConfig
-    from ..train.lm_decoder import train_lm_decoder
+    from ..train.fit_lm_decoder import train_lm_decoder
 
     cfg = LMDecoderConfig(backend=a.backend, finetune=a.decoder_finetune, epochs=a.epochs,
                           ask_practice=a.ask_practice)
