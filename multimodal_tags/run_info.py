@@ -1,6 +1,7 @@
 """What every run folder records so it can be reproduced: versions, git commit, command, settings."""
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import subprocess
@@ -50,14 +51,10 @@ class StageClock:
     def __init__(self):
         self.seconds: dict[str, float] = {}
 
+    @contextlib.contextmanager
     def __call__(self, name: str):
-        import contextlib
-
-        @contextlib.contextmanager
-        def stage():
-            t0 = time.perf_counter()
-            try:
-                yield
-            finally:
-                self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 1)
-        return stage()
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 1)
