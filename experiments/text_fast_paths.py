@@ -54,7 +54,8 @@ def torch_paths(encoder, calibration: list[str]) -> dict:
     bf16 = copy.deepcopy(encoder).set_precision("bf16")
     paths = {"torch bf16": lambda t: bf16.encode(t).pooled}
     per_channel = torch.ao.quantization.per_channel_dynamic_qconfig
-    variants = {"torch int8 dynamic (weights per tensor, every Linear)": (None, lambda n: True, False),
+    per_tensor = torch.ao.quantization.default_dynamic_qconfig  # what quantize_dynamic gives every Linear by default
+    variants = {"torch int8 dynamic (weights per tensor, every Linear)": (per_tensor, lambda n: True, False),
                 "torch int8 dynamic, per channel, every Linear": (per_channel, lambda n: True, False),
                 f"torch int8 dynamic, per channel, SmoothQuant alpha {SMOOTH_ALPHA}":
                     (per_channel, lambda n: True, True),
@@ -103,9 +104,8 @@ def _int8(encoder, qconfig, chosen, calibration: list[str] | None):
             s = (peaks[n].clamp(min=1e-5) ** SMOOTH_ALPHA / w ** (1 - SMOOTH_ALPHA)).clamp(min=1e-2)
             parent, _, leaf = n.rpartition(".")
             setattr(modules[parent], leaf, _Smoothed(linear, s))
-    spec = {n: qconfig for n in names} if qconfig is not None else {torch.nn.Linear}
-    if calibration:  # the Linear layers now sit inside _Smoothed
-        spec = {f"{n}.linear": qconfig for n in names}
+    inside = ".linear" if calibration else ""  # smoothed, each Linear now sits inside its _Smoothed
+    spec = {n + inside: qconfig for n in names}
     enc.model = torch.ao.quantization.quantize_dynamic(enc.model, spec, dtype=torch.qint8)
     return lambda t: enc.encode(t).pooled
 

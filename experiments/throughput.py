@@ -96,13 +96,14 @@ def stock_modules(encoders):
     """The encoders as their libraries run them: no batch norms folded into convolutions (the project's
     fp32 lever, models/bn_fold.py)."""
     timm_encoders = [m for m in encoders.image.modules() if isinstance(m, TimmImageEncoder)]
+    before = [m.fold for m in timm_encoders]
     for m in timm_encoders:
         m.fold = False
     try:
         yield
     finally:
-        for m in timm_encoders:
-            m.fold = True
+        for m, fold in zip(timm_encoders, before):
+            m.fold = fold
 
 
 def stock_batch(tagger: Tagger, encoders, products, root: Path, model_id: str) -> list[dict]:

@@ -29,7 +29,8 @@ def _key(ids: np.ndarray, y: np.ndarray, tcfg: TrainConfig, *extra: np.ndarray) 
     for a in (ids, y, *extra):
         h.update(str(a.shape).encode())
         h.update(np.ascontiguousarray(a).tobytes())
-    tol = f" tol={tcfg.word_score_tol}" if tcfg.word_score_tol != 1e-4 else ""  # keys of earlier fits stay valid
+    # the default tolerance adds nothing to the key, so the fits cached before it was a setting stay valid
+    tol = f" tol={tcfg.word_score_tol}" if tcfg.word_score_tol != TrainConfig.word_score_tol else ""
     h.update(f"folds={tcfg.word_score_folds} c={tcfg.word_score_c} seed={tcfg.seed}{tol}".encode())
     return h.hexdigest()[:24]
 
