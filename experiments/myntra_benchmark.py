@@ -73,6 +73,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--image-finetune-stages", type=int, help="trunk stages tuned (+ conv_head)")
     ap.add_argument("--word-score-folds", type=int, help="cross-fitting folds of the word-score SVMs")
     ap.add_argument("--word-score-tol", type=float, help="liblinear's stopping tolerance for them")
+    ap.add_argument("--word-score-final", choices=("refit", "average"),
+                    help="SVMs that score val and test: refit on the whole split, or the folds' mean")
     ap.add_argument("--quick", action="store_true", help="a small subset and 2 epochs, for tests")
     return ap.parse_args(argv)
 
@@ -86,7 +88,8 @@ def _settings(a: argparse.Namespace) -> tuple:
     recipe = load_recipe(a.recipe)
     tcfg = dataclasses.replace(recipe.train, **_given(epochs=a.epochs, masked_copies=a.masked_copies,
                                                       word_score_folds=a.word_score_folds,
-                                                      word_score_tol=a.word_score_tol))
+                                                      word_score_tol=a.word_score_tol,
+                                                      word_score_final=a.word_score_final))
     ft = dataclasses.replace(recipe.finetune_text or FinetuneConfig(),
                              **_given(epochs=a.finetune_epochs, max_products=a.finetune_products))
     ft_image = dataclasses.replace(recipe.finetune_image or ImageFinetuneConfig(),

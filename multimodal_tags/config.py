@@ -132,6 +132,9 @@ class TrainConfig:
     # liblinear's stopping tolerance for them (LinearSVC's default 1e-4; liblinear's own is 0.1, about
     # 1.5x faster: docs/performance.md, "one liblinear problem per fold")
     word_score_tol: float = 1e-4
+    # the SVMs that score val, test and new products: "refit" on the whole train split, or "average" of
+    # the folds' SVMs (one fit fewer; models/word_scores.cross_fitted_scores)
+    word_score_final: str = "refit"
     checkpoint_every: int = 1  # epochs between resumable checkpoints
     max_train_products: int | None = None  # quick runs
 

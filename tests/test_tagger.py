@@ -279,6 +279,29 @@ def test_word_scores_are_cross_fitted_and_the_saved_table_reproduces_the_svms():
     assert got[1, 1] > 0 and got[0, 0] < 0 < got[2, 0]
 
 
+def test_averaged_word_scores_score_new_texts_with_the_folds_mean_and_keep_the_held_out_scores_honest():
+    from multimodal_tags.models.lexical import lexical_matrix
+    from multimodal_tags.models.linear_svms import fit_svms
+    from multimodal_tags.models.word_scores import cross_fitted_scores, smooth_idf, tfidf_csr
+
+    colours = ["red", "blue", "green", "black"]
+    texts = [f"{colours[i % 4]} cotton shirt item{i}" for i in range(40)]
+    y = np.array([[i % 4 == 0, i % 4 == 1] for i in range(40)], dtype=np.int64)
+    ids = lexical_matrix(texts, 1 << 10)
+    scores, w, b = cross_fitted_scores(ids, y, 1 << 10, folds=4, final="average")
+    assert (scores[y[:, 0] == 1, 0] > 0).all() and (scores[y[:, 0] == 0, 0] < 0).all()
+    idf = smooth_idf(ids, 1 << 10)
+    order = np.random.default_rng(0).permutation(40)
+    folds = [fit_svms(tfidf_csr(ids[np.setdiff1d(order, held)], idf), y[np.setdiff1d(order, held)])
+             for held in np.array_split(order, 4)]
+    new = tfidf_csr(lexical_matrix(["red shirt", "blue cotton"], 1 << 10), idf)
+    mean_of_scores = np.mean([new @ fw.T + fb for fw, fb in folds], axis=0)
+    assert np.allclose(new @ w.T + b, mean_of_scores, atol=1e-5)
+    assert mean_of_scores[0, 0] > 0 > mean_of_scores[1, 0] and mean_of_scores[1, 1] > 0
+    with pytest.raises(ValueError, match="final"):
+        cross_fitted_scores(ids, y, 1 << 10, folds=4, final="mean")
+
+
 def test_every_svm_on_one_shared_liblinear_problem_is_linearsvc_and_does_not_depend_on_the_workers():
     from multimodal_tags.models.linear_svms import fit_svms, have_liblinear
     from multimodal_tags.models.word_scores import smooth_idf, tfidf_csr

@@ -12,7 +12,8 @@ there is also one SVM per category (one-vs-rest), whose scores join the features
 Stacking needs honest scores in training. An SVM scores its own training texts near-perfectly, so a
 model trained on such scores learns to trust them blindly and is misled on new products. The training
 products' scores are therefore cross-fitted (each fold scored by SVMs fitted on the other folds);
-the SVMs fitted on the whole train split score everything else (val, test, new products), and their
+the SVMs fitted on the whole train split (or the mean of the folds' SVMs, `TrainConfig.word_score_final`)
+score everything else (val, test, new products), and their
 weights are saved in the model folder as a frozen table, so inference needs no scikit-learn. On disk the
 table is pruned and sparse (`pack_table`): most of its 2^17 x tags weights are near zero.
 """
@@ -46,28 +47,42 @@ def tfidf_csr(ids: np.ndarray, idf: np.ndarray):
 
 def cross_fitted_scores(ids: np.ndarray, y: np.ndarray, buckets: int, folds: int = 5, c: float = 1.0,
                         seed: int = 0, n_jobs: int = 1, extra_ids: np.ndarray | None = None,
-                        extra_of: np.ndarray | None = None,
-                        tol: float = 1e-4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                        extra_of: np.ndarray | None = None, tol: float = 1e-4,
+                        final: str = "refit") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Scores of the training products, each from SVMs that never saw it (`folds`-fold), and the
-    weights and intercepts of the SVMs fitted on all of them (which score every other product).
+    weights and intercepts of the SVMs that score every other product.
+
+    `final`: "refit" fits those SVMs once more on all the training products; "average" averages the
+    folds' SVMs instead (one fit fewer, and the folds fitted on 1 - 1/folds of the rows each). A mean
+    of linear SVMs scores every text with the mean of their scores, so the other products are scored
+    by SVMs of the same kind as those that scored the training products. With "average" every fold
+    weighs words by the whole split's IDF (no labels in it), so the folds share one feature space.
 
     `extra_ids` are further texts of training products (`extra_of`: the row of each one's product),
     such as copies with label words masked: each is scored by the SVMs of its product's held-out fold,
     which never saw that product; their scores follow the products' in the returned scores."""
+    if final not in ("refit", "average"):
+        raise ValueError(f"final must be 'refit' or 'average', not {final!r}")
     n = ids.shape[0]
     order = np.random.default_rng(seed).permutation(n)
     scores = np.zeros(y.shape, dtype=np.float32)
     extra_of = np.zeros(0, dtype=np.int64) if extra_of is None else np.asarray(extra_of)
     extra_scores = np.zeros((len(extra_of), y.shape[1]), dtype=np.float32)
+    shared_idf = smooth_idf(ids, buckets) if final == "average" else None
+    w_sum, b_sum = 0.0, 0.0
     for held in np.array_split(order, folds):
         fit_rows = np.setdiff1d(order, held)
-        idf = smooth_idf(ids[fit_rows], buckets)
+        idf = smooth_idf(ids[fit_rows], buckets) if shared_idf is None else shared_idf
         w, b = fit_svms(tfidf_csr(ids[fit_rows], idf), y[fit_rows], c, n_jobs, tol=tol)
         scores[held] = tfidf_csr(ids[held], idf) @ w.T + b
         extras = np.isin(extra_of, held)
         if extras.any():
             extra_scores[extras] = tfidf_csr(extra_ids[extras], idf) @ w.T + b
-    w, b = fit_svms(tfidf_csr(ids, smooth_idf(ids, buckets)), y, c, n_jobs, tol=tol)
+        w_sum, b_sum = w_sum + w, b_sum + b
+    if final == "average":
+        w, b = (w_sum / folds).astype(np.float32), (b_sum / folds).astype(np.float32)
+    else:
+        w, b = fit_svms(tfidf_csr(ids, smooth_idf(ids, buckets)), y, c, n_jobs, tol=tol)
     return np.concatenate([scores, extra_scores]), w, b
 
 

@@ -29,9 +29,10 @@ def _key(ids: np.ndarray, y: np.ndarray, tcfg: TrainConfig, *extra: np.ndarray) 
     for a in (ids, y, *extra):
         h.update(str(a.shape).encode())
         h.update(np.ascontiguousarray(a).tobytes())
-    # the default tolerance adds nothing to the key, so the fits cached before it was a setting stay valid
+    # default settings add nothing to the key, so the fits cached before they were settings stay valid
     tol = f" tol={tcfg.word_score_tol}" if tcfg.word_score_tol != TrainConfig.word_score_tol else ""
-    h.update(f"folds={tcfg.word_score_folds} c={tcfg.word_score_c} seed={tcfg.seed}{tol}".encode())
+    final = f" final={tcfg.word_score_final}" if tcfg.word_score_final != TrainConfig.word_score_final else ""
+    h.update(f"folds={tcfg.word_score_folds} c={tcfg.word_score_c} seed={tcfg.seed}{tol}{final}".encode())
     return h.hexdigest()[:24]
 
 
@@ -58,13 +59,15 @@ def fit_or_load_word_scores(train: FeatureDataset, buckets: int, tcfg: TrainConf
         t0 = time.perf_counter()
         scores, weights, intercepts = cross_fitted_scores(
             ids, y, buckets, tcfg.word_score_folds, tcfg.word_score_c, tcfg.seed,
-            n_jobs=max(1, torch.get_num_threads()), extra_ids=extra_ids, extra_of=extra_of, tol=tcfg.word_score_tol)
+            n_jobs=max(1, torch.get_num_threads()), extra_ids=extra_ids, extra_of=extra_of, tol=tcfg.word_score_tol,
+            final=tcfg.word_score_final)
         fitted = {"scores": scores, "weights": weights, "intercepts": intercepts}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = temp_path(path)
         save_file(fitted, str(tmp))
         os.replace(tmp, path)  # atomic: a concurrent reader sees the whole file or none
-        log(f"word scores: {y.shape[1]} SVMs x {tcfg.word_score_folds + 1} fits on {len(y)} products "
+        fits = tcfg.word_score_folds + (tcfg.word_score_final == "refit")
+        log(f"word scores: {y.shape[1]} SVMs x {fits} fits on {len(y)} products "
             f"(+{len(extra_of)} masked copies scored) "
             f"in {time.perf_counter() - t0:.0f}s")
     return fitted

@@ -101,7 +101,7 @@ def prepare_views(products, cfg: ModelConfig, tcfg: TrainConfig, cache_dir: str 
 # finds the word-score cross-fitting in the cache only when the split, its masked copies and the SVM
 # settings are the same): recorded in the model folder's lineage.json.
 REPLAY_SETTINGS = ("seed", "max_train_products", "masked_copies", "word_score_folds", "word_score_c",
-                   "word_score_tol")
+                   "word_score_tol", "word_score_final")
 
 
 def replay_settings(tcfg: TrainConfig) -> dict:
