@@ -25,6 +25,7 @@ from experiments.implicit_benchmark import implicit_table
 from experiments.llm_decoder import heldout_table as llm_heldout_table
 from experiments.llm_decoder import table as llm_decoder_table
 from experiments.new_shop import table as new_shop_table
+from experiments.new_shop_colour_bound import table as colour_bound_table
 
 RESULTS = Path("docs") / "results"
 BLOCK = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
@@ -98,6 +99,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "headline": lambda root: headline_table(_load("myntra-bench.json", root), _load("implicit-myntra.json", root)),
     "implicit": lambda root: implicit_table(_load("implicit-myntra.json", root)),
     "new-shop": lambda root: new_shop_table(_load("new-shop-hm.json", root)),
+    "new-shop-colour-bound": lambda root: colour_bound_table(_load("new-shop-colour-bound.json", root)),
     "llm-decoder": lambda root: llm_decoder_table(_load("llm-decoder-myntra.json", root)),
     "llm-heldout": lambda root: llm_heldout_table(_load("llm-decoder-myntra.json", root)),
 }

@@ -28,3 +28,14 @@ def test_scores_count_a_missing_colour_as_wrong_and_give_intervals():
     assert (s["category_acc"], s["colour_acc"]) == (0.75, 0.5)
     assert s["micro_f1"] == round(2 * 3 / (2 * 3 + 1 + 1), 4)
     assert s["colour_acc_interval"][0] <= 0.5 <= s["colour_acc_interval"][1]
+
+
+def test_the_colour_bound_reads_the_type_from_the_sample_and_the_words_from_the_text():
+    from experiments.new_shop_colour_bound import category_mode, names_colour
+
+    sample = [("Trousers", "Black")] * 3 + [("Jeans", "Blue")] * 2 + [("Top", "White")]
+    answer = category_mode(sample, pseudo_count=1.0)
+    assert (answer("Trousers"), answer("Jeans"), answer("Unseen type")) == ("Black", "Blue", "Black")
+    assert category_mode(sample, pseudo_count=50.0)("Jeans") == "Black"  # shrunk to the shop's mode
+    assert names_colour({"prod_name": "Slim jeans", "detail_desc": "Dark blue denim", "colour_group_name": "Dark Blue"})
+    assert not names_colour({"prod_name": "Jade HW", "detail_desc": "Bluesy", "colour_group_name": "Blue"})
