@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import resource
 import shutil
@@ -37,6 +38,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from multimodal_tags.config import ModelConfig
 from multimodal_tags.data.catalog import read_catalog
 from multimodal_tags.data.images import check_image, load_image
 from multimodal_tags.data.importers import myntra, run_import
@@ -50,6 +52,7 @@ from multimodal_tags.models.factory import create_image_encoder
 from multimodal_tags.models.image_encoders import TimmImageEncoder
 from multimodal_tags.models.onnx_text import onnx_available
 from multimodal_tags.models.presets import get_preset
+from multimodal_tags.models.static_decode import DECODING_MODES, resolve_decoding
 from multimodal_tags.models.tagger import Tagger, build_tokenizer
 from multimodal_tags.tagging.tag_job import batches
 
@@ -68,12 +71,24 @@ def load_products(a) -> tuple[list, Path]:
     return chosen or [p for p in products if p.image][:a.products], root
 
 
-def build_model(products, preset: str, out: Path, given: Path | None, image_size: int | None) -> Path:
-    """The model folder to time: --model, or the preset (photos at `image_size` if given) with seeded
-    random tagger weights."""
+def timing_config(preset: str, allow_random: bool) -> ModelConfig:
+    """The preset's config; with `allow_random`, `full` becomes its twin with random weights, which needs no
+    download: BERT-base's and ViT-B/32's architectures and a 12-layer, 768-wide GPT-2 (GPT-2 small) over
+    the closed tag vocabulary (the open one needs GPT-2's BPE files). Timing only: results say so."""
+    cfg = get_preset(preset)
+    if preset == "full" and allow_random:
+        cfg.text_encoder, cfg.image_encoder, cfg.tag_decoder = "bert-base@random", "open_clip:ViT-B-32@random", "closed"
+        cfg.decoder = dataclasses.replace(cfg.decoder, gpt2="scratch", n_layer=12, n_embd=768, n_head=12)
+    return cfg
+
+
+def build_model(products, preset: str, out: Path, given: Path | None, image_size: int | None,
+                allow_random: bool = False) -> Path:
+    """The model folder to time: --model, or the preset (photos at `image_size` if given; see timing_config)
+    with seeded random tagger weights."""
     if given:
         return given
-    cfg = get_preset(preset)
+    cfg = timing_config(preset, allow_random)
     if image_size:
         cfg.image_size = image_size
     vocab = build_vocab(products, split=None)
@@ -161,7 +176,6 @@ def matmul_rate(device: str, n: int = 2048, repeats: int = 5) -> float:
 def large_photos(products: list, root: Path, out: Path, n: int, seed: int = 0) -> tuple[list, Path]:
     """Copies of the first `n` products whose photos are real photos upscaled to a random side of 1,500 to
     3,000 px (JPEG, quality 90), as real shops' photos are: written under OUT (never the repository)."""
-    import dataclasses
     import random
 
     folder = out / "large-photos"
@@ -205,8 +219,6 @@ def int8_text_row(a, model_dir: Path, settings: RunConfig, products: list, root:
     on a GPU."""
     if not onnx_available() or torch.cuda.is_available():
         return {}
-    import dataclasses
-
     int8 = dataclasses.replace(settings, precision="int8")
     try:
         tagger = BatchTagger(model_dir, a.out / "cold-cache-int8", int8, "decoder")
@@ -233,7 +245,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--preset", help="default: offline on a CPU, full on a GPU")
     ap.add_argument("--products", type=int, default=512, help="products timed in (b) and (c)")
     ap.add_argument("--naive-products", type=int, default=64, help="products timed in (a)")
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--batch", type=int, help="products a batch (default: 64 on a CPU, 256 on a GPU)")
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="where encoders and tagger run (auto: a GPU where there is one)")
+    ap.add_argument("--decoding", choices=("auto", *DECODING_MODES), default="auto",
+                    help="the project's tag decoding (auto: CUDA graphs on a GPU, dynamic on a CPU)")
     ap.add_argument("--decode-workers", type=int,
                     help="(c): processes decoding the photos ahead (default: what `mmtags tag` starts here)")
     ap.add_argument("--image-size", type=int, help="photo side of the preset's random model (default: the preset's)")
@@ -244,13 +260,17 @@ def main(argv: list[str] | None = None) -> dict:
     a = ap.parse_args(argv)
     if not (a.data or a.catalog):
         ap.error("give --data (fashion-myntra) or --catalog")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
+    if device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no GPU is visible to torch here")
     preset = a.preset or ("full" if device == "cuda" else "offline")
+    a.batch = a.batch or (256 if device == "cuda" else 64)
     a.out.mkdir(parents=True, exist_ok=True)
     products, root = load_products(a)
-    model_dir = build_model(products, preset, a.out, a.model, a.image_size)
+    model_dir = build_model(products, preset, a.out, a.model, a.image_size, a.allow_random_weights)
     settings = RunConfig(precision=a.precision, allow_random_weights=a.allow_random_weights, progress=False,
-                           log=lambda s: None)
+                         log=lambda s: None, device=device if device == "cuda" else None,
+                         decoding=resolve_decoding(a.decoding, device))
     return run(a, device, preset, products, root, model_dir, settings)
 
 
@@ -289,6 +309,9 @@ def run(a, device: str, preset: str, products, root: Path, model_dir: Path, sett
     rate = matmul_rate(device)
     results = {"device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
                "preset": preset, "tagger_weights": str(a.model) if a.model else "random (timing only)",
+               "encoder_weights": ("random (timing only)" if encoders.text.random_weights or encoders.image.random_weights
+                                   else "pretrained"),
+               "decoding": settings.decoding,
                "products": len(products), "naive_products": min(a.naive_products, len(products)), "batch": a.batch,
                "image_size": _input_side(encoders.image), "stock_image_size": _input_side(stock.image),
                "naive_per_s": round(naive, 2), "stock_per_s": round(stock_rate, 2),

@@ -419,3 +419,17 @@ def test_generate_equals_transformers_generate_with_the_same_rules(vocabulary):
     assert [[t for t, _ in g] for g in kept] == [[t for t, _ in g] for g in ours]
     for g1, g2 in zip(ours, stock):
         assert all(abs(p1 - p2) < 1e-5 for (_, p1), (_, p2) in zip(g1, g2))
+    # fixed shapes (the GPU path): a pre-allocated cache, every row kept to the end; "graphs" runs as
+    # "static" on a CPU. The cache is reused by the next batch of the same size, and a smaller batch gets its own.
+    for mode in ("static", "graphs"):
+        model.decoder.set_decoding(mode)
+        for _ in range(2):
+            fixed = model.decoder.generate(out["fused"], tag_bias=out["tag_bias"])
+            assert [[t for t, _ in g] for g in fixed] == [[t for t, _ in g] for g in ours]
+            assert all(abs(p1 - p2) < 1e-5 for g1, g2 in zip(fixed, ours) for (_, p1), (_, p2) in zip(g1, g2))
+        part = model.decoder.generate(out["fused"][:3], tag_bias=out["tag_bias"][:3])
+        assert [[t for t, _ in g] for g in part] == [[t for t, _ in g] for g in ours[:3]]
+    assert sorted(model.decoder._static.caches) == [3, len(ours)]
+    with pytest.raises(ValueError, match="decoding"):
+        model.decoder.set_decoding("fast")
+    model.decoder.set_decoding("dynamic")

@@ -39,3 +39,27 @@ def test_large_photos_are_real_photos_upscaled_with_their_own_hash(tmp_path):
         with Image.open(root / after.image) as im:
             assert 1500 <= max(im.size) <= 3000
         assert after.image_hash and after.image_hash != before.image_hash  # a product without one has no photo
+
+
+def test_the_gpu_path_runs_on_a_cpu_with_fixed_shape_decoding_and_the_same_tags(tmp_path):
+    """`--device cuda --preset full` on a GPU; here its pieces on the tiny preset: the tagger beside the
+    encoders, decoding at fixed shapes with a pre-allocated cache ("graphs" runs as "static" on a CPU)."""
+    from experiments import throughput
+
+    catalog = synthetic_catalog(tmp_path, 40)
+    result = throughput.main(["--catalog", str(catalog), "--out", str(tmp_path / "out"), "--preset", "tiny",
+                              "--allow-random-weights", "--precision", "fp32", "--products", "16",
+                              "--naive-products", "2", "--batch", "8", "--large-photos", "0",
+                              "--device", "cpu", "--decoding", "graphs"])
+    assert result["decoding"] == "graphs" and result["same_tags_stock_project"] == 1.0
+    assert result["encoder_weights"].startswith("random")
+
+
+def test_the_full_preset_times_offline_as_its_random_twin():
+    from experiments.throughput import timing_config
+
+    twin = timing_config("full", allow_random=True)
+    assert (twin.text_encoder, twin.image_encoder, twin.tag_decoder) == (
+        "bert-base@random", "open_clip:ViT-B-32@random", "closed")
+    assert (twin.decoder.n_layer, twin.decoder.n_embd, twin.decoder.gpt2) == (12, 768, "scratch")
+    assert timing_config("full", allow_random=False).text_encoder == "hf:bert-base-uncased"

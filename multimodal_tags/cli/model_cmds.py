@@ -208,6 +208,11 @@ def _add_tag(sub) -> None:
     sp.add_argument("--decode-workers", type=int,
                     help="processes decoding the photos of the next batches while one is tagged (0: none; "
                          "default: none on 2 cores or fewer, else 1, up to 8 feeding a GPU)")
+    sp.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="where the encoders and the tagger run (cuda: the current GPU)")
+    sp.add_argument("--decoding", choices=("auto", "dynamic", "static", "graphs"), default="auto",
+                    help="the GPT-2 decoder's loop: auto (graphs on a GPU, dynamic on a CPU), dynamic (finished "
+                         "rows leave the batch), static (a pre-allocated KV cache) or graphs (static + CUDA graphs)")
     add_reads_features(sp)
     sp.add_argument("--quiet", action="store_true")
     sp.set_defaults(func=cmd_tag)

@@ -30,10 +30,11 @@ class EncoderSet:
     _built: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def for_model(cls, cfg: ModelConfig, precision: str = "auto", allow_random_weights: bool = False) -> "EncoderSet":
-        """The encoders a model config was trained on."""
+    def for_model(cls, cfg: ModelConfig, precision: str = "auto", allow_random_weights: bool = False,
+                  device: str | None = None) -> "EncoderSet":
+        """The encoders a model config was trained on (on `device`; None: the CPU)."""
         return cls(cfg.text_encoder, cfg.image_encoder, cfg.text_max_length, cfg.image_size, precision,
-                   allow_random_weights, text_dim=cfg.text_dim, image_dim=cfg.image_dim)
+                   allow_random_weights, device, text_dim=cfg.text_dim, image_dim=cfg.image_dim)
 
     @property
     def text(self) -> HFTextEncoder | None:

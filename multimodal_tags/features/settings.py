@@ -24,6 +24,10 @@ class RunConfig:
     cache_dir: str | Path | None = None  # None: features-cache beside the catalog
     precision: str = "auto"  # encoders' inference precision: auto, fp32, bf16, fp16, int8 (part of the cache key)
     allow_random_weights: bool = False  # accept tiny-*/@random encoders (tests, from-scratch work)
+    device: str | None = None  # where encoders and tagger run when tagging: None (the CPU) or "cuda"
+    # how the tag decoder runs (models/static_decode.py): auto ("graphs" on a GPU, "dynamic" on a CPU),
+    # dynamic, static or graphs
+    decoding: str = "auto"
     progress: bool = True  # progress bars
     log: Callable[[str], None] = field(default=print, repr=False)
 
@@ -33,4 +37,4 @@ class RunConfig:
 
     def encoders_for(self, cfg: ModelConfig) -> EncoderSet:
         """The encoders of a model config, with these settings' precision and weights check."""
-        return EncoderSet.for_model(cfg, self.precision, self.allow_random_weights)
+        return EncoderSet.for_model(cfg, self.precision, self.allow_random_weights, self.device)

@@ -18,6 +18,7 @@ from ..features.prefetch import Decoded, PhotoPrefetch, default_workers, pipelin
 from ..features.settings import RunConfig
 from ..features.source import FeatureSource
 from ..models.lm_decoder import LMTagDecoder, has_lm_decoder
+from ..models.static_decode import resolve_decoding
 from ..models.tag_tokenizer import CATEGORY_KEY, tag_key
 from ..models.tagger import RawPrediction, Tagger
 from ..models.zero_shot import ZeroShotTags, ZeroShotUnavailable
@@ -51,7 +52,10 @@ class BatchTagger:
     def __init__(self, model_dir: str | Path, cache_dir: str | Path, settings: RunConfig | None = None,
                  tag_source: str = DEFAULT_TAG_SOURCE, decoder: str = "auto", ask_keys: Sequence[str] = ()):
         settings = settings or RunConfig()
-        self.model = Tagger.load(model_dir)
+        device = settings.device or "cpu"  # the encoders' device: the tagger runs beside them
+        self.model = Tagger.load(model_dir).to(device)
+        if self.model.decoder is not None:
+            self.model.decoder.set_decoding(resolve_decoding(settings.decoding, device))
         self.model_id = model_id(model_dir)
         self.cache_dir = Path(cache_dir)
         self.lm_decoder = _choose_lm_decoder(model_dir, decoder, settings.allow_random_weights)

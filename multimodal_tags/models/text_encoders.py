@@ -194,3 +194,14 @@ def tiny_bert(spec: str = "tiny-bert", max_length: int = 64, seed: int = 0) -> H
         torch.manual_seed(seed)
         model = BertModel(cfg, add_pooling_layer=False)
     return HFTextEncoder(spec, model.eval(), tokenizer, max_length, random_weights=True)
+
+
+def random_bert_base(spec: str = "bert-base@random", max_length: int = 128, seed: int = 0) -> HFTextEncoder:
+    """BERT-base's architecture (12 layers, 768 wide) with seeded random weights and BERT's uncased
+    WordPiece vocabulary (the packaged MiniLM-L6 has the same one): the arithmetic of `hf:bert-base-uncased`
+    with no download, for timing the full preset offline. Never a model to tag with."""
+    tokenizer = AutoTokenizer.from_pretrained(str(packaged_minilm_dir()))
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = BertModel(BertConfig(vocab_size=len(tokenizer)), add_pooling_layer=False)
+    return HFTextEncoder(spec, model.eval(), tokenizer, max_length, random_weights=True)
