@@ -212,6 +212,29 @@ def test_adapt_writes_a_child_with_its_lineage_and_promotes_only_a_model_that_is
                  "--lr", "5", "--epochs", "2", "--promote", "--allow-random-weights"]) == 1
 
 
+def test_an_adapted_child_keeps_its_parents_lm_decoder_only_while_its_fused_vectors_are_the_parents(shop, tmp_path):
+    import shutil
+
+    parent_dir = tmp_path / "parent"
+    shutil.copytree(shop["model"], parent_dir)
+    (parent_dir / "lm_decoder").mkdir()
+    (parent_dir / "lm_decoder" / "decoder.json").write_text("{}")  # stands for a trained LM decoder
+    store = store_copy(shop, tmp_path)
+    with FeedbackStore(store) as fb:
+        _truthful_feedback(fb, shop["val"], [fb.tags.get(p.id) for p in shop["val"]])
+    cache = shop["root"] / "features-cache"
+    adapt_model(parent_dir, store, tmp_path / "child", SETTINGS, AdaptConfig(epochs=1, head_lrs=()))
+    assert (tmp_path / "child" / "lm_decoder" / "decoder.json").read_text() == "{}"
+    fused = [BatchTagger(m, cache, SETTINGS, "head", decoder="scratch").tag_raw(shop["val"][:4], shop["image_root"])[1].fused
+             for m in (parent_dir, tmp_path / "child")]
+    assert torch.equal(*fused)  # what the LM decoder reads is unchanged
+    logged = []
+    settings = type(SETTINGS)(**{**SETTINGS.__dict__, "log": logged.append})
+    adapt_model(parent_dir, store, tmp_path / "fusion", settings, AdaptConfig(epochs=1, head_lrs=(), train_fusion=True))
+    assert not (tmp_path / "fusion" / "lm_decoder").exists()
+    assert any("retrain it with `mmtags train-decoder" in line for line in logged)
+
+
 def test_category_judgements_label_the_judged_products_category(shop, tmp_path):
     from multimodal_tags.feedback.adapt import judged_products
     store = store_copy(shop, tmp_path)

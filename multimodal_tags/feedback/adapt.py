@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -37,6 +38,7 @@ from ..inference.predict import predict_source
 from ..inference.rows import DEFAULT_TAG_SOURCE, prediction_rows, resolve_tag_source
 from ..metrics import paired_f1_difference, prf
 from ..run_info import LINEAGE_FILE as LINEAGE
+from ..models.lm_decoder import FOLDER as LM_FOLDER
 from ..models.tag_tokenizer import CATEGORY_KEY, tag_key
 from ..models.tagger import Tagger
 from ..train.data import FeatureDataset, LabelSpace
@@ -267,11 +269,19 @@ def _gate(parent: dict[str, tuple[list, list]], child: Tagger, data: AdaptData, 
     return gate
 
 
-def _save_child(child: Tagger, model_dir: Path, out: Path) -> None:
+def _save_child(child: Tagger, model_dir: Path, out: Path, fusion_trained: bool, log) -> None:
     child.save(out)
     bundled = model_dir / "text_encoder"
     if bundled.is_dir() and child.cfg.text_encoder == f"hf:{bundled.resolve()}":
         bundle_text_encoder(bundled, out)  # self-contained, like its parent
+    lm = model_dir / LM_FOLDER
+    if not lm.is_dir():
+        return
+    if fusion_trained:  # the LM decoder's mapper reads fused vectors that the child computes differently
+        log(f"adapt: {lm} was trained on the parent's fused vectors, which the child's fusion changed: it is not "
+            f"carried over; retrain it with `mmtags train-decoder --model {out}`")
+    else:  # encoders, word scores and fusion are the parent's: the same fused vectors, the same LM decoder
+        shutil.copytree(lm, out / LM_FOLDER)
 
 
 def _fine_tune_and_choose(model_dir: Path, parent: Tagger, data: AdaptData, options: AdaptConfig, tag_source: str,
@@ -346,7 +356,7 @@ def adapt_model(model_dir: str | Path, store_path: str | Path, out: str | Path, 
     priors = learn_key_priors(parent, data.judged, reviewed) if options.shop_priors else {}
     child, gate, tried = _fine_tune_and_choose(model_dir, parent, data, options, tag_source, out.parent,
                                                settings.log, any(p.category for p in judged), priors)
-    _save_child(child, model_dir, out)
+    _save_child(child, model_dir, out, options.train_fusion, settings.log)
     lineage = {"parent": {"path": str(model_dir.resolve()), "model_id": model_id(model_dir)},
                "ancestors": _ancestors(model_dir), "catalog": str(catalog_path.resolve()),
                "train": replay_settings(tcfg),
