@@ -64,7 +64,8 @@ def cmd_adapt(a: argparse.Namespace) -> int:
 
     head_lrs = AdaptConfig().head_lrs if a.head_lr is None else (a.head_lr,)
     options = AdaptConfig(catalog=a.catalog, replay=a.replay, epochs=a.epochs, lr=a.lr, head_lrs=head_lrs,
-                          holdout=a.holdout, tolerance=a.tolerance, promote=a.promote, tag_source=a.tag_source)
+                          holdout=a.holdout, tolerance=a.tolerance, promote=a.promote, tag_source=a.tag_source,
+                          train_fusion=a.train_fusion)
     lineage = adapt_model(a.model, check_store(a.store), a.out, run_settings(a), options)
     for name in ("feedback_holdout", "val"):
         g = lineage["gate"][name]
@@ -198,6 +199,8 @@ def _add_adapt(sub) -> None:
                     "and keep the best on the held-back feedback that keeps the original validation split)")
     sp.add_argument("--holdout", type=float, default=0.2, help="fraction of judged products held back for the gate")
     sp.add_argument("--tolerance", type=float, default=0.0, help="extra slack on the gate (F1 difference, accuracy)")
+    sp.add_argument("--train-fusion", action="store_true",
+                    help="fine-tune the fusion head too (more capacity, more to forget; an LM decoder is not carried)")
     add_tag_source(sp)
     add_reads_features(sp)
     sp.set_defaults(func=cmd_adapt)
