@@ -79,6 +79,13 @@ def generate_static(decoder, fused: torch.Tensor, max_steps: int, tag_bias: torc
     ids and their probabilities per row, as `TagDecoder.generate` computes them."""
     tok = decoder.tokenizer
     b, dev = fused.shape[0], fused.device
+    size = max(steps.caches, default=b)
+    if steps.graphs and b < size:  # a smaller (last) batch replays the graphs captured for the larger one
+        fused = torch.cat([fused, fused.new_zeros(size - b, fused.shape[1])])
+        if tag_bias is not None:
+            tag_bias = torch.cat([tag_bias, tag_bias.new_zeros(size - b, tag_bias.shape[1])])
+        ids, probs = generate_static(decoder, fused, max_steps, tag_bias, steps)
+        return ids[:b], probs[:b]
     bos = decoder.gpt.transformer.wte(torch.full((b, 1), tok.BOS, device=dev))
     embeds = torch.cat([decoder.mapper(fused), bos], dim=1)
     cache = steps.cache(b)
