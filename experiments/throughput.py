@@ -243,9 +243,8 @@ def int8_text_row(a, model_dir: Path, settings: RunConfig, products: list, root:
         return {}
     int8 = dataclasses.replace(settings, precision="int8")
     try:
-        tagger = BatchTagger(model_dir, a.out / "cold-cache-int8", int8, "decoder")
         # set up like loading a model, untimed: the export to ONNX, its quantisation and the cosine check
-        tagger.encoders.text.encode([p.text for p in products[:a.batch]])
+        tagger = warmed(model_dir, a.out / "cold-cache-int8", int8, products[:a.batch], root)
         rows, rate = streamed(tagger, products, root, a.batch, workers)
     except ValueError as e:  # its vectors drift from fp32's: the int8 path refuses this encoder
         return {"int8_text_refused": str(e)}
