@@ -16,10 +16,13 @@ model's photo size"): the part of the speed that is the smaller photo, not the c
 inputs the paths give the same tags in float32 (tests); here the share of products with the same
 tags as (c) is reported for the paths that see the same inputs (in bf16, results depend slightly on
 the batch's shape, and a random tagger has near ties). The preset follows the
-device: on a CPU the offline default (MiniLM-L6 + EfficientNet-Lite0 + word scores + a 3-layer GPT-2),
-on a GPU `full` (BERT-base + CLIP ViT-B/32 + GPT-2 small) with random weights, which is fine for
-timing. Unless --model names a trained folder, the tagger's own weights are random (the output says
-so). Also measured in the same run: FLOPs per product (torch.utils.flop_counter on one stock batch),
+device (`--device`, default: a GPU where there is one): on a CPU the offline default (MiniLM-L6 +
+EfficientNet-Lite0 + word scores + a 3-layer GPT-2), on a GPU `full` (BERT-base + CLIP ViT-B/32 +
+GPT-2 small; with --allow-random-weights their architectures with random weights, which is fine for
+timing: `timing_config`), batches of 256 and the decoder at fixed shapes with CUDA graphs
+(`--decoding`, models/static_decode.py). Unless --model names a trained folder, the tagger's own
+weights are random (the output says so). Every path is warmed up untimed at the timed batch shape
+(the project on a throwaway cache: `warm_up`); the project's timed runs start from empty caches. Also measured in the same run: FLOPs per product (torch.utils.flop_counter on one stock batch),
 the device's float32 matmul rate, and peak memory. Writes OUT/results.json and OUT/results.md.
 """
 from __future__ import annotations
