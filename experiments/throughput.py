@@ -59,7 +59,7 @@ from multimodal_tags.models.static_decode import DECODING_MODES, resolve_decodin
 from multimodal_tags.models.tagger import Tagger, build_tokenizer
 from multimodal_tags.tagging.tag_job import batches
 
-from experiments.common import markdown_table
+from experiments.common import markdown_table, run_facts
 
 
 def load_products(a) -> tuple[list, Path]:
@@ -352,7 +352,8 @@ def run(a, device: str, preset: str, products, root: Path, model_dir: Path, sett
                "precision": encoders.text.precision,
                # tags compared only between paths that see the same photo size
                "same_tags_naive_project": round(agreement(naive_rows, project_rows), 4) if same_size else None,
-               "same_tags_stock_project": round(agreement(sized_rows, project_rows), 4), **int8, **large}
+               "same_tags_stock_project": round(agreement(sized_rows, project_rows), 4), **int8, **large,
+               "run": run_facts(a.precision)}
     (a.out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     (a.out / "results.md").write_text(table(results) + "\n", encoding="utf-8")
     print(table(results))
