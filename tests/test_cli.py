@@ -1,6 +1,9 @@
 import json
 from pathlib import Path
 
+import pytest
+import torch
+
 from multimodal_tags.cli import main
 
 
@@ -105,3 +108,12 @@ def test_train_then_evaluate_cli(tmp_path, capsys):
     assert main(["evaluate", "--model", str(tmp_path / "run" / "model"), "--catalog", str(tmp_path / "catalog.jsonl"),
                  "--out", str(tmp_path / "eval2"), "--allow-random-weights"]) == 1
     assert "mmtags-model/999" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible here")
+def test_tagging_on_a_gpu_where_there_is_none_says_so(tmp_path, capsys):
+    catalog = tmp_path / "c.jsonl"
+    catalog.write_text('{"id": "1", "title": "red shirt"}\n')
+    assert main(["tag", "--model", str(tmp_path / "model"), "--catalog", str(catalog), "--out",
+                 str(tmp_path / "t.jsonl"), "--device", "cuda"]) == 2
+    assert "no GPU is visible" in capsys.readouterr().err

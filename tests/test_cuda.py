@@ -1,4 +1,5 @@
-"""The same jobs on a CUDA GPU: training through accelerate (bf16), evaluation on the GPU, tagging.
+"""The same jobs on a CUDA GPU: training through accelerate (bf16), evaluation on the GPU, tagging, the
+decoder's CUDA graphs and throughput.py's GPU path.
 Skipped where no GPU is visible (CI, the 2-core machine); run on a GPU machine with
 `python -m pytest tests/test_cuda.py`."""
 from __future__ import annotations
@@ -48,3 +49,34 @@ def test_lm_decoder_trains_whole_and_generates_on_cuda():
     assert all(math.isfinite(e["train_loss"]) for e in fit["epochs"])
     tags = dec.generate(data.fused, data.titles, data.descriptions)  # fused on the CPU: moved to the decoder
     assert all({t for t, _ in g} <= set(TAGS) for g in tags)
+
+
+def test_cuda_graph_decoding_gives_the_dynamic_loops_tags():
+    """The GPU decoding path (models/static_decode.py): a StaticCache and CUDA graphs, in float32."""
+    from test_tagger import TRAIN_TAGS, VOCAB, batch, shrink
+
+    from multimodal_tags.models.tagger import Tagger, build_tokenizer
+
+    cfg = shrink(get_preset("offline"))
+    tok = build_tokenizer(cfg, VOCAB, TRAIN_TAGS)
+    torch.manual_seed(0)
+    model = Tagger(cfg, ["a", "b", "c"], VOCAB, tok).cuda().eval()
+    with torch.no_grad():
+        out = model(batch(cfg=cfg, tokenizer=tok).to("cuda"))
+        dynamic = model.decoder.generate(out["fused"], tag_bias=out["tag_bias"])
+        model.decoder.set_decoding("graphs")
+        for _ in range(3):  # captured once, replayed after
+            graphs = model.decoder.generate(out["fused"], tag_bias=out["tag_bias"])
+            assert [[t for t, _ in g] for g in graphs] == [[t for t, _ in g] for g in dynamic]
+        small = model.decoder.generate(out["fused"][:2], tag_bias=out["tag_bias"][:2])  # padded to the captured size
+    assert [[t for t, _ in g] for g in small] == [[t for t, _ in g] for g in dynamic[:2]]
+
+
+def test_throughput_runs_the_gpu_path(tmp_path):
+    from experiments import throughput
+
+    catalog = synthetic_catalog(tmp_path, 60)
+    r = throughput.main(["--catalog", str(catalog), "--out", str(tmp_path / "out"), "--preset", "tiny",
+                         "--allow-random-weights", "--products", "24", "--naive-products", "2", "--batch", "8",
+                         "--large-photos", "0", "--device", "cuda"])
+    assert r["decoding"] == "graphs" and r["project_per_s"] > 0 and r["device"] != "cpu"

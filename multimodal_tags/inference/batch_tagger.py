@@ -53,6 +53,9 @@ class BatchTagger:
                  tag_source: str = DEFAULT_TAG_SOURCE, decoder: str = "auto", ask_keys: Sequence[str] = ()):
         settings = settings or RunConfig()
         device = settings.device or "cpu"  # the encoders' device: the tagger runs beside them
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: no GPU is visible to torch on this machine (use the CPU: leave "
+                             f"--device out)")
         self.model = Tagger.load(model_dir).to(device)
         if self.model.decoder is not None:
             self.model.decoder.set_decoding(resolve_decoding(settings.decoding, device))
