@@ -1,4 +1,5 @@
-"""H&M's labels in the Myntra model's vocabulary, for experiments/new_shop.py.
+"""H&M's articles for the new-shop experiments (experiments/new_shop.py, new_shop_colour_bound.py): their
+rows, the fixed pool/test split both use, and their labels in the Myntra model's vocabulary.
 
 H&M's `product_type_name` maps to a Myntra article type (the model's category) and `colour_group_name`
 to a Myntra base colour (the model's `colour:` tag); `index_group_name` gives the gender where it is
@@ -6,6 +7,11 @@ unambiguous. Only confident pairs are mapped: a type or colour with no clear Myn
 Other accessories, "Divided", Baby/Children, ...) is left out of the scores and counted, never guessed.
 """
 from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+from pathlib import Path
 
 #: H&M product_type_name -> Myntra articleType
 TYPES = {
@@ -38,6 +44,17 @@ GENDERS = {"Ladieswear": "Women", "Menswear": "Men"}
 
 #: the tag keys whose truth the map gives (new_shop.py's reviewer judges these, and the category)
 KEYS = ("colour", "gender")
+
+
+def articles(data: Path) -> list[dict]:
+    """The rows of H&M's articles.csv.gz in the hm-interactions folder `data`."""
+    with gzip.open(data / "articles.csv.gz", "rt", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def half(article: dict) -> str:
+    """The experiments' fixed 50/50 split by a hash of the article id: "pool" (reviewed) or "test"."""
+    return "pool" if int(hashlib.sha256(article["article_id"].encode()).hexdigest(), 16) % 2 == 0 else "test"
 
 
 def truth(article: dict) -> tuple[str | None, dict[str, str]]:

@@ -21,9 +21,6 @@ Writes OUT/results.json and OUT/results.md.
 from __future__ import annotations
 
 import argparse
-import csv
-import gzip
-import hashlib
 import json
 import random
 import shutil
@@ -46,7 +43,7 @@ from multimodal_tags.models.tagger import Tagger
 from multimodal_tags.tagging.tag_store import TagStore
 
 from experiments.common import benchmark_catalog, default_cache, markdown_table, run_facts
-from experiments.hm_map import KEYS, truth
+from experiments.hm_map import KEYS, articles, half, truth
 
 SIZES = (100, 300, 1000)
 BOOTSTRAP = 1000
@@ -57,8 +54,7 @@ def shop_products(data: Path, model: Tagger) -> tuple[list[Product], dict]:
     the model; tags of the mapped keys), split into pool and test; and the counts of what was mapped."""
     categories = {c.lower(): c for c in model.categories}
     vocab = {t.lower(): t for t in model.tags}
-    with gzip.open(data / "articles.csv.gz", "rt", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+    rows = articles(data)
     products, counts = [], {"articles": len(rows), "category_mapped": 0, "colour_mapped": 0, "gender_mapped": 0}
     for r in rows:
         category, values = truth(r)
@@ -67,9 +63,8 @@ def shop_products(data: Path, model: Tagger) -> tuple[list[Product], dict]:
         counts["category_mapped"] += category is not None
         for key in KEYS:
             counts[f"{key}_mapped"] += any(tag_key(t) == key for t in tags)
-        half = int(hashlib.sha256(r["article_id"].encode()).hexdigest(), 16) % 2
         products.append(Product(id=r["article_id"], title=r["prod_name"], description=r["detail_desc"],
-                                category=category, tags=tags, split="pool" if half == 0 else "test"))
+                                category=category, tags=tags, split=half(r)))
     return products, counts
 
 

@@ -20,9 +20,6 @@ Writes OUT/results.json.
 from __future__ import annotations
 
 import argparse
-import csv
-import gzip
-import hashlib
 import json
 import random
 import re
@@ -30,16 +27,11 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from experiments.common import markdown_table, run_facts
-from experiments.hm_map import truth
+from experiments.hm_map import articles, half, truth
 
 SIZES = (100, 300, 1000)
 SEEDS = 20
 PSEUDO_COUNTS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0)
-
-
-def articles(data: Path) -> list[dict]:
-    with gzip.open(data / "articles.csv.gz", "rt", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 def names_colour(article: dict) -> bool:
@@ -51,13 +43,12 @@ def names_colour(article: dict) -> bool:
 
 def labelled_halves(rows: list[dict]) -> tuple[list[tuple], list[tuple]]:
     """(product type, mapped colour) of the articles with a mapped colour, in new_shop.py's pool and test."""
-    pool, test = [], []
+    halves = {"pool": [], "test": []}
     for r in rows:
         _, values = truth(r)
         if "colour" in values:
-            half = int(hashlib.sha256(r["article_id"].encode()).hexdigest(), 16) % 2
-            (pool if half == 0 else test).append((r["product_type_name"], values["colour"]))
-    return pool, test
+            halves[half(r)].append((r["product_type_name"], values["colour"]))
+    return halves["pool"], halves["test"]
 
 
 def accuracy(answer, test: list[tuple]) -> float:
