@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from multimodal_tags.config import ModelConfig
+from multimodal_tags.config import DECODING_MODES, ModelConfig
 from multimodal_tags.data.catalog import read_catalog
 from multimodal_tags.data.images import check_image, load_image
 from multimodal_tags.data.importers import myntra, run_import
@@ -55,7 +55,7 @@ from multimodal_tags.models.factory import create_image_encoder
 from multimodal_tags.models.image_encoders import TimmImageEncoder
 from multimodal_tags.models.onnx_text import onnx_available
 from multimodal_tags.models.presets import get_preset
-from multimodal_tags.models.static_decode import DECODING_MODES, resolve_decoding
+from multimodal_tags.models.static_decode import resolve_decoding
 from multimodal_tags.models.tagger import Tagger, build_tokenizer
 from multimodal_tags.tagging.tag_job import batches
 
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> dict:
     products, root = load_products(a)
     model_dir = build_model(products, preset, a.out, a.model, a.image_size, a.allow_random_weights)
     settings = RunConfig(precision=a.precision, allow_random_weights=a.allow_random_weights, progress=False,
-                         log=lambda s: None, device=device if device == "cuda" else None,
+                         log=lambda s: None, device=device,
                          decoding=resolve_decoding(a.decoding, device))
     return run(a, device, preset, products, root, model_dir, settings)
 

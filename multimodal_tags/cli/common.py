@@ -26,10 +26,9 @@ def run_settings(a: argparse.Namespace):
     """The run settings every feature-reading command shares, from its arguments."""
     from ..features.settings import RunConfig
 
-    device = getattr(a, "device", None)
     return RunConfig(cache_dir=getattr(a, "cache", None), allow_random_weights=a.allow_random_weights,
                      progress=not getattr(a, "quiet", False), precision=getattr(a, "precision", "auto"),
-                     device=device if device == "cuda" else None, decoding=getattr(a, "decoding", "auto"))
+                     device=getattr(a, "device", None), decoding=getattr(a, "decoding", "auto"))
 
 
 def report_import(result, path: str, summary: str) -> int:

@@ -24,7 +24,8 @@ class RunConfig:
     cache_dir: str | Path | None = None  # None: features-cache beside the catalog
     precision: str = "auto"  # encoders' inference precision: auto, fp32, bf16, fp16, int8 (part of the cache key)
     allow_random_weights: bool = False  # accept tiny-*/@random encoders (tests, from-scratch work)
-    device: str | None = None  # where the encoders (and, when tagging, the tagger) run: None (the CPU) or "cuda"
+    # where the encoders (and, when tagging, the tagger) run: None or "cpu" (the CPU), or "cuda"
+    device: str | None = None
     # how the tag decoder runs (models/static_decode.py): auto ("graphs" on a GPU, "dynamic" on a CPU),
     # dynamic, static or graphs
     decoding: str = "auto"
