@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from multimodal_tags.config import WORD_SCORE_FINALS
 from multimodal_tags.train.finetune_image import ImageFinetuneConfig
 from multimodal_tags.train.finetune_text import FinetuneConfig
 from multimodal_tags.train.recipe import load_recipe
@@ -73,7 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--image-finetune-stages", type=int, help="trunk stages tuned (+ conv_head)")
     ap.add_argument("--word-score-folds", type=int, help="cross-fitting folds of the word-score SVMs")
     ap.add_argument("--word-score-tol", type=float, help="liblinear's stopping tolerance for them")
-    ap.add_argument("--word-score-final", choices=("refit", "average"),
+    ap.add_argument("--word-score-final", choices=WORD_SCORE_FINALS,
                     help="SVMs that score val and test: refit on the whole split, or the folds' mean")
     ap.add_argument("--quick", action="store_true", help="a small subset and 2 epochs, for tests")
     return ap.parse_args(argv)

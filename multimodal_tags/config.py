@@ -11,6 +11,13 @@ from typing import Any
 import yaml
 
 
+# how TagDecoder.generate runs (models/static_decode.py): finished rows leave the batch, a pre-allocated
+# KV cache at fixed shapes, or that with CUDA graphs
+DECODING_MODES = ("dynamic", "static", "graphs")
+# the SVMs that score val, test and new products (TrainConfig.word_score_final)
+WORD_SCORE_FINALS = ("refit", "average")
+
+
 @dataclass
 class DecoderConfig:
     """The GPT-2 tag decoder (models/decoder.py)."""

@@ -184,6 +184,7 @@ def _add_evaluate(sub) -> None:
 
 
 def _add_tag(sub) -> None:
+    from ..config import DECODING_MODES
     from ..tagging.tag_job import TAG_BATCH_SIZE
 
     sp = sub.add_parser("tag", help="tag a whole catalog (streaming, resumable) into JSONL and optionally a store")
@@ -210,7 +211,7 @@ def _add_tag(sub) -> None:
                          "default: none on 2 cores or fewer, else 1, up to 8 feeding a GPU)")
     sp.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                     help="where the encoders and the tagger run (cuda: the current GPU)")
-    sp.add_argument("--decoding", choices=("auto", "dynamic", "static", "graphs"), default="auto",
+    sp.add_argument("--decoding", choices=("auto", *DECODING_MODES), default="auto",
                     help="the GPT-2 decoder's loop: auto (graphs on a GPU, dynamic on a CPU), dynamic (finished "
                          "rows leave the batch), static (a pre-allocated KV cache) or graphs (static + CUDA graphs)")
     add_reads_features(sp)

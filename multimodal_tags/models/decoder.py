@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from ..config import DecoderConfig
+from ..config import DECODING_MODES, DecoderConfig
 from .encoder_base import WeightsUnavailable
-from .static_decode import DECODING_MODES, StaticSteps, generate_static
+from .static_decode import StaticSteps, generate_static
 from .tag_tokenizer import TagTokenizer, tag_key
 
 # Open vocabulary: BPE tokens a tag may take, at most (positions and generation steps are sized by it).

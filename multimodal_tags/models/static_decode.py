@@ -17,7 +17,8 @@ import logging
 import torch
 from transformers import StaticCache
 
-DECODING_MODES = ("dynamic", "static", "graphs")
+from ..config import DECODING_MODES
+
 SYNC_EVERY = 4  # steps between checks that every row has finished (each check waits for the device)
 
 log = logging.getLogger(__name__)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import WORD_SCORE_FINALS
 from .linear_svms import fit_svms
 
 
@@ -61,8 +62,8 @@ def cross_fitted_scores(ids: np.ndarray, y: np.ndarray, buckets: int, folds: int
     `extra_ids` are further texts of training products (`extra_of`: the row of each one's product),
     such as copies with label words masked: each is scored by the SVMs of its product's held-out fold,
     which never saw that product; their scores follow the products' in the returned scores."""
-    if final not in ("refit", "average"):
-        raise ValueError(f"final must be 'refit' or 'average', not {final!r}")
+    if final not in WORD_SCORE_FINALS:
+        raise ValueError(f"final must be one of {', '.join(WORD_SCORE_FINALS)}, not {final!r}")
     n = ids.shape[0]
     order = np.random.default_rng(seed).permutation(n)
     scores = np.zeros(y.shape, dtype=np.float32)
