@@ -9,7 +9,7 @@
 (c) the project's path: `BatchTagger.tag_stream` on the same batches, as `mmtags tag` runs it: from an
     empty feature cache (features written to it), photos at the model's `image_size`, decoded ahead by
     as many processes as `mmtags tag` starts on this machine (none on 2 cores), the project's
-    constrained KV-cache decoding; also timed with the other choice (one process, or none), into a
+    constrained KV-cache decoding, its encoders compiled (`--compile`, models/compiled.py); also timed with the other choice (one process, or none), into a
     second empty cache.
 Where the model's photo size is not the stock one, (b) also runs at the model's size ("stock at the
 model's photo size"): the part of the speed that is the smaller photo, not the code. On the same
@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from multimodal_tags.config import DECODING_MODES, ModelConfig
+from multimodal_tags.config import COMPILE_MODES, DECODING_MODES, ModelConfig
 from multimodal_tags.data.catalog import read_catalog
 from multimodal_tags.data.images import check_image, load_image
 from multimodal_tags.data.importers import myntra, run_import
@@ -51,6 +51,7 @@ from multimodal_tags.features.prefetch import default_workers
 from multimodal_tags.features.source import FeatureSource
 from multimodal_tags.inference.batch_tagger import BatchTagger
 from multimodal_tags.inference.rows import prediction_rows, score_rows
+from multimodal_tags.models.encoder_base import Encoder
 from multimodal_tags.models.factory import create_image_encoder
 from multimodal_tags.models.image_encoders import TimmImageEncoder
 from multimodal_tags.models.onnx_text import onnx_available
@@ -111,24 +112,29 @@ def stock_encoders(encoders: EncoderSet) -> SimpleNamespace:
 
 @contextlib.contextmanager
 def stock_modules(encoders):
-    """The encoders as their libraries run them: no batch norms folded into convolutions (the project's
-    fp32 lever, models/bn_fold.py)."""
+    """The encoders as their libraries run them: eager, with no batch norms folded into convolutions (the
+    project's levers: models/compiled.py, and models/bn_fold.py for fp32)."""
     timm_encoders = [m for m in encoders.image.modules() if isinstance(m, TimmImageEncoder)]
-    before = [m.fold for m in timm_encoders]
+    every = [m for enc in (encoders.text, encoders.image) for m in enc.modules() if isinstance(m, Encoder)]
+    before = [m.fold for m in timm_encoders], [m._compiled for m in every]
     for m in timm_encoders:
         m.fold = False
+    for m in every:
+        m._compiled = None
     try:
         yield
     finally:
-        for m, fold in zip(timm_encoders, before):
+        for m, fold in zip(timm_encoders, before[0]):
             m.fold = fold
+        for m, compiled in zip(every, before[1]):
+            m._compiled = compiled
 
 
 def stock_batch(tagger: Tagger, encoders, products, root: Path, model_id: str) -> list[dict]:
     """One batch through the stock calls: PIL decode, each encoder's `encode`, the tagger, stock generate."""
     images = [load_image(p.image, root) for p in products]
-    text = encoders.text.encode([p.text for p in products]).pooled
     with stock_modules(encoders):
+        text = encoders.text.encode([p.text for p in products]).pooled
         image = encoders.image.encode(images).pooled
     ones = np.ones(len(products), dtype=bool)
     source = FeatureSource(products, {"text": text.numpy(), "image": image.numpy(), "has_text": ones,
@@ -278,6 +284,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help="(c): processes decoding the photos ahead (default: what `mmtags tag` starts here)")
     ap.add_argument("--image-size", type=int, help="photo side of the preset's random model (default: the preset's)")
     ap.add_argument("--precision", default="auto", help="encoders: auto (bf16 where the CPU has it), fp32, bf16")
+    ap.add_argument("--compile", choices=COMPILE_MODES, default="on",
+                    help="the project's encoders through torch.compile (default on: what `auto` does for a catalog "
+                         "of 20,000 products or more; compiling is part of the untimed warm-up, project_warmup_s)")
     ap.add_argument("--allow-random-weights", action="store_true", help="tests: tiny random encoders")
     ap.add_argument("--large-photos", type=int, default=512,
                     help="products timed again with their photos upscaled to 1,500-3,000 px (0: skip)")
@@ -293,7 +302,7 @@ def main(argv: list[str] | None = None) -> dict:
     products, root = load_products(a)
     model_dir = build_model(products, preset, a.out, a.model, a.image_size, a.allow_random_weights)
     settings = RunConfig(precision=a.precision, allow_random_weights=a.allow_random_weights, progress=False,
-                         log=lambda s: None, device=device,
+                         log=lambda s: None, device=device, compile=a.compile,
                          decoding=resolve_decoding(a.decoding, device))
     return run(a, device, preset, products, root, model_dir, settings)
 
@@ -336,7 +345,7 @@ def run(a, device: str, preset: str, products, root: Path, model_dir: Path, sett
                "preset": preset, "tagger_weights": str(a.model) if a.model else "random (timing only)",
                "encoder_weights": ("random (timing only)" if encoders.text.random_weights or encoders.image.random_weights
                                    else "pretrained"),
-               "decoding": settings.decoding, "project_warmup_s": round(warmup_s, 2),
+               "decoding": settings.decoding, "compile": settings.compile, "project_warmup_s": round(warmup_s, 2),
                "products": len(products), "naive_products": min(a.naive_products, len(products)), "batch": a.batch,
                "image_size": _input_side(encoders.image), "stock_image_size": _input_side(stock.image),
                "naive_per_s": round(naive, 2), "stock_per_s": round(stock_rate, 2),

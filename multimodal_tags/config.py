@@ -16,6 +16,9 @@ import yaml
 DECODING_MODES = ("dynamic", "static", "graphs")
 # the SVMs that score val, test and new products (TrainConfig.word_score_final)
 WORD_SCORE_FINALS = ("refit", "average")
+# whether the encoders' inference runs through torch.compile (models/compiled.py): auto (jobs of many
+# products on a CPU), on or off
+COMPILE_MODES = ("auto", "on", "off")
 
 
 @dataclass

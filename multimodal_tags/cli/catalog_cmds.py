@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from .common import add_image_checks, no_products, print_issues
+from .common import add_compile, add_image_checks, no_products, print_issues
 
 
 def cmd_import(a: argparse.Namespace) -> int:
@@ -76,7 +76,8 @@ def cmd_features(a: argparse.Namespace) -> int:
     cache_dir = Path(a.cache) if a.cache else default_cache_dir(a.catalog)
     max_length, image_size = _feature_sizes(a)
     encoders = EncoderSet(a.text_encoder, a.image_encoder, max_length, image_size, a.precision,
-                          a.allow_random_weights, device=a.device if a.device != "auto" else default_device())
+                          a.allow_random_weights, device=a.device if a.device != "auto" else default_device(),
+                          compile=a.compile)
     all_stats = []
     with FeatureCache(cache_dir) as cache:
         if encoders.text is not None:
@@ -171,6 +172,7 @@ def _add_features(sub) -> None:
     sp.add_argument("--precision", default="auto",
                     help="auto, fp32, bf16, fp16 or int8 (text through ONNX Runtime; part of the cache key)")
     sp.add_argument("--device", default="auto")
+    add_compile(sp)
     sp.add_argument("--allow-random-weights", action="store_true", help="accept tiny-*/@random encoders")
     sp.add_argument("--quiet", action="store_true", help="no progress bars")
     sp.set_defaults(func=cmd_features)

@@ -85,6 +85,7 @@ def encode_text_items(texts: dict[str, str], encoder: HFTextEncoder, cache: Feat
     if not todo:
         return stats
     start = time.perf_counter()
+    encoder.expect(len(todo))
     lengths = encoder.token_lengths([texts[h] for h in todo])
     order = [todo[i] for i in np.argsort(lengths, kind="stable")]
     encoder.eval()
@@ -152,6 +153,7 @@ def encode_images(products: Sequence[Product], encoder: ImageEncoder, cache: Fea
         return _encode_through_trunk(products, encoder, cache, key, todo, image_root, stats,
                                      batch_size=batch_size, num_workers=num_workers, progress=progress)
     start = time.perf_counter()
+    encoder.expect(len(todo))
     num_workers = default_workers(encoder.device.type) if num_workers is None else num_workers
     ready = [(h, *decoded[h]) for h in todo if h in decoded] if decoded else []
     to_read = [h for h in todo if not decoded or h not in decoded]

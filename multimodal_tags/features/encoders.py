@@ -25,16 +25,17 @@ class EncoderSet:
     precision: str = "auto"
     allow_random_weights: bool = False
     device: str | None = None  # None: where the factory puts them (the CPU)
+    compile: str = "auto"  # torch.compile for inference (models/compiled.py): auto, on or off
     text_dim: int | None = None
     image_dim: int | None = None
     _built: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def for_model(cls, cfg: ModelConfig, precision: str = "auto", allow_random_weights: bool = False,
-                  device: str | None = None) -> "EncoderSet":
+                  device: str | None = None, compile: str = "auto") -> "EncoderSet":
         """The encoders a model config was trained on (on `device`; None: the CPU)."""
         return cls(cfg.text_encoder, cfg.image_encoder, cfg.text_max_length, cfg.image_size, precision,
-                   allow_random_weights, device, text_dim=cfg.text_dim, image_dim=cfg.image_dim)
+                   allow_random_weights, device, compile, text_dim=cfg.text_dim, image_dim=cfg.image_dim)
 
     @property
     def text(self) -> HFTextEncoder | None:
@@ -60,6 +61,7 @@ class EncoderSet:
         if self.device is not None:
             encoder = encoder.to(self.device)
         encoder.set_precision(self.precision)
+        encoder.set_compile(self.compile)
         require_pretrained(encoder, self.allow_random_weights)
         if expected_dim is not None and encoder.dim != expected_dim:
             raise ValueError(f"{modality} encoder {encoder.spec} gives {encoder.dim}-d vectors, config says "

@@ -29,6 +29,8 @@ class RunConfig:
     # how the tag decoder runs (models/static_decode.py): auto ("graphs" on a GPU, "dynamic" on a CPU),
     # dynamic, static or graphs
     decoding: str = "auto"
+    # the encoders through torch.compile (models/compiled.py): auto (CPU jobs of 20,000 products or more), on, off
+    compile: str = "auto"
     progress: bool = True  # progress bars
     log: Callable[[str], None] = field(default=print, repr=False)
 
@@ -38,4 +40,4 @@ class RunConfig:
 
     def encoders_for(self, cfg: ModelConfig) -> EncoderSet:
         """The encoders of a model config, with these settings' precision and weights check."""
-        return EncoderSet.for_model(cfg, self.precision, self.allow_random_weights, self.device)
+        return EncoderSet.for_model(cfg, self.precision, self.allow_random_weights, self.device, self.compile)

@@ -68,6 +68,17 @@ class ColourDescribed(ImageEncoder):
     def cache_id(self) -> str:
         return self.base.cache_id() + SUFFIX
 
+    def set_precision(self, precision: str) -> "ColourDescribed":
+        self.base.set_precision(precision)  # the CNN runs under this wrapper's autocast; its compiling asks
+        return super().set_precision(precision)
+
+    def set_compile(self, mode: str) -> "ColourDescribed":
+        self.base.set_compile(mode)  # the CNN is compiled; the histogram stays eager
+        return super().set_compile(mode)
+
+    def expect(self, items: int) -> None:
+        self.base.expect(items)
+
     def preprocessing_id(self) -> str:
         return self.base.preprocessing_id() + f"|colour-hist-{BINS}"
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .compiled import CompiledInference, resolve_compile
+
 
 class WeightsUnavailable(RuntimeError):
     """Pretrained weights were asked for and could not be loaded; the message says how to supply them."""
@@ -80,6 +82,43 @@ class Encoder(nn.Module):
         return self
 
     has_int8 = False  # whether `encode` has an int8 path (the text encoders on a CPU, through ONNX Runtime)
+
+    compile_mode: str = "off"  # torch.compile for inference (models/compiled.py): auto, on or off
+    compiled_dynamic_dim: int | None = None  # an input dimension the compiled graph leaves dynamic
+    _compiled: CompiledInference | None = None
+
+    def set_compile(self, mode: str) -> "Encoder":
+        """Whether jobs run this encoder compiled (auto, on, off); `expect` decides per job."""
+        resolve_compile(mode, 0)  # checks the name
+        self.compile_mode, self._compiled = mode, None
+        return self
+
+    def expect(self, items: int) -> None:
+        """Told that a job is about to encode `items` texts or photos: compiles the inference where
+        `compile_mode` says so for a job that size (kept for later jobs)."""
+        if self._compiled is None and self.supports_compile and resolve_compile(self.compile_mode, items, self.device):
+            self._compiled = CompiledInference(self.pooled_inference, self.spec, self.compiled_dynamic_dim)
+
+    supports_compile = False  # subclasses that define `pooled_inference` for CompiledInference
+
+    def pooled_inference(self, *tensors: torch.Tensor) -> torch.Tensor:
+        """The pooled vectors of preprocessed inputs: what CompiledInference compiles."""
+        raise NotImplementedError
+
+    def compiled_runner(self) -> CompiledInference | None:
+        """The compiled inference, where `expect` made one and this is inference (eval, no gradients)."""
+        if self._compiled is None or self.training or torch.is_grad_enabled():
+            return None
+        return self._compiled
+
+    def train(self, mode: bool = True) -> "Encoder":
+        if mode:  # weights may change: the frozen graph would keep the old ones
+            self._compiled = None
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._compiled = None  # another device or dtype: the frozen graph holds the old weights
+        return super()._apply(fn, *args, **kwargs)
 
     def autocast(self):
         """Context for torch inference at `self.precision` (no-op for fp32, and for int8, whose int8 path

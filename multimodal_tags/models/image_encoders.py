@@ -96,7 +96,19 @@ class TimmImageEncoder(ImageEncoder):
         self.transform = timm_transform(self.model, size)
         return self
 
+    @property
+    def supports_compile(self) -> bool:
+        # fp32 folds its batch norms eagerly (bn_fold.py), which measured faster than inductor's graph
+        return self.precision in ("bf16", "fp16")
+
+    def pooled_inference(self, pixels: torch.Tensor) -> torch.Tensor:
+        # the trunk itself: inductor's freezing folds its batch norms
+        return self.model.forward_head(self.model.forward_features(pixels), pre_logits=True)
+
     def forward(self, pixels: torch.Tensor, return_tokens: bool = False) -> EncoderOutput:
+        runner = None if return_tokens else self.compiled_runner()
+        if runner is not None:
+            return EncoderOutput(runner(pixels))
         model = self._folded(pixels) if self._may_fold() else self.model
         fmap = model.forward_features(pixels)
         pooled = model.forward_head(fmap, pre_logits=True)

@@ -80,9 +80,17 @@ class HFTextEncoder(Encoder):
         batch = {k: v.to(self.device) for k, v in self.tokenize(texts).items()}
         if not return_tokens and self._onnx_ready(batch):
             return EncoderOutput(self._onnx(batch["input_ids"], batch["attention_mask"]))
+        runner = None if return_tokens else self.compiled_runner()
         with self.autocast():
+            if runner is not None:
+                return _as_float(EncoderOutput(runner(batch["input_ids"], batch["attention_mask"])))
             out = self(batch["input_ids"], batch["attention_mask"], return_tokens=return_tokens)
         return _as_float(out)
+
+    supports_compile, compiled_dynamic_dim = True, 1  # the batch's token length varies
+
+    def pooled_inference(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self(input_ids, attention_mask).pooled
 
     def _onnx_ready(self, batch: dict[str, torch.Tensor]) -> bool:
         """Whether ONNX Runtime computes this encoder's vectors: exported on the first fp32 CPU batch, and

@@ -26,6 +26,7 @@ from ..data.validate import Limits
 from ..features.settings import RunConfig
 from ..inference.batch_tagger import BatchTagger
 from ..inference.rows import DEFAULT_TAG_SOURCE
+from ..models.compiled import resolve_compile
 from .shards import Shard, current_shard, gather_counts, merge_shards, wait_for_everyone
 from .tag_store import TagStore
 
@@ -187,10 +188,22 @@ def tag_catalog(model_dir: str | Path, catalog_path: str | Path, out_path: str |
     settings, options = settings or RunConfig(), options or TagConfig()
     catalog_path, out = Path(catalog_path), Path(out_path)
     check_catalog_file(catalog_path)  # before anything is written
+    settings = _compile_for(settings, catalog_path)
     shard = current_shard()
     if shard.world == 1:
         return _tag_stream(model_dir, catalog_path, out, store_path, settings, options, rejects_path, shard)
     return _tag_sharded(model_dir, catalog_path, out, store_path, settings, options, rejects_path, shard)
+
+
+def _compile_for(settings: RunConfig, catalog_path: Path) -> RunConfig:
+    """`auto` compiles the encoders for a catalog of COMPILE_MIN_ITEMS rows or more: each batch is a small
+    job, the catalog is not (models/compiled.py)."""
+    if settings.compile != "auto":
+        return settings
+    with open(catalog_path, "rb") as f:
+        rows = sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
+    return dataclasses.replace(settings, compile="on") if resolve_compile("auto", rows, settings.device or "cpu") \
+        else settings
 
 
 def _tag_sharded(model_dir, catalog_path: Path, out: Path, store_path, settings: RunConfig, options: TagConfig,
