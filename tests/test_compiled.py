@@ -39,15 +39,16 @@ def test_compiled_text_encoder_gives_eager_vectors_for_every_batch_size_and_leng
 
 
 def test_compiled_cnn_in_bf16_keeps_its_vectors_and_fp32_keeps_the_folded_trunk():
-    encoder = create_image_encoder("timm:resnet10t@random").set_precision("bf16").set_compile("on").eval()
+    encoder = create_image_encoder("timm:resnet10t@random+colour").set_precision("bf16").set_compile("on").eval()
     pixels = torch.randn(5, 3, 32, 32)
     with torch.no_grad():
         reference = encoder.embed(pixels).pooled
         encoder.expect(1)
         encoder.embed(pixels[:2])  # compiled at batches of 2; 5 rows are 2 + 2 + 1 padded
         vectors = encoder.embed(pixels).pooled
-    assert encoder._compiled.graph is not None
+    assert encoder._compiled.graph is not None and encoder.base._compiled.graph is not None  # histogram and CNN
     assert torch.nn.functional.cosine_similarity(vectors, reference).min() > 0.99
+    torch.testing.assert_close(vectors[:, -512:], reference[:, -512:])  # the histogram: the same values
     fp32 = create_image_encoder("timm:resnet10t@random").set_precision("fp32").set_compile("on")
     fp32.expect(10 ** 6)
     assert fp32._compiled is None  # fp32: the eagerly folded trunk measured faster

@@ -97,12 +97,13 @@ class Encoder(nn.Module):
         """Told that a job is about to encode `items` texts or photos: compiles the inference where
         `compile_mode` says so for a job that size (kept for later jobs)."""
         if self._compiled is None and self.supports_compile and resolve_compile(self.compile_mode, items, self.device):
-            self._compiled = CompiledInference(self.pooled_inference, self.spec, self.compiled_dynamic_dim)
+            self._compiled = CompiledInference(self.compiled_part, self.spec, self.compiled_dynamic_dim)
 
-    supports_compile = False  # subclasses that define `pooled_inference` for CompiledInference
+    supports_compile = False  # subclasses that define `compiled_part` for CompiledInference
 
-    def pooled_inference(self, *tensors: torch.Tensor) -> torch.Tensor:
-        """The pooled vectors of preprocessed inputs: what CompiledInference compiles."""
+    def compiled_part(self, *tensors: torch.Tensor) -> torch.Tensor:
+        """What CompiledInference compiles, from preprocessed inputs: the pooled vectors (a wrapper such as
+        ColourDescribed: its own part of them)."""
         raise NotImplementedError
 
     def compiled_runner(self) -> CompiledInference | None:

@@ -101,7 +101,7 @@ class TimmImageEncoder(ImageEncoder):
         # fp32 folds its batch norms eagerly (bn_fold.py), which measured faster than inductor's graph
         return self.precision in ("bf16", "fp16")
 
-    def pooled_inference(self, pixels: torch.Tensor) -> torch.Tensor:
+    def compiled_part(self, pixels: torch.Tensor) -> torch.Tensor:
         # the trunk itself: inductor's freezing folds its batch norms
         return self.model.forward_head(self.model.forward_features(pixels), pre_logits=True)
 

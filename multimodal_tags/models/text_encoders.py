@@ -89,7 +89,7 @@ class HFTextEncoder(Encoder):
 
     supports_compile, compiled_dynamic_dim = True, 1  # the batch's token length varies
 
-    def pooled_inference(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def compiled_part(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self(input_ids, attention_mask).pooled
 
     def _onnx_ready(self, batch: dict[str, torch.Tensor]) -> bool:
