@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--precision", default="auto", help="encoders: auto (bf16 where the CPU has it), fp32, bf16")
     ap.add_argument("--compile", choices=COMPILE_MODES, default="on",
                     help="the project's encoders through torch.compile (default on: what `auto` does for a catalog "
-                         "of 20,000 products or more; compiling is part of the untimed warm-up, project_warmup_s)")
+                         "of 50,000 products or more; compiling is part of the untimed warm-up, project_warmup_s)")
     ap.add_argument("--allow-random-weights", action="store_true", help="tests: tiny random encoders")
     ap.add_argument("--large-photos", type=int, default=512,
                     help="products timed again with their photos upscaled to 1,500-3,000 px (0: skip)")

@@ -41,6 +41,26 @@ def test_a_large_jpeg_is_decoded_small_and_the_model_sees_nearly_the_same_pixels
     assert error is None and np.allclose(tensor_steps(array).numpy(), via_files.numpy())
 
 
+def test_a_batch_normalised_at_once_holds_the_same_pixels_as_each_photo_transformed():
+    import torch
+
+    from multimodal_tags.features.pixels import PixelSteps
+    from multimodal_tags.models.factory import create_image_encoder
+
+    transform = create_image_encoder("timm:resnet10t@random").set_image_size(64).transform  # timm's own steps
+    rng = np.random.default_rng(0)
+    photos = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((80, 60), (64, 64), (50, 90))]
+    steps = PixelSteps(transform)
+    assert steps.batched
+    batch = steps.stack([steps.photo(p) for p in photos])
+    assert torch.equal(batch, torch.stack([transform(p) for p in photos]))  # bit for bit
+    assert batch.is_contiguous(memory_format=torch.channels_last)  # the CNNs' layout, without a copy
+    mixed = steps.stack([steps.photo(photos[1]), transform(photos[2])])  # decoded ahead + read here
+    assert torch.equal(mixed, torch.stack([transform(photos[1]), transform(photos[2])]))
+    other = PixelSteps(TRANSFORM)  # no Normalize: run whole
+    assert not other.batched and isinstance(other.photo(photos[0]), torch.Tensor)
+
+
 def test_an_augmented_view_decodes_at_full_size(tmp_path):
     files = ImageFiles([("h", _large_jpeg(tmp_path))], tmp_path, TRANSFORM, augment_view=1)
     assert files.side is None

@@ -72,7 +72,7 @@ def add_reads_features(sp) -> None:
 def add_compile(sp) -> None:
     sp.add_argument("--compile", default="auto", choices=COMPILE_MODES,
                     help="run the encoders through torch.compile, faster after 10-30 s of compiling each: auto "
-                         "(on a CPU, for jobs of 20,000 products or more), on, or off")
+                         "(on a CPU, for jobs of 50,000 products or more), on, or off")
 
 
 def add_image_checks(sp) -> None:

@@ -23,6 +23,7 @@ from ..data.images import ImageError, load_image
 from ..data.schema import Product
 from ..models.image_encoders import ImageEncoder
 from ..models.text_encoders import HFTextEncoder
+from .pixels import PixelSteps
 from .prefetch import Decoded, default_workers, draft_side
 
 
@@ -101,11 +102,13 @@ def encode_text_items(texts: dict[str, str], encoder: HFTextEncoder, cache: Feat
 
 
 class ImageFiles(Dataset):
-    """(image hash, pixels or None, error) for each image to encode; decoding runs in workers."""
+    """(image hash, pixels or None, error) for each image to encode; decoding runs in workers. With `steps`
+    (a PixelSteps of the transform), pixels are what its `photo` gives, for its `stack` to batch."""
 
-    def __init__(self, items: list[tuple[str, str]], root: Path, transform, augment_view: int | None = None):
+    def __init__(self, items: list[tuple[str, str]], root: Path, transform, augment_view: int | None = None,
+                 steps: PixelSteps | None = None):
         self.items, self.root, self.transform = items, root, transform
-        self.augment_view = augment_view
+        self.augment_view, self.per_photo = augment_view, steps.photo if steps is not None else transform
         # an augmented view may crop and enlarge a small part: decode those at full size
         self.side = draft_side(transform) if augment_view is None else None
 
@@ -118,7 +121,7 @@ class ImageFiles(Dataset):
             image = load_image(ref, self.root, self.side)
             if self.augment_view is not None:
                 image = augment_image(image, view_seed(image_hash, self.augment_view))
-            return image_hash, self.transform(image), None
+            return image_hash, self.per_photo(image), None
         except ImageError as e:
             return image_hash, None, str(e)
 
@@ -157,7 +160,9 @@ def encode_images(products: Sequence[Product], encoder: ImageEncoder, cache: Fea
     num_workers = default_workers(encoder.device.type) if num_workers is None else num_workers
     ready = [(h, *decoded[h]) for h in todo if h in decoded] if decoded else []
     to_read = [h for h in todo if not decoded or h not in decoded]
-    loader = DataLoader(ImageFiles([(h, refs[h]) for h in to_read], Path(image_root), encoder.transform, augment_view),
+    steps = PixelSteps(encoder.transform)  # to-tensor and normalise once per batch
+    loader = DataLoader(ImageFiles([(h, refs[h]) for h in to_read], Path(image_root), encoder.transform, augment_view,
+                                   steps),
                         batch_size=batch_size, num_workers=num_workers if to_read else 0, collate_fn=collate_images)
     encoder.eval()
     with tqdm(total=len(todo), desc=f"image {encoder.spec}", unit="img", disable=not progress) as bar:
@@ -165,7 +170,7 @@ def encode_images(products: Sequence[Product], encoder: ImageEncoder, cache: Fea
             ok = [(h, x) for h, x, err in batch if err is None]
             stats.failed += [(owners[h], err) for h, x, err in batch if err is not None]
             if ok:
-                pixels = torch.stack([x for _, x in ok]).to(encoder.device)
+                pixels = steps.stack([x for _, x in ok]).to(encoder.device)
                 vectors = encoder.embed(pixels).pooled.cpu().numpy()
                 cache.put(key, [h for h, _ in ok], vectors)
                 stats.encoded += len(ok)

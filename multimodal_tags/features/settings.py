@@ -29,7 +29,7 @@ class RunConfig:
     # how the tag decoder runs (models/static_decode.py): auto ("graphs" on a GPU, "dynamic" on a CPU),
     # dynamic, static or graphs
     decoding: str = "auto"
-    # the encoders through torch.compile (models/compiled.py): auto (CPU jobs of 20,000 products or more), on, off
+    # the encoders through torch.compile (models/compiled.py): auto (CPU jobs of 50,000 products or more), on, off
     compile: str = "auto"
     progress: bool = True  # progress bars
     log: Callable[[str], None] = field(default=print, repr=False)

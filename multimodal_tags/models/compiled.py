@@ -4,8 +4,10 @@ Eager PyTorch runs an encoder one operator at a time; inductor fuses the element
 norms, the batch norms of a CNN) into the matrix products around it, and with `freezing` it treats the
 weights as constants, folds the batch norms and pre-packs the weights for oneDNN. On the 2-core EPYC in
 bf16, batches of 64 (docs/performance.md, "the encoders compiled"): MiniLM-L6 at 48 tokens 141 -> 87 ms,
-EfficientNet-Lite0 at 128 px 139 -> 66 ms. Compiling costs 10-30 s an encoder, about what it saves on
-20,000 products, so `auto` compiles only for jobs that large (COMPILE_MIN_ITEMS).
+EfficientNet-Lite0 at 128 px 139 -> 66 ms. Compiling costs about 12 s for the text encoder and 20 s for
+the CNN, and a job saves about 0.4 ms a text and 0.45 ms a photo: it pays from 30,000-45,000 items (the
+Myntra benchmark's 43,000 texts and photos, compiled, gained 5 s and nothing). So `auto` compiles only for
+jobs of COMPILE_MIN_ITEMS or more; `on` is for long-running taggers, whose compiling is paid once.
 
 One graph serves every batch: batches are cut to the first batch's size and the last is padded to it
 (a CNN compiled with a dynamic batch took minutes to compile); a text encoder's length stays dynamic.
@@ -22,7 +24,7 @@ from torch import nn
 
 from ..config import COMPILE_MODES
 
-COMPILE_MIN_ITEMS = 20_000  # `auto` compiles for jobs of at least this many texts or photos to encode
+COMPILE_MIN_ITEMS = 50_000  # `auto` compiles for jobs of at least this many texts or photos to encode
 MIN_COSINE = 0.99  # as the ONNX Runtime path: the vectors share the eager encoder's cache key
 
 
