@@ -30,9 +30,9 @@ def test_compiled_text_encoder_gives_eager_vectors_for_every_batch_size_and_leng
     fast = create_text_encoder("tiny-bert").set_precision("fp32").set_compile("on")
     fast.load_state_dict(eager.state_dict())
     fast.expect(1)
-    for batch in (TEXTS[:3], TEXTS, TEXTS[3:4], TEXTS[:2] * 4 + TEXTS[:1]):  # the first fixes the size: 3
+    for batch in (TEXTS[:3], TEXTS, TEXTS[3:4], TEXTS * 9):  # a graph for 64 rows: padded, or 72 cut to 64 + 8
         torch.testing.assert_close(fast.encode(batch).pooled, eager.encode(batch).pooled, rtol=1e-4, atol=1e-5)
-    assert fast._compiled.graph is not None and fast._compiled.size == 3  # compiled and used, not refused
+    assert fast._compiled.graph is not None and fast._compiled.size == 64  # compiled and used, not refused
     assert fast.encode(TEXTS[:2], return_tokens=True).tokens is not None  # token states: eager, as before
     fast.train()
     assert fast._compiled is None  # weights may change: the frozen graph is dropped
@@ -44,7 +44,7 @@ def test_compiled_cnn_in_bf16_keeps_its_vectors_and_fp32_keeps_the_folded_trunk(
     with torch.no_grad():
         reference = encoder.embed(pixels).pooled
         encoder.expect(1)
-        encoder.embed(pixels[:2])  # compiled at batches of 2; 5 rows are 2 + 2 + 1 padded
+        encoder.embed(pixels[:2])  # compiled for batches of 64, these 2 rows padded
         vectors = encoder.embed(pixels).pooled
     assert encoder._compiled.graph is not None and encoder.base._compiled.graph is not None  # histogram and CNN
     assert torch.nn.functional.cosine_similarity(vectors, reference).min() > 0.99

@@ -9,8 +9,9 @@ the CNN, and a job saves about 0.4 ms a text and 0.45 ms a photo: it pays from 3
 Myntra benchmark's 43,000 texts and photos, compiled, gained 5 s and nothing). So `auto` compiles only for
 jobs of COMPILE_MIN_ITEMS or more; `on` is for long-running taggers, whose compiling is paid once.
 
-One graph serves every batch: batches are cut to the first batch's size and the last is padded to it
-(a CNN compiled with a dynamic batch took minutes to compile); a text encoder's length stays dynamic.
+One graph serves every batch: batches are cut to the first batch's size (at least MIN_GRAPH_BATCH) and a
+smaller one is padded to it (a CNN compiled with a dynamic batch took minutes to compile); a text
+encoder's length stays dynamic.
 The first batch is also run eagerly, and a compiled encoder whose vectors do not agree (cosine under
 MIN_COSINE) or that fails to compile (no C++ compiler, an unsupported operator) is not used: the
 encoder runs eagerly, and says why once.
@@ -26,6 +27,7 @@ from ..config import COMPILE_MODES
 
 COMPILE_MIN_ITEMS = 50_000  # `auto` compiles for jobs of at least this many texts or photos to encode
 MIN_COSINE = 0.99  # as the ONNX Runtime path: the vectors share the eager encoder's cache key
+MIN_GRAPH_BATCH = 64  # a job that starts with a few items still gets a graph for full batches
 
 
 def resolve_compile(mode: str, items: int, device: torch.device | str = "cpu") -> bool:
@@ -61,22 +63,22 @@ class CompiledInference:
     def _chunk(self, *tensors: torch.Tensor) -> torch.Tensor:
         """One chunk of at most `size` rows, padded with copies of its last row to exactly `size`."""
         n = tensors[0].shape[0]
-        if n < self.size:
-            tensors = tuple(_padded(t, self.size) for t in tensors)
         with _frozen():
-            return self.graph(*tensors)[:n]
+            return self.graph(*(_padded(t, self.size) for t in tensors))[:n]
 
     def _first(self, *tensors: torch.Tensor) -> torch.Tensor:
         """Compile on this batch and keep the graph if its vectors agree with eager ones."""
         reference = self.fn(*tensors)
-        self.size = tensors[0].shape[0]
+        n = tensors[0].shape[0]
+        self.size = max(n, MIN_GRAPH_BATCH)
         try:
-            for t in tensors:  # e.g. the token ids and their mask: both lengths vary together
+            padded = tuple(_padded(t, self.size) for t in tensors)
+            for t in padded:  # e.g. the token ids and their mask: both lengths vary together
                 if self.dynamic_dim is not None and t.ndim > self.dynamic_dim and t.shape[self.dynamic_dim] > 2:
                     torch._dynamo.mark_dynamic(t, self.dynamic_dim)
             self.graph = torch.compile(self.fn, dynamic=False if self.dynamic_dim is None else None)
             with _frozen():
-                out = self.graph(*tensors)
+                out = self.graph(*padded)[:n]
         except Exception as e:  # noqa: BLE001 - inductor raises many kinds; eager always works
             return self._give_up(f"it did not compile ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
                                  reference)
@@ -95,6 +97,8 @@ class CompiledInference:
 def _padded(t: torch.Tensor, size: int) -> torch.Tensor:
     """`t` with copies of its last row up to `size` rows, in its memory format (the graph's guards check
     strides: a photo batch is channels-last)."""
+    if t.shape[0] >= size:
+        return t
     channels_last = t.ndim == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
     padded = torch.cat([t, t[-1:].expand(size - t.shape[0], *t.shape[1:])])
     return padded.contiguous(memory_format=torch.channels_last) if channels_last else padded
