@@ -9,8 +9,8 @@
 (c) the project's path: `BatchTagger.tag_stream` on the same batches, as `mmtags tag` runs it: from an
     empty feature cache (features written to it), photos at the model's `image_size`, decoded ahead by
     as many processes as `mmtags tag` starts on this machine (none on 2 cores), the project's
-    constrained KV-cache decoding, its encoders compiled (`--compile`, models/compiled.py); also timed with the other choice (one process, or none), into a
-    second empty cache.
+    constrained KV-cache decoding, its encoders compiled (`--compile`, models/compiled.py); also timed
+    with the other choice (one process, or none), into a second empty cache.
 Where the model's photo size is not the stock one, (b) also runs at the model's size ("stock at the
 model's photo size"): the part of the speed that is the smaller photo, not the code. On the same
 inputs the paths give the same tags in float32 (tests); here the share of products with the same
@@ -22,8 +22,9 @@ GPT-2 small; with --allow-random-weights their architectures with random weights
 timing: `timing_config`), batches of 256 and the decoder at fixed shapes with CUDA graphs
 (`--decoding`, models/static_decode.py). Unless --model names a trained folder, the tagger's own
 weights are random (the output says so). Every path is warmed up untimed at the timed batch shape
-(the project on a throwaway cache: `warm_up`); the project's timed runs start from empty caches. Also measured in the same run: FLOPs per product (torch.utils.flop_counter on one stock batch),
-the device's float32 matmul rate, and peak memory. Writes OUT/results.json and OUT/results.md.
+(the project on a throwaway cache: `warm_up`); the project's timed runs start from empty caches. Also
+measured in the same run: FLOPs per product (torch.utils.flop_counter on one stock batch), the device's
+float32 matmul rate, and peak memory. Writes OUT/results.json and OUT/results.md.
 """
 from __future__ import annotations
 
@@ -51,7 +52,6 @@ from multimodal_tags.features.prefetch import default_workers
 from multimodal_tags.features.source import FeatureSource
 from multimodal_tags.inference.batch_tagger import BatchTagger
 from multimodal_tags.inference.rows import prediction_rows, score_rows
-from multimodal_tags.models.encoder_base import Encoder
 from multimodal_tags.models.factory import create_image_encoder
 from multimodal_tags.models.image_encoders import TimmImageEncoder
 from multimodal_tags.models.onnx_text import onnx_available
@@ -115,19 +115,15 @@ def stock_modules(encoders):
     """The encoders as their libraries run them: eager, with no batch norms folded into convolutions (the
     project's levers: models/compiled.py, and models/bn_fold.py for fp32)."""
     timm_encoders = [m for m in encoders.image.modules() if isinstance(m, TimmImageEncoder)]
-    every = [m for enc in (encoders.text, encoders.image) for m in enc.modules() if isinstance(m, Encoder)]
-    before = [m.fold for m in timm_encoders], [m._compiled for m in every]
+    folds = [m.fold for m in timm_encoders]
     for m in timm_encoders:
         m.fold = False
-    for m in every:
-        m._compiled = None
     try:
-        yield
+        with encoders.text.eager(), encoders.image.eager():
+            yield
     finally:
-        for m, fold in zip(timm_encoders, before[0]):
+        for m, fold in zip(timm_encoders, folds):
             m.fold = fold
-        for m, compiled in zip(every, before[1]):
-            m._compiled = compiled
 
 
 def stock_batch(tagger: Tagger, encoders, products, root: Path, model_id: str) -> list[dict]:

@@ -50,6 +50,10 @@ def test_compiled_text_encoder_gives_eager_vectors_for_every_batch_size_and_leng
     for batch in (TEXTS[:3], TEXTS, TEXTS[3:4], TEXTS * 9):  # a graph for 64 rows: padded, or 72 cut to 64 + 8
         torch.testing.assert_close(fast.encode(batch).pooled, eager.encode(batch).pooled, rtol=1e-4, atol=1e-5)
     assert fast._compiled.graph is not None and fast._compiled.size == 64  # compiled and used, not refused
+    with torch.no_grad():
+        with fast.eager():  # comparisons (throughput.py's stock path) run eagerly, and the graph is kept
+            assert fast.compiled_runner() is None
+        assert fast.compiled_runner() is fast._compiled
     assert fast.encode(TEXTS[:2], return_tokens=True).tokens is not None  # token states: eager, as before
     fast.train()
     assert fast._compiled is None  # weights may change: the frozen graph is dropped

@@ -112,6 +112,20 @@ class Encoder(nn.Module):
             return None
         return self._compiled
 
+    @contextlib.contextmanager
+    def eager(self):
+        """Inference as eager PyTorch runs it, for comparisons: the compiled graphs of this encoder and of
+        the encoders inside it are set aside meanwhile, then kept as they were."""
+        inner = [m for m in self.modules() if isinstance(m, Encoder)]
+        kept = [m._compiled for m in inner]
+        for m in inner:
+            m._compiled = None
+        try:
+            yield self
+        finally:
+            for m, compiled in zip(inner, kept):
+                m._compiled = compiled
+
     def train(self, mode: bool = True) -> "Encoder":
         if mode:  # weights may change: the frozen graph would keep the old ones
             self._compiled = None
