@@ -61,6 +61,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="also train the fused model on frozen encoders, for comparison (its own features: ~10 min)")
     ap.add_argument("--finetune-products", type=int,
                     help="train products the text encoder is fine-tuned on (time budget: ~95/s on 2 cores)")
+    ap.add_argument("--finetune-masked-share", type=float,
+                    help="share of the texts the text encoder is fine-tuned on seen with some label words removed")
     ap.add_argument("--reuse-runs", action="store_true", help="keep runs that already finished (metrics.json)")
     ap.add_argument("--train-ablations", action="store_true",
                     help="train separate text-only and image-only models (default: hide a modality of the fused "
@@ -92,7 +94,8 @@ def _settings(a: argparse.Namespace) -> tuple:
                                                       word_score_tol=a.word_score_tol,
                                                       word_score_final=a.word_score_final))
     ft = dataclasses.replace(recipe.finetune_text or FinetuneConfig(),
-                             **_given(epochs=a.finetune_epochs, max_products=a.finetune_products))
+                             **_given(epochs=a.finetune_epochs, max_products=a.finetune_products,
+                                     masked_share=a.finetune_masked_share))
     ft_image = dataclasses.replace(recipe.finetune_image or ImageFinetuneConfig(),
                                    **_given(epochs=a.image_finetune_epochs, stages=a.image_finetune_stages))
     if a.quick:  # the tests' version: a small subset, 2 epochs, one epoch of image tuning

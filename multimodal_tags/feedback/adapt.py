@@ -178,7 +178,8 @@ def prepare_adapt_data(model: Tagger, catalog: Catalog, judged: list[Product], c
     """Features and labels of the judged products, a replay sample of the train split (built as `tcfg`,
     replay_config, says training built it), and val."""
     cfg, tcfg = model.cfg, tcfg or TrainConfig()
-    labels = LabelSpace(model.categories, model.tags, model.tokenizer, model.adversary_classes, model.required)
+    labels = LabelSpace(model.categories, model.tags, model.tokenizer, model.adversary_classes, model.required,
+                        model.required_exempt)
     catalog_source = encode_catalog(catalog, cfg, cache_dir, settings)
     idx = split_indices(catalog, tcfg.max_train_products)
     # the train split as training built it, masked copies included (only the word-score cache key needs them)

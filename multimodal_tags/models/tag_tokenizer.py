@@ -191,6 +191,8 @@ def load_tokenizer(folder: Path):
 #: A key is required for a category when at least this share of its training products carry it.
 REQUIRED_SHARE = 0.95
 ALL_CATEGORIES = "*"
+#: Products' worth of weight the all-products share keeps in a category's own share (exempt_keys).
+EXEMPT_PSEUDO_COUNT = 10
 
 
 def required_keys(categories: Sequence[str | None], tag_lists: Sequence[Sequence[str]],
@@ -212,4 +214,26 @@ def required_keys(categories: Sequence[str | None], tag_lists: Sequence[Sequence
         extra = frequent(lists) - everywhere if len(lists) >= min_products else set()
         if extra:
             out[c] = sorted(extra)
+    return out
+
+
+def exempt_keys(categories: Sequence[str | None], tag_lists: Sequence[Sequence[str]], everywhere: Sequence[str],
+                share: float = REQUIRED_SHARE, pseudo_count: float = EXEMPT_PSEUDO_COUNT) -> dict[str, list[str]]:
+    """{category: the keys of nearly all products (`everywhere`) that this category's products do not
+    nearly all carry}: a lipstick has no usage, a shoe lace no season. A category's share is shrunk towards
+    the key's share over all products by `pseudo_count` products, so a category of three products is not
+    exempted by one product's gap, while one of 17 that never carries the key is."""
+    counts: Counter[str] = Counter()
+    carried: Counter[tuple[str, str]] = Counter()
+    for c, tags in zip(categories, tag_lists):
+        if c:
+            counts[c] += 1
+            carried.update((c, k) for k in {tag_key(t) for t in tags if ":" in t})
+    total = sum(counts.values())
+    out: dict[str, list[str]] = {}
+    for key in everywhere:
+        overall = sum(carried[(c, key)] for c in counts) / max(total, 1)
+        for c, n in sorted(counts.items()):
+            if (carried[(c, key)] + pseudo_count * overall) / (n + pseudo_count) < share:
+                out.setdefault(c, []).append(key)
     return out

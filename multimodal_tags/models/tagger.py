@@ -75,11 +75,14 @@ class RawPrediction:
 
 class Tagger(nn.Module):
     def __init__(self, cfg: ModelConfig, categories: list[str], tags: list[str], tokenizer=None,
-                 adversary_classes: list[str] | None = None, required: dict[str, list[str]] | None = None):
+                 adversary_classes: list[str] | None = None, required: dict[str, list[str]] | None = None,
+                 required_exempt: dict[str, list[str]] | None = None):
         super().__init__()
         self.cfg, self.categories, self.tags = cfg, list(categories), list(tags)
         # keys answered for every product (tag_tokenizer.required_keys): {"*" or category: [key, ...]}
         self.required = {c: list(keys) for c, keys in (required or {}).items()}
+        # {category: keys of required["*"] it does not answer} (tag_tokenizer.exempt_keys)
+        self.required_exempt = {c: list(keys) for c, keys in (required_exempt or {}).items()}
         # a shop's own priors for the keys that must be answered, learned from its reviews (feedback/priors.py):
         # {fill source ("photo" or "head"): {key: {"temperature": T, "bias": {tag: b}}}}
         self.key_priors: dict[str, dict[str, dict]] = {}
@@ -273,7 +276,9 @@ class Tagger(nn.Module):
         `tag_probs` (from `source`, see fill_probabilities), through the shop's prior for that source and
         key where it has one (`key_priors`): what a prediction row reports where its tags say nothing of
         that key (inference/rows.py)."""
-        keys = dict.fromkeys([*self.required.get(ALL_CATEGORIES, []), *self.required.get(category, [])])
+        exempt = set(self.required_exempt.get(category, ()))
+        keys = dict.fromkeys([*(k for k in self.required.get(ALL_CATEGORIES, []) if k not in exempt),
+                              *self.required.get(category, [])])
         out = {}
         for key in keys:
             cols = self._key_columns.get(key)
@@ -327,6 +332,7 @@ class Tagger(nn.Module):
         tmp.mkdir(parents=True, exist_ok=True)
         meta = {"format": FORMAT, "model": to_dict(self.cfg), "categories": self.categories, "tags": self.tags,
                 "adversary_classes": self.adversary_classes, "required_keys": self.required,
+                "required_exempt": self.required_exempt,
                 "key_priors": self.key_priors}
         (tmp / "config.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False), encoding="utf-8")
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
@@ -343,7 +349,7 @@ class Tagger(nn.Module):
         cfg, meta = _read_config(folder)
         tokenizer = load_tokenizer(folder) if (folder / "tag_tokenizer.json").exists() else None
         model = cls(cfg, meta["categories"], meta["tags"], tokenizer, meta.get("adversary_classes"),
-                    meta.get("required_keys"))
+                    meta.get("required_keys"), meta.get("required_exempt"))
         model.set_key_priors(meta.get("key_priors") or {})
         weights = folder / "model.safetensors"
         try:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -12,7 +12,7 @@ from ..config import ModelConfig
 from ..data.schema import Product
 from ..features.source import FeatureSource
 from ..inference.thresholds import tag_matrix
-from ..models.tag_tokenizer import required_keys
+from ..models.tag_tokenizer import ALL_CATEGORIES, exempt_keys, required_keys
 from ..models.tagger import build_tokenizer, decoder_targets, price_target
 
 LABEL_FIELDS = ("decoder_ids", "adversary", "price")
@@ -27,6 +27,8 @@ class LabelSpace:
     tokenizer: object
     adversary_classes: list[str]
     required: dict[str, list[str]]  # keys answered for every product (tag_tokenizer.required_keys)
+    # the categories that do not answer some of required["*"] (tag_tokenizer.exempt_keys)
+    required_exempt: dict[str, list[str]] = field(default_factory=dict)
 
 
 def build_label_space(train: Sequence[Product], vocab: Sequence[str] | None, cfg: ModelConfig) -> LabelSpace:
@@ -35,8 +37,10 @@ def build_label_space(train: Sequence[Product], vocab: Sequence[str] | None, cfg
     tags = list(vocab) if vocab is not None else sorted({t for p in train for t in p.tags})
     adversary = sorted({str(p.extra.get(cfg.adversary_field)) for p in train
                         if cfg.adversary_field and p.extra.get(cfg.adversary_field) is not None})
-    return LabelSpace(categories, tags, build_tokenizer(cfg, tags, [p.tags for p in train]), adversary,
-                      required_keys([p.category for p in train], [p.tags for p in train]))
+    cats, tag_lists = [p.category for p in train], [p.tags for p in train]
+    required = required_keys(cats, tag_lists)
+    return LabelSpace(categories, tags, build_tokenizer(cfg, tags, tag_lists), adversary, required,
+                      exempt_keys(cats, tag_lists, required[ALL_CATEGORIES]))
 
 
 class FeatureDataset(Dataset):

@@ -22,11 +22,13 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from transformers import get_scheduler
 
 from ..config import ModelConfig
+from ..data.augment import view_seed
 from ..data.catalog import Catalog
+from ..data.masking import label_word_view
 from ..data.schema import Product
 from ..models.encoder_base import default_device
 from ..models.factory import create_text_encoder
@@ -43,6 +45,9 @@ class FinetuneConfig:
     warmup_ratio: float = 0.06
     freeze_layers: int = 0  # bottom transformer layers kept frozen (faster backward)
     max_products: int | None = None  # train on a random subset (time budget)
+    # share of texts, drawn again each epoch, seen as label-word views (data/masking.label_word_view): the
+    # encoder learns to find a category in words other than its name, as the masked copies teach the heads
+    masked_share: float = 0.0
     mixed_precision: str = "auto"
     seed: int = 0
 
@@ -64,7 +69,7 @@ def finetune_text_encoder(spec: str, train: Sequence[Product], categories: list[
     if cfg.max_products and len(products) > cfg.max_products:
         g = torch.Generator().manual_seed(cfg.seed)
         products = [products[i] for i in torch.randperm(len(products), generator=g)[:cfg.max_products].tolist()]
-    items = [(p.text, cat_index.get(p.category, -1), [tag_index[t] for t in p.tags if t in tag_index]) for p in products]
+    items = TrainTexts(products, cat_index, tag_index, cfg.masked_share, cfg.seed)
 
     def collate(batch):
         enc = encoder.tokenize([b[0] for b in batch])
@@ -86,6 +91,7 @@ def finetune_text_encoder(spec: str, train: Sequence[Product], categories: list[
     t0, seen = time.perf_counter(), 0
     for epoch in range(cfg.epochs):
         encoder.train()
+        items.epoch = epoch
         for step, (ids, mask, y_cat, y_tags) in enumerate(loader):
             pooled = encoder(ids, mask).pooled
             loss = F.cross_entropy(heads["category"](pooled).float(), y_cat, ignore_index=-1, label_smoothing=0.1)
@@ -107,6 +113,33 @@ def finetune_text_encoder(spec: str, train: Sequence[Product], categories: list[
     log(f"  fine-tuned {spec} on {len(items)} products x {cfg.epochs} epoch(s) in "
         f"{time.perf_counter() - t0:.0f}s -> {out_dir}")
     return out_dir
+
+
+class TrainTexts(Dataset):
+    """(text, category index, tag indices) of each product; with `masked_share`, a seeded share of the
+    texts, drawn again for each `epoch`, are label-word views that leave some of their labels unsaid."""
+
+    def __init__(self, products: Sequence[Product], cat_index: dict[str, int], tag_index: dict[str, int],
+                 masked_share: float = 0.0, seed: int = 0):
+        if not 0.0 <= masked_share <= 1.0:
+            raise ValueError(f"finetune_text.masked_share is {masked_share}: give a share between 0 and 1")
+        self.products, self.masked_share, self.seed, self.epoch = list(products), masked_share, seed, 0
+        self.labels = [(cat_index.get(p.category, -1), [tag_index[t] for t in p.tags if t in tag_index])
+                       for p in self.products]
+
+    def __len__(self) -> int:
+        return len(self.products)
+
+    def is_masked(self, i: int) -> bool:
+        """Whether product `i` is seen as a label-word view in this epoch."""
+        draw = view_seed(self.products[i].text_hash, 1_000_003 * self.seed + self.epoch)
+        return draw < self.masked_share * 0xFFFFFFFF
+
+    def __getitem__(self, i: int) -> tuple[str, int, list[int]]:
+        p = self.products[i]
+        if self.masked_share and self.is_masked(i):
+            p = label_word_view(p, view_seed(p.text_hash, 7919 * self.seed + self.epoch + 1))
+        return (p.text, *self.labels[i])
 
 
 def finetune_key(spec: str, train: Sequence[Product], ft: FinetuneConfig) -> str:

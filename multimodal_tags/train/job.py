@@ -138,7 +138,8 @@ def build_model(cfg: ModelConfig, tcfg: TrainConfig, data: SplitData, cache_dir:
     """A fresh Tagger for the label space, its IDF fitted and its word-score SVMs fitted (or read)."""
     set_seed(tcfg.seed)  # the initial weights depend on the seed alone, not on what ran before in this process
     labels = data.labels
-    model = Tagger(cfg, labels.categories, labels.tags, labels.tokenizer, labels.adversary_classes, labels.required)
+    model = Tagger(cfg, labels.categories, labels.tags, labels.tokenizer, labels.adversary_classes, labels.required,
+                   labels.required_exempt)
     if model.lexical is not None:
         model.lexical.fit_idf(data.train.lexical_ids[:data.train.n_original])  # as the SVMs: originals only
     with PartialState().main_process_first():  # one process fits (or reads) the word-score SVMs
