@@ -71,6 +71,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--image-size", type=int, help="photo side in pixels (default: the image encoder's own, 224)")
     ap.add_argument("--masked-copies", type=float,
                     help="share of train products with a masked-text copy (TrainConfig.masked_copies; 0: none)")
+    ap.add_argument("--masked-view", choices=("own", "key"),
+                    help="what a masked copy's text is silent about (TrainConfig.masked_view)")
     ap.add_argument("--image-finetune-epochs", type=int,
                     help="epochs of tuning the image trunk's last stages in the fine-tuned run (0: keep it frozen)")
     ap.add_argument("--image-finetune-stages", type=int, help="trunk stages tuned (+ conv_head)")
@@ -89,7 +91,7 @@ def _given(**fields) -> dict:
 def _settings(a: argparse.Namespace) -> tuple:
     """(model config, train config, text fine-tuning, image fine-tuning) of the recipe, flags applied."""
     recipe = load_recipe(a.recipe)
-    tcfg = dataclasses.replace(recipe.train, **_given(epochs=a.epochs, masked_copies=a.masked_copies,
+    tcfg = dataclasses.replace(recipe.train, **_given(epochs=a.epochs, masked_copies=a.masked_copies, masked_view=a.masked_view,
                                                       word_score_folds=a.word_score_folds,
                                                       word_score_tol=a.word_score_tol,
                                                       word_score_final=a.word_score_final))

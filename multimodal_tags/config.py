@@ -136,6 +136,9 @@ class TrainConfig:
     # share of train products that get one extra copy whose text is silent about some of their own labels
     # (train/masked_copies.py): the model learns to find in the photo what the words no longer say
     masked_copies: float = 0.0
+    # what a copy's text is silent about (data/masking.label_word_view): "own", the words of the product's own
+    # values of the chosen keys; "key", every word of every value of those keys in the train split
+    masked_view: str = "own"
     word_score_folds: int = 5  # cross-fitting folds of the word-score SVMs (ModelConfig.word_scores)
     # their regularisation (LinearSVC C); `experiments/linear_baseline.py --c` compares values (docs/experiments.md)
     word_score_c: float = 2.0

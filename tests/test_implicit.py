@@ -7,16 +7,18 @@ import torch
 
 from conftest import synthetic_catalog
 from multimodal_tags.config import TrainConfig
-from multimodal_tags.data.masking import (GENDER_WORDS, WordMask, category_words, colour_words, label_word_view,
-                                          mask_products, word_forms)
+from multimodal_tags.data.masking import (GENDER_WORDS, WordMask, category_words, colour_words, key_vocabularies,
+                                          label_word_view, mask_products, word_forms)
 from multimodal_tags.data.schema import Product
 from multimodal_tags.features import RunConfig
 from multimodal_tags.inference.rows import prediction_row
 from multimodal_tags.models.colour_descriptor import DIM, colour_histogram
 from multimodal_tags.models.factory import create_image_encoder
 from multimodal_tags.models.presets import get_preset
-from multimodal_tags.models.tag_tokenizer import required_keys
+from multimodal_tags.models.tag_tokenizer import exempt_keys, required_keys
+from multimodal_tags.models.tagger import Tagger
 from multimodal_tags.models.word_scores import cross_fitted_scores
+from multimodal_tags.train.finetune_text import TrainTexts
 from multimodal_tags.train.job import train_tagger
 
 SHIRT = Product("1", "Nike Men Navy-Blue Polo Tshirts", "A navy blue cotton T-shirt with short sleeves",
@@ -77,6 +79,54 @@ def test_required_keys_are_those_nearly_every_product_carries():
     req = required_keys(cats, tags)
     assert req["*"] == ["colour"]  # gender: 50 of 60 products, under 95%
     assert req["Shirts"] == ["gender", "sleeve length"] and "Watches" not in req  # 20 of 30 watches
+
+
+def test_categories_that_rarely_carry_a_key_of_all_products_are_exempt_from_answering_it(tmp_path):
+    cats = ["Shirts"] * 400 + ["Laces"] * 17 + ["Belts"] * 30 + ["Rings"] * 2
+    tags = ([["colour:blue", "usage:casual"]] * 400 + [["colour:black"]] * 17
+            + [["colour:brown", "usage:casual"]] * 29 + [["colour:brown"]] + [["colour:gold", "usage:casual"]] * 2)
+    req = required_keys(cats, tags)
+    assert req["*"] == ["colour", "usage"]  # 431 of 449 products carry usage
+    exempt = exempt_keys(cats, tags, req["*"])
+    assert exempt == {"Laces": ["usage"]}  # no lace has usage; one belt in 30 without it is no rule
+    model = Tagger(get_preset("tiny"), ["Laces", "Rings", "Shirts"], ["colour:black", "usage:casual"],
+                   required=req, required_exempt=exempt)
+    probs = torch.tensor([0.7, 0.6])
+    assert set(model.required_answers("Laces", probs)) == {"colour"}
+    assert set(model.required_answers("Rings", probs)) == {"colour", "usage"}
+    model.save(tmp_path / "m")
+    assert Tagger.load(tmp_path / "m").required_exempt == {"Laces": ["usage"]}
+
+
+def test_text_fine_tuning_sees_a_seeded_share_of_label_word_views_drawn_again_each_epoch():
+    products = [Product(str(i), f"Nike Men Navy Blue Polo Tshirts {i}", "navy blue cotton", category="Tshirts",
+                        tags=["colour:navy blue", "gender:men"]) for i in range(400)]
+    texts = TrainTexts(products, {"Tshirts": 0}, {"colour:navy blue": 0, "gender:men": 1}, masked_share=0.4)
+    first = {i for i in range(400) if texts.is_masked(i)}
+    assert 120 < len(first) < 200
+    assert texts[0][1:] == (0, [0, 1])  # labels unchanged
+    assert all(len(texts[i][0]) <= len(products[i].text) for i in first)
+    assert any(texts[i][0] != products[i].text for i in first)
+    texts.epoch = 1
+    assert {i for i in range(400) if texts.is_masked(i)} != first
+    plain = TrainTexts(products, {"Tshirts": 0}, {}, masked_share=0.0)
+    assert [plain[i][0] for i in range(400)] == [p.text for p in products]
+    with pytest.raises(ValueError, match="masked_share"):
+        TrainTexts(products, {}, {}, masked_share=1.5)
+
+
+def test_a_view_silent_about_a_key_loses_the_words_of_all_its_values_not_only_its_own():
+    other = Product("2", "Puma Women White Dress", "white and red print", category="Dresses",
+                    tags=["colour:white", "gender:women", "pattern:printed"])
+    shirt = Product("1", "Nike Men Navy Blue Polo Tshirts", "navy blue with white buttons and red print",
+                    category="Tshirts", tags=["colour:navy blue", "gender:men", "pattern:printed"])
+    vocabularies = key_vocabularies([shirt, other])
+    views = [label_word_view(shirt, seed, drop=1.0, vocabularies=vocabularies) for seed in range(3)]
+    assert views[0].title == "Nike Polo" and views[0].description == "with buttons and red print"  # not labels
+    own = label_word_view(shirt, 0, drop=1.0)
+    assert own.description == "with white buttons and red print"  # another colour's word stays
+    kept = label_word_view(shirt, 0, drop=0.0, vocabularies=vocabularies)
+    assert kept.text == shirt.text
 
 
 def test_rows_fill_required_keys_the_tags_leave_unanswered_and_say_so():

@@ -101,16 +101,39 @@ def mask_products(products: Iterable[Product], base_words: Iterable[str] = (),
     return out
 
 
-def label_word_view(p: Product, seed: int, drop: float = 0.5) -> Product:
-    """A training view of `p` whose text is silent about some of its own labels: the words of its
-    category name, and of each of its tag keys' values, are removed each with probability `drop`
-    (seeded, so a view is the same on every run). Teaches a model to find what the words no longer say
+CATEGORY_GROUP = "\x00category"  # label_word_view's group of the category name (tag keys are the others)
+
+
+def key_vocabularies(products: Iterable[Product]) -> dict[str, WordMask]:
+    """{group: a mask of every word of every name the group has in `products`}: the category names
+    (CATEGORY_GROUP) and, per tag key, all of its values: what `label_word_view` removes to make a text
+    silent about a key, not just about the product's own value of it."""
+    names: dict[str, set[str]] = {CATEGORY_GROUP: set()}
+    for p in products:
+        if p.category:
+            names[CATEGORY_GROUP].add(p.category)
+        for t in p.tags:
+            names.setdefault(t.split(":", 1)[0] if ":" in t else t, set()).add(tag_value(t))
+    return {group: WordMask(name_words(values)) for group, values in names.items()}
+
+
+def label_word_view(p: Product, seed: int, drop: float = 0.5,
+                    vocabularies: dict[str, WordMask] | None = None) -> Product:
+    """A training view of `p` whose text is silent about some of its own labels: its category and each of
+    its tag keys are chosen with probability `drop` (seeded, so a view is the same on every run), and the
+    words of a chosen one are removed: the product's own value's words, or with `vocabularies`
+    (key_vocabularies) every word of every value of it, so that "white buttons" does not stay behind in
+    a navy shirt's text made silent about colour. Teaches a model to find what the words no longer say
     in the photo, and to stop trusting word evidence that is absent."""
     import random
 
     rng = random.Random(seed)
-    groups: dict[str, list[str]] = {"\x00category": [p.category or ""]}
+    groups: dict[str, list[str]] = {CATEGORY_GROUP: [p.category or ""]}
     for t in p.tags:
         groups.setdefault(t.split(":", 1)[0] if ":" in t else t, []).append(tag_value(t))
-    words = set().union(*(name_words(names) for _, names in sorted(groups.items()) if rng.random() < drop))
-    return WordMask(words).product(p)
+    chosen = [(group, names) for group, names in sorted(groups.items()) if rng.random() < drop]
+    if vocabularies is None:
+        return WordMask(set().union(*(name_words(names) for _, names in chosen))).product(p)
+    for group, names in chosen:
+        p = (vocabularies.get(group) or WordMask(name_words(names))).product(p)
+    return p

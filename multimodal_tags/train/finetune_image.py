@@ -98,7 +98,7 @@ def _train_tail(side: ImageSide, maps: torch.Tensor, y_cat: torch.Tensor, y_tags
             optimizer.step()
             schedule.step()
             optimizer.zero_grad()
-            total += float(loss) * len(rows)
+            total += loss.item() * len(rows)
         log(f"  image fine-tune epoch {epoch}: loss {total / len(maps):.4f} in {time.perf_counter() - t0:.0f}s")
 
 

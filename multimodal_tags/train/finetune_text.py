@@ -110,7 +110,8 @@ def finetune_text_encoder(spec: str, train: Sequence[Product], categories: list[
         core.model.to(torch.float16).save_pretrained(str(out_dir))
         core.tokenizer.save_pretrained(str(out_dir))
     accelerator.wait_for_everyone()
-    log(f"  fine-tuned {spec} on {len(items)} products x {cfg.epochs} epoch(s) in "
+    views = f" ({cfg.masked_share:.0%} of texts as label-word views)" if cfg.masked_share else ""
+    log(f"  fine-tuned {spec} on {len(items)} products x {cfg.epochs} epoch(s){views} in "
         f"{time.perf_counter() - t0:.0f}s -> {out_dir}")
     return out_dir
 

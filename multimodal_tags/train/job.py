@@ -100,7 +100,7 @@ def prepare_views(products, cfg: ModelConfig, tcfg: TrainConfig, cache_dir: str 
 # What rebuilding the train split exactly as training built it takes (feedback/adapt.py replays it, and
 # finds the word-score cross-fitting in the cache only when the split, its masked copies and the SVM
 # settings are the same): recorded in the model folder's lineage.json.
-REPLAY_SETTINGS = ("seed", "max_train_products", "masked_copies", "word_score_folds", "word_score_c",
+REPLAY_SETTINGS = ("seed", "max_train_products", "masked_copies", "masked_view", "word_score_folds", "word_score_c",
                    "word_score_tol", "word_score_final")
 
 
@@ -114,7 +114,7 @@ def copies_maker(catalog: Catalog, cfg: ModelConfig, tcfg: TrainConfig, cache_di
     if tcfg.masked_copies <= 0:
         return None
     return lambda train: masked_copies(train, tcfg.masked_copies, tcfg.seed, settings.encoders_for(cfg), cache_dir,
-                                       catalog.image_root, cfg, settings.log)
+                                       catalog.image_root, cfg, settings.log, view=tcfg.masked_view)
 
 
 def prepare_data(catalog: Catalog, cfg: ModelConfig, tcfg: TrainConfig, cache_dir: Path, settings: RunConfig,
