@@ -221,8 +221,8 @@ def exempt_keys(categories: Sequence[str | None], tag_lists: Sequence[Sequence[s
                 share: float = REQUIRED_SHARE, pseudo_count: float = EXEMPT_PSEUDO_COUNT) -> dict[str, list[str]]:
     """{category: the keys of nearly all products (`everywhere`) that this category's products do not
     nearly all carry}: a lipstick has no usage, a shoe lace no season. A category's share is shrunk towards
-    the key's share over all products by `pseudo_count` products, so a category of three products is not
-    exempted by one product's gap, while one of 17 that never carries the key is."""
+    the key's share over all products by `pseudo_count` products, so a category of a few products that all
+    carry the key keeps it, while one of 17 that never carries it is exempt."""
     counts: Counter[str] = Counter()
     carried: Counter[tuple[str, str]] = Counter()
     for c, tags in zip(categories, tag_lists):
