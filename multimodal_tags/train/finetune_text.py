@@ -65,11 +65,7 @@ def finetune_text_encoder(spec: str, train: Sequence[Product], categories: list[
     if cfg.freeze_layers:
         model.embeddings.requires_grad_(False)
     cat_index, tag_index = {c: i for i, c in enumerate(categories)}, {t: i for i, t in enumerate(tags)}
-    products = list(train)
-    if cfg.max_products and len(products) > cfg.max_products:
-        g = torch.Generator().manual_seed(cfg.seed)
-        products = [products[i] for i in torch.randperm(len(products), generator=g)[:cfg.max_products].tolist()]
-    items = TrainTexts(products, cat_index, tag_index, cfg.masked_share, cfg.seed)
+    items = TrainTexts(_sample(train, cfg), cat_index, tag_index, cfg.masked_share, cfg.seed)
 
     def collate(batch):
         enc = encoder.tokenize([b[0] for b in batch])
@@ -114,6 +110,15 @@ def finetune_text_encoder(spec: str, train: Sequence[Product], categories: list[
     log(f"  fine-tuned {spec} on {len(items)} products x {cfg.epochs} epoch(s){views} in "
         f"{time.perf_counter() - t0:.0f}s -> {out_dir}")
     return out_dir
+
+
+def _sample(train: Sequence[Product], cfg: FinetuneConfig) -> list[Product]:
+    """`train`, or a seeded random subset of `cfg.max_products` of it (time budget)."""
+    products = list(train)
+    if cfg.max_products and len(products) > cfg.max_products:
+        g = torch.Generator().manual_seed(cfg.seed)
+        products = [products[i] for i in torch.randperm(len(products), generator=g)[:cfg.max_products].tolist()]
+    return products
 
 
 class TrainTexts(Dataset):
