@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from multimodal_tags.config import WORD_SCORE_FINALS
+from multimodal_tags.config import MASKED_VIEWS, WORD_SCORE_FINALS
 from multimodal_tags.train.finetune_image import ImageFinetuneConfig
 from multimodal_tags.train.finetune_text import FinetuneConfig
 from multimodal_tags.train.recipe import load_recipe
@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--image-size", type=int, help="photo side in pixels (default: the image encoder's own, 224)")
     ap.add_argument("--masked-copies", type=float,
                     help="share of train products with a masked-text copy (TrainConfig.masked_copies; 0: none)")
-    ap.add_argument("--masked-view", choices=("own", "key"),
+    ap.add_argument("--masked-view", choices=MASKED_VIEWS,
                     help="what a masked copy's text is silent about (TrainConfig.masked_view)")
     ap.add_argument("--image-finetune-epochs", type=int,
                     help="epochs of tuning the image trunk's last stages in the fine-tuned run (0: keep it frozen)")

@@ -19,6 +19,8 @@ WORD_SCORE_FINALS = ("refit", "average")
 # whether the encoders' inference runs through torch.compile (models/compiled.py): auto (jobs of many
 # products on a CPU), on or off
 COMPILE_MODES = ("auto", "on", "off")
+# what a masked copy's text is silent about (TrainConfig.masked_view, data/masking.label_word_view)
+MASKED_VIEWS = ("own", "key")
 
 
 @dataclass

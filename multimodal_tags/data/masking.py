@@ -49,6 +49,11 @@ def name_words(names: Iterable[str]) -> set[str]:
     return out
 
 
+def tag_group(tag: str) -> str:
+    """The key of a `key:value` tag (the whole tag when it has no key): what label_word_view groups by."""
+    return tag.split(":", 1)[0] if ":" in tag else tag
+
+
 def tag_value(tag: str) -> str:
     """The value of a `key:value` tag (the whole tag when it has no key)."""
     return tag.split(":", 1)[1] if ":" in tag else tag
@@ -113,7 +118,7 @@ def key_vocabularies(products: Iterable[Product]) -> dict[str, WordMask]:
         if p.category:
             names[CATEGORY_GROUP].add(p.category)
         for t in p.tags:
-            names.setdefault(t.split(":", 1)[0] if ":" in t else t, set()).add(tag_value(t))
+            names.setdefault(tag_group(t), set()).add(tag_value(t))
     return {group: WordMask(name_words(values)) for group, values in names.items()}
 
 
@@ -130,7 +135,7 @@ def label_word_view(p: Product, seed: int, drop: float = 0.5,
     rng = random.Random(seed)
     groups: dict[str, list[str]] = {CATEGORY_GROUP: [p.category or ""]}
     for t in p.tags:
-        groups.setdefault(t.split(":", 1)[0] if ":" in t else t, []).append(tag_value(t))
+        groups.setdefault(tag_group(t), []).append(tag_value(t))
     chosen = [(group, names) for group, names in sorted(groups.items()) if rng.random() < drop]
     if vocabularies is None:
         return WordMask(set().union(*(name_words(names) for _, names in chosen))).product(p)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import ModelConfig
+from ..config import MASKED_VIEWS, ModelConfig
 from ..data.augment import view_seed
 from ..data.feature_cache import FeatureCache
 from ..data.masking import key_vocabularies, label_word_view
@@ -22,7 +22,6 @@ from ..features.encoders import EncoderSet
 from ..features.source import FeatureSource
 
 COPY_SUFFIX = "#masked"
-MASKED_VIEWS = ("own", "key")
 
 
 def masked_copies(train: FeatureSource, share: float, seed: int, encoders: EncoderSet, cache_dir: str | Path,
