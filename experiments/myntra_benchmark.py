@@ -73,6 +73,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="share of train products with a masked-text copy (TrainConfig.masked_copies; 0: none)")
     ap.add_argument("--masked-view", choices=MASKED_VIEWS,
                     help="what a masked copy's text is silent about (TrainConfig.masked_view)")
+    ap.add_argument("--photo-hidden", type=int,
+                    help="width of the photo head's hidden layer (ModelConfig.photo_hidden; 0: linear)")
     ap.add_argument("--image-finetune-epochs", type=int,
                     help="epochs of tuning the image trunk's last stages in the fine-tuned run (0: keep it frozen)")
     ap.add_argument("--image-finetune-stages", type=int, help="trunk stages tuned (+ conv_head)")
@@ -111,8 +113,7 @@ def _settings(a: argparse.Namespace) -> tuple:
 def plan_runs(a: argparse.Namespace, out: Path, catalog: Path, cache: Path, log) -> tuple[list, list[dict], dict]:
     """(runs, jobs to train, results of runs reused): each run is (name, modalities, fine-tuning)."""
     cfg, tcfg, ft, ft_image = _settings(a)
-    if a.image_size:
-        cfg = dataclasses.replace(cfg, image_size=a.image_size)
+    cfg = dataclasses.replace(cfg, **_given(image_size=a.image_size or None, photo_hidden=a.photo_hidden))
     if a.quick:  # a small lexical table keeps --quick quick
         cfg = dataclasses.replace(cfg, lexical_buckets=1 << 14)
     # the fused models; text-only and image-only rows come from hiding a modality of each fused model at

@@ -102,17 +102,21 @@ class PhotoHead(nn.Module):
     logits, as the word scores add the text's. Per tag, not one global weight: the photo can lead on
     colour while the words lead on fabric."""
 
-    def __init__(self, image_dim: int, n_tags: int, n_categories: int, dropout: float = 0.1, init_weight: float = 0.5):
+    def __init__(self, image_dim: int, n_tags: int, n_categories: int, dropout: float = 0.1, init_weight: float = 0.5,
+                 hidden: int = 0):
         super().__init__()
         self.n_tags = n_tags
         self.norm, self.drop = nn.LayerNorm(image_dim), nn.Dropout(dropout)
-        self.linear = nn.Linear(image_dim, n_tags + n_categories)
+        # hidden > 0: one GELU layer first (ModelConfig.photo_hidden); 0 keeps the linear head of older models
+        self.hidden = (nn.Sequential(nn.Linear(image_dim, hidden), nn.GELU(), nn.Dropout(dropout))
+                       if hidden > 0 else nn.Identity())
+        self.linear = nn.Linear(hidden or image_dim, n_tags + n_categories)
         self.tag_weight = nn.Parameter(torch.full((n_tags,), init_weight))
         self.category_weight = nn.Parameter(torch.full((n_categories,), init_weight))
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(tag logits [b, n_tags], category logits [b, n_categories])."""
-        logits = self.linear(self.drop(self.norm(image)))
+        logits = self.linear(self.hidden(self.drop(self.norm(image))))
         return logits[:, :self.n_tags], logits[:, self.n_tags:]
 
     def biases(self, tag_logits: torch.Tensor, category_logits: torch.Tensor,

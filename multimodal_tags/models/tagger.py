@@ -111,8 +111,8 @@ class Tagger(nn.Module):
         self.adversary_classes = list(adversary_classes or [])
         self.adversary = AdversaryHead(cfg.dim, len(self.adversary_classes)) if self.adversary_classes else None
         self.price_head = nn.Linear(cfg.dim, 1) if cfg.price_field else None
-        self.photo_head = (PhotoHead(cfg.image_dim, len(self.tags), len(self.categories), cfg.dropout)
-                           if cfg.photo_scores else None)
+        self.photo_head = (PhotoHead(cfg.image_dim, len(self.tags), len(self.categories), cfg.dropout,
+                                     hidden=cfg.photo_hidden) if cfg.photo_scores else None)
 
     # ---- forward and losses -------------------------------------------------------------------------
     def forward(self, batch: Batch, drop_modalities: bool = False) -> dict[str, torch.Tensor]:
