@@ -170,12 +170,23 @@ def test_training_with_masked_copies_and_the_photo_head(shop, tmp_path):
     assert "required_keys" in model_cfg
 
 
+def test_photo_head_hidden_layer_is_optional():
+    from multimodal_tags.models.heads import PhotoHead
+
+    linear = PhotoHead(12, 5, 3)
+    assert sorted(linear.state_dict()) == ["category_weight", "linear.bias", "linear.weight", "norm.bias",
+                                           "norm.weight", "tag_weight"]  # the older models' keys: they still load
+    deep = PhotoHead(12, 5, 3, hidden=8).eval()
+    tags, categories = deep(torch.randn(4, 12))
+    assert tags.shape == (4, 5) and categories.shape == (4, 3) and deep.linear.in_features == 8
+
+
 def test_no_photo_or_no_text_still_gets_tags_and_required_keys(shop, tmp_path):
     from multimodal_tags.data.catalog import read_catalog, write_catalog
     from multimodal_tags.inference.batch_tagger import BatchTagger
 
     cfg = get_preset("tiny")
-    cfg.photo_scores = True
+    cfg.photo_scores, cfg.photo_hidden = True, 16  # the hidden layer saves, loads and tags too
     settings = RunConfig(allow_random_weights=True, log=lambda s: None, progress=False)
     train_tagger(shop, tmp_path / "run", cfg, TrainConfig(epochs=1, batch_size=16, seed=1), settings)
     catalog = read_catalog(shop)
