@@ -75,6 +75,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="what a masked copy's text is silent about (TrainConfig.masked_view)")
     ap.add_argument("--photo-hidden", type=int,
                     help="width of the photo head's hidden layer (ModelConfig.photo_hidden; 0: linear)")
+    ap.add_argument("--photo-lr", type=float, help="the photo head's learning rate (TrainConfig.photo_lr)")
+    ap.add_argument("--photo-value-weight", type=float,
+                    help="its single-valued keys' softmax loss (TrainConfig.photo_value_weight; 0: BCE alone)")
     ap.add_argument("--image-finetune-epochs", type=int,
                     help="epochs of tuning the image trunk's last stages in the fine-tuned run (0: keep it frozen)")
     ap.add_argument("--image-finetune-stages", type=int, help="trunk stages tuned (+ conv_head)")
@@ -96,7 +99,8 @@ def _settings(a: argparse.Namespace) -> tuple:
     tcfg = dataclasses.replace(recipe.train, **_given(epochs=a.epochs, masked_copies=a.masked_copies, masked_view=a.masked_view,
                                                       word_score_folds=a.word_score_folds,
                                                       word_score_tol=a.word_score_tol,
-                                                      word_score_final=a.word_score_final))
+                                                      word_score_final=a.word_score_final, photo_lr=a.photo_lr,
+                                                      photo_value_weight=a.photo_value_weight))
     ft = dataclasses.replace(recipe.finetune_text or FinetuneConfig(),
                              **_given(epochs=a.finetune_epochs, max_products=a.finetune_products,
                                      masked_share=a.finetune_masked_share))

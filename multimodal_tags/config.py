@@ -135,6 +135,11 @@ class TrainConfig:
     adversary_weight: float = 0.1
     price_weight: float = 0.1
     photo_weight: float = 1.0  # the photo head's loss (ModelConfig.photo_scores)
+    # within it, x the softmax cross-entropy over each single-valued key's values (heads.single_value_loss)
+    photo_value_weight: float = 1.0
+    # the photo head's own layers' learning rate (None: `lr`). It is a stacked probe of a fixed vector, cut
+    # off from the decoder's gradient: at 1e-2 its colour is 0.02 more accurate than at 1e-3 (docs/implicit.md)
+    photo_lr: float | None = None
     feature_noise: float = 0.0  # augmentation on cached features: Gaussian noise, relative to feature scale
     text_views: int = 0  # augmented views per train text (word dropout/swaps), encoded once and cached
     image_views: int = 0  # augmented views per train photo (crop, flip, jitter), encoded once and cached

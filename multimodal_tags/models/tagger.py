@@ -112,7 +112,13 @@ class Tagger(nn.Module):
         self.adversary = AdversaryHead(cfg.dim, len(self.adversary_classes)) if self.adversary_classes else None
         self.price_head = nn.Linear(cfg.dim, 1) if cfg.price_field else None
         self.photo_head = (PhotoHead(cfg.image_dim, len(self.tags), len(self.categories), cfg.dropout,
-                                     hidden=cfg.photo_hidden) if cfg.photo_scores else None)
+                                     hidden=cfg.photo_hidden, value_groups=self._single_value_groups())
+                           if cfg.photo_scores else None)
+
+    def _single_value_groups(self) -> list[list[int]]:
+        """The tag columns of each key the tokenizer knows as single-valued (two values or more)."""
+        single = getattr(self.tokenizer, "single_valued", set())
+        return [cols.tolist() for key, cols in self._key_columns.items() if key in single and len(cols) > 1]
 
     # ---- forward and losses -------------------------------------------------------------------------
     def forward(self, batch: Batch, drop_modalities: bool = False) -> dict[str, torch.Tensor]:
@@ -178,7 +184,8 @@ class Tagger(nn.Module):
             losses["decoder"] = out["decoder_loss"]
         if "photo_tag_logits" in out:
             photo = photo_loss(out["photo_tag_logits"], out["photo_category_logits"], batch.tags, batch.category,
-                               batch.has_image)
+                               batch.has_image, (self.photo_head.group_index, self.photo_head.group_mask),
+                               weights.photo_value_weight)
             if photo is not None:
                 losses["photo"] = photo
         if "adversary_logits" in out and batch.adversary is not None and (batch.adversary >= 0).any():

@@ -32,6 +32,7 @@ from ..models.tagger import Tagger
 from .data import FeatureDataset
 
 STATE = "trainer_state.json"
+PHOTO_HEAD_LAYERS = ("photo_head.norm.", "photo_head.hidden.", "photo_head.linear.")
 EPOCH_SEED_STRIDE = 1000  # epoch seeds of different run seeds never meet (fewer than 1000 epochs)
 # accelerate warns on every checkpoint that GPT-2's tied lm_head was not saved twice: expected, not news.
 logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
@@ -65,6 +66,16 @@ def _param_groups(model: Tagger, weight_decay: float, lr: float,
             groups.setdefault((rate, name not in skip_decay), []).append(p)
     return [{"params": params, "lr": rate, "weight_decay": weight_decay if decays else 0.0}
             for (rate, decays), params in groups.items()]
+
+
+def _learning_rates(cfg: TrainConfig) -> dict[str, float] | None:
+    """`lr_by_prefix`, then the photo head's own layers at `photo_lr` (not its weights into the decoder,
+    which learn from the decoder's loss at `lr`)."""
+    rates = dict(cfg.lr_by_prefix or {})
+    if cfg.photo_lr is not None:
+        for layer in PHOTO_HEAD_LAYERS:
+            rates.setdefault(layer, cfg.photo_lr)
+    return rates or None
 
 
 @torch.no_grad()
@@ -112,7 +123,7 @@ def _prepare(model: Tagger, train_data: FeatureDataset, val_data: FeatureDataset
     val_dl = DataLoader(val_data, batch_size=cfg.batch_size * 2, shuffle=False, collate_fn=collate)
     # AdamW for dense weights; SparseAdam (no weight decay, its own learning rate) for sparse embedding
     # tables, same schedule
-    optimizers = [torch.optim.AdamW(_param_groups(model, cfg.weight_decay, cfg.lr, cfg.lr_by_prefix), lr=cfg.lr)]
+    optimizers = [torch.optim.AdamW(_param_groups(model, cfg.weight_decay, cfg.lr, _learning_rates(cfg)), lr=cfg.lr)]
     sparse = sparse_parameters(model)
     if sparse:
         optimizers.append(torch.optim.SparseAdam(sparse, lr=cfg.embedding_lr))
