@@ -73,8 +73,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="share of train products with a masked-text copy (TrainConfig.masked_copies; 0: none)")
     ap.add_argument("--masked-view", choices=MASKED_VIEWS,
                     help="what a masked copy's text is silent about (TrainConfig.masked_view)")
-    ap.add_argument("--photo-hidden", type=int,
-                    help="width of the photo head's hidden layer (ModelConfig.photo_hidden; 0: linear)")
     ap.add_argument("--photo-lr", type=float, help="the photo head's learning rate (TrainConfig.photo_lr)")
     ap.add_argument("--photo-value-weight", type=float,
                     help="its single-valued keys' softmax loss (TrainConfig.photo_value_weight; 0: BCE alone)")
@@ -117,7 +115,8 @@ def _settings(a: argparse.Namespace) -> tuple:
 def plan_runs(a: argparse.Namespace, out: Path, catalog: Path, cache: Path, log) -> tuple[list, list[dict], dict]:
     """(runs, jobs to train, results of runs reused): each run is (name, modalities, fine-tuning)."""
     cfg, tcfg, ft, ft_image = _settings(a)
-    cfg = dataclasses.replace(cfg, **_given(image_size=a.image_size or None, photo_hidden=a.photo_hidden))
+    if a.image_size:
+        cfg = dataclasses.replace(cfg, image_size=a.image_size)
     if a.quick:  # a small lexical table keeps --quick quick
         cfg = dataclasses.replace(cfg, lexical_buckets=1 << 14)
     # the fused models; text-only and image-only rows come from hiding a modality of each fused model at

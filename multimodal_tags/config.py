@@ -94,9 +94,6 @@ class ModelConfig:
     # on their own loss and added, x a learned weight per tag / category, to the decoder's tag logits and
     # the category logits, so the photo's evidence reaches each tag directly when the words are silent
     photo_scores: bool = False
-    # width of the photo head's hidden layer (GELU); 0: one linear layer. A colour is a conjunction (which
-    # garment of the photo, which pixels): a linear read of the photo vector misses it (docs/implicit.md)
-    photo_hidden: int = 0
     fusion: str = "gated"  # "concat" (baseline) or "gated" (exposes per-product modality weights)
     dim: int = 512  # fused vector width
     dropout: float = 0.1  # inside fusion and heads

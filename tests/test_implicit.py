@@ -15,7 +15,7 @@ from multimodal_tags.inference.rows import prediction_row
 from multimodal_tags.models.colour_descriptor import DIM, colour_histogram
 from multimodal_tags.models.factory import create_image_encoder
 from multimodal_tags.models.presets import get_preset
-from multimodal_tags.models.tag_tokenizer import exempt_keys, required_keys
+from multimodal_tags.models.tag_tokenizer import TagTokenizer, exempt_keys, required_keys
 from multimodal_tags.models.tagger import Tagger
 from multimodal_tags.models.word_scores import cross_fitted_scores
 from multimodal_tags.train.finetune_text import TrainTexts
@@ -170,15 +170,36 @@ def test_training_with_masked_copies_and_the_photo_head(shop, tmp_path):
     assert "required_keys" in model_cfg
 
 
-def test_photo_head_hidden_layer_is_optional():
-    from multimodal_tags.models.heads import PhotoHead
+def test_single_value_loss_is_the_cross_entropy_within_each_key():
+    from multimodal_tags.models.heads import single_value_loss, value_group_index
 
-    linear = PhotoHead(12, 5, 3)
-    assert sorted(linear.state_dict()) == ["category_weight", "linear.bias", "linear.weight", "norm.bias",
-                                           "norm.weight", "tag_weight"]  # the older models' keys: they still load
-    deep = PhotoHead(12, 5, 3, hidden=8).eval()
-    tags, categories = deep(torch.randn(4, 12))
-    assert tags.shape == (4, 5) and categories.shape == (4, 3) and deep.linear.in_features == 8
+    logits = torch.randn(3, 6)
+    tags = torch.tensor([[1., 0., 0., 0., 1., 0.],  # key A = columns 0-2, key B = columns 3-4; column 5 is free
+                         [0., 1., 1., 0., 0., 1.],  # two values of A: not a single answer, left out
+                         [0., 0., 0., 0., 0., 0.]])  # neither key
+    index, mask = value_group_index([[0, 1, 2], [3, 4]])
+    expected = torch.stack([torch.nn.functional.cross_entropy(logits[0:1, 0:3], torch.tensor([0])),
+                            torch.nn.functional.cross_entropy(logits[0:1, 3:5], torch.tensor([1]))]).mean()
+    assert torch.allclose(single_value_loss(logits, tags, index, mask), expected)
+    assert single_value_loss(logits, tags[2:], index, mask) is None
+    assert single_value_loss(logits, tags, *value_group_index([])) is None
+
+
+def test_photo_head_learning_rate_leaves_its_decoder_weights_alone():
+    from multimodal_tags.train.loop import _learning_rates, _param_groups
+
+    cfg = get_preset("tiny")
+    cfg.photo_scores = True
+    tags = ["colour:red", "colour:blue", "gender:men", "gender:women", "fabric:cotton"]
+    tok = TagTokenizer(tags, single_valued=["colour", "gender"])
+    model = Tagger(cfg, ["shirts", "shoes"], tags, tok)
+    assert model.photo_head.group_index.tolist() == [[0, 1], [2, 3]]
+    rates = _learning_rates(TrainConfig(lr=1e-3, photo_lr=1e-2))
+    by_name = {id(p): g["lr"] for g in _param_groups(model, 0.01, 1e-3, rates) for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert by_name[id(named["photo_head.linear.weight"])] == 1e-2
+    assert by_name[id(named["photo_head.tag_weight"])] == 1e-3  # learns from the decoder's loss
+    assert _learning_rates(TrainConfig()) is None
 
 
 def test_no_photo_or_no_text_still_gets_tags_and_required_keys(shop, tmp_path):
@@ -186,7 +207,7 @@ def test_no_photo_or_no_text_still_gets_tags_and_required_keys(shop, tmp_path):
     from multimodal_tags.inference.batch_tagger import BatchTagger
 
     cfg = get_preset("tiny")
-    cfg.photo_scores, cfg.photo_hidden = True, 16  # the hidden layer saves, loads and tags too
+    cfg.photo_scores = True
     settings = RunConfig(allow_random_weights=True, log=lambda s: None, progress=False)
     train_tagger(shop, tmp_path / "run", cfg, TrainConfig(epochs=1, batch_size=16, seed=1), settings)
     catalog = read_catalog(shop)

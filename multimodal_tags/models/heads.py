@@ -103,7 +103,7 @@ class PhotoHead(nn.Module):
     colour while the words lead on fabric."""
 
     def __init__(self, image_dim: int, n_tags: int, n_categories: int, dropout: float = 0.1, init_weight: float = 0.5,
-                 hidden: int = 0, value_groups: list[list[int]] | None = None):
+                 value_groups: list[list[int]] | None = None):
         super().__init__()
         self.n_tags = n_tags
         # the tag columns of each single-valued key, padded into [keys, values] (`single_value_loss`); not
@@ -112,16 +112,13 @@ class PhotoHead(nn.Module):
         self.register_buffer("group_index", index, persistent=False)
         self.register_buffer("group_mask", mask, persistent=False)
         self.norm, self.drop = nn.LayerNorm(image_dim), nn.Dropout(dropout)
-        # hidden > 0: one GELU layer first (ModelConfig.photo_hidden); 0 keeps the linear head of older models
-        self.hidden = (nn.Sequential(nn.Linear(image_dim, hidden), nn.GELU(), nn.Dropout(dropout))
-                       if hidden > 0 else nn.Identity())
-        self.linear = nn.Linear(hidden or image_dim, n_tags + n_categories)
+        self.linear = nn.Linear(image_dim, n_tags + n_categories)
         self.tag_weight = nn.Parameter(torch.full((n_tags,), init_weight))
         self.category_weight = nn.Parameter(torch.full((n_categories,), init_weight))
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(tag logits [b, n_tags], category logits [b, n_categories])."""
-        logits = self.linear(self.hidden(self.drop(self.norm(image))))
+        logits = self.linear(self.drop(self.norm(image)))
         return logits[:, :self.n_tags], logits[:, self.n_tags:]
 
     def biases(self, tag_logits: torch.Tensor, category_logits: torch.Tensor,

@@ -112,7 +112,7 @@ class Tagger(nn.Module):
         self.adversary = AdversaryHead(cfg.dim, len(self.adversary_classes)) if self.adversary_classes else None
         self.price_head = nn.Linear(cfg.dim, 1) if cfg.price_field else None
         self.photo_head = (PhotoHead(cfg.image_dim, len(self.tags), len(self.categories), cfg.dropout,
-                                     hidden=cfg.photo_hidden, value_groups=self._single_value_groups())
+                                     value_groups=self._single_value_groups())
                            if cfg.photo_scores else None)
 
     def _single_value_groups(self) -> list[list[int]]:

@@ -32,7 +32,7 @@ from ..models.tagger import Tagger
 from .data import FeatureDataset
 
 STATE = "trainer_state.json"
-PHOTO_HEAD_LAYERS = ("photo_head.norm.", "photo_head.hidden.", "photo_head.linear.")
+PHOTO_HEAD_LAYERS = ("photo_head.norm.", "photo_head.linear.")
 EPOCH_SEED_STRIDE = 1000  # epoch seeds of different run seeds never meet (fewer than 1000 epochs)
 # accelerate warns on every checkpoint that GPT-2's tied lm_head was not saved twice: expected, not news.
 logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
