@@ -31,6 +31,15 @@ def single_valued_keys(tag_lists: Iterable[Sequence[str]]) -> list[str]:
     return sorted(seen - multi)
 
 
+def single_value_columns(tags: Sequence[str], single_valued: Iterable[str]) -> list[list[int]]:
+    """The columns of `tags` of each single-valued key that has two values or more in them."""
+    single, columns = set(single_valued), {}
+    for j, t in enumerate(tags):
+        if ":" in t and tag_key(t) in single:
+            columns.setdefault(tag_key(t), []).append(j)
+    return [cols for cols in columns.values() if len(cols) > 1]
+
+
 class TagTokenizer:
     """One token per tag, plus PAD, BOS and EOS.
 

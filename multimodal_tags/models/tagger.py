@@ -25,7 +25,8 @@ from .decoder import TagDecoder
 from .fusion import create_fusion, modality_dropout
 from .lexical import LexicalEncoder
 from .heads import AdversaryHead, CategoryHead, PhotoHead, TagHead, photo_loss, tag_loss
-from .tag_tokenizer import ALL_CATEGORIES, TagTokenizer, TextTagTokenizer, load_tokenizer, save_tokenizer, tag_key
+from .tag_tokenizer import (ALL_CATEGORIES, TagTokenizer, TextTagTokenizer, load_tokenizer, save_tokenizer,
+                            single_value_columns, tag_key)
 from .word_scores import PACKED, PRUNE_BELOW, WordScores, pack_table, unpack_table
 
 #: Head tags scoring at least this share of their threshold, but under it, are reported as suggested (at
@@ -112,13 +113,8 @@ class Tagger(nn.Module):
         self.adversary = AdversaryHead(cfg.dim, len(self.adversary_classes)) if self.adversary_classes else None
         self.price_head = nn.Linear(cfg.dim, 1) if cfg.price_field else None
         self.photo_head = (PhotoHead(cfg.image_dim, len(self.tags), len(self.categories), cfg.dropout,
-                                     value_groups=self._single_value_groups())
+                                     value_groups=single_value_columns(self.tags, getattr(tokenizer, "single_valued", ())))
                            if cfg.photo_scores else None)
-
-    def _single_value_groups(self) -> list[list[int]]:
-        """The tag columns of each key the tokenizer knows as single-valued (two values or more)."""
-        single = getattr(self.tokenizer, "single_valued", set())
-        return [cols.tolist() for key, cols in self._key_columns.items() if key in single and len(cols) > 1]
 
     # ---- forward and losses -------------------------------------------------------------------------
     def forward(self, batch: Batch, drop_modalities: bool = False) -> dict[str, torch.Tensor]:
