@@ -74,8 +74,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--masked-view", choices=MASKED_VIEWS,
                     help="what a masked copy's text is silent about (TrainConfig.masked_view)")
     ap.add_argument("--photo-lr", type=float, help="the photo head's learning rate (TrainConfig.photo_lr)")
-    ap.add_argument("--photo-folds", type=int,
-                    help="fit the photo head first, cross-fitted on this many folds (TrainConfig.photo_folds; 0: jointly)")
     ap.add_argument("--photo-value-weight", type=float,
                     help="its single-valued keys' softmax loss (TrainConfig.photo_value_weight; 0: BCE alone)")
     ap.add_argument("--image-finetune-epochs", type=int,
@@ -102,8 +100,7 @@ def _settings(a: argparse.Namespace) -> tuple:
                                                       word_score_folds=a.word_score_folds,
                                                       word_score_tol=a.word_score_tol,
                                                       word_score_final=a.word_score_final, photo_lr=a.photo_lr,
-                                                      photo_value_weight=a.photo_value_weight,
-                                                      photo_folds=a.photo_folds))
+                                                      photo_value_weight=a.photo_value_weight))
     ft = dataclasses.replace(recipe.finetune_text or FinetuneConfig(),
                              **_given(epochs=a.finetune_epochs, max_products=a.finetune_products,
                                      masked_share=a.finetune_masked_share))

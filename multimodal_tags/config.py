@@ -137,9 +137,6 @@ class TrainConfig:
     # the photo head's own layers' learning rate (None: `lr`). It is a stacked probe of a fixed vector, cut
     # off from the decoder's gradient: at 1e-2 its colour is 0.02 more accurate than at 1e-3 (docs/implicit.md)
     photo_lr: float | None = None
-    # >0: fit the photo head first, cross-fitted on this many folds, then freeze it (train/fit_photo_head.py):
-    # the decoder learns how far to trust its logits from logits of photos it never saw; 0: trained jointly
-    photo_folds: int = 0
     feature_noise: float = 0.0  # augmentation on cached features: Gaussian noise, relative to feature scale
     text_views: int = 0  # augmented views per train text (word dropout/swaps), encoded once and cached
     image_views: int = 0  # augmented views per train photo (crop, flip, jitter), encoded once and cached

@@ -202,20 +202,6 @@ def test_photo_head_learning_rate_leaves_its_decoder_weights_alone():
     assert _learning_rates(TrainConfig()) is None
 
 
-def test_cross_fitted_photo_head_is_fitted_first_and_frozen(shop, tmp_path):
-    cfg = get_preset("tiny")
-    cfg.photo_scores = True
-    tcfg = TrainConfig(epochs=2, batch_size=16, seed=1, masked_copies=0.5, photo_folds=2, photo_lr=1e-2)
-    logs = []
-    settings = RunConfig(allow_random_weights=True, log=logs.append, progress=False)
-    train_tagger(shop, tmp_path / "run", cfg, tcfg, settings)
-    assert any(line.startswith("photo head: 2 folds + 1 fit") for line in logs)
-    history = json.loads((tmp_path / "run" / "history.json").read_text())["history"]
-    assert "train_photo_loss" not in history[0]  # frozen: the decoder's loss trains only its weights
-    model = Tagger.load(tmp_path / "run" / "model")
-    assert float(model.photo_head.linear.weight.detach().abs().sum()) > 0
-
-
 def test_no_photo_or_no_text_still_gets_tags_and_required_keys(shop, tmp_path):
     from multimodal_tags.data.catalog import read_catalog, write_catalog
     from multimodal_tags.inference.batch_tagger import BatchTagger

@@ -42,7 +42,6 @@ class FeatureSource(Dataset):
         self.has_image = torch.from_numpy(vectors.get("has_image", np.zeros(n, bool)))
         self._lexical_ids: torch.Tensor | None = None
         self.word_scores: torch.Tensor | None = None  # cross-fitted, training only (train/fit_word_scores.py)
-        self.photo_scores: torch.Tensor | None = None  # the same for the photo head (train/fit_photo_head.py)
 
     @classmethod
     def encode(cls, products: Sequence[Product], encoders: EncoderSet, cache: FeatureCache, image_root: Path,
@@ -67,7 +66,7 @@ class FeatureSource(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         item = {"index": torch.tensor(i), "text": self.text[i], "image": self.image[i],
                 "has_text": self.has_text[i], "has_image": self.has_image[i]}
-        for name in ("lexical_ids", "word_scores", "photo_scores"):
+        for name in ("lexical_ids", "word_scores"):
             value = getattr(self, name)
             if value is not None:
                 item[name] = value[i]
@@ -81,7 +80,7 @@ class FeatureSource(Dataset):
         for name in FEATURE_FIELDS:
             setattr(out, name, getattr(self, name)[ids])
         out._lexical_ids = None if self._lexical_ids is None else self._lexical_ids[ids]
-        out.word_scores = out.photo_scores = None
+        out.word_scores = None
         return out
 
     def concat(self, other: "FeatureSource") -> "FeatureSource":
@@ -91,7 +90,7 @@ class FeatureSource(Dataset):
         out.products, out.cfg = self.products + other.products, self.cfg
         for name in FEATURE_FIELDS:
             setattr(out, name, torch.cat([getattr(self, name), getattr(other, name)]))
-        out._lexical_ids, out.word_scores, out.photo_scores = None, None, None
+        out._lexical_ids, out.word_scores = None, None
         return out
 
     def hide(self, modalities: str) -> "FeatureSource":
@@ -111,7 +110,7 @@ class FeatureSource(Dataset):
     def batch(self) -> Batch:
         """All of the source as one Batch."""
         return Batch(text=self.text, image=self.image, has_text=self.has_text, has_image=self.has_image,
-                     lexical_ids=self.lexical_ids, word_scores=self.word_scores, photo_scores=self.photo_scores)
+                     lexical_ids=self.lexical_ids, word_scores=self.word_scores)
 
 
 def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -115,19 +115,6 @@ class PhotoHead(nn.Module):
         self.linear = nn.Linear(image_dim, n_tags + n_categories)
         self.tag_weight = nn.Parameter(torch.full((n_tags,), init_weight))
         self.category_weight = nn.Parameter(torch.full((n_categories,), init_weight))
-        self.prefit = False  # fitted before the tagger (train/fit_photo_head.py): the probe is frozen
-
-    def probe_parameters(self) -> list[nn.Parameter]:
-        """The layers that read the photo (not the weights of their logits in the decoder's)."""
-        return [*self.norm.parameters(), *self.linear.parameters()]
-
-    def take_probe(self, other: "PhotoHead") -> None:
-        """Use `other`'s fitted layers, frozen: the tagger then trains only the weights of their logits."""
-        self.norm.load_state_dict(other.norm.state_dict())
-        self.linear.load_state_dict(other.linear.state_dict())
-        for p in self.probe_parameters():
-            p.requires_grad_(False)
-        self.prefit = True
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(tag logits [b, n_tags], category logits [b, n_categories])."""

@@ -54,8 +54,6 @@ class Batch:
     lexical_ids: torch.Tensor | None = None  # [b, L] long, hashed words (models with a lexical branch)
     # [b, n_tags (+ n_categories)] cross-fitted SVM scores (training); else from the model's table
     word_scores: torch.Tensor | None = None
-    # [b, n_tags + n_categories] cross-fitted photo head logits (training, TrainConfig.photo_folds)
-    photo_scores: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> "Batch":
         """The batch with every tensor on `device` (the tagger's, for inference on a GPU)."""
@@ -126,12 +124,7 @@ class Tagger(nn.Module):
         text, tag_bias, category_bias = self._word_evidence(batch, has_text)
         out: dict[str, torch.Tensor] = {}
         if self.photo_head is not None:  # the photo's own evidence, per tag and per category
-            if batch.photo_scores is not None:  # cross-fitted, in training (train/fit_photo_head.py)
-                scores = batch.photo_scores.float()
-                n_tags = len(self.tags)
-                out["photo_tag_logits"], out["photo_category_logits"] = scores[:, :n_tags], scores[:, n_tags:]
-            else:
-                out["photo_tag_logits"], out["photo_category_logits"] = self.photo_head(batch.image)
+            out["photo_tag_logits"], out["photo_category_logits"] = self.photo_head(batch.image)
             photo_tags, photo_categories = self.photo_head.biases(out["photo_tag_logits"],
                                                                   out["photo_category_logits"], has_image)
             tag_bias = photo_tags if tag_bias is None else tag_bias + photo_tags
@@ -185,7 +178,7 @@ class Tagger(nn.Module):
             losses["tags"] = tag_loss(out["tag_logits"].float(), batch.tags, self.cfg.tag_loss)
         if "decoder_loss" in out:
             losses["decoder"] = out["decoder_loss"]
-        if "photo_tag_logits" in out and not self.photo_head.prefit:
+        if "photo_tag_logits" in out:
             photo = photo_loss(out["photo_tag_logits"], out["photo_category_logits"], batch.tags, batch.category,
                                batch.has_image, (self.photo_head.group_index, self.photo_head.group_mask),
                                weights.photo_value_weight)

@@ -39,7 +39,6 @@ from .finetune_text import FinetuneConfig, bundle_text_encoder, finetuned_config
 from .loop import fit
 from .masked_copies import masked_copies
 from .report import write_report
-from .fit_photo_head import prepare_photo_head
 from .fit_word_scores import prepare_word_scores
 
 SPLITS = ("train", "val", "test")
@@ -145,7 +144,6 @@ def build_model(cfg: ModelConfig, tcfg: TrainConfig, data: SplitData, cache_dir:
         model.lexical.fit_idf(data.train.lexical_ids[:data.train.n_original])  # as the SVMs: originals only
     with PartialState().main_process_first():  # one process fits (or reads) the word-score SVMs
         prepare_word_scores(model, data.train, tcfg, cache_dir, log)
-    prepare_photo_head(model, data.train, tcfg, log)
     return model
 
 
