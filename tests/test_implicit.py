@@ -202,6 +202,21 @@ def test_photo_head_learning_rate_leaves_its_decoder_weights_alone():
     assert _learning_rates(TrainConfig()) is None
 
 
+def test_photo_head_probe_experiment(shop, tmp_path):
+    from experiments import photo_head_probe
+
+    cfg = get_preset("tiny")
+    cfg.photo_scores = True
+    settings = RunConfig(allow_random_weights=True, log=lambda s: None, progress=False, cache_dir=tmp_path / "cache")
+    train_tagger(shop, tmp_path / "run", cfg, TrainConfig(epochs=1, batch_size=16, seed=1), settings)
+    result = photo_head_probe.main(["--model", str(tmp_path / "run" / "model"), "--catalog", str(shop),
+                                    "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
+                                    "--epochs", "1", "--batch-size", "32", "--allow-random-weights"])
+    assert [r["setting"] for r in result["rows"]] == [s[0] for s in photo_head_probe.SETTINGS]
+    assert all(0 <= r["val_colour_acc"] <= 1 and 0 <= r["train_category_acc"] <= 1 for r in result["rows"])
+    assert (tmp_path / "out" / "results.json").exists()
+
+
 def test_no_photo_or_no_text_still_gets_tags_and_required_keys(shop, tmp_path):
     from multimodal_tags.data.catalog import read_catalog, write_catalog
     from multimodal_tags.inference.batch_tagger import BatchTagger
