@@ -79,8 +79,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--image-finetune-epochs", type=int,
                     help="epochs of tuning the image trunk's last stages in the fine-tuned run (0: keep it frozen)")
     ap.add_argument("--image-finetune-stages", type=int, help="trunk stages tuned (+ conv_head)")
-    ap.add_argument("--image-value-weight", type=float,
-                    help="the single-valued keys' softmax loss in that tuning (ImageFinetuneConfig.value_weight)")
     ap.add_argument("--word-score-folds", type=int, help="cross-fitting folds of the word-score SVMs")
     ap.add_argument("--word-score-tol", type=float, help="liblinear's stopping tolerance for them")
     ap.add_argument("--word-score-final", choices=WORD_SCORE_FINALS,
@@ -105,8 +103,7 @@ def _settings(a: argparse.Namespace) -> tuple:
                              **_given(epochs=a.finetune_epochs, max_products=a.finetune_products,
                                      masked_share=a.finetune_masked_share))
     ft_image = dataclasses.replace(recipe.finetune_image or ImageFinetuneConfig(),
-                                   **_given(epochs=a.image_finetune_epochs, stages=a.image_finetune_stages,
-                                            value_weight=a.image_value_weight))
+                                   **_given(epochs=a.image_finetune_epochs, stages=a.image_finetune_stages))
     if a.quick:  # the tests' version: a small subset, 2 epochs, one epoch of image tuning
         tcfg = dataclasses.replace(tcfg, epochs=2, batch_size=64)
         ft, ft_image = dataclasses.replace(ft, max_products=200), dataclasses.replace(ft_image, epochs=1)

@@ -248,7 +248,7 @@ def test_tuned_image_trunk_is_bundled_and_tags_new_products(shop, tmp_path):
     cfg = get_preset("tiny")
     cfg.image_encoder, cfg.image_dim, cfg.image_size, cfg.photo_scores = "timm:test_efficientnet@random+colour", 256 + DIM, 48, True
     settings = RunConfig(allow_random_weights=True, log=lambda s: None, progress=False)
-    tune = ImageFinetuneConfig(stages=1, epochs=1, batch_size=16, value_weight=1.0)
+    tune = ImageFinetuneConfig(stages=1, epochs=1, batch_size=16)
     train_tagger(shop, tmp_path / "run", cfg, TrainConfig(epochs=1, batch_size=16, seed=1), settings,
                  finetune_image=tune)
     model_dir = tmp_path / "run" / "model"

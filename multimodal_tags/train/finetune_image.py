@@ -34,8 +34,6 @@ from ..data.schema import Product
 from ..files import temp_path
 from ..models.colour_descriptor import SUFFIX as COLOUR_SUFFIX
 from ..models.factory import create_image_encoder
-from ..models.heads import single_value_loss, value_group_index
-from ..models.tag_tokenizer import single_value_columns, single_valued_keys
 from .clip_image_side import ImageSide
 
 WEIGHTS_FILE = "image_encoder.safetensors"
@@ -48,9 +46,6 @@ class ImageFinetuneConfig:
     batch_size: int = 128
     lr: float = 3e-4  # the trunk's tail
     head_lr: float = 2e-3
-    # x the softmax cross-entropy over each single-valued key's values (colour, gender, ...), beside the
-    # per-tag BCE: the trunk learns to tell a key's values apart (models/heads.single_value_loss); 0: BCE alone
-    value_weight: float = 0.0
     weight_decay: float = 0.01
     max_products: int | None = None  # train on a random subset (time budget)
     seed: int = 0
@@ -78,19 +73,8 @@ def _labelled(products: Sequence[Product], categories: list[str], tags: list[str
     return y_cat, y_tags
 
 
-def _loss(heads: torch.nn.ModuleDict, pooled: torch.Tensor, y_cat: torch.Tensor, y_tags: torch.Tensor,
-          groups: tuple[torch.Tensor, torch.Tensor], value_weight: float) -> torch.Tensor:
-    """Category cross-entropy + 20 x tag BCE (+ value_weight x the single-valued keys' softmax loss)."""
-    tag_logits = heads["tags"](pooled)
-    loss = F.cross_entropy(heads["category"](pooled), y_cat, ignore_index=-1, label_smoothing=0.1)
-    loss = loss + 20.0 * F.binary_cross_entropy_with_logits(tag_logits, y_tags)
-    values = single_value_loss(tag_logits, y_tags, *groups) if value_weight else None
-    return loss if values is None else loss + value_weight * values
-
-
 def _train_tail(side: ImageSide, maps: torch.Tensor, y_cat: torch.Tensor, y_tags: torch.Tensor, dim: int,
-                n_categories: int, groups: tuple[torch.Tensor, torch.Tensor], cfg: ImageFinetuneConfig,
-                log: Callable[[str], None]) -> None:
+                n_categories: int, cfg: ImageFinetuneConfig, log: Callable[[str], None]) -> None:
     """Train the trunk's tail and two linear heads on the cached maps (flipped half the time)."""
     heads = torch.nn.ModuleDict({"category": torch.nn.Linear(dim, max(1, n_categories)),
                                  "tags": torch.nn.Linear(dim, y_tags.shape[1])})
@@ -108,7 +92,8 @@ def _train_tail(side: ImageSide, maps: torch.Tensor, y_cat: torch.Tensor, y_tags
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
             with side.autocast():
                 pooled = side.tail(x).float()
-            loss = _loss(heads, pooled, y_cat[rows], y_tags[rows], groups, cfg.value_weight)
+            loss = F.cross_entropy(heads["category"](pooled), y_cat[rows], ignore_index=-1, label_smoothing=0.1)
+            loss = loss + 20.0 * F.binary_cross_entropy_with_logits(heads["tags"](pooled), y_tags[rows])
             loss.backward()
             optimizer.step()
             schedule.step()
@@ -137,8 +122,7 @@ def finetune_image_encoder(spec: str, image_size: int | None, train: Sequence[Pr
     products = [p for p, good in zip(products, ok) if good]
     log(f"  image fine-tune: tail-input maps of {len(products)} train photos in {time.perf_counter() - t0:.0f}s")
     y_cat, y_tags = _labelled(products, categories, tags)
-    groups = value_group_index(single_value_columns(tags, single_valued_keys([p.tags for p in products])))
-    _train_tail(side, maps, y_cat, y_tags, int(trunk.num_features), len(categories), groups, cfg, log)
+    _train_tail(side, maps, y_cat, y_tags, int(trunk.num_features), len(categories), cfg, log)
     weights = out_dir / WEIGHTS_FILE
     tmp = temp_path(weights)
     save_file({k: v.detach().contiguous() for k, v in trunk.state_dict().items()}, str(tmp))
