@@ -134,8 +134,9 @@ class TrainConfig:
     photo_weight: float = 1.0  # the photo head's loss (ModelConfig.photo_scores)
     # within it, x the softmax cross-entropy over each single-valued key's values (heads.single_value_loss)
     photo_value_weight: float = 1.0
-    # the photo head's own layers' learning rate (None: `lr`). It is a stacked probe of a fixed vector, cut
-    # off from the decoder's gradient: at 1e-2 its colour is 0.02 more accurate than at 1e-3 (docs/implicit.md)
+    # the photo head's own layers' learning rate (None: `lr`). It is a stacked probe of a fixed vector, cut off
+    # from the decoder's gradient: at 1e-2 the photo reads colour best (photo-only colour F1 0.618 -> 0.643 on
+    # Myntra), and the decoder then trusts it too far on full texts (micro-F1 -0.002): docs/implicit.md
     photo_lr: float | None = None
     feature_noise: float = 0.0  # augmentation on cached features: Gaussian noise, relative to feature scale
     text_views: int = 0  # augmented views per train text (word dropout/swaps), encoded once and cached

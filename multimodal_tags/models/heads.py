@@ -145,8 +145,8 @@ def single_value_loss(tag_logits: torch.Tensor, tags: torch.Tensor, index: torch
                       mask: torch.Tensor) -> torch.Tensor | None:
     """Softmax cross-entropy over the values of each single-valued key (colour, gender, ...), for the
     products that carry exactly one of them: the key's values compete, as they do when a row is filled
-    with its most probable value. Per-tag BCE alone left a linear photo head's colour 0.04 less accurate
-    on Myntra val (docs/implicit.md). Mean over (product, key) pairs; None when no product has one."""
+    with its most probable value. Per-tag BCE alone left a linear photo head's colour 0.02-0.04 less
+    accurate on Myntra val (docs/implicit.md). Mean over (product, key) pairs; None when no product has one."""
     if index.numel() == 0:
         return None
     logits = tag_logits.float()[:, index].masked_fill(~mask, float("-inf"))  # [b, keys, values]
@@ -170,7 +170,8 @@ def photo_loss(tag_logits: torch.Tensor, category_logits: torch.Tensor, tags: to
     loss = tag_logits.new_zeros((), dtype=torch.float32)
     if tags is not None:
         loss = loss + F.binary_cross_entropy_with_logits(tag_logits[rows].float(), tags[rows])
-        values = single_value_loss(tag_logits[rows], tags[rows], *value_groups) if value_groups and value_weight else None
+        values = (single_value_loss(tag_logits[rows], tags[rows], *value_groups)
+                  if value_groups and value_weight else None)
         if values is not None:
             loss = loss + value_weight * values
     if category is not None and (category[rows] >= 0).any():

@@ -112,8 +112,9 @@ class Tagger(nn.Module):
         self.adversary_classes = list(adversary_classes or [])
         self.adversary = AdversaryHead(cfg.dim, len(self.adversary_classes)) if self.adversary_classes else None
         self.price_head = nn.Linear(cfg.dim, 1) if cfg.price_field else None
+        single_valued = getattr(tokenizer, "single_valued", ())  # colour, gender, ...: their values compete
         self.photo_head = (PhotoHead(cfg.image_dim, len(self.tags), len(self.categories), cfg.dropout,
-                                     value_groups=single_value_columns(self.tags, getattr(tokenizer, "single_valued", ())))
+                                     value_groups=single_value_columns(self.tags, single_valued))
                            if cfg.photo_scores else None)
 
     # ---- forward and losses -------------------------------------------------------------------------
