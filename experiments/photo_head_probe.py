@@ -25,8 +25,9 @@ from multimodal_tags.data.catalog import read_catalog
 from multimodal_tags.data.feature_cache import FeatureCache
 from multimodal_tags.features import RunConfig
 from multimodal_tags.features.encode import load_features
+from multimodal_tags.inference.thresholds import tag_matrix
 from multimodal_tags.models.heads import PhotoHead, photo_loss
-from multimodal_tags.models.tag_tokenizer import single_value_columns
+from multimodal_tags.models.tag_tokenizer import columns_by_key, single_value_columns
 from multimodal_tags.models.tagger import Tagger
 
 from experiments.common import run_facts
@@ -40,12 +41,10 @@ def split_arrays(model: Tagger, products: list, cache: FeatureCache, key: str) -
     """Photo vectors, multi-hot tags and category indices of the products that show a photo."""
     f = load_features(products, cache, None, key)
     keep = torch.from_numpy(f["has_image"]).bool()
-    tag_index, cat_index = {t: i for i, t in enumerate(model.tags)}, {c: i for i, c in enumerate(model.categories)}
+    cat_index = {c: i for i, c in enumerate(model.categories)}
     shown = [p for p, k in zip(products, keep.tolist()) if k]
-    tags = torch.zeros(len(shown), len(model.tags))
-    for r, p in enumerate(shown):
-        tags[r, [tag_index[t] for t in p.tags if t in tag_index]] = 1.0
-    return {"image": torch.from_numpy(f["image"])[keep].float(), "tags": tags,
+    return {"image": torch.from_numpy(f["image"])[keep].float(),
+            "tags": torch.from_numpy(tag_matrix(shown, model.tags)),
             "category": torch.tensor([cat_index.get(p.category, -1) for p in shown])}
 
 
@@ -98,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
         data = {split: split_arrays(model, [p for p in catalog.products if p.split == split and p.image], cache, key)
                 for split in ("train", "val")}
     sample = {k: v[:5000] for k, v in data["train"].items()}
-    colour_columns = [j for j, t in enumerate(model.tags) if t.startswith("colour:")]
+    colour_columns = columns_by_key(model.tags).get("colour", [])
     groups = single_value_columns(model.tags, model.tokenizer.single_valued)
     rows = []
     for name, lr, value_weight in SETTINGS:

@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterable
 
 from .schema import Product
+from .vocab import tag_key
 
 STOP_WORDS = frozenset({"a", "an", "and", "the", "of", "for", "with", "in", "on", "to", "or", "by", "at", "not"})
 GENDER_WORDS = frozenset({"men", "man", "mens", "women", "woman", "womens", "boy", "boys", "girl", "girls",
@@ -49,11 +50,6 @@ def name_words(names: Iterable[str]) -> set[str]:
     return out
 
 
-def tag_group(tag: str) -> str:
-    """The key of a `key:value` tag (the whole tag when it has no key): what label_word_view groups by."""
-    return tag.split(":", 1)[0] if ":" in tag else tag
-
-
 def tag_value(tag: str) -> str:
     """The value of a `key:value` tag (the whole tag when it has no key)."""
     return tag.split(":", 1)[1] if ":" in tag else tag
@@ -61,7 +57,7 @@ def tag_value(tag: str) -> str:
 
 def colour_words(tag_lists: Iterable[Iterable[str]], key: str = "colour") -> set[str]:
     """The words of every value of the colour key in the data (`colour:navy blue` -> navy, blue)."""
-    return name_words({tag_value(t) for tags in tag_lists for t in tags if t.split(":", 1)[0] == key})
+    return name_words({tag_value(t) for tags in tag_lists for t in tags if tag_key(t) == key})
 
 
 def category_words(categories: Iterable[str | None]) -> set[str]:
@@ -118,7 +114,7 @@ def key_vocabularies(products: Iterable[Product]) -> dict[str, WordMask]:
         if p.category:
             names[CATEGORY_GROUP].add(p.category)
         for t in p.tags:
-            names.setdefault(tag_group(t), set()).add(tag_value(t))
+            names.setdefault(tag_key(t), set()).add(tag_value(t))
     return {group: WordMask(name_words(values)) for group, values in names.items()}
 
 
@@ -135,7 +131,7 @@ def label_word_view(p: Product, seed: int, drop: float = 0.5,
     rng = random.Random(seed)
     groups: dict[str, list[str]] = {CATEGORY_GROUP: [p.category or ""]}
     for t in p.tags:
-        groups.setdefault(tag_group(t), []).append(tag_value(t))
+        groups.setdefault(tag_key(t), []).append(tag_value(t))
     chosen = [(group, names) for group, names in sorted(groups.items()) if rng.random() < drop]
     if vocabularies is None:
         return WordMask(set().union(*(name_words(names) for _, names in chosen))).product(p)

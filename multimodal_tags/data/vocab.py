@@ -16,6 +16,11 @@ from collections.abc import Iterable
 
 from .schema import Product
 
+def tag_key(tag: str) -> str:
+    """The key of a `key:value` tag (the whole tag when it has no key)."""
+    return tag.split(":", 1)[0] if ":" in tag else tag
+
+
 #: Values that mean "no value" in shop exports (the Myntra benchmark v1 list).
 EMPTY_VALUES = {"", "na", "n/a", "other", "others", "none", "null"}
 

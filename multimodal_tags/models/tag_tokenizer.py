@@ -12,13 +12,20 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from ..data.vocab import tag_key  # re-exported: the layers above import it from here
+
 SEPARATOR = "; "
 #: Feedback on the tag `category:NAME` judges a product's category (the review page, feedback/adapt.py).
 CATEGORY_KEY = "category"
 
 
-def tag_key(tag: str) -> str:
-    return tag.split(":", 1)[0] if ":" in tag else tag
+def columns_by_key(tags: Sequence[str]) -> dict[str, list[int]]:
+    """The columns of `tags` of each `key:value` key."""
+    out: dict[str, list[int]] = {}
+    for j, t in enumerate(tags):
+        if ":" in t:
+            out.setdefault(tag_key(t), []).append(j)
+    return out
 
 
 def single_valued_keys(tag_lists: Iterable[Sequence[str]]) -> list[str]:
@@ -33,11 +40,8 @@ def single_valued_keys(tag_lists: Iterable[Sequence[str]]) -> list[str]:
 
 def single_value_columns(tags: Sequence[str], single_valued: Iterable[str]) -> list[list[int]]:
     """The columns of `tags` of each single-valued key that has two values or more in them."""
-    single, columns = set(single_valued), {}
-    for j, t in enumerate(tags):
-        if ":" in t and tag_key(t) in single:
-            columns.setdefault(tag_key(t), []).append(j)
-    return [cols for cols in columns.values() if len(cols) > 1]
+    single = set(single_valued)
+    return [cols for key, cols in columns_by_key(tags).items() if key in single and len(cols) > 1]
 
 
 class TagTokenizer:

@@ -25,8 +25,8 @@ from .decoder import TagDecoder
 from .fusion import create_fusion, modality_dropout
 from .lexical import LexicalEncoder
 from .heads import AdversaryHead, CategoryHead, PhotoHead, TagHead, photo_loss, tag_loss
-from .tag_tokenizer import (ALL_CATEGORIES, TagTokenizer, TextTagTokenizer, load_tokenizer, save_tokenizer,
-                            single_value_columns, tag_key)
+from .tag_tokenizer import (ALL_CATEGORIES, TagTokenizer, TextTagTokenizer, columns_by_key, load_tokenizer,
+                            save_tokenizer, single_value_columns)
 from .word_scores import PACKED, PRUNE_BELOW, WordScores, pack_table, unpack_table
 
 #: Head tags scoring at least this share of their threshold, but under it, are reported as suggested (at
@@ -88,7 +88,7 @@ class Tagger(nn.Module):
         # {fill source ("photo" or "head"): {key: {"temperature": T, "bias": {tag: b}}}}
         self.key_priors: dict[str, dict[str, dict]] = {}
         self._prior_vectors: dict[tuple[str, str], tuple[float, torch.Tensor]] = {}
-        self._key_columns = {k: torch.tensor(cols) for k, cols in _columns_by_key(self.tags).items()}
+        self._key_columns = {k: torch.tensor(cols) for k, cols in columns_by_key(self.tags).items()}
         self.lexical = LexicalEncoder(cfg.lexical_buckets, cfg.lexical_dim) if cfg.lexical_buckets else None
         ws = cfg.word_scores
         if ws.enabled and self.lexical is None:
@@ -396,15 +396,6 @@ def _read_config(folder: Path) -> tuple[ModelConfig, dict]:
         elif "@./" in spec:  # a bundled weights file: "timm:ARCH@./image_encoder.safetensors"
             setattr(cfg, side, spec.replace("@./", f"@{folder.resolve()}/", 1))
     return cfg, meta
-
-
-def _columns_by_key(tags: list[str]) -> dict[str, list[int]]:
-    """The tag columns of each `key:value` key."""
-    out: dict[str, list[int]] = {}
-    for j, t in enumerate(tags):
-        if ":" in t:
-            out.setdefault(tag_key(t), []).append(j)
-    return out
 
 
 def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
