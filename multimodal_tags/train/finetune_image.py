@@ -32,6 +32,7 @@ from ..config import ModelConfig
 from ..data.catalog import Catalog
 from ..data.schema import Product
 from ..files import temp_path
+from ..inference.thresholds import tag_matrix
 from ..models.colour_descriptor import SUFFIX as COLOUR_SUFFIX
 from ..models.factory import create_image_encoder
 from .clip_image_side import ImageSide
@@ -65,12 +66,9 @@ def _trunk_encoder(spec: str, image_size: int | None):
 
 
 def _labelled(products: Sequence[Product], categories: list[str], tags: list[str]):
-    cat_index, tag_index = {c: i for i, c in enumerate(categories)}, {t: i for i, t in enumerate(tags)}
+    cat_index = {c: i for i, c in enumerate(categories)}
     y_cat = torch.tensor([cat_index.get(p.category, -1) for p in products])
-    y_tags = torch.zeros(len(products), len(tags))
-    for i, p in enumerate(products):
-        y_tags[i, [tag_index[t] for t in p.tags if t in tag_index]] = 1.0
-    return y_cat, y_tags
+    return y_cat, torch.from_numpy(tag_matrix(products, tags))
 
 
 def _train_tail(side: ImageSide, maps: torch.Tensor, y_cat: torch.Tensor, y_tags: torch.Tensor, dim: int,
