@@ -2,6 +2,7 @@
 
     python experiments/llm_decoder.py --data ../shared/datasets/fashion-myntra --out OUT [--cache DIR]
         [--train-products 10000] [--full] [--backend smollm2-135m] [--heldout-keys "sleeve length,neck,..."]
+        [--prior-weights 0.3,1,3] [--test-products N]
 
 1. The Myntra catalog is cut to a seeded sample of --train-products train products (all with --full), with
    the full val and test splits. The held-out keys' tags are removed from every product: neither decoder
@@ -15,6 +16,9 @@
    and macro-F1 over the tags both were trained on; the LM's category is the `category:` tag it writes
    first. The LM's score floor is tuned on the first --floor-products val products (the scratch
    decoder's was tuned by its training).
+   With --prior-weights, the LM is also fused with the tagger's tag and category heads at decoding
+   (shallow fusion, LMDecoderConfig.prior_weight): the weight and its floor are tuned on the same val
+   products, and the test split is decoded again with them (`llm_prior` in results.json).
 5. Each held-out key is asked (` key:` after the title and description, the value written freely) for the test products
    that carry it, and scored against two baselines: the key's most frequent training value for every
    product, and the longest known value name found as whole words in the product's title and description.
@@ -46,7 +50,8 @@ from multimodal_tags.models.tag_tokenizer import CATEGORY_KEY, tag_key
 from multimodal_tags.models.tagger import Tagger
 from multimodal_tags.train.job import train_tagger
 from multimodal_tags.train.fit_lm_decoder import (DecoderData, build_lm_decoder, fit_lm_decoder, floored_tags,
-                                              fused_vectors, generate_all, tune_floor)
+                                              generate_all, tagger_outputs, tune_floor, tune_prior_weight,
+                                              with_prior)
 
 from experiments.common import (Log, bench_train_config, markdown_table, myntra_catalog, quick_subset,
                                 run_facts)
@@ -96,6 +101,19 @@ def llm_decode(decoder, data: DecoderData) -> tuple[list[dict], float]:
     t0 = time.perf_counter()
     out = generate_all(decoder, data)
     return out, len(data) / max(time.perf_counter() - t0, 1e-9)
+
+
+def prior_fusion(decoder, model, data: dict, outputs: dict, test_products, a, log) -> dict:
+    """Shallow fusion with the tagger's heads (LMDecoderConfig.prior_weight): the weight of --prior-weights
+    (and 0) and its floor tuned on the first --floor-products val products, then the test split decoded
+    with it. The decoder keeps the chosen weight and floor."""
+    with_heads = {s: with_prior(decoder, model, data[s], *outputs[s][1:]) for s in ("val", "test")}
+    weights = [float(w) for w in a.prior_weights.split(",") if w.strip()]
+    tuned = tune_prior_weight(decoder, with_heads["val"].part(slice(0, a.floor_products)), weights)
+    tags, rate = llm_decode(decoder, with_heads["test"])
+    scores = decoder_scores(test_products, tags, decoder.floor)
+    log(f"LM decoder fused with the heads: {scores}, tuned {tuned}, {rate:.2f} products/s")
+    return {**scores, **tuned, "tag_per_s": round(rate, 2)}
 
 
 def _words(text: str) -> str:
@@ -148,6 +166,10 @@ def parse_args(argv):
     ap.add_argument("--ask-practice", type=float, default=0.0,
                     help="share of train products that also teach an asked key (LMDecoderConfig.ask_practice)")
     ap.add_argument("--heldout-keys", default=",".join(HELDOUT))
+    ap.add_argument("--prior-weights", default="",
+                    help="shallow-fusion weights to try (e.g. 0.5,1,2): tuned on val, then the test split "
+                         "decoded with the best as `llm_prior` (LMDecoderConfig.prior_weight)")
+    ap.add_argument("--test-products", type=int, help="the first N test products only (probes; default all)")
     ap.add_argument("--floor-products", type=int, default=500, help="val products the LM's score floor is tuned on")
     ap.add_argument("--val-loss-products", type=int, default=1000, help="val products of the LM's validation loss")
     ap.add_argument("--preset", default="offline")
@@ -180,9 +202,10 @@ def main(argv: list[str] | None = None) -> dict:
         scratch_train_s = time.perf_counter() - t0
         model = Tagger.load(a.out / "scratch" / "model")
         rows = {s: [i for i, p in enumerate(cat.products) if p.split == s] for s in ("train", "val", "test")}
+        rows["test"] = rows["test"][:a.test_products]
         sources = {s: source.subset(r) for s, r in rows.items()}
-        data = {s: DecoderData.of(fused_vectors(model, sources[s]), [cat.products[i] for i in r])
-                for s, r in rows.items()}
+        outputs = {s: tagger_outputs(model, sources[s]) for s in rows}
+        data = {s: DecoderData.of(outputs[s][0], [cat.products[i] for i in r]) for s, r in rows.items()}
         test_products = [cat.products[i] for i in rows["test"]]
 
         scratch_tags, head_categories, scratch_rate = scratch_decode(model, sources["test"])
@@ -195,10 +218,11 @@ def main(argv: list[str] | None = None) -> dict:
         val_loss_part = data["val"].part(slice(0, a.val_loss_products))
         fit = fit_lm_decoder(decoder, data["train"], val_loss_part, log=log, device=a.device)
         floor = tune_floor(decoder.to("cpu"), data["val"].part(slice(0, a.floor_products)))
-        decoder.save(a.out / "scratch" / "model")
         llm_tags, llm_rate = llm_decode(decoder, data["test"])
         llm = decoder_scores(test_products, llm_tags, floor)
         log(f"LM decoder: {llm} at floor {floor}, {llm_rate:.2f} products/s")
+        fusion = prior_fusion(decoder, model, data, outputs, test_products, a, log) if a.prior_weights else None
+        decoder.save(a.out / "scratch" / "model")
 
         original = read_catalog(full).products
         by_id = {p.id: i for i, p in enumerate(original)}
@@ -211,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
         "scratch_micro_f1": scratch["micro_f1"], "scratch_macro_f1": scratch["macro_f1"],
         "scratch_category_acc": scratch["category_acc"],  # the tagger's category head (the decoder names none)
         "llm_micro_f1": llm["micro_f1"], "llm_macro_f1": llm["macro_f1"], "llm_category_acc": llm["category_acc"],
-        "llm_floor": floor, **held,
+        "llm_floor": floor, **({"llm_prior": fusion} if fusion else {}), **held,
         "train_s_per_1k": {"scratch": round(scratch_train_s / n_train * 1000, 2),
                            "llm": round(fit["seconds"] / max(fit["products_seen"], 1) * 1000, 2)},
         "tag_per_s": {"scratch": round(scratch_rate, 2), "llm": round(llm_rate, 2)},

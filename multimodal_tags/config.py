@@ -60,6 +60,10 @@ class LMDecoderConfig:
     # (`mmtags tag --ask-keys` prompts the same way); 0: the LM only ever writes whole tag lists
     ask_practice: float = 0.0
     max_tags: int = 24  # longest tag list generated
+    # shallow fusion with the tagger's heads at decoding: each allowed token's log-probability gains
+    # prior_weight x the log of the heads' probability of where it leads (TrieWalk.allowed_with_prior);
+    # 0: the LM alone. Tuned on validation products by experiments/llm_decoder.py --prior-weights
+    prior_weight: float = 0.0
     precision: str = "auto"  # "auto": bf16 where the device runs it natively (models/encoder_base.py)
     seed: int = 0
 

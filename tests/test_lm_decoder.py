@@ -83,6 +83,43 @@ def test_single_valued_key_and_used_tags_are_closed_in_the_walk():
             pytest.fail(f"{blocked} could be written twice")
 
 
+def test_a_tokens_prior_is_the_best_open_tag_below_it():
+    lm = load_causal_lm("tiny-llama")
+    trie = TagTrie.fit(lm.tokenizer, TAGS, [t for t, _, _ in PRODUCTS])
+    prior = [0.0] * len(TAGS)
+    prior[trie.index["colour:red"]], prior[trie.index["colour:navy blue"]] = 0.7, 0.2
+    prior[trie.index["gender:men"]] = 0.4
+    walk = TrieWalk(trie)
+    tokens, best = walk.allowed_with_prior(prior)
+    assert tokens == walk.allowed()
+    for tok, got in zip(tokens[:-1], best[:-1]):  # each first token: the surest tag that starts with it
+        assert got == pytest.approx(max(prior[i] for i, ids in enumerate(trie.pieces) if ids[0] == tok))
+    assert tokens[-1] == lm.tokenizer.eos_token_id and best[-1] == pytest.approx(0.3)  # 1 - the surest tag
+    for tok in trie.pieces[trie.index["colour:red"]]:
+        walk.step(tok, 1.0)
+    _, best = walk.allowed_with_prior(prior)
+    assert best[-1] == pytest.approx(0.6)  # colour is written: gender is now the surest open tag
+
+
+def test_shallow_fusion_follows_confident_heads_and_weight_zero_ignores_them():
+    dec, data = _decoder("tiny-llama", steps=0)
+    heads = torch.zeros(len(data), 5)  # the tagger's tags: colour and pattern values, one unknown to the trie
+    names = ["colour:navy blue", "colour:red", "pattern:checked", "pattern:solid", "not:in trie"]
+    for i, tags in enumerate(data.tags):
+        heads[i, [names.index(t) for t in tags if t in names]] = 1.0
+    cats = torch.tensor([[1.0, 0.0] if "category:shirts" in t else [0.0, 1.0] for t in data.tags])
+    prior = dec.prior_matrix(names, heads, ["shirts", "dresses"], cats)
+    assert prior.shape == (len(data), len(TAGS)) and prior[0, dec.trie.index["category:shirts"]] == 1.0
+    plain = dec.generate(data.fused, data.titles, data.descriptions)
+    assert dec.generate(data.fused, data.titles, data.descriptions, prior) == plain  # prior_weight 0
+    dec.cfg.prior_weight = 20.0
+    fused = dec.generate(data.fused, data.titles, data.descriptions, prior)
+    for tags, gold in zip(fused, data.tags):
+        assert {t for t, _ in tags} == {t for t in gold if t.split(":")[0] in ("category", "colour", "pattern")}
+    one = dec.generate(data.fused[1:2], data.titles[1:2], data.descriptions[1:2], prior[1:2])
+    assert [t for t, _ in one[0]] == [t for t, _ in fused[1]]
+
+
 @pytest.mark.parametrize("spec", ["tiny-llama", "tiny-gpt2"])
 def test_generation_stays_in_the_vocabulary_and_batching_changes_nothing(spec):
     dec, data = _decoder(spec, steps=2)
@@ -173,10 +210,11 @@ def test_train_decoder_and_tag_with_asked_keys_from_the_cli(shop, tmp_path):
     catalog = shop["root"] / "catalog.jsonl"
     run = [sys.executable, "-m", "multimodal_tags.cli", "train-decoder", "--model", str(model), "--catalog",
            str(catalog), "--backend", "tiny-llama", "--max-train-products", "64", "--batch-size", "32",
-           "--allow-random-weights", "--cache", str(shop["root"] / "features-cache")]
+           "--allow-random-weights", "--cache", str(shop["root"] / "features-cache"), "--prior-weight", "1"]
     res = subprocess.run(run, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     assert (model / "lm_decoder" / "adapter.safetensors").exists()
+    assert json.loads((model / "lm_decoder" / "decoder.json").read_text())["config"]["prior_weight"] == 1.0
     out = tmp_path / "tags.jsonl"
     tag = [sys.executable, "-m", "multimodal_tags.cli", "tag", "--model", str(model), "--catalog", str(catalog),
            "--out", str(out), "--ask-keys", "sleeve length", "--allow-random-weights", "--batch-size", "64",
@@ -209,13 +247,16 @@ def test_the_experiment_writes_every_results_key(shop, tmp_path):
     results = llm_decoder.main(["--catalog", str(shop["root"] / "catalog.jsonl"), "--out", str(tmp_path / "llm"),
                                 "--preset", "tiny", "--backend", "tiny-llama", "--allow-random-weights",
                                 "--heldout-keys", "pattern", "--train-products", "120", "--tagger-epochs", "1",
-                                "--floor-products", "16", "--val-loss-products", "16"])
+                                "--floor-products", "16", "--val-loss-products", "16", "--prior-weights", "1",
+                                "--test-products", "20"])
     on_disk = json.loads((tmp_path / "llm" / "results.json").read_text())
     for key in ("scratch_micro_f1", "scratch_macro_f1", "llm_micro_f1", "llm_macro_f1", "llm_category_acc",
                 "heldout_key_f1", "heldout_baseline_f1", "heldout_match_f1", "train_s_per_1k", "tag_per_s",
                 "peak_rss_mb", "cpu_s"):
         assert key in on_disk, key
     assert set(on_disk["heldout_key_f1"]) == {"pattern"} and on_disk["train_products"] == 120
+    assert on_disk["test_products"] == 20 and on_disk["llm_prior"]["weight"] in (0.0, 1.0)
+    assert {"micro_f1", "macro_f1", "category_acc", "floor", "val_f1"} <= set(on_disk["llm_prior"])
     subset = (tmp_path / "llm" / "catalog-subset.jsonl").read_text()
     assert '"pattern:' not in subset  # the held-out key is never a target
     assert set(on_disk["train_s_per_1k"]) == set(on_disk["tag_per_s"]) == {"scratch", "llm"}

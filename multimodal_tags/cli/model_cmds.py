@@ -89,7 +89,7 @@ def cmd_train_decoder(a: argparse.Namespace) -> int:
     from ..train.fit_lm_decoder import train_lm_decoder
 
     cfg = LMDecoderConfig(backend=a.backend, finetune=a.decoder_finetune, epochs=a.epochs,
-                          ask_practice=a.ask_practice)
+                          ask_practice=a.ask_practice, prior_weight=a.prior_weight)
     if a.batch_size:
         cfg.batch_size = a.batch_size
     fit = train_lm_decoder(a.model, a.catalog, cfg, run_settings(a), max_train=a.max_train_products,
@@ -263,6 +263,8 @@ def _add_train_decoder(sub) -> None:
     sp.add_argument("--ask-practice", type=float, default=0.0,
                     help="share of train products that also teach an asked key (` key:` -> value), as "
                          "`mmtags tag --ask-keys` asks")
+    sp.add_argument("--prior-weight", type=float, default=0.0,
+                    help="shallow fusion with the model's tag and category heads at decoding (0: the LM alone)")
     sp.add_argument("--device", default="cpu", help="cpu or cuda")
     add_reads_features(sp)
     sp.set_defaults(func=cmd_train_decoder)

@@ -152,7 +152,7 @@ class BatchTagger:
         raw = self.model.predict_raw(source.batch(), generate=generate and self.lm_decoder is None)
         floor = None
         if generate and self.lm_decoder is not None:
-            raw.generated, floor = self._lm_tags(products, raw.fused), self.lm_decoder.floor
+            raw.generated, floor = self._lm_tags(products, raw), self.lm_decoder.floor
         rows = prediction_rows(products, self.model.prediction_dicts(raw, decoder_floor=floor), self.tag_source,
                                self.model_id)
         if self.ask_keys:
@@ -161,9 +161,13 @@ class BatchTagger:
             self._add_zero_shot(rows, self._clip_vectors(products, image_root, source))
         return rows, raw
 
-    def _lm_tags(self, products: Sequence[Product], fused: torch.Tensor) -> list[dict[str, float]]:
-        """The LM decoder's tags per product (its `category:` answer aside: the category head names it)."""
-        generated = self.lm_decoder.generate(fused, [p.title for p in products], [p.description for p in products])
+    def _lm_tags(self, products: Sequence[Product], raw: RawPrediction) -> list[dict[str, float]]:
+        """The LM decoder's tags per product (its `category:` answer aside: the category head names it),
+        fused with the heads' prior where the decoder's `prior_weight` asks for it."""
+        lm = self.lm_decoder
+        prior = None if lm.cfg.prior_weight <= 0 else lm.prior_matrix(
+            self.model.tags, raw.tag_probs, self.model.categories, raw.category_probs)
+        generated = lm.generate(raw.fused, [p.title for p in products], [p.description for p in products], prior)
         return [{t: s for t, s in g if tag_key(t) != CATEGORY_KEY} for g in generated]
 
     def _add_asked(self, rows: list[dict], products: Sequence[Product], fused: torch.Tensor) -> None:

@@ -31,9 +31,11 @@ from .causal_lm import LoadedLM, load_causal_lm
 from .decoder import MLPMapper, length_groups
 from .encoder_base import WeightsUnavailable, resolve_precision
 from .tag_text import PROMPT_DESCRIPTION, PROMPT_END, PROMPT_TITLE, TagTrie, TrieWalk, key_prompt, value_from_text
+from .tag_tokenizer import CATEGORY_KEY
 
 FOLDER, FORMAT = "lm_decoder", "mmtags-lm-decoder/1"
 DECODE_BATCH = 64  # products per LM call when decoding (the KV cache grows with the batch)
+PRIOR_MIN = 1e-4  # a prior is taken as at least this, so that the heads can lower a token but never forbid it
 
 
 class BaseModelMismatch(ValueError):
@@ -162,21 +164,38 @@ class LMTagDecoder(nn.Module):
                       cache=cache, use_cache=True)
         return out, mask, last + 1
 
-    @torch.no_grad()
-    def generate(self, fused: torch.Tensor, titles: list[str],
-                 descriptions: list[str | None] | None = None) -> list[list[tuple[str, float]]]:
-        """Greedy decoding constrained to the vocabulary's trie; per product, (tag, score) in order. Any
-        number of products: they go through the LM DECODE_BATCH at a time."""
-        return _in_batches(self._generate_batch, fused, titles, descriptions)
+    def prior_matrix(self, tags: list[str], tag_probs: torch.Tensor, categories: list[str],
+                     category_probs: torch.Tensor) -> torch.Tensor:
+        """The tagger's heads as a prior over the trie's tags [n, len(trie.tags)]: the tag head's probability
+        of each tag, the category head's of each `category:NAME`; 0 for a tag the heads do not know."""
+        prior = torch.zeros(tag_probs.shape[0], len(self.trie.tags))
+        for names, probs, prefix in ((tags, tag_probs, ""), (categories, category_probs, f"{CATEGORY_KEY}:")):
+            cols = [(self.trie.index[prefix + n], j) for j, n in enumerate(names) if prefix + n in self.trie.index]
+            if cols:
+                to, frm = zip(*cols)
+                prior[:, list(to)] = probs[:, list(frm)].float().cpu()
+        return prior
 
-    def _generate_batch(self, fused: torch.Tensor, titles: list[str],
-                        descriptions: list[str | None]) -> list[list[tuple[str, float]]]:
+    @torch.no_grad()
+    def generate(self, fused: torch.Tensor, titles: list[str], descriptions: list[str | None] | None = None,
+                 priors: torch.Tensor | None = None) -> list[list[tuple[str, float]]]:
+        """Greedy decoding constrained to the vocabulary's trie; per product, (tag, score) in order. With
+        `priors` (`prior_matrix`) and `cfg.prior_weight` > 0, shallow fusion with the tagger's heads; a tag's
+        score is then the product of its tokens' fused probabilities. Any number of products: they go
+        through the LM DECODE_BATCH at a time."""
+        return _in_batches(self._generate_batch, fused, titles, descriptions, priors)
+
+    def _generate_batch(self, fused: torch.Tensor, titles: list[str], descriptions: list[str | None],
+                        priors: torch.Tensor | None = None) -> list[list[tuple[str, float]]]:
         walks = [TrieWalk(self.trie) for _ in titles]
         max_steps = self.cfg.max_tags * max((len(p) for p in self.trie.pieces), default=1) + 1
-        self._walk(fused, self.prompt_ids(titles, descriptions), walks, max_steps)
+        if self.cfg.prior_weight <= 0:
+            priors = None
+        self._walk(fused, self.prompt_ids(titles, descriptions), walks, max_steps, priors)
         return [w.tags for w in walks]
 
-    def _walk(self, fused: torch.Tensor, prompts: list[list[int]], walks: list[TrieWalk], max_steps: int) -> None:
+    def _walk(self, fused: torch.Tensor, prompts: list[list[int]], walks: list[TrieWalk], max_steps: int,
+              priors: torch.Tensor | None = None) -> None:
         """Greedy decoding of every row along its own trie walk until the walk is done (or `max_steps`);
         finished rows leave the batch and its KV cache."""
         self.eval()
@@ -185,10 +204,8 @@ class LMTagDecoder(nn.Module):
             out, mask, last = self._prefill(fused, prompts)
             for _ in range(max_steps):
                 logits = out.logits[:, -1].float()
-                allowed = torch.zeros_like(logits, dtype=torch.bool)
-                for j, r in enumerate(rows):
-                    allowed[j, walks[r].allowed()] = True
-                probs = torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
+                probs = self._step_probs(logits, [walks[r] for r in rows],
+                                         None if priors is None else priors[rows].tolist())
                 best = probs.argmax(-1)
                 best_p = probs.gather(1, best[:, None])[:, 0]
                 for j, r in enumerate(rows):
@@ -197,6 +214,20 @@ class LMTagDecoder(nn.Module):
                 if not keep:
                     break
                 out, rows, mask, last = self._continue(out, keep, rows, best, mask, last)
+
+    def _step_probs(self, logits: torch.Tensor, walks: list[TrieWalk], priors: list[list[float]] | None):
+        """Next-token probabilities of each row over the tokens its walk allows; with priors, the LM's
+        log-probabilities plus prior_weight x the log of each token's prior, normalised again."""
+        if priors is None:
+            allowed = torch.zeros_like(logits, dtype=torch.bool)
+            for j, walk in enumerate(walks):
+                allowed[j, walk.allowed()] = True
+            return torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
+        bias = torch.full_like(logits, float("-inf"))
+        for j, (walk, prior) in enumerate(zip(walks, priors)):
+            tokens, best = walk.allowed_with_prior(prior)
+            bias[j, tokens] = self.cfg.prior_weight * torch.tensor(best).clamp(min=PRIOR_MIN).log()
+        return torch.softmax(torch.log_softmax(logits, dim=-1) + bias, dim=-1)
 
     @torch.no_grad()
     def ask(self, fused: torch.Tensor, titles: list[str], key: str,
@@ -288,12 +319,14 @@ class LMTagDecoder(nn.Module):
         return dec.eval()
 
 
-def _in_batches(decode, fused: torch.Tensor, titles: list[str], descriptions: list[str | None] | None) -> list:
-    """`decode(fused, titles, descriptions)` over DECODE_BATCH products at a time, results in order."""
+def _in_batches(decode, fused: torch.Tensor, titles: list[str], descriptions: list[str | None] | None,
+                priors: torch.Tensor | None = None) -> list:
+    """`decode(fused, titles, descriptions[, priors])` over DECODE_BATCH products at a time, results in order."""
     descriptions = descriptions or [None] * len(titles)
     out = []
     for s in range(0, len(titles), DECODE_BATCH):
-        out += decode(fused[s:s + DECODE_BATCH], titles[s:s + DECODE_BATCH], descriptions[s:s + DECODE_BATCH])
+        part = (fused[s:s + DECODE_BATCH], titles[s:s + DECODE_BATCH], descriptions[s:s + DECODE_BATCH])
+        out += decode(*part) if priors is None else decode(*part, priors[s:s + DECODE_BATCH])
     return out
 
 

@@ -117,6 +117,21 @@ class TrieWalk:
             out.append(self.trie.eos)
         return out
 
+    def allowed_with_prior(self, prior) -> tuple[list[int], list[float]]:
+        """`allowed()` with each token's prior: the largest `prior[i]` (a probability per trie tag, from the
+        tagger's heads) of an open tag i below it; end-of-text's is 1 - the largest open one (no tag left
+        that the heads believe in)."""
+        tokens, best = [], []
+        for tok, child in self.node.children.items():
+            below = [prior[i] for i in child.below if self._open(i)]
+            if below:
+                tokens.append(tok)
+                best.append(max(below))
+        if self.node is self.trie.root:
+            tokens.append(self.trie.eos)
+            best.append(1.0 - max(best, default=0.0))
+        return tokens, best
+
     def step(self, token: int, prob: float) -> None:
         """Take one generated token (one of `allowed()`) with its probability."""
         if self.node is self.trie.root and token == self.trie.eos:

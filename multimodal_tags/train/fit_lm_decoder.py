@@ -41,6 +41,7 @@ class DecoderData:
     titles: list[str]
     descriptions: list[str | None]
     tags: list[list[str]]
+    prior: torch.Tensor | None = None  # [n, trie tags] the tagger's heads (LMTagDecoder.prior_matrix), for fusion
 
     @classmethod
     def of(cls, fused: torch.Tensor, products: Sequence[Product]) -> "DecoderData":
@@ -50,7 +51,8 @@ class DecoderData:
         return len(self.titles)
 
     def part(self, rows: slice) -> "DecoderData":
-        return DecoderData(self.fused[rows], self.titles[rows], self.descriptions[rows], self.tags[rows])
+        prior = None if self.prior is None else self.prior[rows]
+        return DecoderData(self.fused[rows], self.titles[rows], self.descriptions[rows], self.tags[rows], prior)
 
 
 def with_category(products: Sequence[Product]) -> list[list[str]]:
@@ -61,10 +63,26 @@ def with_category(products: Sequence[Product]) -> list[list[str]]:
 @torch.no_grad()
 def fused_vectors(model: Tagger, source, batch_size: int = 512) -> torch.Tensor:
     """The tagger's fused vector [n, dim] of every product of a FeatureSource."""
+    return tagger_outputs(model, source, batch_size)[0]
+
+
+@torch.no_grad()
+def tagger_outputs(model: Tagger, source, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(fused vectors [n, dim], tag head probabilities [n, tags], category probabilities [n, categories])."""
     model.eval()
-    out = [model(source.subset(range(s, min(s + batch_size, len(source)))).batch())["fused"].float()
-           for s in range(0, len(source), batch_size)]
-    return torch.cat(out) if out else torch.zeros(0, model.cfg.dim)
+    parts = [(torch.zeros(0, model.cfg.dim), torch.zeros(0, len(model.tags)), torch.zeros(0, len(model.categories)))]
+    for s in range(0, len(source), batch_size):
+        out = model(source.subset(range(s, min(s + batch_size, len(source)))).batch())
+        parts.append((out["fused"].float(), torch.sigmoid(out["tag_logits"].float()),
+                      torch.softmax(out["category_logits"].float(), -1)))
+    return tuple(torch.cat(column) for column in zip(*parts))
+
+
+def with_prior(decoder: LMTagDecoder, model: Tagger, data: DecoderData, tag_probs: torch.Tensor,
+               category_probs: torch.Tensor) -> DecoderData:
+    """`data` with the tagger's heads as its prior over the decoder's trie (for shallow fusion)."""
+    prior = decoder.prior_matrix(model.tags, tag_probs, model.categories, category_probs)
+    return dataclasses.replace(data, prior=prior)
 
 
 def build_lm_decoder(cfg: LMDecoderConfig, model: Tagger, train_tags: list[list[str]],
@@ -171,7 +189,7 @@ FLOORS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
 
 def generate_all(decoder: LMTagDecoder, data: DecoderData) -> list[dict[str, float]]:
     """The decoder's tags {tag: score} for every product of `data` (no floor)."""
-    return [dict(g) for g in decoder.generate(data.fused, data.titles, data.descriptions)]
+    return [dict(g) for g in decoder.generate(data.fused, data.titles, data.descriptions, data.prior)]
 
 
 def floored_tags(generated: list[dict[str, float]], floor: float) -> list[set[str]]:
@@ -192,6 +210,20 @@ def tune_floor(decoder: LMTagDecoder, val: DecoderData) -> float:
     return decoder.floor
 
 
+def tune_prior_weight(decoder: LMTagDecoder, val: DecoderData, weights: Sequence[float]) -> dict:
+    """The shallow-fusion weight (of `weights`, 0 among them) and floor with the best tag micro-F1 on `val`
+    (which carries its prior); both set on the decoder. Returns {"weight", "floor", "val_f1": {w: F1}}."""
+    scores = {}
+    for w in sorted({0.0, *weights}):
+        decoder.cfg.prior_weight = w
+        generated = generate_all(decoder, val)
+        floor = max(FLOORS, key=lambda f: tag_f1(val.tags, generated, f))
+        scores[w] = (tag_f1(val.tags, generated, floor), floor)
+    best = max(scores, key=lambda w: scores[w][0])
+    decoder.cfg.prior_weight, decoder.floor = best, scores[best][1]
+    return {"weight": best, "floor": decoder.floor, "val_f1": {w: round(f, 4) for w, (f, _) in scores.items()}}
+
+
 def train_lm_decoder(model_dir: str | Path, catalog_path: str | Path, cfg: LMDecoderConfig,
                      settings: RunConfig | None = None, max_train: int | None = None,
                      floor_products: int = 500, device: str = "cpu") -> dict:
@@ -205,15 +237,17 @@ def train_lm_decoder(model_dir: str | Path, catalog_path: str | Path, cfg: LMDec
     split["val"] = split["val"][:floor_products]
     if not split["train"]:
         raise ValueError(f"{catalog_path}: no train products to teach the decoder")
-    data = {}
+    data, heads = {}, {}
     with FeatureCache(settings.cache_for(catalog_path)) as cache:
         for s, products in split.items():
             source = FeatureSource.encode(products, settings.encoders_for(model.cfg), cache, catalog.image_root,
                                           model.cfg, log=settings.log)
-            data[s] = DecoderData.of(fused_vectors(model, source), products)
+            fused, *heads[s] = tagger_outputs(model, source)
+            data[s] = DecoderData.of(fused, products)
     decoder = build_lm_decoder(cfg, model, data["train"].tags, settings.allow_random_weights)
     fit = fit_lm_decoder(decoder, data["train"], data["val"] if len(data["val"]) else None, settings.log, device)
     decoder.to("cpu")
+    data["val"] = with_prior(decoder, model, data["val"], *heads["val"])  # the floor is tuned as it will decode
     fit["floor"] = tune_floor(decoder, data["val"]) if len(data["val"]) else 0.0
     decoder.save(model_dir)
     settings.log(f"LM decoder {cfg.backend} ({cfg.finetune}) saved in {Path(model_dir) / 'lm_decoder'}; floor "
