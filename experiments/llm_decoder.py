@@ -103,15 +103,20 @@ def llm_decode(decoder, data: DecoderData) -> tuple[list[dict], float]:
     return out, len(data) / max(time.perf_counter() - t0, 1e-9)
 
 
-def prior_fusion(decoder, model, data: dict, outputs: dict, test_products, a, log) -> dict:
+def prior_fusion(decoder, model, data: dict, outputs: dict, test_products, alone: tuple[dict, float], a,
+                 log) -> dict:
     """Shallow fusion with the tagger's heads (LMDecoderConfig.prior_weight): the weight of --prior-weights
     (and 0) and its floor tuned on the first --floor-products val products, then the test split decoded
-    with it. The decoder keeps the chosen weight and floor."""
+    with it (where 0 wins, the LM alone's scores and rate, `alone`, stand). The decoder keeps the chosen
+    weight and floor."""
     with_heads = {s: with_prior(decoder, model, data[s], *outputs[s][1:]) for s in ("val", "test")}
     weights = [float(w) for w in a.prior_weights.split(",") if w.strip()]
     tuned = tune_prior_weight(decoder, with_heads["val"].part(slice(0, a.floor_products)), weights)
-    tags, rate = llm_decode(decoder, with_heads["test"])
-    scores = decoder_scores(test_products, tags, decoder.floor)
+    if tuned["weight"] == 0:
+        scores, rate = alone
+    else:
+        tags, rate = llm_decode(decoder, with_heads["test"])
+        scores = decoder_scores(test_products, tags, decoder.floor)
     log(f"LM decoder fused with the heads: {scores}, tuned {tuned}, {rate:.2f} products/s")
     return {**scores, **tuned, "tag_per_s": round(rate, 2)}
 
@@ -221,7 +226,8 @@ def main(argv: list[str] | None = None) -> dict:
         llm_tags, llm_rate = llm_decode(decoder, data["test"])
         llm = decoder_scores(test_products, llm_tags, floor)
         log(f"LM decoder: {llm} at floor {floor}, {llm_rate:.2f} products/s")
-        fusion = prior_fusion(decoder, model, data, outputs, test_products, a, log) if a.prior_weights else None
+        fusion = (prior_fusion(decoder, model, data, outputs, test_products, (llm, llm_rate), a, log)
+                  if a.prior_weights else None)
         decoder.save(a.out / "scratch" / "model")
 
         original = read_catalog(full).products

@@ -464,10 +464,11 @@ def test_ray_tagging_on_two_cpus_merges_into_what_one_process_writes(trained, tm
     assert main(["tag", *common, "--out", str(tmp_path / "one.jsonl")]) == 0
     mp = pytest.MonkeyPatch()
     mp.setattr(ray_tag, "PART_SIZE", 400)  # two parts, the last one short
+    assert ray_tag.part_size(24) == 408  # whole batches of 24: the batches of one process
     try:
         parts = tmp_path / "ray.jsonl.ray-parts"
         parts.mkdir()
-        first = (tmp_path / "one.jsonl").read_text().splitlines(keepends=True)[:400]
+        first = (tmp_path / "one.jsonl").read_text().splitlines(keepends=True)[:408]
         (parts / "part-000000.jsonl").write_text("".join(first))  # as if an earlier run stopped after part 0
         assert main(["tag", *common, "--out", str(tmp_path / "ray.jsonl"), "--store", str(tmp_path / "ray.db"),
                      "--engine", "ray", "--workers", "2"]) == 0

@@ -26,7 +26,7 @@ from ..inference.batch_tagger import BatchTagger
 from .tag_store import TagStore
 from .tag_job import TagStats, _write_issues, batches, sync_store
 
-PART_SIZE = 50_000  # products per part file: the unit of resume
+PART_SIZE = 50_000  # products per part file: the unit of resume (rounded up to whole batches: part_size)
 
 
 class TagActor:
@@ -56,6 +56,13 @@ def _start_ray(workers: int) -> None:
                  log_to_driver=False, runtime_env={"env_vars": env})
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # output in catalog order
     ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def part_size(batch_size: int) -> int:
+    """PART_SIZE rounded up to a whole number of batches, so that every batch holds the products it holds in
+    one process: a batch of another size can round differently in the last bit (the CPU's kernels are
+    chosen by shape), and OUT must be the bytes one process writes."""
+    return -(-PART_SIZE // batch_size) * batch_size
 
 
 def _tag_part(part: list[Product], path: Path, actor_args: dict, workers: int, batch_size: int) -> int:
@@ -95,7 +102,7 @@ def tag_catalog_ray(model_dir: str | Path, catalog_path: Path, out: Path, store_
     try:
         with open(rejects_path or f"{out}.rejects.jsonl", "w", encoding="utf-8") as rejects:
             products = iter_catalog(catalog_path, root, options.limits, report, seen=seen)
-            for n, part in enumerate(batches(products, PART_SIZE)):
+            for n, part in enumerate(batches(products, part_size(options.batch_size))):
                 _write_issues(report, rejects)
                 path = parts_dir / f"part-{n:06d}.jsonl"
                 if path.exists():  # written by an earlier run
