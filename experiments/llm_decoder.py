@@ -109,13 +109,14 @@ def prior_fusion(decoder, model, data: dict, outputs: dict, test_products, alone
     (and 0) and its floor tuned on the first --floor-products val products, then the test split decoded
     with it (where 0 wins, the LM alone's scores and rate, `alone`, stand). The decoder keeps the chosen
     weight and floor."""
-    with_heads = {s: with_prior(decoder, model, data[s], *outputs[s][1:]) for s in ("val", "test")}
     weights = [float(w) for w in a.prior_weights.split(",") if w.strip()]
-    tuned = tune_prior_weight(decoder, with_heads["val"].part(slice(0, a.floor_products)), weights)
+    val = with_prior(decoder, model, data["val"].part(slice(0, a.floor_products)),
+                     *(heads[:a.floor_products] for heads in outputs["val"][1:]))
+    tuned = tune_prior_weight(decoder, val, weights)
     if tuned["weight"] == 0:
         scores, rate = alone
     else:
-        tags, rate = llm_decode(decoder, with_heads["test"])
+        tags, rate = llm_decode(decoder, with_prior(decoder, model, data["test"], *outputs["test"][1:]))
         scores = decoder_scores(test_products, tags, decoder.floor)
     log(f"LM decoder fused with the heads: {scores}, tuned {tuned}, {rate:.2f} products/s")
     return {**scores, **tuned, "tag_per_s": round(rate, 2)}

@@ -203,25 +203,29 @@ def tag_f1(gold: list[list[str]], generated: list[dict[str, float]], floor: floa
     return prf(gold_sets, floored_tags(generated, floor))[2]
 
 
+def best_floor(gold: list[list[str]], generated: list[dict[str, float]]) -> tuple[float, float]:
+    """(the floor of FLOORS with the best tag micro-F1, that F1); the lowest such floor on a tie."""
+    f1 = {f: tag_f1(gold, generated, f) for f in FLOORS}
+    floor = max(FLOORS, key=f1.__getitem__)
+    return floor, f1[floor]
+
+
 def tune_floor(decoder: LMTagDecoder, val: DecoderData) -> float:
     """The score floor (of FLOORS) that gives the best tag micro-F1 on `val`; set on the decoder."""
-    generated = generate_all(decoder, val)
-    decoder.floor = max(FLOORS, key=lambda f: tag_f1(val.tags, generated, f))
+    decoder.floor = best_floor(val.tags, generate_all(decoder, val))[0]
     return decoder.floor
 
 
 def tune_prior_weight(decoder: LMTagDecoder, val: DecoderData, weights: Sequence[float]) -> dict:
     """The shallow-fusion weight (of `weights`, 0 among them) and floor with the best tag micro-F1 on `val`
     (which carries its prior); both set on the decoder. Returns {"weight", "floor", "val_f1": {w: F1}}."""
-    scores = {}
+    scores = {}  # weight -> (floor, F1)
     for w in sorted({0.0, *weights}):
         decoder.cfg.prior_weight = w
-        generated = generate_all(decoder, val)
-        floor = max(FLOORS, key=lambda f: tag_f1(val.tags, generated, f))
-        scores[w] = (tag_f1(val.tags, generated, floor), floor)
-    best = max(scores, key=lambda w: scores[w][0])
-    decoder.cfg.prior_weight, decoder.floor = best, scores[best][1]
-    return {"weight": best, "floor": decoder.floor, "val_f1": {w: round(f, 4) for w, (f, _) in scores.items()}}
+        scores[w] = best_floor(val.tags, generate_all(decoder, val))
+    best = max(scores, key=lambda w: scores[w][1])
+    decoder.cfg.prior_weight, decoder.floor = best, scores[best][0]
+    return {"weight": best, "floor": decoder.floor, "val_f1": {w: round(f, 4) for w, (_, f) in scores.items()}}
 
 
 def train_lm_decoder(model_dir: str | Path, catalog_path: str | Path, cfg: LMDecoderConfig,
